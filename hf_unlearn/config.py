@@ -1,0 +1,146 @@
+"""`UnlearnConfig`: the `TrainingArguments` every unlearning method shares, plus the method choice and its config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from .registry import get_method
+
+
+@dataclass
+class UnlearnConfig(TrainingArguments):
+    """Arguments for [`UnlearningTrainer`]: the usual `TrainingArguments` (optimizer, batch sizes, epochs, seed,
+    output directory, Hub options) plus what every unlearning method shares.
+
+    Gradient-based methods train with the inherited fields (`learning_rate`, `num_train_epochs` or `max_steps`,
+    `per_device_train_batch_size`, ...). Each method's own hyperparameters go in `method_kwargs`, which is
+    resolved to that method's config dataclass and validated (`config.method_config`).
+
+    Example:
+
+    ```python
+    >>> from hf_unlearn import UnlearnConfig
+    >>> args = UnlearnConfig(output_dir="out", method="neggrad_plus", method_kwargs={"retain_weight": 0.9})
+    >>> args.method_config
+    NegGradPlusConfig(retain_weight=0.9)
+    >>> args = UnlearnConfig.from_yaml("recipes/digits/vit_neggrad_plus.yaml")  # doctest: +SKIP
+    ```
+    """
+
+    method: str = field(
+        default="neggrad_plus",
+        metadata={"help": "Unlearning method, by its registered name (`hf-unlearn methods` lists them)."},
+    )
+    method_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Hyperparameters of the chosen method, as a dict (or a JSON string on the command line). "
+            "Resolved to the method's config dataclass; unknown keys are an error."
+        },
+    )
+    max_forget_samples: int | None = field(
+        default=None,
+        metadata={"help": "Use at most this many forget samples (random, seeded by `seed`). None: all of them."},
+    )
+    max_retain_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Use at most this many retain samples, balanced over the retained classes. None: all of them. "
+            "Gradient methods then see this subset only; the exact `retrain` reference needs None."
+        },
+    )
+    forget_accuracy_target: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop gradient-based methods early once the accuracy on the forget training samples is at or "
+            "below this fraction (checked every `forget_check_steps`). None: train for the full budget."
+        },
+    )
+    forget_check_steps: int = field(
+        default=10, metadata={"help": "How often (optimizer steps) `forget_accuracy_target` is checked."}
+    )
+    eval_before_unlearn: bool = field(
+        default=True,
+        metadata={"help": "Measure the original model too, so the output holds before/after metrics."},
+    )
+    eval_after_unlearn: bool = field(
+        default=True, metadata={"help": "Measure the unlearned model (needs `eval_dataset`)."}
+    )
+    max_metric_train_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Score at most this many retain training rows for `retain_train_accuracy` and the membership "
+            "attacks (random, seeded). None: all of them."
+        },
+    )
+    in_place: bool = field(
+        default=False,
+        metadata={"help": "Unlearn the caller's model object itself instead of a copy."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom modelling code from the Hub when `model` is given as a Hub ID."},
+    )
+    # Defaults that differ from TrainingArguments: unlearning datasets carry raw or extra columns the collator
+    # needs, and a short unlearning run should not leave checkpoints behind unless asked.
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Kept False: the unlearning collator picks the columns it needs (see TrainingArguments)."},
+    )
+    save_strategy: str = field(
+        default="no", metadata={"help": "Checkpoint strategy during unlearning (see TrainingArguments)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("max_forget_samples", "max_retain_samples", "max_metric_train_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
+        if self.forget_accuracy_target is not None and not 0.0 <= self.forget_accuracy_target <= 1.0:
+            raise ValueError(
+                f"`forget_accuracy_target` is a fraction in [0, 1], got {self.forget_accuracy_target!r} "
+                "(write 0.01 for 1 %)."
+            )
+        if self.forget_check_steps < 1:
+            raise ValueError(f"`forget_check_steps` must be >= 1, got {self.forget_check_steps!r}.")
+        self.method_config = self._resolve_method_config()
+
+    def _resolve_method_config(self):
+        spec = get_method(self.method)
+        kwargs = self.method_kwargs
+        if isinstance(kwargs, spec.config_class):
+            self.method_kwargs = asdict(kwargs)
+            return kwargs
+        if isinstance(kwargs, str):
+            try:
+                kwargs = json.loads(kwargs) if kwargs.strip() else {}
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"`method_kwargs` must be a JSON object when given as a string, got {kwargs!r} ({error})."
+                ) from None
+        kwargs = dict(kwargs or {})
+        valid = [f.name for f in fields(spec.config_class)]
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"`method_kwargs` has {unknown} which method '{self.method}' does not take. "
+                f"Valid keys: {', '.join(valid) or '(none)'}."
+            )
+        self.method_kwargs = kwargs
+        return spec.config_class(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides) -> UnlearnConfig:
+        """Read a config from a YAML file (keys are field names); keyword `overrides` win over the file."""
+        import yaml
+
+        with open(path) as handle:
+            values = yaml.safe_load(handle) or {}
+        values.update(overrides)
+        (config,) = HfArgumentParser(cls).parse_dict(values, allow_extra_keys=False)
+        return config

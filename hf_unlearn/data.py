@@ -1,0 +1,321 @@
+"""Forget/retain splits, the views methods train on, and the collator that turns dataset rows into model inputs.
+
+The split is computed once per trainer (`split_forget_retain`) and every method and metric reuses it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import gcd
+
+import numpy as np
+import torch
+
+LABEL_COLUMNS = ("label", "labels")
+# Columns that already hold model inputs and pass through the collator unchanged.
+MODEL_INPUT_COLUMNS = ("pixel_values", "input_values", "input_features", "attention_mask")
+RAW_IMAGE_COLUMNS = ("image", "img")
+RAW_AUDIO_COLUMNS = ("audio",)
+
+
+def find_label_column(dataset, argument: str = "train_dataset") -> str:
+    """The name of the label column (`label` or `labels`) of `dataset`."""
+    columns = list(getattr(dataset, "column_names", None) or [])
+    for name in LABEL_COLUMNS:
+        if name in columns:
+            return name
+    raise ValueError(
+        f"`{argument}` has no label column: expected one named 'label' or 'labels', found columns {columns}. "
+        "Rename yours, e.g. `dataset.rename_column('target', 'label')`."
+    )
+
+
+def check_dataset(dataset, argument: str) -> None:
+    """Raise a `TypeError` unless `dataset` is a map-style `datasets.Dataset`."""
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        hint = ""
+        if isinstance(dataset, datasets.DatasetDict):
+            hint = f" It is a DatasetDict with splits {list(dataset)}: pass one split, e.g. `dataset['train']`."
+        elif isinstance(dataset, datasets.IterableDataset):
+            hint = " Streaming datasets are not supported: load it without `streaming=True`."
+        else:
+            hint = " Build one with `datasets.Dataset.from_dict(...)` or `Dataset.from_list(...)`."
+        raise TypeError(f"`{argument}` must be a `datasets.Dataset`, got {type(dataset).__name__}.{hint}")
+
+
+def dataset_labels(dataset, label_column: str) -> np.ndarray:
+    """All labels of `dataset` as an int64 array, read from the column without decoding other columns."""
+    return np.asarray(dataset.with_format(None)[label_column], dtype=np.int64)
+
+
+def resolve_forget_classes(forget_classes, label2id: dict | None, num_labels: int) -> list[int]:
+    """Class ids from ids or label names; raises a `ValueError` listing the valid classes on a miss."""
+    if isinstance(forget_classes, (int, str, np.integer)):
+        forget_classes = [forget_classes]
+    label2id = dict(label2id or {})
+    valid_names = sorted(label2id, key=label2id.get)
+    resolved = []
+    for value in forget_classes:
+        if isinstance(value, str):
+            if value in label2id:
+                resolved.append(int(label2id[value]))
+                continue
+            if value.isdigit() and int(value) < num_labels:
+                resolved.append(int(value))
+                continue
+            raise ValueError(
+                f"`forget_classes` contains {value!r}, which is not a label of the model. "
+                f"Valid labels: {valid_names} (or class ids 0..{num_labels - 1})."
+            )
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= int(value) < num_labels:
+            resolved.append(int(value))
+            continue
+        raise ValueError(
+            f"`forget_classes` contains {value!r}, which is not a class of the model: use ids 0..{num_labels - 1} "
+            f"or the labels {valid_names}."
+        )
+    resolved = sorted(set(resolved))
+    if not resolved:
+        raise ValueError("`forget_classes` is empty: name at least one class to forget.")
+    if len(resolved) >= num_labels:
+        raise ValueError(
+            f"`forget_classes` names all {num_labels} classes of the model; at least one class must be retained."
+        )
+    return resolved
+
+
+@dataclass
+class ForgetRetainSplit:
+    """Row indices of the forget and retain parts of the train and eval datasets.
+
+    For class forgetting the eval split divides by class as well. For sample-level forgetting (`forget_indices`)
+    every eval row is a retain row: forgotten samples have no counterpart outside the training set.
+    """
+
+    forget_indices: np.ndarray
+    retain_indices: np.ndarray
+    eval_forget_indices: np.ndarray
+    eval_retain_indices: np.ndarray
+    forget_classes: list[int] | None = None
+
+    @property
+    def is_class_level(self) -> bool:
+        return self.forget_classes is not None
+
+
+def split_forget_retain(
+    train_labels: np.ndarray,
+    eval_labels: np.ndarray | None,
+    forget_classes: list[int] | None = None,
+    forget_indices: Sequence[int] | None = None,
+) -> ForgetRetainSplit:
+    """Compute the forget/retain split once. Exactly one of `forget_classes` (resolved ids) and `forget_indices`."""
+    eval_labels = np.zeros(0, dtype=np.int64) if eval_labels is None else eval_labels
+    num_train = len(train_labels)
+    if forget_classes is not None:
+        forget_mask = np.isin(train_labels, forget_classes)
+        if not forget_mask.any():
+            raise ValueError(
+                f"The forget set is empty: `train_dataset` has no rows of `forget_classes` {forget_classes}."
+            )
+        if forget_mask.all():
+            raise ValueError("Every row of `train_dataset` belongs to `forget_classes`: the retain set is empty.")
+        eval_forget = np.isin(eval_labels, forget_classes)
+        return ForgetRetainSplit(
+            np.flatnonzero(forget_mask),
+            np.flatnonzero(~forget_mask),
+            np.flatnonzero(eval_forget),
+            np.flatnonzero(~eval_forget),
+            list(forget_classes),
+        )
+    indices = np.asarray(list(forget_indices), dtype=np.int64)
+    if indices.size == 0:
+        raise ValueError("`forget_indices` is empty: give the training rows to forget.")
+    out_of_range = indices[(indices < 0) | (indices >= num_train)]
+    if out_of_range.size:
+        raise ValueError(
+            f"`forget_indices` holds {out_of_range[:5].tolist()}, outside `train_dataset` (rows 0..{num_train - 1})."
+        )
+    forget_mask = np.zeros(num_train, dtype=bool)
+    forget_mask[indices] = True
+    if forget_mask.all():
+        raise ValueError("`forget_indices` covers every row of `train_dataset`: the retain set is empty.")
+    return ForgetRetainSplit(
+        np.flatnonzero(forget_mask),
+        np.flatnonzero(~forget_mask),
+        np.zeros(0, dtype=np.int64),
+        np.arange(len(eval_labels)),
+    )
+
+
+def subsample(indices: np.ndarray, limit: int | None, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
+    """At most `limit` of `indices` (sorted), drawn at random; balanced over `labels` when given."""
+    if limit is None or len(indices) <= limit:
+        return indices
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.choice(indices, size=limit, replace=False))
+    row_labels = labels[indices]
+    classes = np.unique(row_labels)
+    per_class = [rng.permutation(indices[row_labels == c]) for c in classes]
+    chosen, quota = [], limit
+    # Round-robin over classes so small classes give what they have and larger ones fill the rest.
+    for position in range(max(len(p) for p in per_class)):
+        for pool in per_class:
+            if position < len(pool) and quota:
+                chosen.append(pool[position])
+                quota -= 1
+        if not quota:
+            break
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+class RelabeledDataset(torch.utils.data.Dataset):
+    """Rows of `dataset` at `indices` with their label replaced by `labels` (used by `random_label`)."""
+
+    def __init__(self, dataset, indices: np.ndarray, labels: np.ndarray, label_column: str):
+        self.dataset, self.indices, self.labels, self.label_column = dataset, indices, labels, label_column
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        row = dict(self.dataset[int(self.indices[i])])
+        row[self.label_column] = int(self.labels[i])
+        return row
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """One pass over `retain` rows, each paired with a `forget` row (cycled): `{"retain": row, "forget": row}`.
+
+    Methods that combine a forget and a retain loss in one step (e.g. `neggrad_plus`) train on this.
+    """
+
+    def __init__(self, retain, forget, seed: int = 0):
+        self.retain, self.forget = retain, forget
+        self.forget_order = np.random.default_rng(seed).permutation(len(forget))
+
+    def __len__(self):
+        return len(self.retain)
+
+    def __getitem__(self, i):
+        return {"retain": self.retain[i], "forget": self.forget[int(self.forget_order[i % len(self.forget)])]}
+
+
+class ConcatRows(torch.utils.data.Dataset):
+    """Rows of several datasets one after the other."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i):
+        part = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return self.parts[part][i - int(self.offsets[part])]
+
+
+def decode_audio(value, target_rate: int | None) -> np.ndarray:
+    """A mono float32 waveform at `target_rate` from what an `audio` column holds.
+
+    Accepts `{"array", "sampling_rate"}` (decoded), `{"bytes", "path"}` (undecoded, read with soundfile, so no
+    torchcodec is needed) or a decoder object with `get_all_samples()`.
+    """
+    if isinstance(value, dict) and value.get("array") is not None:
+        waveform, rate = np.asarray(value["array"], dtype=np.float32), value.get("sampling_rate")
+    elif isinstance(value, dict) and (value.get("bytes") is not None or value.get("path")):
+        try:
+            import soundfile
+        except ImportError as error:  # pragma: no cover - soundfile is a core dependency
+            raise ImportError("Decoding audio bytes needs soundfile: pip install soundfile") from error
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+        waveform, rate = soundfile.read(source, dtype="float32", always_2d=True)
+        waveform = waveform.mean(axis=1)
+    elif hasattr(value, "get_all_samples"):
+        samples = value.get_all_samples()
+        waveform, rate = samples.data.numpy().mean(axis=0).astype(np.float32), samples.sample_rate
+    else:
+        raise TypeError(
+            f"Cannot read audio from a value of type {type(value).__name__}: expected a dict with 'array' and "
+            "'sampling_rate', or with 'bytes'/'path' (cast the column with `Audio(decode=False)`)."
+        )
+    if waveform.ndim > 1:
+        waveform = waveform.mean(axis=-1 if waveform.shape[-1] < waveform.shape[0] else 0)
+    if target_rate and rate and int(rate) != int(target_rate):
+        from scipy.signal import resample_poly
+
+        common = gcd(int(rate), int(target_rate))
+        waveform = resample_poly(waveform, int(target_rate) // common, int(rate) // common).astype(np.float32)
+    return waveform
+
+
+class UnlearningCollator:
+    """Turns dataset rows into a model batch `{<model input>: tensor, "labels": tensor}`.
+
+    Rows may already hold model inputs (`pixel_values`, `input_values`, ...) or raw `image` / `audio` columns,
+    which are run through `processing_class` (an image processor or feature extractor) on the fly. Rows of a
+    `PairedDataset` become `{"retain": batch, "forget": batch}`.
+    """
+
+    def __init__(self, label_column: str = "label", processing_class=None):
+        self.label_column = label_column
+        self.processing_class = processing_class
+
+    def __call__(self, rows: list[dict]) -> dict:
+        first = rows[0]
+        if isinstance(first.get("retain"), dict) and isinstance(first.get("forget"), dict):
+            return {part: self([row[part] for row in rows]) for part in ("retain", "forget")}
+        batch = {name: _stack([row[name] for row in rows]) for name in MODEL_INPUT_COLUMNS if name in first}
+        if not batch:
+            batch = self._process_raw(rows)
+        label_column = self.label_column if self.label_column in first else _first_present(first, LABEL_COLUMNS)
+        if label_column is None:
+            raise ValueError(f"A dataset row has no label column ('label' or 'labels'); it has {sorted(first)}.")
+        batch["labels"] = torch.as_tensor([int(row[label_column]) for row in rows], dtype=torch.long)
+        return batch
+
+    def _process_raw(self, rows: list[dict]) -> dict:
+        first = rows[0]
+        image_column = _first_present(first, RAW_IMAGE_COLUMNS)
+        audio_column = _first_present(first, RAW_AUDIO_COLUMNS)
+        if image_column is None and audio_column is None:
+            raise ValueError(
+                f"Dataset rows have no model input: expected one of {list(MODEL_INPUT_COLUMNS)}, or a raw "
+                f"{list(RAW_IMAGE_COLUMNS + RAW_AUDIO_COLUMNS)} column with `processing_class`; found {sorted(first)}."
+            )
+        if self.processing_class is None:
+            raise ValueError(
+                f"Dataset rows hold a raw '{image_column or audio_column}' column but no `processing_class` was "
+                "given: pass the model's image processor or feature extractor (loaded automatically with a Hub ID)."
+            )
+        if image_column is not None:
+            images = [_to_rgb_if_needed(row[image_column], self.processing_class) for row in rows]
+            return dict(self.processing_class(images=images, return_tensors="pt"))
+        rate = getattr(self.processing_class, "sampling_rate", None)
+        waveforms = [decode_audio(row[audio_column], rate) for row in rows]
+        features = self.processing_class(waveforms, sampling_rate=rate, return_tensors="pt")
+        return {name: value for name, value in features.items() if name in MODEL_INPUT_COLUMNS}
+
+
+def _first_present(row: dict, names: Sequence[str]) -> str | None:
+    return next((name for name in names if name in row), None)
+
+
+def _stack(values: list) -> torch.Tensor:
+    if isinstance(values[0], torch.Tensor):
+        return torch.stack(values)
+    return torch.as_tensor(np.stack([np.asarray(v, dtype=np.float32) for v in values]))
+
+
+def _to_rgb_if_needed(image, processor):
+    # Grey or RGBA images fed to a processor that normalises 3 channels would fail deep inside numpy.
+    mean = getattr(processor, "image_mean", None)
+    if hasattr(image, "mode") and mean is not None and len(np.atleast_1d(mean)) == 3 and image.mode != "RGB":
+        return image.convert("RGB")
+    return image

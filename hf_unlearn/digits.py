@@ -1,0 +1,114 @@
+"""scikit-learn's handwritten digits as a `datasets` benchmark, with small ViT / ResNet classifiers built from configs.
+
+The data ships with scikit-learn (1,797 real 8x8 grey images, 10 classes), so the demo, the tests and the
+benchmarks run offline. Images are upsampled to `image_size` pixels, scaled to [0, 1] and stored as
+`pixel_values` (1 x size x size); the split is stratified and seeded.
+
+```python
+>>> from hf_unlearn.digits import load_digits_dataset, digits_classifier, train_classifier
+>>> data = load_digits_dataset()
+>>> model = train_classifier(digits_classifier("vit"), data["train"], epochs=30)
+```
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+ARCHITECTURES = ("vit", "resnet")
+
+
+def load_digits_dataset(image_size: int = 16, test_size: float = 0.2, seed: int = 0):
+    """`DatasetDict` with `train` / `test` splits: `pixel_values` (float32, 1 x size x size) and `label`
+    (`ClassLabel` with names "zero".."nine")."""
+    import datasets
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    if image_size != images.shape[-1]:
+        images = torch.nn.functional.interpolate(images, size=image_size, mode="bilinear", align_corners=False)
+    train_rows, test_rows = train_test_split(
+        np.arange(len(digits.target)), test_size=test_size, random_state=seed, stratify=digits.target
+    )
+    features = datasets.Features(
+        {
+            "pixel_values": datasets.Array3D(shape=(1, image_size, image_size), dtype="float32"),
+            "label": datasets.ClassLabel(names=DIGIT_NAMES),
+        }
+    )
+
+    def split(rows):
+        return datasets.Dataset.from_dict(
+            {"pixel_values": images[rows].numpy(), "label": digits.target[rows].tolist()}, features=features
+        )
+
+    return datasets.DatasetDict({"train": split(train_rows), "test": split(test_rows)})
+
+
+def digits_classifier(architecture: str = "vit", image_size: int = 16, seed: int = 0):
+    """A small, randomly initialised transformers classifier for digits: `"vit"` (ViTForImageClassification,
+    2 layers, 32 wide, 4x4 patches) or `"resnet"` (ResNetForImageClassification, 2 basic stages of 16/32 channels)."""
+    from transformers import (
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+        set_seed,
+    )
+
+    labels = {"id2label": dict(enumerate(DIGIT_NAMES)), "label2id": {n: i for i, n in enumerate(DIGIT_NAMES)}}
+    set_seed(seed)
+    if architecture == "vit":
+        config = ViTConfig(
+            image_size=image_size,
+            patch_size=4,
+            num_channels=1,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            **labels,
+        )
+        return ViTForImageClassification(config)
+    if architecture == "resnet":
+        config = ResNetConfig(
+            num_channels=1, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", **labels
+        )
+        return ResNetForImageClassification(config)
+    raise ValueError(f"`architecture` must be one of {ARCHITECTURES}, got {architecture!r}.")
+
+
+DEFAULT_TRAINING = {"vit": {"epochs": 30, "learning_rate": 3e-3}, "resnet": {"epochs": 15, "learning_rate": 3e-3}}
+
+
+def training_arguments(output_dir: str, epochs: int, learning_rate: float, seed: int = 0, **overrides) -> dict:
+    """The training recipe shared by the original model and the `retrain` reference (so the two are comparable)."""
+    return {
+        "output_dir": output_dir,
+        "num_train_epochs": epochs,
+        "learning_rate": learning_rate,
+        "per_device_train_batch_size": 32,
+        "per_device_eval_batch_size": 256,
+        "weight_decay": 0.01,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0,
+        "logging_strategy": "no",
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": seed,
+        "dataloader_pin_memory": False,  # nothing to pin for on a CPU machine; torch warns otherwise
+        **overrides,
+    }
+
+
+def train_classifier(model, train_dataset, output_dir: str = "digits_original", seed: int = 0, **recipe):
+    """Train `model` on `train_dataset` with a plain `transformers.Trainer` (the "original" model to unlearn from)."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(**training_arguments(output_dir, seed=seed, **recipe))
+    Trainer(model=model, args=args, train_dataset=train_dataset).train()
+    return model.eval()

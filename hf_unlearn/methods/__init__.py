@@ -1,0 +1,3 @@
+"""Built-in unlearning methods. Importing this package registers each of them (one import line per method)."""
+
+from . import finetune, gradient_ascent, neggrad_plus, random_label, retrain  # noqa: F401

@@ -1,0 +1,52 @@
+"""Base classes shared by every unlearning method."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class UnlearningMethod:
+    """One unlearning method. `UnlearningTrainer` builds it with itself and the method's config, then calls `run()`,
+    which changes `trainer.model` in place.
+
+    What a method can use from the trainer: `trainer.model`, `trainer.args` (the `UnlearnConfig`), `trainer.split`
+    (forget/retain row indices), `trainer.forget_view` / `trainer.retain_view` (the datasets it may train on,
+    already capped by `max_forget_samples` / `max_retain_samples`), `trainer.label_column`, `trainer.num_labels`,
+    `trainer.train_with(dataset)` (the Trainer's own training loop) and `trainer.predict_logits(dataset)`.
+    """
+
+    #: Whether `UnlearnConfig.forget_accuracy_target` may stop this method early.
+    stops_at_forget_target: bool = True
+
+    def __init__(self, trainer, config):
+        self.trainer = trainer
+        self.config = config
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def compute_loss(self, model, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not train through the Trainer's loop.")
+
+
+class TrainerLoopMethod(UnlearningMethod):
+    """A method that is one run of the Trainer's training loop (optimizer, scheduler, accelerator, progress bar,
+    logging, callbacks): it chooses the data (`training_dataset`) and the loss (`compute_loss`)."""
+
+    def training_dataset(self):
+        raise NotImplementedError
+
+    def prepare_model(self) -> None:
+        """Hook run before training (e.g. re-initialisation for `retrain`)."""
+
+    def run(self) -> None:
+        self.prepare_model()
+        self.trainer.train_with(self.training_dataset())
+
+
+def classification_loss(model, batch: dict, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of `model` on `batch` (model inputs plus `labels`)."""
+    inputs = {name: value for name, value in batch.items() if name != "labels"}
+    logits = model(**inputs).logits
+    return F.cross_entropy(logits.float(), batch["labels"], reduction=reduction)

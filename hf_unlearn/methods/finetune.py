@@ -1,0 +1,42 @@
+"""`finetune`: keep training on the retain set only, relying on catastrophic forgetting of the forget set.
+
+Baseline from Warnecke et al., "Machine Unlearning of Features and Labels" (NDSS 2023) and most unlearning
+benchmarks since (e.g. SalUn, SFR-on). It uses the `UnlearnConfig` training budget (`learning_rate`,
+`num_train_epochs` / `max_steps`).
+
+Example:
+
+```python
+>>> args = UnlearnConfig(output_dir="out", method="finetune", num_train_epochs=2, learning_rate=1e-3)
+>>> UnlearningTrainer(model, args, train_dataset=train, eval_dataset=test, forget_classes=[3]).unlearn()
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import register_method
+from .base import TrainerLoopMethod, classification_loss
+
+
+@dataclass
+class FinetuneConfig:
+    """`finetune` has no hyperparameters of its own: it trains with the `UnlearnConfig` training fields."""
+
+
+class Finetune(TrainerLoopMethod):
+    def training_dataset(self):
+        return self.trainer.retain_view
+
+    def compute_loss(self, model, inputs, num_items_in_batch=None):
+        return classification_loss(model, inputs)
+
+
+register_method(
+    "finetune",
+    FinetuneConfig,
+    Finetune,
+    description="Train on the retain set only (catastrophic forgetting baseline).",
+    paper="https://arxiv.org/abs/2108.11577",
+)

@@ -1,0 +1,43 @@
+"""`gradient_ascent`: maximise the cross-entropy on the forget set.
+
+Baseline from Thudi et al., "Unrolling SGD" (EuroS&P 2022) and Graves et al., "Amnesiac Machine Learning"
+(AAAI 2021). The loss is unbounded: without a stopping rule it destroys the model. Set
+`UnlearnConfig.forget_accuracy_target` (e.g. 0.0 for class forgetting) so it stops once the forget set is
+forgotten, and keep the learning rate small.
+
+Example:
+
+```python
+>>> args = UnlearnConfig(output_dir="out", method="gradient_ascent", learning_rate=1e-4, num_train_epochs=5,
+...                      forget_accuracy_target=0.0, forget_check_steps=1)
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import register_method
+from .base import TrainerLoopMethod, classification_loss
+
+
+@dataclass
+class GradientAscentConfig:
+    """`gradient_ascent` has no hyperparameters of its own: it trains with the `UnlearnConfig` training fields."""
+
+
+class GradientAscent(TrainerLoopMethod):
+    def training_dataset(self):
+        return self.trainer.forget_view
+
+    def compute_loss(self, model, inputs, num_items_in_batch=None):
+        return -classification_loss(model, inputs)
+
+
+register_method(
+    "gradient_ascent",
+    GradientAscentConfig,
+    GradientAscent,
+    description="Gradient ascent on the forget set (stop it with `forget_accuracy_target`).",
+    paper="https://arxiv.org/abs/2109.13398",
+)

@@ -1,0 +1,209 @@
+"""Unlearning metrics (METHODS.md section 6), as plain functions of logits and labels.
+
+Directions, for a class-forgetting request:
+
+| metric | what it is | good value |
+|---|---|---|
+| `forget_accuracy` | accuracy on eval rows of the forget classes | low (a retrained model: 0) |
+| `retain_accuracy` | accuracy on eval rows of the retained classes | high, close to the original |
+| `forget_train_accuracy` | accuracy on the forget training rows | low (retrain: 0 for classes) |
+| `retain_train_accuracy` | accuracy on the retain training rows | high |
+| `per_class_accuracy` | eval accuracy per class, keyed by label name | forget classes low, others unchanged |
+| `mia_entropy` | share of forget training rows an entropy attack calls "member" | close to retrain (about 0) |
+| `mia_efficacy` | share of forget training rows a confidence attack calls "non-member" | close to retrain (about 1) |
+| `mia_auc` | (sample-level only) attack AUC, forget rows vs held-out rows of the same classes | close to retrain (~0.5) |
+
+For sample-level forgetting (`forget_indices`) the eval split holds no forgotten rows, so `forget_accuracy` is the
+accuracy on the forgotten training rows (equal to `forget_train_accuracy`) and `retain_accuracy` is the accuracy on
+the whole eval split. All accuracies and attack rates are fractions in [0, 1].
+
+Both attacks are fitted on the model under test, with retain training rows as members and eval rows of the
+retained classes as non-members (the shadow-free attacks of SFR-on and SalUn / l1-sparse), then applied to the
+forget training rows. Each side is capped at `max_attack_samples` (random, seeded) so the SVC stays fast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCALAR_METRICS = (
+    "forget_accuracy",
+    "retain_accuracy",
+    "test_accuracy",
+    "forget_train_accuracy",
+    "retain_train_accuracy",
+    "mia_entropy",
+    "mia_efficacy",
+    "mia_auc",
+)
+# METHODS.md section 6: the mean gap to retrain is taken over forget, retain and test accuracy and the MIA.
+GAP_METRICS = ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy", "mia_entropy")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float | None:
+    """Share of rows whose argmax equals the label; None for no rows."""
+    if len(labels) == 0:
+        return None
+    return float((np.asarray(logits).argmax(axis=1) == labels).mean())
+
+
+def per_class_accuracy(logits: np.ndarray, labels: np.ndarray, id2label: dict | None = None) -> dict[str, float]:
+    """Accuracy for each class present in `labels`, keyed by label name (or id)."""
+    predictions = np.asarray(logits).argmax(axis=1)
+    result = {}
+    for class_id in np.unique(labels):
+        name = str((id2label or {}).get(int(class_id), int(class_id)))
+        result[name] = float((predictions[labels == class_id] == class_id).mean())
+    return result
+
+
+def prediction_entropy(probabilities: np.ndarray) -> np.ndarray:
+    return -(probabilities * np.log(np.clip(probabilities, 1e-12, None))).sum(axis=1)
+
+
+def true_class_confidence(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return probabilities[np.arange(len(labels)), labels]
+
+
+def _attack_training_set(member: np.ndarray, non_member: np.ndarray, max_samples: int, seed: int):
+    rng = np.random.default_rng(seed)
+
+    def cap(values):
+        return values[rng.choice(len(values), max_samples, replace=False)] if len(values) > max_samples else values
+
+    member, non_member = cap(member), cap(non_member)
+    features = np.concatenate([member, non_member]).reshape(-1, 1)
+    targets = np.concatenate([np.ones(len(member)), np.zeros(len(non_member))])
+    return features, targets
+
+
+def mia_entropy(
+    member_probs: np.ndarray,
+    non_member_probs: np.ndarray,
+    target_probs: np.ndarray,
+    *,
+    max_attack_samples: int = 5000,
+    seed: int = 0,
+) -> float | None:
+    """Entropy attack (SFR-on): share of `target` rows a balanced logistic regression on softmax entropy, fitted
+    members vs non-members, calls "member". None when a part is empty."""
+    if min(len(member_probs), len(non_member_probs), len(target_probs)) == 0:
+        return None
+    from sklearn.linear_model import LogisticRegression
+
+    features, targets = _attack_training_set(
+        prediction_entropy(member_probs), prediction_entropy(non_member_probs), max_attack_samples, seed
+    )
+    attack = LogisticRegression(class_weight="balanced").fit(features, targets)
+    return float(attack.predict(prediction_entropy(target_probs).reshape(-1, 1)).mean())
+
+
+def mia_efficacy(
+    member_probs: np.ndarray,
+    member_labels: np.ndarray,
+    non_member_probs: np.ndarray,
+    non_member_labels: np.ndarray,
+    target_probs: np.ndarray,
+    target_labels: np.ndarray,
+    *,
+    max_attack_samples: int = 2000,
+    seed: int = 0,
+) -> float | None:
+    """Confidence attack (SalUn / l1-sparse "MIA-efficacy"): an RBF SVC on the true-class softmax confidence,
+    fitted members vs non-members; the share of `target` rows it calls "non-member". None when a part is empty."""
+    if min(len(member_probs), len(non_member_probs), len(target_probs)) == 0:
+        return None
+    from sklearn.svm import SVC
+
+    features, targets = _attack_training_set(
+        true_class_confidence(member_probs, member_labels),
+        true_class_confidence(non_member_probs, non_member_labels),
+        max_attack_samples,
+        seed,
+    )
+    if len(np.unique(targets)) < 2:
+        return None
+    attack = SVC(C=3.0, gamma="auto", kernel="rbf", class_weight="balanced").fit(features, targets)
+    target_features = true_class_confidence(target_probs, target_labels).reshape(-1, 1)
+    return float(1.0 - attack.predict(target_features).mean())
+
+
+def mia_auc(
+    target_probs: np.ndarray, target_labels: np.ndarray, held_out_probs: np.ndarray, held_out_labels: np.ndarray
+) -> float | None:
+    """Item-level attack: ROC AUC of the true-class confidence separating `target` (forgotten training rows) from
+    held-out rows of the same classes. 0.5 = indistinguishable (what a retrained model gives); 1 = fully exposed."""
+    keep = np.isin(held_out_labels, np.unique(target_labels))
+    if len(target_labels) == 0 or not keep.any():
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    scores = np.concatenate(
+        [
+            true_class_confidence(target_probs, target_labels),
+            true_class_confidence(held_out_probs[keep], held_out_labels[keep]),
+        ]
+    )
+    membership = np.concatenate([np.ones(len(target_labels)), np.zeros(int(keep.sum()))])
+    return float(roc_auc_score(membership, scores))
+
+
+def unlearning_metrics(
+    *,
+    forget_train: tuple[np.ndarray, np.ndarray],
+    retain_train: tuple[np.ndarray, np.ndarray],
+    eval_forget: tuple[np.ndarray, np.ndarray],
+    eval_retain: tuple[np.ndarray, np.ndarray],
+    class_level: bool,
+    id2label: dict | None = None,
+    seed: int = 0,
+) -> dict:
+    """All metrics from `(logits, labels)` pairs of the four parts of the train and eval splits."""
+    probs = {
+        name: (softmax(part[0]) if len(part[1]) else np.zeros((0, 1)), part[1])
+        for name, part in {
+            "forget_train": forget_train,
+            "retain_train": retain_train,
+            "eval_forget": eval_forget,
+            "eval_retain": eval_retain,
+        }.items()
+    }
+    eval_logits = np.concatenate([eval_forget[0], eval_retain[0]]) if len(eval_forget[1]) else eval_retain[0]
+    eval_labels = np.concatenate([eval_forget[1], eval_retain[1]])
+    forget_train_accuracy = accuracy(*forget_train)
+    metrics = {
+        "forget_accuracy": accuracy(*eval_forget) if class_level else forget_train_accuracy,
+        "retain_accuracy": accuracy(*eval_retain),
+        "test_accuracy": accuracy(eval_logits, eval_labels),
+        "forget_train_accuracy": forget_train_accuracy,
+        "retain_train_accuracy": accuracy(*retain_train),
+        "per_class_accuracy": per_class_accuracy(eval_logits, eval_labels, id2label) if len(eval_labels) else {},
+        "mia_entropy": mia_entropy(probs["retain_train"][0], probs["eval_retain"][0], probs["forget_train"][0], seed=seed),
+        "mia_efficacy": mia_efficacy(
+            *probs["retain_train"], *probs["eval_retain"], *probs["forget_train"], seed=seed
+        ),
+    }
+    if not class_level:
+        metrics["mia_auc"] = mia_auc(*probs["forget_train"], *probs["eval_retain"])
+    return metrics
+
+
+def gap_to_reference(metrics: dict, reference: dict) -> dict:
+    """`gap_<name>` = |metric - reference metric| for every scalar metric both have, `reference_<name>` for the
+    reference values, and `mean_gap` over the metrics METHODS.md averages (forget/retain/test accuracy and the
+    entropy MIA). Smaller is closer to the retrained model."""
+    result = {}
+    for name in SCALAR_METRICS:
+        if metrics.get(name) is None or reference.get(name) is None:
+            continue
+        result[f"reference_{name}"] = reference[name]
+        result[f"gap_{name}"] = abs(metrics[name] - reference[name])
+    gaps = [result[f"gap_{name}"] for name in GAP_METRICS if f"gap_{name}" in result]
+    result["mean_gap"] = float(np.mean(gaps)) if gaps else None
+    return result

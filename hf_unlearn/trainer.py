@@ -1,0 +1,265 @@
+"""`UnlearningTrainer`: a `transformers.Trainer` that removes classes or samples from a trained classifier."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from accelerate.logging import get_logger
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback
+
+from .config import UnlearnConfig
+from .data import (
+    UnlearningCollator,
+    check_dataset,
+    dataset_labels,
+    find_label_column,
+    resolve_forget_classes,
+    split_forget_retain,
+    subsample,
+)
+from .metrics import accuracy, gap_to_reference, unlearning_metrics
+from .models import check_classifier, load_classifier
+from .registry import get_method
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class UnlearningOutput:
+    """What `UnlearningTrainer.unlearn()` returns."""
+
+    model: torch.nn.Module
+    metrics: dict
+    original_metrics: dict | None = None
+    method: str = ""
+    method_config: object = None
+    forget_classes: list[int] | None = None
+    num_forget_samples: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+class UnlearningTrainer(Trainer):
+    """Removes what a trained classifier learned about some classes or training samples, and measures the result.
+
+    Args:
+        model: a transformers classifier (`...ForImageClassification`, `...ForAudioClassification`) or a Hub ID /
+            local path, loaded with the matching Auto class and its processor.
+        args: an [`UnlearnConfig`] (method, its hyperparameters, the training budget of gradient methods).
+        train_dataset: the model's training set (`datasets.Dataset` with a `label` or `labels` column and model
+            inputs, or raw `image` / `audio` columns plus `processing_class`). The forget and retain sets come from
+            it.
+        eval_dataset: held-out rows (same columns) for the metrics.
+        processing_class: image processor or feature extractor for raw columns (loaded with a Hub ID).
+        forget_classes: class ids or label names (`model.config.label2id`) to forget.
+        forget_indices: training rows to forget (sample-level unlearning). Give exactly one of the two.
+
+    The caller's model object is left untouched unless `args.in_place`; `trainer.model` is the unlearned model and
+    `trainer.save_model()` writes it like any Trainer.
+
+    Example:
+
+    ```python
+    >>> from hf_unlearn import UnlearnConfig, UnlearningTrainer
+    >>> args = UnlearnConfig(output_dir="out", method="neggrad_plus", num_train_epochs=2, learning_rate=1e-3)
+    >>> result = UnlearningTrainer(model, args, train_dataset=train, eval_dataset=test, forget_classes=[3]).unlearn()
+    >>> result.metrics["forget_accuracy"], result.metrics["retain_accuracy"]
+    ```
+    """
+
+    def __init__(
+        self,
+        model,
+        args: UnlearnConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        data_collator=None,
+        forget_classes=None,
+        forget_indices=None,
+        callbacks=None,
+        **kwargs,
+    ):
+        if args is None:
+            args = UnlearnConfig(output_dir="unlearn_output")
+        if not isinstance(args, UnlearnConfig):
+            raise TypeError(
+                f"`args` must be an UnlearnConfig, got {type(args).__name__}. Build one with "
+                "`UnlearnConfig(output_dir=..., method=...)` (it accepts every TrainingArguments field)."
+            )
+        spec = get_method(args.method)
+        if isinstance(model, str):
+            model, loaded_processor = load_classifier(model, trust_remote_code=args.trust_remote_code)
+            processing_class = processing_class if processing_class is not None else loaded_processor
+        check_classifier(model)
+        if (forget_classes is None) == (forget_indices is None):
+            raise ValueError(
+                "Give exactly one of `forget_classes` (class ids or label names) and `forget_indices` (training rows); "
+                f"got forget_classes={forget_classes!r} and forget_indices="
+                f"{'None' if forget_indices is None else f'<{len(forget_indices)} indices>'}."
+            )
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required: the forget and retain sets are taken from it.")
+        check_dataset(train_dataset, "train_dataset")
+        self.label_column = find_label_column(train_dataset, "train_dataset")
+        eval_labels = None
+        if eval_dataset is not None:
+            check_dataset(eval_dataset, "eval_dataset")
+            eval_labels = dataset_labels(eval_dataset, find_label_column(eval_dataset, "eval_dataset"))
+        elif args.eval_before_unlearn or args.eval_after_unlearn:
+            raise ValueError(
+                "`eval_dataset` is required to measure unlearning (held-out rows for accuracy and the membership "
+                "attacks). Pass it, or set `eval_before_unlearn=False, eval_after_unlearn=False`."
+            )
+
+        self.num_labels = int(model.config.num_labels)
+        if forget_classes is not None:
+            forget_classes = resolve_forget_classes(forget_classes, model.config.label2id, self.num_labels)
+        self.train_labels = dataset_labels(train_dataset, self.label_column)
+        self.split = split_forget_retain(self.train_labels, eval_labels, forget_classes, forget_indices)
+
+        if not args.in_place:
+            model = copy.deepcopy(model)
+        if data_collator is None:
+            data_collator = UnlearningCollator(self.label_column, processing_class)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            **kwargs,
+        )
+        # Methods return a mean loss: let the Trainer scale it for gradient accumulation itself.
+        self.model_accepts_loss_kwargs = False
+        self.source_train_dataset = train_dataset
+        seed = args.seed
+        self.forget_view = train_dataset.select(subsample(self.split.forget_indices, args.max_forget_samples, seed))
+        self.retain_view = train_dataset.select(
+            subsample(self.split.retain_indices, args.max_retain_samples, seed, self.train_labels)
+        )
+        self.method = spec.method_class(self, args.method_config)
+        if args.forget_accuracy_target is not None:
+            self.add_callback(ForgetTargetCallback(self))
+
+    # ----------------------------------------------------------------------------------------------- running
+    def unlearn(self) -> UnlearningOutput:
+        """Run the configured method and measure the unlearned model (and the original, if
+        `args.eval_before_unlearn`). Returns an [`UnlearningOutput`]."""
+        args = self.args
+        original_metrics = self.evaluate_unlearning() if args.eval_before_unlearn else None
+        self.accelerator.wait_for_everyone()
+        start = time.perf_counter()
+        self.method.run()
+        self.accelerator.wait_for_everyone()
+        seconds = time.perf_counter() - start
+        metrics = self.evaluate_unlearning() if args.eval_after_unlearn else {}
+        metrics["unlearn_seconds"] = seconds
+        self.unlearn_metrics = metrics
+        logger.info(f"Unlearning with '{args.method}' took {seconds:.2f} s.")
+        return UnlearningOutput(
+            model=self.model,
+            metrics=metrics,
+            original_metrics=original_metrics,
+            method=args.method,
+            method_config=args.method_config,
+            forget_classes=self.split.forget_classes,
+            num_forget_samples=len(self.split.forget_indices),
+        )
+
+    def train_with(self, dataset):
+        """Run the Trainer's training loop on `dataset` with a fresh optimizer and schedule (used by methods)."""
+        self.train_dataset = dataset
+        self.optimizer, self.lr_scheduler = None, None
+        try:
+            return self.train()
+        finally:
+            self.train_dataset = self.source_train_dataset
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = self.method.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        return (loss, None) if return_outputs else loss
+
+    # ------------------------------------------------------------------------------------------- measuring
+    @torch.no_grad()
+    def predict_logits(self, dataset, model=None, description: str = "Scoring") -> tuple[np.ndarray, np.ndarray]:
+        """Logits and labels of `model` (default: `self.model`) on every row of `dataset`, gathered over processes."""
+        model = self.model if model is None else model
+        if len(dataset) == 0:
+            return np.zeros((0, self.num_labels), dtype=np.float32), np.zeros(0, dtype=np.int64)
+        was_training = model.training
+        model.eval()
+        all_logits, all_labels = [], []
+        loader = self.get_test_dataloader(dataset)
+        show = self.is_local_process_zero() and not self.args.disable_tqdm and len(loader) > 20
+        for batch in tqdm(loader, desc=description, disable=not show, leave=False):
+            batch = self._prepare_inputs(batch)
+            labels = batch.pop("labels")
+            logits = model(**batch).logits.float()
+            logits, labels = self.accelerator.gather_for_metrics((logits, labels))
+            all_logits.append(logits.cpu().numpy())
+            all_labels.append(labels.cpu().numpy())
+        model.train(was_training)
+        return np.concatenate(all_logits), np.concatenate(all_labels)
+
+    def _metric_views(self) -> dict:
+        if not hasattr(self, "_cached_metric_views"):
+            train, split, args = self.source_train_dataset, self.split, self.args
+            retain_rows = subsample(split.retain_indices, args.max_metric_train_samples, args.seed, self.train_labels)
+            self._cached_metric_views = {
+                "forget_train": train.select(split.forget_indices),
+                "retain_train": train.select(retain_rows),
+                "eval_forget": self.eval_dataset.select(split.eval_forget_indices),
+                "eval_retain": self.eval_dataset.select(split.eval_retain_indices),
+            }
+        return self._cached_metric_views
+
+    def evaluate_unlearning(self, reference_model=None, model=None) -> dict:
+        """Unlearning metrics of `model` (default: the trainer's current model); see `hf_unlearn.metrics`.
+
+        With `reference_model` (a model retrained without the forget set, e.g. from method `retrain`), also the
+        reference's values (`reference_<metric>`), the gaps (`gap_<metric>`) and `mean_gap`.
+        """
+        if self.eval_dataset is None:
+            raise ValueError("`evaluate_unlearning` needs the trainer's `eval_dataset`.")
+        metrics = self._measure(model)
+        if reference_model is not None:
+            reference_model = reference_model.to(self.args.device)
+            metrics.update(gap_to_reference(metrics, self._measure(reference_model)))
+        return metrics
+
+    def _measure(self, model) -> dict:
+        parts = {name: self.predict_logits(view, model, f"Scoring {name}") for name, view in self._metric_views().items()}
+        return unlearning_metrics(
+            **parts,
+            class_level=self.split.is_class_level,
+            id2label=getattr(self.model.config, "id2label", None),
+            seed=self.args.seed,
+        )
+
+
+class ForgetTargetCallback(TrainerCallback):
+    """Stops a gradient method once the forget training accuracy reaches `UnlearnConfig.forget_accuracy_target`,
+    checked every `forget_check_steps` optimizer steps on `trainer.forget_view`."""
+
+    def __init__(self, trainer: UnlearningTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if not trainer.method.stops_at_forget_target or state.global_step % args.forget_check_steps:
+            return control
+        forget_accuracy = accuracy(*trainer.predict_logits(trainer.forget_view, description="Checking forget set"))
+        if forget_accuracy is not None and forget_accuracy <= args.forget_accuracy_target:
+            logger.info(
+                f"Forget accuracy {forget_accuracy:.4f} <= target {args.forget_accuracy_target} at step "
+                f"{state.global_step}: stopping."
+            )
+            control.should_training_stop = True
+        return control
