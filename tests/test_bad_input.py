@@ -1,0 +1,106 @@
+"""Bad input fails with a clear error, before any work (the trainer is never built, the model never copied)."""
+
+import pytest
+
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.digits import digits_classifier
+
+
+@pytest.fixture
+def model():
+    return digits_classifier("resnet")
+
+
+@pytest.fixture
+def args(tmp_path):
+    return UnlearnConfig(output_dir=str(tmp_path), method="finetune", max_steps=1)
+
+
+def build(model, args, digits, **kwargs):
+    kwargs.setdefault("train_dataset", digits["train"])
+    kwargs.setdefault("eval_dataset", digits["test"])
+    return UnlearningTrainer(model, args, **kwargs)
+
+
+def test_forget_class_id_not_in_label_space(model, args, digits):
+    with pytest.raises(ValueError, match=r"`forget_classes` contains 12.*ids 0\.\.9.*'three'"):
+        build(model, args, digits, forget_classes=[12])
+
+
+def test_forget_class_name_not_in_label_space(model, args, digits):
+    with pytest.raises(ValueError, match=r"contains 'eleven'.*Valid labels: \['zero', 'one'"):
+        build(model, args, digits, forget_classes=["eleven"])
+
+
+def test_every_class_forgotten(model, args, digits):
+    with pytest.raises(ValueError, match="names all 10 classes"):
+        build(model, args, digits, forget_classes=list(range(10)))
+
+
+def test_empty_forget_set(model, args, digits):
+    without_threes = digits["train"].filter(lambda row: row["label"] != 3)
+    with pytest.raises(ValueError, match=r"forget set is empty.*\[3\]"):
+        build(model, args, digits, train_dataset=without_threes, forget_classes=[3])
+
+
+def test_empty_forget_indices(model, args, digits):
+    with pytest.raises(ValueError, match="`forget_indices` is empty"):
+        build(model, args, digits, forget_indices=[])
+
+
+def test_forget_indices_out_of_range(model, args, digits):
+    with pytest.raises(ValueError, match=r"`forget_indices` holds \[100000\]"):
+        build(model, args, digits, forget_indices=[0, 100000])
+
+
+def test_dataset_without_label_column(model, args, digits):
+    unlabelled = digits["train"].rename_column("label", "target")
+    with pytest.raises(ValueError, match=r"`train_dataset` has no label column.*'target'"):
+        build(model, args, digits, train_dataset=unlabelled, forget_classes=[3])
+
+
+def test_model_without_classification_head(args, digits):
+    from transformers import ViTConfig, ViTModel
+
+    backbone = ViTModel(ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=4, intermediate_size=64))
+    with pytest.raises(TypeError, match="ViTModel, which has no classification head"):
+        build(backbone, args, digits, forget_classes=[3])
+
+
+def test_both_forget_classes_and_indices(model, args, digits):
+    with pytest.raises(ValueError, match="exactly one of `forget_classes`.*and `forget_indices`"):
+        build(model, args, digits, forget_classes=[3], forget_indices=[0, 1])
+
+
+def test_neither_forget_classes_nor_indices(model, args, digits):
+    with pytest.raises(ValueError, match="exactly one of `forget_classes`"):
+        build(model, args, digits)
+
+
+def test_unknown_method(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown unlearning method 'svdd'\. Available: .*finetune.*neggrad_plus"):
+        UnlearnConfig(output_dir=str(tmp_path), method="svdd")
+
+
+def test_args_of_the_wrong_type(model, digits):
+    from transformers import TrainingArguments
+
+    with pytest.raises(TypeError, match="`args` must be an UnlearnConfig, got TrainingArguments"):
+        build(model, TrainingArguments(output_dir="x"), digits, forget_classes=[3])
+
+
+def test_dataset_dict_instead_of_split(model, args, digits):
+    with pytest.raises(TypeError, match=r"DatasetDict with splits \['train', 'test'\]"):
+        build(model, args, digits, train_dataset=digits, forget_classes=[3])
+
+
+def test_missing_eval_dataset_when_measuring(model, args, digits):
+    with pytest.raises(ValueError, match="`eval_dataset` is required"):
+        build(model, args, digits, eval_dataset=None, forget_classes=[3])
+
+
+def test_errors_leave_no_output(model, args, digits, tmp_path):
+    with pytest.raises(ValueError):
+        build(model, args, digits, forget_classes=[42])
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,99 @@
+"""UnlearnConfig from Python, YAML, JSON strings and HfArgumentParser; method_kwargs resolution and validation."""
+
+import json
+
+import pytest
+from transformers import HfArgumentParser
+
+from hf_unlearn import UnlearnConfig, available_methods
+from hf_unlearn.methods.finetune import FinetuneConfig
+from hf_unlearn.methods.neggrad_plus import NegGradPlusConfig
+
+
+def test_method_kwargs_resolve_to_the_method_config(tmp_path):
+    args = UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", method_kwargs={"retain_weight": 0.8})
+    assert args.method_config == NegGradPlusConfig(retain_weight=0.8)
+    args = UnlearnConfig(output_dir=str(tmp_path), method="finetune")
+    assert args.method_config == FinetuneConfig()
+    args = UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", method_kwargs=NegGradPlusConfig(0.7))
+    assert args.method_config.retain_weight == 0.7 and args.method_kwargs == {"retain_weight": 0.7}
+
+
+def test_method_kwargs_as_json_string(tmp_path):
+    args = UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", method_kwargs='{"retain_weight": 0.6}')
+    assert args.method_config.retain_weight == 0.6
+
+
+def test_unknown_method_kwarg_names_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"\['alpha'\].*Valid keys: retain_weight"):
+        UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", method_kwargs={"alpha": 1})
+
+
+def test_invalid_method_kwarg_value_names_the_field(tmp_path):
+    with pytest.raises(ValueError, match="`retain_weight` must be in"):
+        UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", method_kwargs={"retain_weight": 1.5})
+
+
+def test_malformed_json_method_kwargs(tmp_path):
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", method_kwargs="{retain_weight: 1")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("forget_accuracy_target", 5.0, "fraction in"),
+        ("max_forget_samples", 0, "`max_forget_samples` must be a positive"),
+        ("forget_check_steps", 0, "`forget_check_steps` must be"),
+    ],
+)
+def test_invalid_shared_options(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        UnlearnConfig(output_dir=str(tmp_path), **{field: value})
+
+
+def test_from_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "output_dir: out\nmethod: neggrad_plus\nmethod_kwargs:\n  retain_weight: 0.75\n"
+        "learning_rate: 0.001\nnum_train_epochs: 2\nmax_retain_samples: 100\n"
+    )
+    args = UnlearnConfig.from_yaml(str(path), seed=7)
+    assert args.method_config.retain_weight == 0.75
+    assert args.learning_rate == 0.001 and args.num_train_epochs == 2 and args.max_retain_samples == 100
+    assert args.seed == 7
+
+
+def test_yaml_with_unknown_key_fails(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("output_dir: out\nmethd: finetune\n")
+    with pytest.raises(ValueError, match="methd"):
+        UnlearnConfig.from_yaml(str(path))
+
+
+def test_hf_argument_parser_command_line(tmp_path):
+    (args,) = HfArgumentParser(UnlearnConfig).parse_args_into_dataclasses(
+        [
+            "--output_dir", str(tmp_path),
+            "--method", "neggrad_plus",
+            "--method_kwargs", json.dumps({"retain_weight": 0.95}),
+            "--forget_accuracy_target", "0.01",
+            "--in_place", "true",
+        ]
+    )
+    assert isinstance(args, UnlearnConfig)
+    assert args.method_config.retain_weight == 0.95
+    assert args.forget_accuracy_target == 0.01 and args.in_place
+
+
+def test_to_dict_round_trip(tmp_path):
+    args = UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", method_kwargs={"retain_weight": 0.8})
+    values = args.to_dict()
+    assert values["method"] == "neggrad_plus" and values["method_kwargs"] == {"retain_weight": 0.8}
+
+
+def test_defaults_suit_unlearning(tmp_path):
+    args = UnlearnConfig(output_dir=str(tmp_path))
+    assert args.method in available_methods()
+    assert args.remove_unused_columns is False
+    assert args.save_strategy == "no"

@@ -1,0 +1,133 @@
+"""Forget/retain splits, subsampling, the collator on raw image and audio columns, and loading by path."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hf_unlearn import UnlearningTrainer
+from hf_unlearn.data import (
+    UnlearningCollator,
+    decode_audio,
+    resolve_forget_classes,
+    split_forget_retain,
+    subsample,
+)
+
+SPOKEN_DIGITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "spoken_digits"
+
+
+def test_split_by_class_covers_train_and_eval():
+    train = np.array([0, 1, 2, 3, 3, 1])
+    test = np.array([3, 0, 3, 2])
+    split = split_forget_retain(train, test, forget_classes=[3])
+    assert split.forget_indices.tolist() == [3, 4]
+    assert split.retain_indices.tolist() == [0, 1, 2, 5]
+    assert split.eval_forget_indices.tolist() == [0, 2]
+    assert split.eval_retain_indices.tolist() == [1, 3]
+    assert split.is_class_level
+
+
+def test_split_by_indices_keeps_eval_whole():
+    split = split_forget_retain(np.arange(10) % 3, np.arange(4), forget_indices=[7, 2, 2])
+    assert split.forget_indices.tolist() == [2, 7]
+    assert len(split.retain_indices) == 8
+    assert split.eval_forget_indices.size == 0 and split.eval_retain_indices.tolist() == [0, 1, 2, 3]
+    assert not split.is_class_level
+
+
+def test_class_balanced_subsample():
+    labels = np.array([0] * 50 + [1] * 50 + [2] * 3)
+    chosen = subsample(np.arange(len(labels)), 21, seed=0, labels=labels)
+    counts = np.bincount(labels[chosen], minlength=3)
+    assert len(chosen) == 21 and counts.tolist() == [9, 9, 3]
+    assert subsample(np.arange(5), None, seed=0).tolist() == [0, 1, 2, 3, 4]
+    assert np.array_equal(subsample(np.arange(100), 10, seed=1), subsample(np.arange(100), 10, seed=1))
+
+
+def test_forget_classes_by_name_id_and_digit_string():
+    label2id = {"cat": 0, "dog": 1, "bird": 2}
+    assert resolve_forget_classes(["dog", 2], label2id, 3) == [1, 2]
+    assert resolve_forget_classes("cat", label2id, 3) == [0]
+    assert resolve_forget_classes(["1"], {}, 3) == [1]
+
+
+def tiny_rgb_vit_and_processor():
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    names = [str(i) for i in range(10)]
+    config = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=1,
+                       num_attention_heads=4, intermediate_size=64, id2label=dict(enumerate(names)),
+                       label2id={n: i for i, n in enumerate(names)})
+    processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    return ViTForImageClassification(config), processor
+
+
+def image_dataset(digits, split, rows):
+    import datasets
+    from PIL import Image
+
+    part = digits[split].select(range(rows))
+    images = [Image.fromarray((np.asarray(v)[0] * 255).astype(np.uint8), mode="L") for v in part["pixel_values"]]
+    return datasets.Dataset.from_dict({"image": images, "label": part["label"]},
+                                      features=datasets.Features({"image": datasets.Image(),
+                                                                  "label": part.features["label"]}))
+
+
+def test_raw_image_column_is_processed_on_the_fly(digits, make_args):
+    model, processor = tiny_rgb_vit_and_processor()
+    train, test = image_dataset(digits, "train", 200), image_dataset(digits, "test", 60)
+    batch = UnlearningCollator("label", processor)([train[0], train[1]])
+    assert batch["pixel_values"].shape == (2, 3, 16, 16) and batch["labels"].tolist() == train[:2]["label"]
+
+    result = UnlearningTrainer(model, make_args("finetune", max_steps=2), train_dataset=train, eval_dataset=test,
+                               processing_class=processor, forget_classes=[3]).unlearn()
+    assert 0.0 <= result.metrics["retain_accuracy"] <= 1.0
+
+
+def test_raw_image_column_without_processor_fails_clearly(digits, make_args):
+    model, _ = tiny_rgb_vit_and_processor()
+    train, test = image_dataset(digits, "train", 50), image_dataset(digits, "test", 20)
+    trainer = UnlearningTrainer(model, make_args("finetune", max_steps=1), train_dataset=train, eval_dataset=test,
+                                forget_classes=[3])
+    with pytest.raises(ValueError, match="raw 'image' column but no `processing_class`"):
+        trainer.unlearn()
+
+
+def test_model_loaded_from_a_local_path_with_its_processor(digits, make_args, tmp_path):
+    model, processor = tiny_rgb_vit_and_processor()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    train, test = image_dataset(digits, "train", 100), image_dataset(digits, "test", 40)
+    trainer = UnlearningTrainer(str(tmp_path / "model"), make_args("finetune", max_steps=1), train_dataset=train,
+                                eval_dataset=test, forget_classes=["3"])
+    assert type(trainer.model).__name__ == "ViTForImageClassification"
+    assert trainer.processing_class is not None
+    result = trainer.unlearn()
+    assert result.forget_classes == [3]
+
+
+def test_decode_audio_resamples():
+    rate, seconds, tone = 8000, 0.5, 440.0
+    t = np.arange(int(rate * seconds)) / rate
+    waveform = decode_audio({"array": np.sin(2 * np.pi * tone * t), "sampling_rate": rate}, 16000)
+    t16 = np.arange(int(16000 * seconds)) / 16000
+    assert waveform.shape == t16.shape
+    # Away from the edges the resampled tone matches the tone sampled at 16 kHz.
+    np.testing.assert_allclose(waveform[400:-400], np.sin(2 * np.pi * tone * t16)[400:-400], atol=1e-2)
+
+
+def test_audio_bytes_decode_without_torchcodec_and_collate():
+    import datasets
+    from transformers import ASTFeatureExtractor
+
+    data = datasets.load_dataset("parquet", data_files={"test": str(SPOKEN_DIGITS / "test.parquet")})["test"]
+    data = data.cast_column("audio", datasets.Audio(decode=False)).select(range(3))
+    waveform = decode_audio(data[0]["audio"], 16000)
+    assert waveform.dtype == np.float32 and waveform.ndim == 1 and len(waveform) == 16000
+    extractor = ASTFeatureExtractor(max_length=100)
+    batch = UnlearningCollator("label", extractor)([data[i] for i in range(3)])
+    assert batch["input_values"].shape == (3, 100, 128)
+    assert batch["labels"].tolist() == data["label"]
+    assert torch.isfinite(batch["input_values"]).all()

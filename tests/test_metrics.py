@@ -1,0 +1,131 @@
+"""The metric functions on constructed inputs whose answers are known, and the shipped `evaluate` modules."""
+
+import numpy as np
+import pytest
+
+from hf_unlearn.metrics import (
+    accuracy,
+    gap_to_reference,
+    mia_auc,
+    mia_efficacy,
+    mia_entropy,
+    per_class_accuracy,
+    unlearning_metrics,
+)
+
+
+def one_hot_logits(predictions, num_classes=3, scale=10.0):
+    return np.eye(num_classes)[predictions] * scale
+
+
+def confident(labels, num_classes=3):
+    """Probabilities peaked on the true class (low entropy, high confidence): how a model treats its members."""
+    probs = np.full((len(labels), num_classes), 0.01)
+    probs[np.arange(len(labels)), labels] = 1 - 0.01 * (num_classes - 1)
+    return probs
+
+
+def uncertain(labels, num_classes=3, rng=None):
+    """Flat probabilities (high entropy, low true-class confidence): how a model treats unseen data."""
+    rng = rng or np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(num_classes, 50.0), size=len(labels))
+    return probs
+
+
+def test_accuracy_and_per_class():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    logits = one_hot_logits([0, 1, 1, 1, 2, 0])
+    assert accuracy(logits, labels) == pytest.approx(4 / 6)
+    assert accuracy(np.zeros((0, 3)), np.zeros(0, dtype=int)) is None
+    assert per_class_accuracy(logits, labels, {0: "a", 1: "b", 2: "c"}) == {"a": 0.5, "b": 1.0, "c": 0.5}
+
+
+def test_mia_entropy_direction():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    members, non_members = confident(labels), uncertain(labels, rng=rng)
+    # Forget rows the model still treats like members are flagged as members; forgotten ones are not.
+    assert mia_entropy(members, non_members, confident(labels[:50])) == 1.0
+    assert mia_entropy(members, non_members, uncertain(labels[:50], rng=rng)) == 0.0
+
+
+def test_mia_efficacy_direction():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 200)
+    members, non_members = confident(labels), uncertain(labels, rng=rng)
+    target_labels = labels[:50]
+    assert mia_efficacy(members, labels, non_members, labels, confident(target_labels), target_labels) == 0.0
+    assert mia_efficacy(members, labels, non_members, labels, uncertain(target_labels, rng=rng), target_labels) == 1.0
+
+
+def test_mia_auc():
+    labels = np.array([0, 1, 2] * 20)
+    assert mia_auc(confident(labels), labels, uncertain(labels), labels) == 1.0
+    same = uncertain(labels, rng=np.random.default_rng(3))
+    assert mia_auc(same, labels, same, labels) == pytest.approx(0.5)
+
+
+def test_unlearning_metrics_for_class_and_sample_level():
+    labels = np.array([0, 1, 2] * 10)
+    forget = labels == 2
+    parts = {
+        "forget_train": (one_hot_logits(np.zeros(10, dtype=int)), labels[forget]),  # all wrong: forgotten
+        "retain_train": (one_hot_logits(labels[~forget]), labels[~forget]),
+        "eval_forget": (one_hot_logits(np.ones(10, dtype=int)), labels[forget]),
+        "eval_retain": (one_hot_logits(labels[~forget]), labels[~forget]),
+    }
+    metrics = unlearning_metrics(**parts, class_level=True, id2label={0: "a", 1: "b", 2: "c"})
+    assert metrics["forget_accuracy"] == 0.0 and metrics["forget_train_accuracy"] == 0.0
+    assert metrics["retain_accuracy"] == 1.0 and metrics["retain_train_accuracy"] == 1.0
+    assert metrics["test_accuracy"] == pytest.approx(20 / 30)
+    assert metrics["per_class_accuracy"] == {"a": 1.0, "b": 1.0, "c": 0.0}
+    assert "mia_auc" not in metrics
+
+    # Sample-level: no eval row is "forget"; every eval row is a held-out row for the item attack.
+    parts["eval_forget"] = (np.zeros((0, 3)), np.zeros(0, dtype=int))
+    parts["eval_retain"] = (one_hot_logits(labels), labels)
+    metrics = unlearning_metrics(**parts, class_level=False)
+    assert metrics["forget_accuracy"] == metrics["forget_train_accuracy"] == 0.0
+    # The forgotten rows now score lower than held-out rows of their class: AUC below chance.
+    assert metrics["mia_auc"] < 0.5
+
+
+def test_gap_to_reference():
+    current = {"forget_train_accuracy": 0.1, "retain_train_accuracy": 0.9, "test_accuracy": 0.8, "mia_entropy": 0.2}
+    reference = {"forget_train_accuracy": 0.0, "retain_train_accuracy": 1.0, "test_accuracy": 0.8, "mia_entropy": 0.0}
+    gaps = gap_to_reference(current, reference)
+    assert gaps["gap_forget_train_accuracy"] == pytest.approx(0.1)
+    assert gaps["reference_test_accuracy"] == 0.8
+    assert gaps["mean_gap"] == pytest.approx((0.1 + 0.1 + 0.0 + 0.2) / 4)
+
+
+def test_evaluate_modules_load_offline_and_agree():
+    evaluate = pytest.importorskip("evaluate")
+    from hf_unlearn.metric_modules import metric_path
+
+    accuracy_module = evaluate.load(metric_path("unlearning_accuracy"))
+    result = accuracy_module.compute(predictions=[0, 1, 2, 0, 2], references=[0, 1, 2, 2, 2], forget_classes=[2])
+    assert result["forget_accuracy"] == pytest.approx(2 / 3)
+    assert result["retain_accuracy"] == 1.0
+    assert result["per_class_accuracy"] == {"0": 1.0, "1": 1.0, "2": pytest.approx(2 / 3)}
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    members, non_members, forget = confident(labels[:20]), uncertain(labels[20:40], rng=rng), confident(labels[40:])
+    probabilities = np.concatenate([members, non_members, forget])
+    splits = ["retain_train"] * 20 + ["test"] * 20 + ["forget_train"] * 20
+    mia_module = evaluate.load(metric_path("membership_inference"))
+    result = mia_module.compute(probabilities=probabilities.tolist(), references=labels.tolist(), splits=splits)
+    assert result["mia_entropy"] == pytest.approx(mia_entropy(members, non_members, forget))
+    assert result["mia_efficacy"] == pytest.approx(
+        mia_efficacy(members, labels[:20], non_members, labels[20:40], forget, labels[40:])
+    )
+    assert result["mia_entropy"] == 1.0 and result["mia_efficacy"] == 0.0
+
+
+def test_library_import_does_not_import_evaluate():
+    import subprocess
+    import sys
+
+    code = "import sys, hf_unlearn, hf_unlearn.trainer, hf_unlearn.metrics; print('evaluate' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
