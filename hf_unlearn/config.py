@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from .registry import get_method
@@ -96,6 +98,10 @@ class UnlearnConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        # Launched with several processes (torchrun / accelerate) on a machine without CUDA, TrainingArguments would
+        # quietly give every process a world of its own; gloo on the CPU is what the user means.
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            self.use_cpu = True
         super().__post_init__()
         for name in ("max_forget_samples", "max_retain_samples", "max_metric_train_samples"):
             value = getattr(self, name)
