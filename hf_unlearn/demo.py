@@ -10,12 +10,15 @@ import argparse
 import tempfile
 import time
 
-from .digits import ARCHITECTURES, DEFAULT_TRAINING, digits_classifier, load_digits_dataset, train_classifier
-from .digits import training_arguments
-from .registry import available_methods
-
-# Unlearning budget per method on digits (the retrain reference always uses the original model's recipe).
-UNLEARN_BUDGET = {"epochs": 2, "learning_rate": 1e-3}
+from .digits import (
+    ARCHITECTURES,
+    DEFAULT_TRAINING,
+    UNLEARN_BUDGETS,
+    digits_classifier,
+    load_digits_dataset,
+    train_classifier,
+    unlearn_digits,
+)
 
 
 def format_report(original: dict, unlearned: dict, retrained: dict, forget_names: list[str]) -> str:
@@ -36,11 +39,11 @@ def format_report(original: dict, unlearned: dict, retrained: dict, forget_names
 
 
 def main(argv=None) -> dict:
-    from . import UnlearnConfig, UnlearningTrainer
+    from . import UnlearnConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architecture", choices=ARCHITECTURES, default="vit")
-    parser.add_argument("--method", choices=available_methods(), default=UnlearnConfig.method)
+    parser.add_argument("--method", choices=sorted(UNLEARN_BUDGETS), default=UnlearnConfig.method)
     parser.add_argument("--forget-class", default="three", help="label name or id")
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args(argv)
@@ -56,14 +59,12 @@ def main(argv=None) -> dict:
     print(f"  trained in {time.perf_counter() - start:.1f} s")
 
     def run(method: str, **budget):
-        args = UnlearnConfig(**training_arguments(f"{workdir}/{method}", seed=options.seed, **budget), method=method)
-        trainer = UnlearningTrainer(
-            model, args, train_dataset=data["train"], eval_dataset=data["test"], forget_classes=[options.forget_class]
+        return unlearn_digits(
+            model, data, method, [options.forget_class], f"{workdir}/{method}", options.seed, **budget
         )
-        return trainer, trainer.unlearn()
 
     print(f"Unlearning class {options.forget_class!r} with '{options.method}'")
-    trainer, unlearned = run(options.method, **UNLEARN_BUDGET)
+    trainer, unlearned = run(options.method, **UNLEARN_BUDGETS[options.method])
     print(f"Retraining from scratch without it (the reference), {recipe['epochs']} epochs")
     _, retrained = run("retrain", **recipe)
     unlearned.metrics.update(trainer.evaluate_unlearning(reference_model=retrained.model))
@@ -76,7 +77,9 @@ def main(argv=None) -> dict:
         f"\nTime: '{options.method}' {seconds:.1f} s, retrain {retrain_seconds:.1f} s "
         f"({100 * seconds / retrain_seconds:.1f} % of retraining, measured in this run)"
     )
-    print(f"Mean gap to retrain (forget/retain-train/test accuracy, entropy MIA): {100 * unlearned.metrics['mean_gap']:.2f} points")
+    print(
+        f"Mean gap to retrain (forget/retain-train/test accuracy, entropy MIA): {100 * unlearned.metrics['mean_gap']:.2f} points"
+    )
     return unlearned.metrics
 
 

@@ -82,6 +82,16 @@ def digits_classifier(architecture: str = "vit", image_size: int = 16, seed: int
     raise ValueError(f"`architecture` must be one of {ARCHITECTURES}, got {architecture!r}.")
 
 
+# Unlearning budgets on digits (UnlearnConfig fields), chosen once on seed 0 and kept fixed for the demo and the
+# benchmark. gradient_ascent has no natural end: it stops once the forget training accuracy reaches 1 % (checked
+# every step). `retrain` always uses DEFAULT_TRAINING, the original model's recipe.
+UNLEARN_BUDGETS = {
+    "finetune": {"epochs": 3, "learning_rate": 3e-3},
+    "gradient_ascent": {"epochs": 10, "learning_rate": 5e-4, "forget_accuracy_target": 0.01, "forget_check_steps": 1},
+    "neggrad_plus": {"epochs": 3, "learning_rate": 1e-3},
+    "random_label": {"epochs": 2, "learning_rate": 1e-3},
+}
+
 DEFAULT_TRAINING = {"vit": {"epochs": 30, "learning_rate": 3e-3}, "resnet": {"epochs": 15, "learning_rate": 3e-3}}
 
 
@@ -112,3 +122,15 @@ def train_classifier(model, train_dataset, output_dir: str = "digits_original", 
     args = TrainingArguments(**training_arguments(output_dir, seed=seed, **recipe))
     Trainer(model=model, args=args, train_dataset=train_dataset).train()
     return model.eval()
+
+
+def unlearn_digits(model, data, method: str, forget_classes, output_dir: str, seed: int = 0, **budget):
+    """Run `method` on a digits model with a budget from `UNLEARN_BUDGETS` / `DEFAULT_TRAINING` (or your own).
+    Returns `(trainer, UnlearningOutput)`."""
+    from . import UnlearnConfig, UnlearningTrainer
+
+    args = UnlearnConfig(**training_arguments(output_dir, seed=seed, **budget), method=method)
+    trainer = UnlearningTrainer(
+        model, args, train_dataset=data["train"], eval_dataset=data["test"], forget_classes=forget_classes
+    )
+    return trainer, trainer.unlearn()

@@ -184,10 +184,10 @@ def unlearning_metrics(
         "forget_train_accuracy": forget_train_accuracy,
         "retain_train_accuracy": accuracy(*retain_train),
         "per_class_accuracy": per_class_accuracy(eval_logits, eval_labels, id2label) if len(eval_labels) else {},
-        "mia_entropy": mia_entropy(probs["retain_train"][0], probs["eval_retain"][0], probs["forget_train"][0], seed=seed),
-        "mia_efficacy": mia_efficacy(
-            *probs["retain_train"], *probs["eval_retain"], *probs["forget_train"], seed=seed
+        "mia_entropy": mia_entropy(
+            probs["retain_train"][0], probs["eval_retain"][0], probs["forget_train"][0], seed=seed
         ),
+        "mia_efficacy": mia_efficacy(*probs["retain_train"], *probs["eval_retain"], *probs["forget_train"], seed=seed),
     }
     if not class_level:
         metrics["mia_auc"] = mia_auc(*probs["forget_train"], *probs["eval_retain"])

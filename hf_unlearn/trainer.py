@@ -235,7 +235,9 @@ class UnlearningTrainer(Trainer):
         return metrics
 
     def _measure(self, model) -> dict:
-        parts = {name: self.predict_logits(view, model, f"Scoring {name}") for name, view in self._metric_views().items()}
+        parts = {
+            name: self.predict_logits(view, model, f"Scoring {name}") for name, view in self._metric_views().items()
+        }
         return unlearning_metrics(
             **parts,
             class_level=self.split.is_class_level,

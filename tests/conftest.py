@@ -6,8 +6,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
-from hf_unlearn.digits import DEFAULT_TRAINING, digits_classifier, load_digits_dataset, train_classifier
-from hf_unlearn.digits import training_arguments
+from hf_unlearn.digits import (
+    DEFAULT_TRAINING,
+    digits_classifier,
+    load_digits_dataset,
+    train_classifier,
+    training_arguments,
+)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

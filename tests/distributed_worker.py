@@ -17,16 +17,28 @@ from hf_unlearn.digits import load_digits_dataset  # noqa: E402
 
 def main(model_dir: str, result_path: str) -> None:
     digits = load_digits_dataset()
-    args = UnlearnConfig(output_dir=os.path.dirname(result_path), method="finetune", per_device_eval_batch_size=64,
-                         disable_tqdm=True, dataloader_pin_memory=False)
-    trainer = UnlearningTrainer(AutoModelForImageClassification.from_pretrained(model_dir), args,
-                                train_dataset=digits["train"], eval_dataset=digits["test"], forget_classes=[3])
+    args = UnlearnConfig(
+        output_dir=os.path.dirname(result_path),
+        method="finetune",
+        per_device_eval_batch_size=64,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+    trainer = UnlearningTrainer(
+        AutoModelForImageClassification.from_pretrained(model_dir),
+        args,
+        train_dataset=digits["train"],
+        eval_dataset=digits["test"],
+        forget_classes=[3],
+    )
     _, labels = trainer.predict_logits(digits["test"])
     metrics = trainer.evaluate_unlearning()
     if trainer.accelerator.is_main_process:
         with open(result_path, "w") as handle:
-            json.dump({"num_processes": trainer.accelerator.num_processes, "labels": labels.tolist(),
-                       "metrics": metrics}, handle)
+            json.dump(
+                {"num_processes": trainer.accelerator.num_processes, "labels": labels.tolist(), "metrics": metrics},
+                handle,
+            )
     trainer.accelerator.end_training()
 
 

@@ -27,7 +27,7 @@ def forget_confidence(trainer, model):
 
 
 def parameters_changed(before, after):
-    return any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+    return any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("architecture", ["vit", "resnet"])
@@ -84,9 +84,7 @@ def test_neggrad_plus_forgets_a_digits_class(trained, digits, make_args):
 
 
 def test_forget_accuracy_target_stops_gradient_ascent_early(trained, digits, make_args):
-    args = make_args(
-        "gradient_ascent", epochs=5, learning_rate=1e-3, forget_accuracy_target=0.5, forget_check_steps=1
-    )
+    args = make_args("gradient_ascent", epochs=5, learning_rate=1e-3, forget_accuracy_target=0.5, forget_check_steps=1)
     trainer = UnlearningTrainer(
         trained("resnet"), args, train_dataset=digits["train"], eval_dataset=digits["test"], forget_classes=[3]
     )
@@ -118,15 +116,21 @@ def test_caller_model_untouched_unless_in_place(trained, digits, make_args):
     model = trained("resnet")
     before = {name: value.clone() for name, value in model.state_dict().items()}
     result = UnlearningTrainer(
-        model, make_args("finetune", max_steps=3), train_dataset=digits["train"], eval_dataset=digits["test"],
+        model,
+        make_args("finetune", max_steps=3),
+        train_dataset=digits["train"],
+        eval_dataset=digits["test"],
         forget_classes=[3],
     ).unlearn()
     assert result.model is not model
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
 
     result = UnlearningTrainer(
-        model, make_args("finetune", max_steps=3, in_place=True), train_dataset=digits["train"],
-        eval_dataset=digits["test"], forget_classes=[3],
+        model,
+        make_args("finetune", max_steps=3, in_place=True),
+        train_dataset=digits["train"],
+        eval_dataset=digits["test"],
+        forget_classes=[3],
     ).unlearn()
     assert result.model is model
     assert any(not torch.equal(before[name], value) for name, value in model.state_dict().items())
@@ -136,8 +140,11 @@ def test_save_model_reloads_the_unlearned_model(trained, digits, make_args, tmp_
     from transformers import AutoModelForImageClassification
 
     trainer = UnlearningTrainer(
-        trained("vit"), make_args("neggrad_plus", max_steps=5), train_dataset=digits["train"],
-        eval_dataset=digits["test"], forget_classes=[3],
+        trained("vit"),
+        make_args("neggrad_plus", max_steps=5),
+        train_dataset=digits["train"],
+        eval_dataset=digits["test"],
+        forget_classes=[3],
     )
     result = trainer.unlearn()
     trainer.save_model(str(tmp_path / "saved"))
@@ -150,7 +157,10 @@ def test_save_model_reloads_the_unlearned_model(trained, digits, make_args, tmp_
 def test_gap_to_reference(trained, digits, make_args):
     model = trained("resnet")
     trainer = UnlearningTrainer(
-        model, make_args("finetune", max_steps=2), train_dataset=digits["train"], eval_dataset=digits["test"],
+        model,
+        make_args("finetune", max_steps=2),
+        train_dataset=digits["train"],
+        eval_dataset=digits["test"],
         forget_classes=[3],
     )
     trainer.unlearn()
@@ -166,7 +176,10 @@ def test_labels_column_named_labels(trained, digits, make_args):
     train = digits["train"].rename_column("label", "labels")
     test = digits["test"].rename_column("label", "labels")
     result = UnlearningTrainer(
-        trained("resnet"), make_args("finetune", max_steps=2), train_dataset=train, eval_dataset=test,
+        trained("resnet"),
+        make_args("finetune", max_steps=2),
+        train_dataset=train,
+        eval_dataset=test,
         forget_classes=["three"],
     ).unlearn()
     assert result.forget_classes == [3]

@@ -74,11 +74,16 @@ def test_yaml_with_unknown_key_fails(tmp_path):
 def test_hf_argument_parser_command_line(tmp_path):
     (args,) = HfArgumentParser(UnlearnConfig).parse_args_into_dataclasses(
         [
-            "--output_dir", str(tmp_path),
-            "--method", "neggrad_plus",
-            "--method_kwargs", json.dumps({"retain_weight": 0.95}),
-            "--forget_accuracy_target", "0.01",
-            "--in_place", "true",
+            "--output_dir",
+            str(tmp_path),
+            "--method",
+            "neggrad_plus",
+            "--method_kwargs",
+            json.dumps({"retain_weight": 0.95}),
+            "--forget_accuracy_target",
+            "0.01",
+            "--in_place",
+            "true",
         ]
     )
     assert isinstance(args, UnlearnConfig)
@@ -97,3 +102,13 @@ def test_defaults_suit_unlearning(tmp_path):
     assert args.method in available_methods()
     assert args.remove_unused_columns is False
     assert args.save_strategy == "no"
+
+
+def test_every_recipe_parses():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+    assert recipes, "no recipe found"
+    for recipe in recipes:
+        args = UnlearnConfig.from_yaml(str(recipe))
+        assert args.method in available_methods(), recipe

@@ -57,9 +57,17 @@ def tiny_rgb_vit_and_processor():
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     names = [str(i) for i in range(10)]
-    config = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=1,
-                       num_attention_heads=4, intermediate_size=64, id2label=dict(enumerate(names)),
-                       label2id={n: i for i, n in enumerate(names)})
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
     processor = ViTImageProcessor(size={"height": 16, "width": 16})
     return ViTForImageClassification(config), processor
 
@@ -70,9 +78,10 @@ def image_dataset(digits, split, rows):
 
     part = digits[split].select(range(rows))
     images = [Image.fromarray((np.asarray(v)[0] * 255).astype(np.uint8), mode="L") for v in part["pixel_values"]]
-    return datasets.Dataset.from_dict({"image": images, "label": part["label"]},
-                                      features=datasets.Features({"image": datasets.Image(),
-                                                                  "label": part.features["label"]}))
+    return datasets.Dataset.from_dict(
+        {"image": images, "label": part["label"]},
+        features=datasets.Features({"image": datasets.Image(), "label": part.features["label"]}),
+    )
 
 
 def test_raw_image_column_is_processed_on_the_fly(digits, make_args):
@@ -81,16 +90,23 @@ def test_raw_image_column_is_processed_on_the_fly(digits, make_args):
     batch = UnlearningCollator("label", processor)([train[0], train[1]])
     assert batch["pixel_values"].shape == (2, 3, 16, 16) and batch["labels"].tolist() == train[:2]["label"]
 
-    result = UnlearningTrainer(model, make_args("finetune", max_steps=2), train_dataset=train, eval_dataset=test,
-                               processing_class=processor, forget_classes=[3]).unlearn()
+    result = UnlearningTrainer(
+        model,
+        make_args("finetune", max_steps=2),
+        train_dataset=train,
+        eval_dataset=test,
+        processing_class=processor,
+        forget_classes=[3],
+    ).unlearn()
     assert 0.0 <= result.metrics["retain_accuracy"] <= 1.0
 
 
 def test_raw_image_column_without_processor_fails_clearly(digits, make_args):
     model, _ = tiny_rgb_vit_and_processor()
     train, test = image_dataset(digits, "train", 50), image_dataset(digits, "test", 20)
-    trainer = UnlearningTrainer(model, make_args("finetune", max_steps=1), train_dataset=train, eval_dataset=test,
-                                forget_classes=[3])
+    trainer = UnlearningTrainer(
+        model, make_args("finetune", max_steps=1), train_dataset=train, eval_dataset=test, forget_classes=[3]
+    )
     with pytest.raises(ValueError, match="raw 'image' column but no `processing_class`"):
         trainer.unlearn()
 
@@ -100,8 +116,13 @@ def test_model_loaded_from_a_local_path_with_its_processor(digits, make_args, tm
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
     train, test = image_dataset(digits, "train", 100), image_dataset(digits, "test", 40)
-    trainer = UnlearningTrainer(str(tmp_path / "model"), make_args("finetune", max_steps=1), train_dataset=train,
-                                eval_dataset=test, forget_classes=["3"])
+    trainer = UnlearningTrainer(
+        str(tmp_path / "model"),
+        make_args("finetune", max_steps=1),
+        train_dataset=train,
+        eval_dataset=test,
+        forget_classes=["3"],
+    )
     assert type(trainer.model).__name__ == "ViTForImageClassification"
     assert trainer.processing_class is not None
     result = trainer.unlearn()

@@ -45,8 +45,10 @@ class MembershipInference(evaluate.Metric):
     def _compute(self, probabilities, references, splits, seed=0):
         probabilities = np.asarray(probabilities, dtype=np.float64)
         references, splits = np.asarray(references), np.asarray(splits)
-        parts = {name: (probabilities[splits == name], references[splits == name]) for name in
-                 ("retain_train", "test", "forget_train")}
+        parts = {
+            name: (probabilities[splits == name], references[splits == name])
+            for name in ("retain_train", "test", "forget_train")
+        }
         return {
             "mia_entropy": mia_entropy(parts["retain_train"][0], parts["test"][0], parts["forget_train"][0], seed=seed),
             "mia_efficacy": mia_efficacy(*parts["retain_train"], *parts["test"], *parts["forget_train"], seed=seed),

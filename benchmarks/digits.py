@@ -1,0 +1,141 @@
+"""Digits benchmark: in one run, train the original model, run `retrain` and every other method on the same task,
+and write a markdown table (forget/retain accuracy, both MIAs, seconds, time as a fraction of retrain, mean gap to
+retrain) to a results file.
+
+    python benchmarks/digits.py --output benchmarks/results/digits.md [--architectures vit resnet] [--forget-class 3]
+
+Budgets: `retrain` uses the original model's recipe (hf_unlearn.digits.DEFAULT_TRAINING); the other methods use
+hf_unlearn.digits.UNLEARN_BUDGETS, chosen once on seed 0 and kept fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hf_unlearn import available_methods
+from hf_unlearn.digits import (
+    DEFAULT_TRAINING,
+    UNLEARN_BUDGETS,
+    digits_classifier,
+    load_digits_dataset,
+    train_classifier,
+    unlearn_digits,
+)
+
+COLUMNS = [
+    ("forget_accuracy", "forget acc (test)"),
+    ("retain_accuracy", "retain acc (test)"),
+    ("forget_train_accuracy", "forget acc (train)"),
+    ("retain_train_accuracy", "retain acc (train)"),
+    ("mia_entropy", "MIA entropy"),
+    ("mia_efficacy", "MIA efficacy"),
+]
+
+
+def run_method(model, data, method, forget_class, seed, workdir, **budget):
+    return unlearn_digits(model, data, method, [forget_class], f"{workdir}/{method}", seed, disable_tqdm=True, **budget)
+
+
+def benchmark_architecture(architecture, data, forget_class, seed, methods):
+    workdir = tempfile.mkdtemp(prefix=f"bench_{architecture}_")
+    recipe = DEFAULT_TRAINING[architecture]
+    start = time.perf_counter()
+    model = train_classifier(
+        digits_classifier(architecture, seed=seed),
+        data["train"],
+        f"{workdir}/original",
+        seed=seed,
+        disable_tqdm=True,
+        **recipe,
+    )
+    train_seconds = time.perf_counter() - start
+    _, retrained = run_method(model, data, "retrain", forget_class, seed, workdir, **recipe)
+    rows = {"original": dict(retrained.original_metrics, unlearn_seconds=None), "retrain": retrained.metrics}
+    for method in methods:
+        trainer, result = run_method(model, data, method, forget_class, seed, workdir, **UNLEARN_BUDGETS[method])
+        result.metrics.update(trainer.evaluate_unlearning(reference_model=retrained.model))
+        rows[method] = result.metrics
+        print(
+            f"  {architecture} {method}: forget {result.metrics['forget_accuracy']:.3f} "
+            f"retain {result.metrics['retain_accuracy']:.3f} in {result.metrics['unlearn_seconds']:.1f} s",
+            flush=True,
+        )
+    return {"train_seconds": train_seconds, "rows": rows}
+
+
+def markdown_table(architecture, result, forget_name):
+    rows = result["rows"]
+    retrain_seconds = rows["retrain"]["unlearn_seconds"]
+    header = ["method"] + [title for _, title in COLUMNS] + ["seconds", "time / retrain", "mean gap to retrain"]
+    lines = [
+        f"### {architecture}, forget class {forget_name!r}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for method, metrics in rows.items():
+        values = [f"{100 * metrics[key]:.1f} %" if metrics.get(key) is not None else "-" for key, _ in COLUMNS]
+        seconds = metrics.get("unlearn_seconds")
+        if seconds is None:
+            timing = [f"({result['train_seconds']:.1f} training)", "-"]
+        else:
+            timing = [f"{seconds:.2f}", f"{100 * seconds / retrain_seconds:.1f} %"]
+        gap = metrics.get("mean_gap")
+        gap_text = f"{100 * gap:.2f}" if gap is not None else ("0 (reference)" if method == "retrain" else "-")
+        lines.append("| " + " | ".join([method] + values + timing + [gap_text]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="benchmarks/results/digits.md")
+    parser.add_argument("--architectures", nargs="+", default=["vit", "resnet"])
+    parser.add_argument("--forget-class", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method but retrain")
+    options = parser.parse_args(argv)
+    methods = options.methods or [m for m in available_methods() if m != "retrain"]
+    unknown = [m for m in methods if m not in UNLEARN_BUDGETS]
+    if unknown:
+        parser.error(f"no digits budget for {unknown}; add one to UNLEARN_BUDGETS")
+
+    data = load_digits_dataset(seed=options.seed)
+    forget_name = data["train"].features["label"].names[options.forget_class]
+    results, sections = {}, []
+    for architecture in options.architectures:
+        print(f"Benchmarking {architecture}", flush=True)
+        results[architecture] = benchmark_architecture(architecture, data, options.forget_class, options.seed, methods)
+        sections.append(markdown_table(architecture, results[architecture], forget_name))
+
+    command = "python benchmarks/digits.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = "\n".join(
+        [
+            "# Digits benchmark",
+            "",
+            f"Command: `{command}`  ",
+            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, CPU. Seed {options.seed}. Accuracies on the digits test split (360 images) "
+            "unless marked train; MIA rates on the forget training rows. Time = `unlearn_seconds` (the method "
+            "only, not the evaluation), measured in this run.",
+            "",
+            "Budgets: " + json.dumps(UNLEARN_BUDGETS),
+            "",
+            *[section + "\n" for section in sections],
+        ]
+    )
+    Path(options.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(options.output).write_text(text)
+    Path(options.output).with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
