@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,7 +40,6 @@ class UnlearningOutput:
     method_config: object = None
     forget_classes: list[int] | None = None
     num_forget_samples: int = 0
-    extras: dict = field(default_factory=dict)
 
 
 class UnlearningTrainer(Trainer):
@@ -161,7 +160,6 @@ class UnlearningTrainer(Trainer):
         seconds = time.perf_counter() - start
         metrics = self.evaluate_unlearning() if args.eval_after_unlearn else {}
         metrics["unlearn_seconds"] = seconds
-        self.unlearn_metrics = metrics
         logger.info(f"Unlearning with '{args.method}' took {seconds:.2f} s.")
         return UnlearningOutput(
             model=self.model,
