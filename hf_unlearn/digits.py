@@ -49,13 +49,20 @@ def load_digits_dataset(image_size: int = 16, test_size: float = 0.2, seed: int 
     return datasets.DatasetDict({"train": split(train_rows), "test": split(test_rows)})
 
 
+def tiny_vit_config(image_size: int = 16, num_channels: int = 1, **overrides):
+    """The small ViT shape used for digits (2 layers, 32 wide, 4x4 patches); `overrides` are ViTConfig fields."""
+    from transformers import ViTConfig
+
+    shape = {"patch_size": 4, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
+    return ViTConfig(image_size=image_size, num_channels=num_channels, intermediate_size=64, **{**shape, **overrides})
+
+
 def digits_classifier(architecture: str = "vit", image_size: int = 16, seed: int = 0):
     """A small, randomly initialised transformers classifier for digits: `"vit"` (ViTForImageClassification,
     2 layers, 32 wide, 4x4 patches) or `"resnet"` (ResNetForImageClassification, 2 basic stages of 16/32 channels)."""
     from transformers import (
         ResNetConfig,
         ResNetForImageClassification,
-        ViTConfig,
         ViTForImageClassification,
         set_seed,
     )
@@ -63,17 +70,7 @@ def digits_classifier(architecture: str = "vit", image_size: int = 16, seed: int
     labels = {"id2label": dict(enumerate(DIGIT_NAMES)), "label2id": {n: i for i, n in enumerate(DIGIT_NAMES)}}
     set_seed(seed)
     if architecture == "vit":
-        config = ViTConfig(
-            image_size=image_size,
-            patch_size=4,
-            num_channels=1,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            **labels,
-        )
-        return ViTForImageClassification(config)
+        return ViTForImageClassification(tiny_vit_config(image_size=image_size, **labels))
     if architecture == "resnet":
         config = ResNetConfig(
             num_channels=1, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", **labels

@@ -60,19 +60,11 @@ def test_dataset_without_label_column(model, args, digits):
 
 
 def test_model_without_classification_head(args, digits):
-    from transformers import ViTConfig, ViTModel
+    from transformers import ViTModel
 
-    backbone = ViTModel(
-        ViTConfig(
-            image_size=16,
-            patch_size=4,
-            num_channels=1,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            intermediate_size=64,
-        )
-    )
+    from hf_unlearn.digits import tiny_vit_config
+
+    backbone = ViTModel(tiny_vit_config())
     with pytest.raises(TypeError, match="ViTModel, which has no classification head"):
         build(backbone, args, digits, forget_classes=[3])
 

@@ -54,19 +54,13 @@ def test_forget_classes_by_name_id_and_digit_string():
 
 
 def tiny_rgb_vit_and_processor():
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    from hf_unlearn.digits import tiny_vit_config
 
     names = [str(i) for i in range(10)]
-    config = ViTConfig(
-        image_size=16,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
+    config = tiny_vit_config(
+        num_channels=3, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
     )
     processor = ViTImageProcessor(size={"height": 16, "width": 16})
     return ViTForImageClassification(config), processor
