@@ -53,8 +53,14 @@ def tiny_vit_config(image_size: int = 16, num_channels: int = 1, **overrides):
     """The small ViT shape used for digits (2 layers, 32 wide, 4x4 patches); `overrides` are ViTConfig fields."""
     from transformers import ViTConfig
 
-    shape = {"patch_size": 4, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
-    return ViTConfig(image_size=image_size, num_channels=num_channels, intermediate_size=64, **{**shape, **overrides})
+    shape = {
+        "patch_size": 4,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    }
+    return ViTConfig(image_size=image_size, num_channels=num_channels, **{**shape, **overrides})
 
 
 def digits_classifier(architecture: str = "vit", image_size: int = 16, seed: int = 0):
@@ -92,7 +98,9 @@ UNLEARN_BUDGETS = {
 DEFAULT_TRAINING = {"vit": {"epochs": 30, "learning_rate": 3e-3}, "resnet": {"epochs": 15, "learning_rate": 3e-3}}
 
 
-def training_arguments(output_dir: str, epochs: int, learning_rate: float, seed: int = 0, **overrides) -> dict:
+def training_arguments(
+    output_dir: str, epochs: float = 1, learning_rate: float = 1e-3, seed: int = 0, **overrides
+) -> dict:
     """The training recipe shared by the original model and the `retrain` reference (so the two are comparable)."""
     return {
         "output_dir": output_dir,

@@ -22,6 +22,8 @@ class UnlearningMethod:
     def __init__(self, trainer, config):
         self.trainer = trainer
         self.config = config
+        #: What the run chose or measured on its own (e.g. a hyperparameter search), added to the returned metrics.
+        self.report: dict = {}
 
     def run(self) -> None:
         raise NotImplementedError

@@ -1,0 +1,230 @@
+"""Layer-input statistics: the Gram matrix of what each Linear / Conv layer receives, accumulated by forward hooks.
+
+Projection methods (`svd_projection`, `gppu`) need the subspace a layer's inputs span on a set of samples. Storing the
+inputs costs memory that grows with the samples; their Gram matrix G = sum x x^T does not (O(d^2) per layer), and its
+eigendecomposition G = U diag(s^2) U^T gives exactly the left singular vectors and squared singular values of the
+input matrix. Gram matrices of several processes add up, so a distributed pass costs one all_reduce per layer.
+
+What counts as one input row `x`:
+
+- `nn.Linear`: one row per token (a transformer's batch x tokens inputs are flattened).
+- `nn.Conv1d` / `nn.Conv2d`: one im2col patch per output position (the layer's kernel, stride, dilation and padding),
+  laid out like the flattened weight `W.reshape(out_channels, -1)`. Grouped convolutions (depthwise ones included)
+  get one Gram matrix per group, since each group of output channels only sees its own input channels.
+  Following Kodge et al. (2024), each sample contributes only the patches of one random spatial crop of 3k x 3k input
+  pixels (k the kernel size; `conv_window`), which bounds the cost on large feature maps. The crop of a sample is
+  drawn from its position in the pass and the seed alone, so the statistics do not depend on the batch size or
+  the number of processes.
+
+```python
+>>> layers = find_target_modules(model)                      # every Linear / Conv layer
+>>> layers = find_target_modules(model, r".*attention.*")    # a regex (full match), or a list of name suffixes
+>>> statistics = GramStatistics(layers, num_samples=len(rows))
+>>> with statistics.recording():
+...     for sample_ids, batch in batches:
+...         statistics.sample_ids = sample_ids
+...         model(**batch)
+>>> statistics.all_reduce()
+>>> statistics.grams["vit.encoder.layer.0.attention.q_proj"].shape   # (groups, d, d)
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _matches(name: str, pattern: str | Sequence[str]) -> bool:
+    if isinstance(pattern, str):
+        return re.fullmatch(pattern, name) is not None
+    return any(name == key or name.endswith("." + key) for key in pattern)
+
+
+def find_target_modules(
+    model: nn.Module,
+    target_modules: str | Sequence[str] | None = None,
+    exclude_modules: str | Sequence[str] | None = None,
+) -> dict[str, nn.Module]:
+    """The Linear / Conv1d / Conv2d layers of `model` to work on, by name, found from module types (no per-model table).
+
+    `target_modules` / `exclude_modules` follow peft: a string is a regex that must match the whole module name, a list
+    matches names equal to or ending in `"." + entry`. `None` targets every such layer (patch embedding and
+    classification head included). Weight-normalised layers (a parametrised weight, e.g. Wav2Vec2's positional
+    convolution) are skipped with a log line: their weight is not a plain parameter that can be rewritten.
+    """
+    selected, skipped = {}, []
+    for name, module in model.named_modules():
+        if not isinstance(module, WEIGHT_LAYERS):
+            continue
+        if target_modules is not None and not _matches(name, target_modules):
+            continue
+        if exclude_modules is not None and _matches(name, exclude_modules):
+            continue
+        if parametrize.is_parametrized(module) or hasattr(module, "weight_g"):
+            skipped.append(name)
+            continue
+        selected[name] = module
+    if skipped:
+        logger.info(f"Skipping weight-normalised layers (no plain weight to project): {', '.join(skipped)}")
+    if not selected:
+        examples = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)][:5]
+        raise ValueError(
+            f"`target_modules={target_modules!r}` (exclude_modules={exclude_modules!r}) selects no Linear/Conv layer of "
+            f"{type(model).__name__}. Its layers are named like {examples}; pass a regex matching whole names or a "
+            "list of name suffixes, or None for all."
+        )
+    return selected
+
+
+def layer_input_shape(module: nn.Module) -> tuple[int, int]:
+    """`(groups, d)`: the number of input groups of a weight layer and the size of one group's input row."""
+    if isinstance(module, nn.Linear):
+        return 1, module.in_features
+    return module.groups, module.in_channels // module.groups * math.prod(module.kernel_size)
+
+
+def _padding(module: nn.Module) -> tuple[int, int, int, int]:
+    """The conv's padding as `F.pad` (left, right, top, bottom) on a 2-D view (Conv1d is 1 x length)."""
+    kernel, dilation = _as_2d(module, module.kernel_size, 1), _as_2d(module, module.dilation, 1)
+    if module.padding == "valid":
+        return 0, 0, 0, 0
+    if module.padding == "same":
+        total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+        return total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2
+    pad_h, pad_w = _as_2d(module, module.padding, 0)
+    return pad_w, pad_w, pad_h, pad_h
+
+
+def _as_2d(module: nn.Module, value: tuple, conv1d_height: int) -> tuple[int, int]:
+    return (conv1d_height, value[0]) if isinstance(module, nn.Conv1d) else tuple(value)
+
+
+class GramStatistics:
+    """Streams the input Gram matrix of each layer in `modules` (name -> module) over forward passes.
+
+    Args:
+        modules: from [`find_target_modules`].
+        num_samples: the number of samples of the whole pass (all processes); fixes each sample's conv crop.
+        conv_window: crop side in kernel sizes for conv inputs (3 as in Kodge et al.); `None` keeps every patch.
+        seed: seeds the crops.
+
+    Set `sample_ids` (the pass-wide position of each row of the next batch) before each forward pass while
+    `recording()`. After the pass, `grams[name]` is a float32 `(groups, d, d)` tensor and `rows[name]` the number
+    of input rows that went into it; call `all_reduce()` to sum them over processes.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], num_samples: int, conv_window: int | None = 3, seed: int = 0):
+        self.modules = modules
+        self.conv_window = conv_window
+        self.sample_ids: torch.Tensor | None = None
+        self.grams, self.rows, self._crop_draws = {}, {}, {}
+        for index, (name, module) in enumerate(modules.items()):
+            groups, size = layer_input_shape(module)
+            self.grams[name] = torch.zeros(groups, size, size, device=module.weight.device, dtype=torch.float32)
+            self.rows[name] = 0
+            if not isinstance(module, nn.Linear) and conv_window is not None:
+                generator = torch.Generator().manual_seed(seed * 100_003 + index)
+                self._crop_draws[name] = torch.rand(num_samples, 2, generator=generator)
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Hooks on every layer for the duration of the block (removed even on error)."""
+        handles = [
+            module.register_forward_pre_hook(self._hook(name), with_kwargs=False)
+            for name, module in self.modules.items()
+        ]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _hook(self, name: str):
+        def hook(module, args):
+            rows = self.input_rows(name, module, args[0].detach())
+            self.grams[name] += torch.einsum("ngi,ngj->gij", rows, rows)
+            self.rows[name] += rows.shape[0]
+
+        return hook
+
+    def input_rows(self, name: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input as rows `(n, groups, d)` (float32)."""
+        groups, size = layer_input_shape(module)
+        if isinstance(module, nn.Linear):
+            return x.reshape(-1, 1, size).float()
+        if isinstance(module, nn.Conv1d):
+            x = x.unsqueeze(2)
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, _padding(module), mode=mode)
+        kernel, stride = _as_2d(module, module.kernel_size, 1), _as_2d(module, module.stride, 1)
+        dilation = _as_2d(module, module.dilation, 1)
+        if self.conv_window is not None:
+            x = self._crop(name, x, kernel, stride, dilation)
+        patches = F.unfold(x.float(), kernel, dilation=dilation, stride=stride)  # (batch, groups * d, positions)
+        return patches.transpose(1, 2).reshape(-1, groups, size)
+
+    def _crop(self, name, x, kernel, stride, dilation):
+        """Each sample's random window of output positions covering `conv_window` kernels of input per side."""
+        spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
+        outputs = [(x.shape[2 + i] - spans[i]) // stride[i] + 1 for i in range(2)]
+        window = [min(outputs[i], max(1, (self.conv_window * kernel[i] - spans[i]) // stride[i] + 1)) for i in range(2)]
+        if window == outputs:
+            return x
+        if self.sample_ids is None or len(self.sample_ids) != x.shape[0]:
+            raise RuntimeError("Set `GramStatistics.sample_ids` to the batch's sample positions before each forward.")
+        draws = self._crop_draws[name][self.sample_ids.cpu()]
+        starts = [(draws[:, i] * (outputs[i] - window[i] + 1)).long().tolist() for i in range(2)]
+        sizes = [(window[i] - 1) * stride[i] + spans[i] for i in range(2)]
+        crops = [
+            sample[:, top * stride[0] : top * stride[0] + sizes[0], left * stride[1] : left * stride[1] + sizes[1]]
+            for sample, top, left in zip(x, starts[0], starts[1], strict=True)
+        ]
+        return torch.stack(crops)
+
+    def all_reduce(self) -> None:
+        """Sum the statistics over processes (no-op outside a distributed run): one all_reduce per layer."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        if torch.distributed.get_world_size() == 1:
+            return
+        for name in self.modules:
+            torch.distributed.all_reduce(self.grams[name])
+        device = next(iter(self.grams.values())).device
+        rows = torch.tensor([self.rows[name] for name in self.modules], device=device, dtype=torch.float64)
+        torch.distributed.all_reduce(rows)
+        self.rows = {name: int(count) for name, count in zip(self.modules, rows.tolist(), strict=True)}
+
+
+@torch.no_grad()
+def collect_input_grams(
+    trainer, dataset, modules: dict[str, nn.Module], conv_window: int | None = 3, description: str = "Statistics"
+) -> GramStatistics:
+    """One forward pass of `trainer.model` (eval mode) over `dataset`, shared between processes without duplicates,
+    accumulating the input Gram matrix of every layer in `modules`, summed over processes."""
+    model = trainer.model
+    statistics = GramStatistics(modules, num_samples=len(dataset), conv_window=conv_window, seed=trainer.args.seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with statistics.recording():
+            for sample_ids, batch in trainer.shard_batches(dataset, description):
+                statistics.sample_ids = sample_ids
+                batch.pop("labels", None)
+                model(**batch)
+    finally:
+        model.train(was_training)
+    statistics.all_reduce()
+    return statistics

@@ -1,0 +1,179 @@
+"""Layer-input Gram statistics: what a layer sees, as rows, summed without storing them; layers found on every family."""
+
+import pytest
+import torch
+from torch import nn
+
+from hf_unlearn.activations import GramStatistics, find_target_modules, layer_input_shape
+
+
+def record(modules, batches, num_samples, conv_window=None, seed=0):
+    """Run `batches` (list of (sample_ids, input)) through each module directly and return the statistics."""
+    statistics = GramStatistics(modules, num_samples=num_samples, conv_window=conv_window, seed=seed)
+    with statistics.recording():
+        for ids, x in batches:
+            statistics.sample_ids = ids
+            for module in modules.values():
+                module(x)
+    return statistics
+
+
+def test_linear_gram_is_the_sum_of_token_outer_products():
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 3)
+    x = torch.randn(4, 5, 6)  # batch x tokens x features
+    statistics = record({"layer": layer}, [(torch.arange(4), x)], 4)
+    rows = x.reshape(-1, 6)
+    torch.testing.assert_close(statistics.grams["layer"][0], rows.T @ rows)
+    assert statistics.rows["layer"] == 20
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 4, 3, stride=1, padding=1),
+        nn.Conv2d(3, 6, (3, 2), stride=2, padding=(1, 0), dilation=(1, 2)),
+        nn.Conv2d(3, 4, 3, padding="same", padding_mode="reflect"),
+    ],
+)
+def test_conv_rows_are_the_im2col_patches_the_layer_multiplies(conv):
+    """W_flat @ patch reproduces the conv output at every position, so the rows are exactly the layer's inputs."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 8)
+    statistics = GramStatistics({"conv": conv}, num_samples=2, conv_window=None)
+    rows = statistics.input_rows("conv", conv, x)  # (n, 1, d)
+    output = conv(x)
+    expected = output.permute(0, 2, 3, 1).reshape(-1, output.shape[1]) - conv.bias
+    torch.testing.assert_close(rows[:, 0] @ conv.weight.reshape(conv.out_channels, -1).T, expected)
+
+
+def test_grouped_and_1d_convs_get_one_gram_per_group():
+    torch.manual_seed(0)
+    conv = nn.Conv1d(4, 6, 3, stride=2, groups=2)
+    x = torch.randn(3, 4, 11)
+    statistics = record({"conv": conv}, [(torch.arange(3), x)], 3)
+    assert layer_input_shape(conv) == (2, 6)
+    gram = statistics.grams["conv"]
+    assert gram.shape == (2, 6, 6)
+    patches = x.unfold(2, 3, 2)  # (batch, channels, positions, kernel)
+    for group in range(2):
+        rows = patches[:, 2 * group : 2 * group + 2].permute(0, 2, 1, 3).reshape(-1, 6)
+        torch.testing.assert_close(gram[group], rows.T @ rows)
+
+
+def test_conv_crops_depend_on_the_sample_not_the_batching():
+    """The paper's random 3k x 3k crop per sample: the same samples give the same statistics in any batch split."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.randn(6, 2, 20, 20)
+    whole = record({"conv": conv}, [(torch.arange(6), x)], 6, conv_window=3)
+    pieces = record({"conv": conv}, [(torch.arange(0, 4), x[:4]), (torch.arange(4, 6), x[4:])], 6, conv_window=3)
+    torch.testing.assert_close(whole.grams["conv"], pieces.grams["conv"])
+    # 3k x 3k input crop of a 3x3 conv, stride 1: 7 x 7 of the 20 x 20 output positions per sample.
+    assert whole.rows["conv"] == 6 * 7 * 7
+    full = record({"conv": conv}, [(torch.arange(6), x)], 6, conv_window=None)
+    assert full.rows["conv"] == 6 * 20 * 20
+
+
+def test_sample_ids_are_required_when_cropping():
+    conv = nn.Conv2d(1, 1, 3)
+    statistics = GramStatistics({"conv": conv}, num_samples=2, conv_window=1)
+    with statistics.recording(), pytest.raises(RuntimeError, match="sample_ids"):
+        conv(torch.randn(2, 1, 12, 12))
+    assert not conv._forward_pre_hooks  # hooks removed on error
+
+
+def test_target_modules_by_regex_list_and_exclusion(trained):
+    model = trained("vit")
+    everything = find_target_modules(model)
+    assert "classifier" in everything and "vit.embeddings.patch_embeddings.projection" in everything
+    assert list(find_target_modules(model, r".*mlp\.fc\d")) == [
+        "vit.layers.0.mlp.fc1",
+        "vit.layers.0.mlp.fc2",
+        "vit.layers.1.mlp.fc1",
+        "vit.layers.1.mlp.fc2",
+    ]
+    assert list(find_target_modules(model, ["fc2", "classifier"])) == [
+        "vit.layers.0.mlp.fc2",
+        "vit.layers.1.mlp.fc2",
+        "classifier",
+    ]
+    assert "classifier" not in find_target_modules(model, exclude_modules=["classifier"])
+    with pytest.raises(ValueError, match=r"target_modules=\['nothing'\].*named like"):
+        find_target_modules(model, ["nothing"])
+
+
+def _tiny(family):
+    """A tiny random classifier of each family users have, and an input batch for it."""
+    import transformers as tf
+
+    labels = {"num_labels": 4}
+    if family in ("vit", "deit"):
+        config_class = tf.ViTConfig if family == "vit" else tf.DeiTConfig
+        model_class = tf.ViTForImageClassification if family == "vit" else tf.DeiTForImageClassification
+        config = config_class(
+            image_size=16, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=32, **labels,
+        )  # fmt: skip
+        return model_class(config), {"pixel_values": torch.randn(2, 3, 16, 16)}
+    if family == "resnet":
+        config = tf.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="bottleneck", **labels
+        )
+        return tf.ResNetForImageClassification(config), {"pixel_values": torch.randn(2, 3, 32, 32)}
+    if family == "convnext":
+        config = tf.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, **labels)
+        return tf.ConvNextForImageClassification(config), {"pixel_values": torch.randn(2, 3, 32, 32)}
+    if family == "ast":
+        config = tf.ASTConfig(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_mel_bins=32,
+            max_length=40, patch_size=16, frequency_stride=16, time_stride=16, **labels,
+        )  # fmt: skip
+        return tf.ASTForAudioClassification(config), {"input_values": torch.randn(2, 40, 32)}
+    config_class, model_class = {
+        "wav2vec2": (tf.Wav2Vec2Config, tf.Wav2Vec2ForSequenceClassification),
+        "hubert": (tf.HubertConfig, tf.HubertForSequenceClassification),
+    }[family]
+    config = config_class(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+        classifier_proj_size=8, **labels,
+    )  # fmt: skip
+    return model_class(config), {"input_values": torch.randn(2, 800)}
+
+
+@pytest.mark.parametrize("family", ["vit", "deit", "resnet", "convnext", "ast", "wav2vec2", "hubert"])
+def test_every_family_gets_statistics_for_every_linear_and_conv_layer(family):
+    torch.manual_seed(0)
+    model, inputs = _tiny(family)
+    model.eval()
+    layers = find_target_modules(model)
+    plain = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d) and not hasattr(module, "parametrizations")
+    ]
+    assert set(layers) == set(plain)
+    if family in ("wav2vec2", "hubert"):  # the weight-normalised positional conv is the one layer left out
+        assert not any("pos_conv" in name for name in layers)
+    statistics = GramStatistics(layers, num_samples=2)
+    statistics.sample_ids = torch.arange(2)
+    with torch.no_grad(), statistics.recording():
+        model(**inputs)
+    assert not any(module._forward_pre_hooks for module in layers.values())
+    for name, module in layers.items():
+        gram = statistics.grams[name]
+        assert statistics.rows[name] > 0, name
+        assert gram.shape[0] == layer_input_shape(module)[0], name
+        torch.testing.assert_close(gram, gram.transpose(-1, -2))  # symmetric, positive semi-definite
+        assert torch.linalg.eigvalsh(gram.double()).min() > -1e-6 * gram.abs().max(), name
+
+
+def test_depthwise_conv_rows_match_its_output():
+    """ConvNeXt's depthwise 7x7: each channel's patches times its own kernel give that channel's output."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 7, padding=3, groups=4)
+    x = torch.randn(1, 4, 9, 9)
+    rows = GramStatistics({"c": conv}, 1, conv_window=None).input_rows("c", conv, x)  # (81, 4, 49)
+    output = torch.einsum("ngd,gd->ng", rows, conv.weight.reshape(4, 49)) + conv.bias
+    torch.testing.assert_close(output, conv(x)[0].reshape(4, -1).T)

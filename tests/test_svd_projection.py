@@ -1,0 +1,171 @@
+"""`svd_projection`: the projection removes forget-only input directions and keeps the retain space, on its own and
+through the trainer on a model; the alpha search is reported and picks its best point; several classes at once."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.digits import digits_classifier
+from hf_unlearn.methods.svd_projection import LayerProjection, scaled_importance
+
+ALPHA = 1e4  # large: every direction with a real share of the energy counts fully
+
+
+def gram_of(rows):
+    return (rows.T @ rows).unsqueeze(0)
+
+
+def orthonormal(dimension, count, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(dimension, count, generator=generator))[0].T  # rows are orthonormal
+
+
+def test_scaled_importance_follows_the_paper():
+    importance = torch.tensor([0.5, 0.3, 0.2])
+    assert torch.equal(scaled_importance(importance, 1.0), importance)
+    torch.testing.assert_close(scaled_importance(importance, 3.0), 3 * importance / (2 * importance + 1))
+    assert scaled_importance(importance, 1e9).min() > 0.999
+
+
+def test_forget_only_directions_are_removed_and_the_retain_space_kept():
+    """Retain inputs span {a, b}, forget inputs span {b, c}: c is forget-only and goes, a and b (shared) stay, and a
+    direction neither split uses is untouched."""
+    a, b, c, unused = orthonormal(6, 4)
+    generator = torch.Generator().manual_seed(1)
+    coefficients = torch.randn(50, 2, generator=generator)
+    retain = coefficients[:, :1] * a + coefficients[:, 1:] * b
+    forget = coefficients[:, :1] * b + coefficients[:, 1:] * c
+    weight = torch.randn(3, 6, generator=generator)
+    projection = LayerProjection(weight, gram_of(retain), gram_of(forget))
+    new = projection.weight_for(projection.kept_on_forget(ALPHA), ALPHA)
+    assert (new @ c).norm() < 1e-3 * (weight @ c).norm()
+    for kept in (a, b, unused):
+        torch.testing.assert_close(new @ kept, weight @ kept, atol=1e-3, rtol=1e-3)
+    assert torch.equal(projection.weight, weight)  # the original is kept for other grid points
+
+
+def test_grouped_weights_are_projected_per_group():
+    """A depthwise-like layer: group 0 has a forget-only direction, group 1 has none and must not change."""
+    a, b = orthonormal(4, 2)
+    retain = torch.stack([gram_of(torch.outer(torch.arange(1.0, 9.0), a))[0], torch.eye(4)])
+    forget = torch.stack([gram_of(torch.outer(torch.arange(1.0, 9.0), b))[0], torch.eye(4)])
+    weight = torch.randn(2, 1, 2, 2)  # 2 groups, 1 output each, 1 input channel, 2 x 2 kernel (d = 4)
+    projection = LayerProjection(weight, retain, forget)
+    new = projection.weight_for(projection.kept_on_forget(ALPHA), ALPHA).reshape(2, 4)
+    flat = weight.reshape(2, 4)
+    assert (new[0] @ b).abs() < 1e-3 * flat[0].norm()
+    torch.testing.assert_close(new[0] @ a, flat[0] @ a, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(new[1], flat[1], atol=1e-3, rtol=1e-3)
+
+
+def _patch_images(coefficients, basis):
+    """16 x 16 one-channel images whose every 4 x 4 patch is `coefficients @ basis` (the ViT's patch inputs)."""
+    patches = torch.einsum("npk,kd->npd", coefficients, basis)  # (images, 16 patches, 16 pixels)
+    grid = patches.reshape(-1, 4, 4, 4, 4)  # (image, patch row, patch col, pixel row, pixel col)
+    return grid.permute(0, 1, 3, 2, 4).reshape(-1, 1, 16, 16)
+
+
+def test_projection_through_the_trainer_on_a_tiny_vit(tmp_path):
+    """End to end on a model (hooks, im2col of the patch embedding with the paper's crop, one eigendecomposition,
+    folded weights): the patch-embedding weight sends the forget-only pixel direction to zero and keeps the others."""
+    a, b, c, unused = orthonormal(16, 4, seed=2)
+    generator = torch.Generator().manual_seed(3)
+    retain_labels = [label for label in range(10) if label != 3] * 10
+    retain = _patch_images(torch.randn(len(retain_labels), 16, 2, generator=generator), torch.stack([a, b]))
+    forget = _patch_images(torch.randn(20, 16, 2, generator=generator), torch.stack([b, c]))
+    features = datasets.Features(
+        {"pixel_values": datasets.Array3D((1, 16, 16), "float32"), "label": datasets.ClassLabel(num_classes=10)}
+    )
+    train = datasets.Dataset.from_dict(
+        {"pixel_values": torch.cat([retain, forget]).numpy(), "label": retain_labels + [3] * 20}, features=features
+    )
+    model = digits_classifier("vit")
+    weight = model.vit.embeddings.patch_embeddings.projection.weight.detach().reshape(32, 16).clone()
+    args = UnlearnConfig(
+        output_dir=str(tmp_path),
+        method="svd_projection",
+        method_kwargs={"alpha_search": False, "alpha_r": ALPHA, "alpha_f": ALPHA},
+        eval_before_unlearn=False,
+        eval_after_unlearn=False,
+        disable_tqdm=True,
+        report_to="none",
+    )
+    result = UnlearningTrainer(model, args, train_dataset=train, forget_classes=[3]).unlearn()
+    new = result.model.vit.embeddings.patch_embeddings.projection.weight.detach().reshape(32, 16)
+    assert (new @ c).norm() < 1e-2 * (weight @ c).norm()
+    for kept in (a, b, unused):
+        torch.testing.assert_close(new @ kept, weight @ kept, atol=1e-3, rtol=1e-2)
+    assert result.metrics["projected_layers"] == 14  # patch embedding, 2 x (q, k, v, o, fc1, fc2), head
+    assert result.metrics["alpha_r"] == ALPHA and "alpha_grid" not in result.metrics
+
+
+def _unlearn(model, digits, make_args, forget_classes, **method_kwargs):
+    args = make_args("svd_projection", method_kwargs={"num_samples": 300, **method_kwargs})
+    trainer = UnlearningTrainer(
+        model, args, train_dataset=digits["train"], eval_dataset=digits["test"], forget_classes=forget_classes
+    )
+    return trainer, trainer.unlearn()
+
+
+def test_alpha_search_reports_the_grid_and_keeps_its_best_point(trained, digits, make_args):
+    grid = {"alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [1.0, 10.0]}
+    trainer, result = _unlearn(trained("resnet"), digits, make_args, [3], **grid)
+    metrics = result.metrics
+    assert [(point["alpha_r"], point["alpha_f"]) for point in metrics["alpha_grid"]] == [
+        (10.0, 1.0),
+        (10.0, 10.0),
+        (100.0, 1.0),
+        (100.0, 10.0),
+    ]
+    best = max(metrics["alpha_grid"], key=lambda point: point["score"])
+    assert (metrics["alpha_r"], metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
+    for point in metrics["alpha_grid"]:
+        assert point["score"] == pytest.approx(point["retain_accuracy"] * (1 - point["forget_accuracy"]))
+    # Held-out rows (taken from the training rows, never the eval set) are disjoint from the statistics rows.
+    rows = trainer.method.split_rows()
+    forget_rows = len(trainer.forget_view)
+    assert [len(part) for part in rows["forget"]] == [forget_rows - round(0.2 * forget_rows), round(0.2 * forget_rows)]
+    assert [len(part) for part in rows["retain"]] == [300, round(0.2 * len(trainer.retain_view))]
+    for statistics, held_out in rows.values():
+        assert not set(statistics) & set(held_out)
+    retain_labels = np.asarray(trainer.retain_view["label"])[rows["retain"][0]]
+    assert np.bincount(retain_labels, minlength=10).max() - np.bincount(retain_labels)[retain_labels].min() <= 1
+    assert metrics["statistics_rows"] == {"forget": len(rows["forget"][0]), "retain": 300}
+    assert metrics["forget_accuracy"] <= 0.05
+    assert metrics["retain_accuracy"] >= result.original_metrics["retain_accuracy"] - 0.03
+
+
+def test_several_classes_are_forgotten_at_once(trained, digits, make_args):
+    _, result = _unlearn(trained("resnet"), digits, make_args, [3, 7])
+    per_class = result.metrics["per_class_accuracy"]
+    assert per_class["three"] <= 0.05 and per_class["seven"] <= 0.05
+    kept = [per_class[name] for name in per_class if name not in ("three", "seven")]
+    assert np.mean(kept) >= 0.9
+
+
+def test_sample_level_requests_are_refused(trained, digits, make_args):
+    with pytest.raises(ValueError, match="forget_classes"):
+        UnlearningTrainer(
+            trained("resnet"),
+            make_args("svd_projection"),
+            train_dataset=digits["train"],
+            eval_dataset=digits["test"],
+            forget_indices=[0, 1, 2],
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"alpha_f": 0}, "alpha_f"),
+        ({"alpha_r_grid": []}, "alpha_r_grid"),
+        ({"search_fraction": 1.0}, "search_fraction"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"conv_window": 0}, "conv_window"),
+    ],
+)
+def test_bad_method_kwargs_are_named(kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        UnlearnConfig(output_dir=str(tmp_path), method="svd_projection", method_kwargs=kwargs)
