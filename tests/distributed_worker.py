@@ -1,5 +1,6 @@
 """Run by test_distributed.py under `torchrun --nproc_per_node 2` (fresh processes: forking a process that already
-ran torch deadlocks its thread pool). Writes the gathered metrics of process 0 to argv[2]."""
+ran torch deadlocks its thread pool). `python distributed_worker.py MODE MODEL_DIR RESULT_PATH`; process 0 writes
+what MODE computes to RESULT_PATH."""
 
 import json
 import os
@@ -14,33 +15,67 @@ from transformers import AutoModelForImageClassification  # noqa: E402
 from hf_unlearn import UnlearnConfig, UnlearningTrainer  # noqa: E402
 from hf_unlearn.digits import load_digits_dataset  # noqa: E402
 
+SVD_KWARGS = {"num_samples": 200, "alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [1.0, 10.0]}
 
-def main(model_dir: str, result_path: str) -> None:
+
+def make_trainer(model_dir: str, output_dir: str, method: str, method_kwargs=None) -> UnlearningTrainer:
     digits = load_digits_dataset()
     args = UnlearnConfig(
-        output_dir=os.path.dirname(result_path),
-        method="finetune",
+        output_dir=output_dir,
+        method=method,
+        method_kwargs=method_kwargs,
         per_device_eval_batch_size=64,
         disable_tqdm=True,
         dataloader_pin_memory=False,
+        report_to="none",
     )
-    trainer = UnlearningTrainer(
+    return UnlearningTrainer(
         AutoModelForImageClassification.from_pretrained(model_dir),
         args,
         train_dataset=digits["train"],
         eval_dataset=digits["test"],
         forget_classes=[3],
     )
-    _, labels = trainer.predict_logits(digits["test"])
-    metrics = trainer.evaluate_unlearning()
+
+
+def metrics(trainer: UnlearningTrainer, result_path: str) -> None:
+    _, labels = trainer.predict_logits(trainer.eval_dataset)
+    measured = trainer.evaluate_unlearning()
     if trainer.accelerator.is_main_process:
         with open(result_path, "w") as handle:
             json.dump(
-                {"num_processes": trainer.accelerator.num_processes, "labels": labels.tolist(), "metrics": metrics},
+                {"num_processes": trainer.accelerator.num_processes, "labels": labels.tolist(), "metrics": measured},
                 handle,
             )
-    trainer.accelerator.end_training()
+
+
+def svd_statistics_and_projection(trainer: UnlearningTrainer, result_path: str) -> None:
+    """The retain Gram statistics and the unlearned weights (with the alpha search) of `svd_projection`."""
+    from hf_unlearn.activations import collect_input_grams, find_target_modules
+
+    statistics = collect_input_grams(trainer, trainer.retain_view, find_target_modules(trainer.model))
+    trainer.args.eval_before_unlearn = trainer.args.eval_after_unlearn = False
+    result = trainer.unlearn()
+    if trainer.accelerator.is_main_process:
+        torch.save(
+            {
+                "num_processes": trainer.accelerator.num_processes,
+                "grams": statistics.grams,
+                "rows": statistics.rows,
+                "weights": result.model.state_dict(),
+                "alpha_grid": result.metrics["alpha_grid"],
+            },
+            result_path,
+        )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    mode, model_dir, result_path = sys.argv[1:4]
+    output_dir = os.path.dirname(result_path)
+    if mode == "metrics":
+        trainer = make_trainer(model_dir, output_dir, "finetune")
+        metrics(trainer, result_path)
+    else:
+        trainer = make_trainer(model_dir, output_dir, "svd_projection", SVD_KWARGS)
+        svd_statistics_and_projection(trainer, result_path)
+    trainer.accelerator.end_training()

@@ -1,40 +1,32 @@
-"""Metrics gathered over 2 processes (gloo on CPU) equal those of 1 process."""
+"""Work split over 2 processes (gloo on CPU, torchrun) gives what 1 process gives on the same samples: the gathered
+metrics, and svd_projection's Gram statistics (summed with all_reduce) and projected weights."""
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+import distributed_worker as worker
 import pytest
+import torch
 
-from hf_unlearn import UnlearningTrainer
 
-
-def test_metrics_over_two_processes_equal_one(trained, digits, make_args, tmp_path):
-    model = trained("vit")
-    model.save_pretrained(tmp_path / "model")
-    single = UnlearningTrainer(
-        model, make_args("finetune"), train_dataset=digits["train"], eval_dataset=digits["test"], forget_classes=[3]
-    ).evaluate_unlearning()
-
-    worker = Path(__file__).with_name("distributed_worker.py")
+def run_two_processes(mode, model_dir, result_path, port):
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29513",
-        str(worker),
-        str(tmp_path / "model"),
-        str(tmp_path / "two.json"),
-    ]
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+        worker.__file__, mode, str(model_dir), str(result_path),
+    ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
 
+
+def test_metrics_over_two_processes_equal_one(trained, digits, tmp_path):
+    trained("vit").save_pretrained(tmp_path / "model")
+    single_trainer = worker.make_trainer(str(tmp_path / "model"), str(tmp_path), "finetune")
+    single = single_trainer.evaluate_unlearning()
+
+    run_two_processes("metrics", tmp_path / "model", tmp_path / "two.json", 29513)
     result = json.loads((tmp_path / "two.json").read_text())
     assert result["num_processes"] == 2
     # Every eval row scored exactly once (no padding duplicates), in order.
@@ -49,3 +41,26 @@ def test_metrics_over_two_processes_equal_one(trained, digits, make_args, tmp_pa
     ):
         assert result["metrics"][name] == pytest.approx(single[name], abs=1e-6), name
     assert result["metrics"]["per_class_accuracy"] == pytest.approx(single["per_class_accuracy"])
+
+
+def test_svd_statistics_and_projection_over_two_processes_equal_one(trained, tmp_path):
+    """ResNet: conv layers with the paper's random crops (drawn per sample, so the split does not matter), the
+    linear head, the alpha search scored on held-out rows split between processes."""
+    trained("resnet").save_pretrained(tmp_path / "model")
+    single_trainer = worker.make_trainer(str(tmp_path / "model"), str(tmp_path), "svd_projection", worker.SVD_KWARGS)
+    worker.svd_statistics_and_projection(single_trainer, str(tmp_path / "one.pt"))
+    single = torch.load(tmp_path / "one.pt")
+
+    run_two_processes("svd", tmp_path / "model", tmp_path / "two.pt", 29514)
+    two = torch.load(tmp_path / "two.pt")
+    assert (single["num_processes"], two["num_processes"]) == (1, 2)
+    assert two["rows"] == single["rows"]
+    for name, gram in single["grams"].items():
+        torch.testing.assert_close(two["grams"][name], gram, rtol=1e-5, atol=1e-4 * gram.abs().max().item())
+    assert len(two["alpha_grid"]) == len(single["alpha_grid"]) == 4
+    for point_two, point_one in zip(two["alpha_grid"], single["alpha_grid"], strict=True):
+        assert point_two == pytest.approx(point_one)
+    original = trained("resnet").state_dict()
+    for name, weight in single["weights"].items():
+        torch.testing.assert_close(two["weights"][name], weight, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(single["weights"]["classifier.1.weight"], original["classifier.1.weight"])
