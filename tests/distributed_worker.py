@@ -7,13 +7,10 @@ import os
 import sys
 
 import torch
+from transformers import AutoModelForImageClassification
 
-torch.set_num_threads(1)
-
-from transformers import AutoModelForImageClassification  # noqa: E402
-
-from hf_unlearn import UnlearnConfig, UnlearningTrainer  # noqa: E402
-from hf_unlearn.digits import load_digits_dataset  # noqa: E402
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.digits import load_digits_dataset
 
 SVD_KWARGS = {"num_samples": 200, "alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [1.0, 10.0]}
 
@@ -70,6 +67,7 @@ def svd_statistics_and_projection(trainer: UnlearningTrainer, result_path: str) 
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)  # two processes on a 2-core machine (not on import: the tests import this module)
     mode, model_dir, result_path = sys.argv[1:4]
     output_dir = os.path.dirname(result_path)
     if mode == "metrics":
