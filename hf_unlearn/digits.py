@@ -93,6 +93,10 @@ UNLEARN_BUDGETS = {
     "gradient_ascent": {"epochs": 10, "learning_rate": 5e-4, "forget_accuracy_target": 0.01, "forget_check_steps": 1},
     "neggrad_plus": {"epochs": 3, "learning_rate": 1e-3},
     "random_label": {"epochs": 2, "learning_rate": 1e-3},
+    # Gradient-free: a lean statistics pass (S = 300 of the ~1,300 retain rows) and a 3 x 3 alpha grid.
+    "svd_projection": {
+        "method_kwargs": {"num_samples": 300, "alpha_r_grid": [10.0, 30.0, 100.0], "alpha_f_grid": [1.0, 3.0, 10.0]}
+    },
 }
 
 DEFAULT_TRAINING = {"vit": {"epochs": 30, "learning_rate": 3e-3}, "resnet": {"epochs": 15, "learning_rate": 3e-3}}

@@ -146,3 +146,25 @@ def test_audio_bytes_decode_without_torchcodec_and_collate():
     assert batch["input_values"].shape == (3, 100, 128)
     assert batch["labels"].tolist() == data["label"]
     assert torch.isfinite(batch["input_values"]).all()
+
+
+def test_spoken_digits_become_ast_features_that_a_small_ast_accepts(tmp_path):
+    import pyarrow.parquet as pq
+
+    from hf_unlearn.spoken_digits import FEATURES, ast_classifier, feature_extractor, load_spoken_digits
+
+    for split in ("train", "test"):  # a few rows of each split, same layout
+        pq.write_table(pq.read_table(SPOKEN_DIGITS / f"{split}.parquet").slice(0, 4), tmp_path / f"{split}.parquet")
+    data = load_spoken_digits(tmp_path)
+    row = data["train"][0]
+    assert np.asarray(row["input_values"]).shape == (FEATURES["max_length"], FEATURES["num_mel_bins"])
+    names = data["train"].features["label"].names
+    assert names[3] == "three" and len(names) == 10
+    # The stored features are those of the extractor on the decoded clip.
+    raw = pq.read_table(tmp_path / "train.parquet").to_pylist()[0]
+    expected = feature_extractor()(decode_audio(raw["audio"], 16000), sampling_rate=16000, return_tensors="np")
+    np.testing.assert_allclose(np.asarray(row["input_values"]), expected["input_values"][0], rtol=1e-5, atol=1e-5)
+    logits = ast_classifier(names)(input_values=torch.tensor(np.asarray(data["test"]["input_values"]))).logits
+    assert logits.shape == (4, 10)
+    with pytest.raises(FileNotFoundError, match="train.parquet"):
+        load_spoken_digits(tmp_path / "missing")
