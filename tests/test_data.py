@@ -164,7 +164,9 @@ def test_spoken_digits_become_ast_features_that_a_small_ast_accepts(tmp_path):
     raw = pq.read_table(tmp_path / "train.parquet").to_pylist()[0]
     expected = feature_extractor()(decode_audio(raw["audio"], 16000), sampling_rate=16000, return_tensors="np")
     np.testing.assert_allclose(np.asarray(row["input_values"]), expected["input_values"][0], rtol=1e-5, atol=1e-5)
-    logits = ast_classifier(names)(input_values=torch.tensor(np.asarray(data["test"]["input_values"]))).logits
+    logits = ast_classifier(names)(
+        input_values=torch.tensor(np.asarray(data["test"]["input_values"], dtype=np.float32))
+    ).logits
     assert logits.shape == (4, 10)
     with pytest.raises(FileNotFoundError, match="train.parquet"):
         load_spoken_digits(tmp_path / "missing")
