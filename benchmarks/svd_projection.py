@@ -32,19 +32,10 @@ from hf_unlearn.digits import (
     load_digits_dataset,
     train_classifier,
     training_arguments,
+    unlearn_digits,
 )
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "spoken_digits"
-
-
-def unlearn(model, data, method, forget_class, workdir, seed, **budget):
-    args = UnlearnConfig(
-        **training_arguments(f"{workdir}/{method}", seed=seed, disable_tqdm=True, **budget), method=method
-    )
-    trainer = UnlearningTrainer(
-        model, args, train_dataset=data["train"], eval_dataset=data["test"], forget_classes=[forget_class]
-    )
-    return trainer, trainer.unlearn()
 
 
 def compare(name, model, data, recipe, forget_classes, seed):
@@ -52,9 +43,12 @@ def compare(name, model, data, recipe, forget_classes, seed):
     rows = []
     workdir = tempfile.mkdtemp(prefix=f"svd_{name}_")
     for forget_class in forget_classes:
-        _, retrained = unlearn(model, data, "retrain", forget_class, workdir, seed, **recipe)
-        _, projected = unlearn(
-            model, data, "svd_projection", forget_class, workdir, seed, **UNLEARN_BUDGETS["svd_projection"]
+        runs = {"retrain": recipe, "svd_projection": UNLEARN_BUDGETS["svd_projection"]}
+        (_, retrained), (_, projected) = (
+            unlearn_digits(
+                model, data, method, [forget_class], f"{workdir}/{method}", seed, disable_tqdm=True, **budget
+            )
+            for method, budget in runs.items()
         )
         original = retrained.original_metrics
         row = {

@@ -63,6 +63,11 @@ def tiny_vit_config(image_size: int = 16, num_channels: int = 1, **overrides):
     return ViTConfig(image_size=image_size, num_channels=num_channels, **{**shape, **overrides})
 
 
+def label_maps(names) -> dict:
+    """`id2label` / `label2id` config fields for class `names` (in id order)."""
+    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+
+
 def digits_classifier(architecture: str = "vit", image_size: int = 16, seed: int = 0):
     """A small, randomly initialised transformers classifier for digits: `"vit"` (ViTForImageClassification,
     2 layers, 32 wide, 4x4 patches) or `"resnet"` (ResNetForImageClassification, 2 basic stages of 16/32 channels)."""
@@ -73,7 +78,7 @@ def digits_classifier(architecture: str = "vit", image_size: int = 16, seed: int
         set_seed,
     )
 
-    labels = {"id2label": dict(enumerate(DIGIT_NAMES)), "label2id": {n: i for i, n in enumerate(DIGIT_NAMES)}}
+    labels = label_maps(DIGIT_NAMES)
     set_seed(seed)
     if architecture == "vit":
         return ViTForImageClassification(tiny_vit_config(image_size=image_size, **labels))

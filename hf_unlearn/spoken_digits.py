@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import decode_audio
+from .digits import label_maps
 
 SAMPLING_RATE = 16_000
 # 64 mel bins x 100 frames (10 ms hop: the whole 1 s clip); 16 x 16 patches, stride 16 in frequency and 8 in
@@ -77,9 +78,5 @@ def ast_classifier(label_names, seed: int = 0, **overrides):
         **FEATURES,
     }
     set_seed(seed)
-    config = ASTConfig(
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
-        **{**shape, **overrides},
-    )
+    config = ASTConfig(**label_maps(label_names), **{**shape, **overrides})
     return ASTForAudioClassification(config)

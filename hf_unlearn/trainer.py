@@ -223,18 +223,21 @@ class UnlearningTrainer(Trainer):
         share = math.ceil(len(dataset) / world)
         start, stop = min(len(dataset), rank * share), min(len(dataset), (rank + 1) * share)
         batch_size = self.args.per_device_eval_batch_size
-        firsts = range(start, stop, batch_size)
-        show = self.is_local_process_zero() and not self.args.disable_tqdm and len(firsts) > 20
-        chunk, chunk_start = None, None
-        for first in tqdm(firsts, desc=description, disable=not show, leave=False):
-            if chunk is None or first - chunk_start >= len(chunk):
-                chunk_start = first
-                with _quiet_datasets():
-                    rows = range(first, min(stop, first + 16 * batch_size))
-                    chunk = dataset.select(rows).flatten_indices(keep_in_memory=True)
-            columns = chunk[first - chunk_start : first - chunk_start + batch_size]
-            rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-            yield torch.arange(first, first + len(rows)), self._prepare_inputs(self.data_collator(rows))
+        chunk_size = 16 * batch_size
+        batches = math.ceil((stop - start) / batch_size)
+        show = self.is_local_process_zero() and not self.args.disable_tqdm and batches > 20
+        progress = tqdm(total=batches, desc=description, disable=not show, leave=False)
+        for chunk_start in range(start, stop, chunk_size):
+            with _quiet_datasets():
+                chunk_rows = range(chunk_start, min(stop, chunk_start + chunk_size))
+                chunk = dataset.select(chunk_rows).flatten_indices(keep_in_memory=True)
+            for offset in range(0, len(chunk), batch_size):
+                columns = chunk[offset : offset + batch_size]
+                rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+                first = chunk_start + offset
+                yield torch.arange(first, first + len(rows)), self._prepare_inputs(self.data_collator(rows))
+                progress.update()
+        progress.close()
 
     @torch.no_grad()
     def shard_accuracy(self, batches, model=None) -> float | None:
@@ -316,10 +319,10 @@ def _quiet_datasets():
     """No `datasets` progress bar inside the block (for quick internal copies); the user's setting is restored."""
     import datasets
 
-    was_disabled = datasets.is_progress_bar_enabled() is False
+    was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
         yield
     finally:
-        if not was_disabled:
+        if was_enabled:
             datasets.enable_progress_bars()
