@@ -25,7 +25,7 @@ What counts as one input row `x`:
 ...         statistics.sample_ids = sample_ids
 ...         model(**batch)
 >>> statistics.all_reduce()
->>> statistics.grams["vit.encoder.layer.0.attention.q_proj"].shape   # (groups, d, d)
+>>> statistics.grams["vit.layers.0.attention.q_proj"].shape   # (groups, d, d)
 ```
 """
 
