@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import gcd
 
 import numpy as np
@@ -94,6 +94,10 @@ class ForgetRetainSplit:
 
     For class forgetting the eval split divides by class as well. For sample-level forgetting (`forget_indices`)
     every eval row is a retain row: forgotten samples have no counterpart outside the training set.
+
+    Classes the model unlearned in an earlier request (`unlearned_before`, from `model.config.unlearned_classes`) are
+    in neither part: retaining them would teach them again. Their eval rows are kept apart
+    (`eval_unlearned_before_indices`) to check they stay forgotten.
     """
 
     forget_indices: np.ndarray
@@ -101,6 +105,8 @@ class ForgetRetainSplit:
     eval_forget_indices: np.ndarray
     eval_retain_indices: np.ndarray
     forget_classes: list[int] | None = None
+    unlearned_before: list[int] = field(default_factory=list)
+    eval_unlearned_before_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def is_class_level(self) -> bool:
@@ -112,8 +118,10 @@ def split_forget_retain(
     eval_labels: np.ndarray | None,
     forget_classes: list[int] | None = None,
     forget_indices: Sequence[int] | None = None,
+    unlearned_before: Sequence[int] = (),
 ) -> ForgetRetainSplit:
-    """Compute the forget/retain split once. Exactly one of `forget_classes` (resolved ids) and `forget_indices`."""
+    """Compute the forget/retain split once. Exactly one of `forget_classes` (resolved ids) and `forget_indices`;
+    rows of the `unlearned_before` classes join neither the retain part nor (unless asked for) the forget part."""
     eval_labels = np.zeros(0, dtype=np.int64) if eval_labels is None else eval_labels
     num_train = len(train_labels)
     if forget_classes is not None:
@@ -122,33 +130,34 @@ def split_forget_retain(
             raise ValueError(
                 f"The forget set is empty: `train_dataset` has no rows of `forget_classes` {forget_classes}."
             )
-        if forget_mask.all():
-            raise ValueError("Every row of `train_dataset` belongs to `forget_classes`: the retain set is empty.")
         eval_forget = np.isin(eval_labels, forget_classes)
-        return ForgetRetainSplit(
-            np.flatnonzero(forget_mask),
-            np.flatnonzero(~forget_mask),
-            np.flatnonzero(eval_forget),
-            np.flatnonzero(~eval_forget),
-            list(forget_classes),
-        )
-    indices = np.asarray(list(forget_indices), dtype=np.int64)
-    if indices.size == 0:
-        raise ValueError("`forget_indices` is empty: give the training rows to forget.")
-    out_of_range = indices[(indices < 0) | (indices >= num_train)]
-    if out_of_range.size:
-        raise ValueError(
-            f"`forget_indices` holds {out_of_range[:5].tolist()}, outside `train_dataset` (rows 0..{num_train - 1})."
-        )
-    forget_mask = np.zeros(num_train, dtype=bool)
-    forget_mask[indices] = True
-    if forget_mask.all():
-        raise ValueError("`forget_indices` covers every row of `train_dataset`: the retain set is empty.")
+    else:
+        indices = np.asarray(list(forget_indices), dtype=np.int64)
+        if indices.size == 0:
+            raise ValueError("`forget_indices` is empty: give the training rows to forget.")
+        out_of_range = indices[(indices < 0) | (indices >= num_train)]
+        if out_of_range.size:
+            raise ValueError(
+                f"`forget_indices` holds {out_of_range[:5].tolist()}, outside `train_dataset` (rows 0..{num_train - 1})."
+            )
+        forget_mask = np.zeros(num_train, dtype=bool)
+        forget_mask[indices] = True
+        eval_forget = np.zeros(len(eval_labels), dtype=bool)
+    earlier = sorted(set(unlearned_before) - set(forget_classes or []))
+    retain_mask = ~forget_mask & ~np.isin(train_labels, earlier)
+    if not retain_mask.any():
+        extra = f" or of the classes unlearned before ({earlier})" if earlier else ""
+        what = "`forget_classes`" if forget_classes is not None else "`forget_indices`"
+        raise ValueError(f"Every row of `train_dataset` belongs to {what}{extra}: the retain set is empty.")
+    eval_earlier = np.isin(eval_labels, earlier) & ~eval_forget
     return ForgetRetainSplit(
         np.flatnonzero(forget_mask),
-        np.flatnonzero(~forget_mask),
-        np.zeros(0, dtype=np.int64),
-        np.arange(len(eval_labels)),
+        np.flatnonzero(retain_mask),
+        np.flatnonzero(eval_forget),
+        np.flatnonzero(~eval_forget & ~eval_earlier),
+        None if forget_classes is None else list(forget_classes),
+        earlier,
+        np.flatnonzero(eval_earlier),
     )
 
 

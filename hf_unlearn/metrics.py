@@ -12,6 +12,7 @@ Directions, for a class-forgetting request:
 | `mia_entropy` | share of forget training rows an entropy attack calls "member" | close to retrain (about 0) |
 | `mia_efficacy` | share of forget training rows a confidence attack calls "non-member" | close to retrain (about 1) |
 | `mia_auc` | (sample-level only) attack AUC, forget rows vs held-out rows of the same classes | close to retrain (~0.5) |
+| `unlearned_before_accuracy` | eval accuracy on classes the model unlearned in earlier requests (if any) | low (stays forgotten) |
 
 For sample-level forgetting (`forget_indices`) the eval split holds no forgotten rows, so `forget_accuracy` is the
 accuracy on the forgotten training rows (equal to `forget_train_accuracy`) and `retain_accuracy` is the accuracy on
@@ -35,6 +36,7 @@ SCALAR_METRICS = (
     "mia_entropy",
     "mia_efficacy",
     "mia_auc",
+    "unlearned_before_accuracy",
 )
 # METHODS.md section 6: the mean gap to retrain is taken over forget, retain and test accuracy and the MIA.
 GAP_METRICS = ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy", "mia_entropy")
@@ -154,6 +156,13 @@ def mia_auc(
     return float(roc_auc_score(membership, scores))
 
 
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of several `(logits, labels)` parts as one; parts without rows are skipped (their logits may have
+    no class dimension)."""
+    present = [part for part in parts if len(part[1])] or parts[:1]
+    return np.concatenate([part[0] for part in present]), np.concatenate([part[1] for part in present])
+
+
 def unlearning_metrics(
     *,
     forget_train: tuple[np.ndarray, np.ndarray],
@@ -161,10 +170,13 @@ def unlearning_metrics(
     eval_forget: tuple[np.ndarray, np.ndarray],
     eval_retain: tuple[np.ndarray, np.ndarray],
     class_level: bool,
+    eval_unlearned_before: tuple[np.ndarray, np.ndarray] | None = None,
     id2label: dict | None = None,
     seed: int = 0,
 ) -> dict:
-    """All metrics from `(logits, labels)` pairs of the four parts of the train and eval splits."""
+    """All metrics from `(logits, labels)` pairs of the four parts of the train and eval splits (and of the eval rows
+    of classes unlearned in earlier requests, which only count in `per_class_accuracy` and
+    `unlearned_before_accuracy`)."""
     probs = {
         name: (softmax(part[0]) if len(part[1]) else np.zeros((0, 1)), part[1])
         for name, part in {
@@ -174,21 +186,24 @@ def unlearning_metrics(
             "eval_retain": eval_retain,
         }.items()
     }
-    eval_logits = np.concatenate([eval_forget[0], eval_retain[0]]) if len(eval_forget[1]) else eval_retain[0]
-    eval_labels = np.concatenate([eval_forget[1], eval_retain[1]])
+    eval_rows = _joined([eval_forget, eval_retain])
+    earlier = [] if eval_unlearned_before is None else [eval_unlearned_before]
+    every_eval_row = _joined([eval_forget, eval_retain, *earlier])
     forget_train_accuracy = accuracy(*forget_train)
     metrics = {
         "forget_accuracy": accuracy(*eval_forget) if class_level else forget_train_accuracy,
         "retain_accuracy": accuracy(*eval_retain),
-        "test_accuracy": accuracy(eval_logits, eval_labels),
+        "test_accuracy": accuracy(*eval_rows),
         "forget_train_accuracy": forget_train_accuracy,
         "retain_train_accuracy": accuracy(*retain_train),
-        "per_class_accuracy": per_class_accuracy(eval_logits, eval_labels, id2label) if len(eval_labels) else {},
+        "per_class_accuracy": per_class_accuracy(*every_eval_row, id2label) if len(every_eval_row[1]) else {},
         "mia_entropy": mia_entropy(
             probs["retain_train"][0], probs["eval_retain"][0], probs["forget_train"][0], seed=seed
         ),
         "mia_efficacy": mia_efficacy(*probs["retain_train"], *probs["eval_retain"], *probs["forget_train"], seed=seed),
     }
+    if eval_unlearned_before is not None:
+        metrics["unlearned_before_accuracy"] = accuracy(*eval_unlearned_before)
     if not class_level:
         metrics["mia_auc"] = mia_auc(*probs["forget_train"], *probs["eval_retain"])
     return metrics

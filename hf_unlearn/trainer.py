@@ -120,8 +120,26 @@ class UnlearningTrainer(Trainer):
         self.num_labels = int(model.config.num_labels)
         if forget_classes is not None:
             forget_classes = resolve_forget_classes(forget_classes, model.config.label2id, self.num_labels)
+        unlearned_before = list(getattr(model.config, "unlearned_classes", None) or [])
         self.train_labels = dataset_labels(train_dataset, self.label_column)
-        self.split = split_forget_retain(self.train_labels, eval_labels, forget_classes, forget_indices)
+        self.split = split_forget_retain(
+            self.train_labels, eval_labels, forget_classes, forget_indices, unlearned_before
+        )
+        if self.split.unlearned_before:
+            logger.info(
+                f"The model unlearned classes {self.split.unlearned_before} before (`config.unlearned_classes`): "
+                "their rows are left out of the retain set so that they are not learned again."
+            )
+        if set(forget_classes or []) & set(unlearned_before):
+            logger.warning(
+                f"`forget_classes` {sorted(set(forget_classes) & set(unlearned_before))} were unlearned by this model "
+                "before (`config.unlearned_classes`); unlearning them again."
+            )
+        if spec.method_class.class_level_only and not self.split.is_class_level:
+            raise ValueError(
+                f"Method '{args.method}' forgets whole classes, so it needs `forget_classes`, not `forget_indices`. "
+                "For samples use a sample-level method, e.g. method='neggrad_plus'."
+            )
 
         if not args.in_place:
             model = copy.deepcopy(model)
@@ -160,6 +178,11 @@ class UnlearningTrainer(Trainer):
         self.method.run()
         self.accelerator.wait_for_everyone()
         seconds = time.perf_counter() - start
+        if self.split.is_class_level:
+            # Saved with the model (config.json), so a later request on it keeps these classes out of its retain set.
+            self.model.config.unlearned_classes = sorted(
+                set(self.split.unlearned_before) | set(self.split.forget_classes)
+            )
         metrics = self.evaluate_unlearning() if args.eval_after_unlearn else {}
         metrics.update(self.method.report)
         metrics["unlearn_seconds"] = seconds
@@ -239,6 +262,19 @@ class UnlearningTrainer(Trainer):
                 progress.update()
         progress.close()
 
+    def gather_shards(self, local: torch.Tensor, total: int) -> torch.Tensor:
+        """Per-row results of this process's share from `shard_batches` (`(rows, ...)`, possibly 0 rows), joined
+        over processes into all `total` rows in dataset order, on every process."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return local
+        share = math.ceil(total / world)
+        padded = local.new_zeros((share, *local.shape[1:]))
+        padded[: len(local)] = local
+        everything = self.accelerator.gather(padded)
+        counts = [min(total, (rank + 1) * share) - min(total, rank * share) for rank in range(world)]
+        return torch.cat([everything[rank * share : rank * share + count] for rank, count in enumerate(counts)])
+
     @torch.no_grad()
     def shard_accuracy(self, batches, model=None) -> float | None:
         """Accuracy of `model` (default: `self.model`) on batches from `shard_batches` (kept, e.g. to score many
@@ -265,6 +301,9 @@ class UnlearningTrainer(Trainer):
                 "eval_forget": self.eval_dataset.select(split.eval_forget_indices),
                 "eval_retain": self.eval_dataset.select(split.eval_retain_indices),
             }
+            if len(split.eval_unlearned_before_indices):
+                views = self._cached_metric_views
+                views["eval_unlearned_before"] = self.eval_dataset.select(split.eval_unlearned_before_indices)
         return self._cached_metric_views
 
     def evaluate_unlearning(self, reference_model=None, model=None) -> dict:

@@ -151,6 +151,8 @@ def test_save_model_reloads_the_unlearned_model(trained, digits, make_args, tmp_
     result = trainer.unlearn()
     trainer.save_model(str(tmp_path / "saved"))
     reloaded = AutoModelForImageClassification.from_pretrained(str(tmp_path / "saved")).eval()
+    # The record of what the model forgot travels with it, so a later request keeps class 3 out of its retain set.
+    assert reloaded.config.unlearned_classes == [3]
     batch = torch.tensor(np.asarray(digits["test"][:8]["pixel_values"]), dtype=torch.float32)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values=batch).logits, result.model.eval()(pixel_values=batch).logits)

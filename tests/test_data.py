@@ -37,6 +37,28 @@ def test_split_by_indices_keeps_eval_whole():
     assert not split.is_class_level
 
 
+def test_classes_unlearned_before_leave_the_retain_set():
+    train = np.array([0, 1, 2, 3, 3, 1, 2])
+    test = np.array([2, 0, 3, 2, 1])
+    split = split_forget_retain(train, test, forget_classes=[3], unlearned_before=[2])
+    assert split.forget_indices.tolist() == [3, 4]
+    assert split.retain_indices.tolist() == [0, 1, 5]
+    assert split.eval_forget_indices.tolist() == [2]
+    assert split.eval_retain_indices.tolist() == [1, 4]
+    assert split.eval_unlearned_before_indices.tolist() == [0, 3]
+    assert split.unlearned_before == [2]
+
+    samples = split_forget_retain(train, test, forget_indices=[1], unlearned_before=[2])
+    assert samples.retain_indices.tolist() == [0, 3, 4, 5]
+    assert samples.eval_retain_indices.tolist() == [1, 2, 4]
+
+    again = split_forget_retain(train, test, forget_classes=[2, 3], unlearned_before=[2])
+    assert again.forget_indices.tolist() == [2, 3, 4, 6] and again.unlearned_before == []
+
+    with pytest.raises(ValueError, match=r"`forget_classes` or of the classes unlearned before \(\[0, 1, 2\]\)"):
+        split_forget_retain(train, test, forget_classes=[3], unlearned_before=[0, 1, 2])
+
+
 def test_class_balanced_subsample():
     labels = np.array([0] * 50 + [1] * 50 + [2] * 3)
     chosen = subsample(np.arange(len(labels)), 21, seed=0, labels=labels)

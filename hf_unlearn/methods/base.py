@@ -21,6 +21,8 @@ class UnlearningMethod:
 
     #: Whether `UnlearnConfig.forget_accuracy_target` may stop this method early.
     stops_at_forget_target: bool = True
+    #: Whether the method only forgets whole classes (`forget_classes`); the trainer then refuses `forget_indices`.
+    class_level_only: bool = False
 
     def __init__(self, trainer, config):
         self.trainer = trainer

@@ -139,14 +139,7 @@ class LayerProjection:
 
 class SVDProjection(UnlearningMethod):
     stops_at_forget_target = False  # one projection, no steps to stop
-
-    def __init__(self, trainer, config):
-        super().__init__(trainer, config)
-        if not trainer.split.is_class_level:
-            raise ValueError(
-                "Method 'svd_projection' forgets whole classes (it removes the input directions they use), so it "
-                "needs `forget_classes`, not `forget_indices`. For samples use e.g. method='neggrad_plus'."
-            )
+    class_level_only = True  # it removes the input directions whole classes use
 
     def split_rows(self) -> dict:
         """Positions in `forget_view` / `retain_view` of the statistics rows and (with alpha_search) of the disjoint
