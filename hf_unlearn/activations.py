@@ -1,4 +1,5 @@
-"""Layer-input statistics: the Gram matrix of what each Linear / Conv layer receives, accumulated by forward hooks.
+"""Layer inputs recorded by forward hooks: the Gram matrix of what each Linear / Conv layer receives (streamed), and
+the features that feed a classification head (one row per sample).
 
 Projection methods (`svd_projection`, `gppu`) need the subspace a layer's inputs span on a set of samples. Storing the
 inputs costs memory that grows with the samples; their Gram matrix G = sum x x^T does not (O(d^2) per layer), and its
@@ -27,6 +28,9 @@ What counts as one input row `x`:
 >>> statistics.all_reduce()
 >>> statistics.grams["vit.layers.0.attention.q_proj"].shape   # (groups, d, d)
 ```
+
+The features feeding the head (`collect_head_features`) are what graph-based methods (`gppu`) work on: the pooled /
+CLS representation of a transformer, the pooled features of a CNN, the pooled projector output of Wav2Vec2.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import contextlib
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +52,8 @@ logger = get_logger(__name__)
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def _matches(name: str, pattern: str | Sequence[str]) -> bool:
+def name_matches(name: str, pattern: str | Sequence[str]) -> bool:
+    """peft-style module selection: a regex matching the whole `name`, or a list of names / name suffixes."""
     if isinstance(pattern, str):
         return re.fullmatch(pattern, name) is not None
     return any(name == key or name.endswith("." + key) for key in pattern)
@@ -69,9 +75,9 @@ def find_target_modules(
     for name, module in model.named_modules():
         if not isinstance(module, WEIGHT_LAYERS):
             continue
-        if target_modules is not None and not _matches(name, target_modules):
+        if target_modules is not None and not name_matches(name, target_modules):
             continue
-        if exclude_modules is not None and _matches(name, exclude_modules):
+        if exclude_modules is not None and name_matches(name, exclude_modules):
             continue
         if parametrize.is_parametrized(module) or hasattr(module, "weight_g"):
             skipped.append(name)
@@ -228,3 +234,70 @@ def collect_input_grams(
         model.train(was_training)
     statistics.all_reduce()
     return statistics
+
+
+class InputCapture:
+    """The latest input of one module, recorded while `capturing(module)` is active (`value`, with its graph)."""
+
+    value: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def capturing(module: nn.Module):
+    """Record `module`'s input during the block: `with capturing(head) as captured: model(**batch)`, then
+    `captured.value`."""
+    captured = InputCapture()
+
+    def hook(module, args):
+        captured.value = args[0]
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def pooled_rows(value: torch.Tensor) -> torch.Tensor:
+    """One row per sample: a `(batch, ..., d)` head input averaged over its middle (token) dimensions."""
+    return value.reshape(value.shape[0], -1, value.shape[-1]).mean(1) if value.dim() > 2 else value
+
+
+@dataclass
+class HeadFeatures:
+    """Per-row head inputs (`features`, float32, `(rows, d)`), the model's `logits` and the `labels`."""
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+
+@torch.no_grad()
+def collect_head_features(trainer, dataset, head: nn.Linear, description: str = "Features") -> HeadFeatures:
+    """One forward pass of `trainer.model` (eval mode) over `dataset`, shared between processes without duplicates,
+    recording the input of `head` for every row; the result holds every row of `dataset`, in order, on every
+    process."""
+    model = trainer.model
+    parts = {"features": [], "logits": [], "labels": []}
+    was_training = model.training
+    model.eval()
+    try:
+        for _, batch in trainer.shard_batches(dataset, description):
+            labels = batch.pop("labels")
+            with capturing(head) as captured:
+                logits = model(**batch).logits
+            parts["features"].append(pooled_rows(captured.value).float())
+            parts["logits"].append(logits.float())
+            parts["labels"].append(labels)
+    finally:
+        model.train(was_training)
+    empty = {
+        "features": torch.zeros(0, head.in_features),
+        "logits": torch.zeros(0, trainer.num_labels),
+        "labels": torch.zeros(0, dtype=torch.long),
+    }  # an empty share (fewer rows than processes) still joins the gather
+    gathered = {
+        name: trainer.gather_shards(torch.cat(values) if values else empty[name].to(trainer.args.device), len(dataset))
+        for name, values in parts.items()
+    }
+    return HeadFeatures(**gathered)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import torch
@@ -74,3 +75,85 @@ def reinitialized_copy(model, seed: int):
     set_seed(seed)
     fresh = type(model)(model.config)
     return fresh.to(next(model.parameters()).device)
+
+
+def classification_head(model, name: str | None = None) -> tuple[str, torch.nn.Linear]:
+    """`(name, module)` of the Linear layer that produces the logits: the last `nn.Linear` with `num_labels` outputs
+    (ViT/DeiT/ConvNeXt `classifier`, ResNet `classifier.1`, AST `classifier.dense`, Wav2Vec2/HuBERT `classifier`), or
+    the module called `name`."""
+    if name is not None:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"`head_module={name!r}` is not a module of {type(model).__name__}.") from None
+        if not isinstance(module, torch.nn.Linear):
+            raise ValueError(f"`head_module={name!r}` is a {type(module).__name__}; it must name an nn.Linear.")
+        return name, module
+    num_labels = model.config.num_labels
+    heads = [
+        (module_name, module)
+        for module_name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module.out_features == num_labels
+    ]
+    if not heads:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear with num_labels={num_labels} outputs to serve as the "
+            "classification head; pass its name as `head_module`."
+        )
+    return heads[-1]
+
+
+@torch.no_grad()
+def model_tail(model, batch: dict, num_blocks: int = 1) -> tuple[list[str], list[str]]:
+    """The last `num_blocks` blocks of `model` and everything that runs after them (final norm, pooler, projector,
+    head), found from one forward pass on `batch` (model inputs) instead of a per-architecture table.
+
+    The blocks are the children of the `nn.ModuleList` whose last child finishes last in the forward pass: the encoder
+    layers of ViT/DeiT/AST/Wav2Vec2/HuBERT, the stages of ResNet/ConvNeXt. The tail is every module with parameters of
+    its own that starts running at or after the first of those blocks.
+
+    Returns `(block_names, tail_module_names)`.
+    """
+    order, starts, ends = itertools.count(), {}, {}
+
+    def started(module, args):
+        starts.setdefault(module, next(order))  # a module run twice keeps its first start
+
+    def ended(module, args, output):
+        ends[module] = next(order)
+
+    handles = []
+    for module in model.modules():
+        handles += [module.register_forward_pre_hook(started), module.register_forward_hook(ended)]
+    was_training = model.training
+    model.eval()
+    try:
+        model(**batch)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    block_lists = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and len(module) and module[-1] in ends
+        and any(True for _ in module[-1].parameters())
+    ]  # fmt: skip
+    names = {module: name for name, module in model.named_modules()}
+    if not block_lists:
+        logger.warning(f"{type(model).__name__} has no list of blocks (nn.ModuleList): only the head will be trained.")
+        blocks, first_start = [], max(starts.values())
+    else:
+        list_name, block_list = max(block_lists, key=lambda item: ends[item[1][-1]])
+        if num_blocks > len(block_list):
+            logger.warning(f"`num_trainable_blocks={num_blocks}` but '{list_name}' has {len(block_list)} blocks.")
+        blocks = list(block_list)[-num_blocks:] if num_blocks else []
+        first_start = min((starts[block] for block in blocks if block in starts), default=None)
+        if first_start is None:  # no block: the head and what follows the blocks
+            first_start = ends[block_list[-1]]
+    tail = [
+        names[module]
+        for module in model.modules()
+        if module in starts and starts[module] >= first_start and any(True for _ in module.parameters(recurse=False))
+    ]
+    return [names[block] for block in blocks], tail
