@@ -66,6 +66,30 @@ def svd_statistics_and_projection(trainer: UnlearningTrainer, result_path: str) 
         )
 
 
+def gppu_features_and_head(trainer: UnlearningTrainer, result_path: str) -> None:
+    """The head features of the forget rows (gathered over processes), the forget directions and the unlearned head
+    of `gppu`."""
+    from hf_unlearn.activations import collect_head_features
+    from hf_unlearn.models import classification_head
+
+    _, head = classification_head(trainer.model)
+    features = collect_head_features(trainer, trainer.forget_view, head)
+    trainer.args.eval_before_unlearn = trainer.args.eval_after_unlearn = False
+    result = trainer.unlearn()
+    if trainer.accelerator.is_main_process:
+        torch.save(
+            {
+                "num_processes": trainer.accelerator.num_processes,
+                "features": features.features.cpu(),
+                "labels": features.labels.cpu(),
+                "directions": trainer.method.directions.cpu(),
+                "head": classification_head(result.model)[1].weight.detach().cpu(),
+                "sampled_accuracy": result.metrics["sampled_accuracy"],
+            },
+            result_path,
+        )
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)  # two processes on a 2-core machine (not on import: the tests import this module)
     mode, model_dir, result_path = sys.argv[1:4]
@@ -73,6 +97,9 @@ if __name__ == "__main__":
     if mode == "metrics":
         trainer = make_trainer(model_dir, output_dir, "finetune")
         metrics(trainer, result_path)
+    elif mode == "gppu":
+        trainer = make_trainer(model_dir, output_dir, "gppu")
+        gppu_features_and_head(trainer, result_path)
     else:
         trainer = make_trainer(model_dir, output_dir, "svd_projection", SVD_KWARGS)
         svd_statistics_and_projection(trainer, result_path)

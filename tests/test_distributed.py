@@ -1,5 +1,6 @@
 """Work split over 2 processes (gloo on CPU, torchrun) gives what 1 process gives on the same samples: the gathered
-metrics, and svd_projection's Gram statistics (summed with all_reduce) and projected weights."""
+metrics, svd_projection's Gram statistics (summed with all_reduce) and projected weights, and gppu's head features
+(gathered in row order), forget directions and unlearned head."""
 
 import json
 import os
@@ -64,3 +65,22 @@ def test_svd_statistics_and_projection_over_two_processes_equal_one(trained, tmp
     for name, weight in single["weights"].items():
         torch.testing.assert_close(two["weights"][name], weight, rtol=1e-4, atol=1e-5)
     assert not torch.equal(single["weights"]["classifier.1.weight"], original["classifier.1.weight"])
+
+
+def test_gppu_features_directions_and_head_over_two_processes_equal_one(trained, digits, tmp_path):
+    trained("vit").save_pretrained(tmp_path / "model")
+    single_trainer = worker.make_trainer(str(tmp_path / "model"), str(tmp_path), "gppu")
+    worker.gppu_features_and_head(single_trainer, str(tmp_path / "one.pt"))
+    single = torch.load(tmp_path / "one.pt")
+
+    run_two_processes("gppu", tmp_path / "model", tmp_path / "two.pt", 29515)
+    two = torch.load(tmp_path / "two.pt")
+    assert (single["num_processes"], two["num_processes"]) == (1, 2)
+    # Every forget row once, in dataset order (the forget set, 145 rows, does not split evenly over batches).
+    assert two["labels"].tolist() == single["labels"].tolist() == [3] * len(single["labels"])
+    torch.testing.assert_close(two["features"], single["features"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(two["directions"], single["directions"], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(two["head"], single["head"], rtol=1e-3, atol=1e-4)
+    assert two["sampled_accuracy"].keys() == single["sampled_accuracy"].keys()
+    for stage, accuracy in single["sampled_accuracy"].items():
+        assert two["sampled_accuracy"][stage] == pytest.approx(accuracy), stage

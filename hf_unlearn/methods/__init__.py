@@ -1,3 +1,3 @@
 """Built-in unlearning methods. Importing this package registers each of them (one import line per method)."""
 
-from . import finetune, gradient_ascent, neggrad_plus, random_label, retrain, svd_projection  # noqa: F401
+from . import finetune, gppu, gradient_ascent, neggrad_plus, random_label, retrain, svd_projection  # noqa: F401

@@ -1,0 +1,274 @@
+"""`gppu`: the batched k-NN graph is the exact one; the forget directions point where the forget class stands out;
+the head stops seeing them; fine-tuning touches only the chosen blocks and the head; requests compose; several
+classes at once; the tail is found on every family."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import FAMILIES, tiny_classifier
+
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.methods.gppu import GPPUConfig, forget_directions, knn_graph, propagate
+from hf_unlearn.models import classification_head, model_tail
+
+
+def dense_normalised_knn(features, k):
+    unit = F.normalize(features, dim=1)
+    similarity = unit @ unit.T
+    similarity.fill_diagonal_(-float("inf"))
+    neighbours = similarity.topk(k, dim=1).indices
+    adjacency = torch.zeros(len(features), len(features))
+    adjacency[torch.arange(len(features)).repeat_interleave(k), neighbours.reshape(-1)] = 1.0
+    adjacency = torch.maximum(adjacency, adjacency.T) + torch.eye(len(features))
+    degree = adjacency.sum(1)
+    return adjacency / torch.sqrt(degree[:, None] * degree[None, :])
+
+
+@pytest.mark.parametrize("batch_size", [7, 50, 1000])
+def test_batched_knn_graph_equals_the_dense_one(batch_size):
+    torch.manual_seed(0)
+    features = torch.randn(50, 6) * torch.rand(50, 1)  # lengths vary: the graph is on cosine similarity
+    a_hat = knn_graph(features, 4, batch_size=batch_size)
+    assert a_hat.is_sparse and a_hat._nnz() <= 50 * (2 * 4 + 1)
+    torch.testing.assert_close(a_hat.to_dense(), dense_normalised_knn(features, 4))
+
+
+def test_propagation_is_personalised_pagerank():
+    torch.manual_seed(0)
+    features = torch.randn(30, 5)
+    a_hat = knn_graph(features, 3)
+    expected = features.clone()
+    for _ in range(4):
+        expected = 0.8 * a_hat.to_dense() @ expected + 0.2 * features
+    torch.testing.assert_close(propagate(a_hat, features, steps=4, teleport=0.2), expected)
+    torch.testing.assert_close(propagate(a_hat, features, steps=0, teleport=0.2), features)
+
+
+def clusters(centres, per_cluster, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.cat(
+        [centre + 0.3 * torch.randn(per_cluster, len(centre), generator=generator) for centre in centres]
+    )
+    return points, torch.arange(len(centres)).repeat_interleave(per_cluster)
+
+
+def test_forget_directions_point_where_the_forget_classes_stand_out():
+    """Retained classes around shared centres; forget class 7 sits apart along e1, class 8 along e2: G spans exactly
+    those offsets (orthonormal), not what the classes share."""
+    generator = torch.Generator().manual_seed(1)
+    shared = torch.randn(4, 8, generator=generator)
+    e1, e2 = torch.eye(8)[6], torch.eye(8)[7]
+    shared[:, 6:] = 0.0
+    retain, retain_labels = clusters(shared, 40)
+    middle = shared.mean(0)
+    forget, forget_labels = clusters([middle + 4 * e1, middle + 4 * e2], 30, seed=2)
+    features = torch.cat([forget, retain])
+    labels = torch.cat([forget_labels + 7, retain_labels])
+    is_forget = torch.arange(len(features)) < len(forget)
+    config = GPPUConfig()
+
+    both = forget_directions(features, labels, is_forget, config)
+    assert both.shape == (8, 2)
+    torch.testing.assert_close(both.T @ both, torch.eye(2), atol=1e-5, rtol=0)
+    offsets = torch.stack([e1, e2])
+    assert torch.linalg.matrix_norm(offsets @ both, ord=2) > 0.98  # the span of G is the span of the offsets
+    assert torch.linalg.svdvals(offsets @ both).min() > 0.97
+
+    keep = labels != 8
+    one = forget_directions(features[keep], labels[keep], is_forget[keep], config)
+    assert one.shape == (8, 1) and abs(float(one[:, 0] @ e1)) > 0.98
+
+
+def unlearn(model, digits, make_args, forget_classes, **kwargs):
+    method_kwargs = kwargs.pop("method_kwargs", {})
+    args = make_args("gppu", method_kwargs=method_kwargs, **kwargs)
+    trainer = UnlearningTrainer(
+        model, args, train_dataset=digits["train"], eval_dataset=digits["test"], forget_classes=forget_classes
+    )
+    return trainer, trainer.unlearn()
+
+
+@pytest.mark.parametrize("architecture", ["vit", "resnet"])
+def test_the_head_no_longer_sees_the_forget_direction(architecture, trained, digits, make_args):
+    model = trained(architecture)
+    _, original_head = classification_head(model)
+    trainer, result = unlearn(model, digits, make_args, [3])
+    directions = trainer.method.directions
+    _, head = classification_head(result.model)
+    assert directions.shape[1] == 1
+    assert (head.weight @ directions).norm() < 1e-5 * head.weight.norm()
+    assert (original_head.weight @ directions).norm() > 0.1 * original_head.weight.norm()  # it did see it
+    metrics, original = result.metrics, result.original_metrics
+    assert original["forget_accuracy"] > 0.85 and metrics["forget_accuracy"] <= 0.01
+    assert metrics["retain_accuracy"] >= original["retain_accuracy"] - 0.01
+    stages = metrics["sampled_accuracy"]
+    assert stages["projection"]["forget"] <= 0.05 < stages["original"]["forget"]
+    assert metrics["finetune_steps"] == 0  # the stopping rule held after the head refit
+
+
+@pytest.mark.parametrize(
+    "architecture, method_kwargs, tail",
+    [
+        ("vit", {}, ("vit.layers.1.", "vit.layernorm.", "classifier.")),
+        ("vit", {"num_trainable_blocks": 0}, ("vit.layernorm.", "classifier.")),
+        ("vit", {"trainable_modules": ["fc2"]}, ("vit.layers.0.mlp.fc2.", "vit.layers.1.mlp.fc2.", "classifier.")),
+        ("resnet", {}, ("resnet.encoder.stages.1.", "classifier.")),
+    ],
+)
+def test_finetuning_touches_only_the_chosen_blocks_and_the_head(
+    architecture, method_kwargs, tail, trained, digits, make_args
+):
+    """Forced to fine-tune (3 steps): every parameter and buffer outside the tail is bit-identical (frozen BatchNorm
+    layers keep their running statistics), the tail moves, and the head still ignores the forget direction."""
+    model = trained(architecture)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    trainer, result = unlearn(
+        model,
+        digits,
+        make_args,
+        [3],
+        max_steps=3,
+        learning_rate=1e-3,
+        method_kwargs={"stop_when_recovered": False, "head_steps": 0, **method_kwargs},
+    )
+    after = result.model.state_dict()
+    assert set(after) == set(before)  # the head's parametrisation was folded back into a plain weight
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    outside = sorted(name for name in changed if not name.startswith(tail))
+    assert not outside, outside
+    assert {prefix for prefix in tail if any(name.startswith(prefix) for name in changed)} == set(tail)
+    assert result.metrics["finetune_steps"] == 3 == trainer.state.global_step
+    _, head = classification_head(result.model)
+    assert (head.weight @ trainer.method.directions).norm() < 1e-5 * head.weight.norm()
+    assert all(parameter.requires_grad for parameter in result.model.parameters())  # flags restored
+
+
+def test_a_second_request_keeps_the_first_class_forgotten(trained, digits, make_args):
+    model = trained("vit")
+    _, first = unlearn(model, digits, make_args, ["three"])
+    assert first.model.config.unlearned_classes == [3]
+    second_trainer, second = unlearn(first.model, digits, make_args, ["seven"])
+    # Rows of the class forgotten before are in neither the retain set nor the metrics' retained classes.
+    train_labels = np.asarray(digits["train"]["label"])
+    assert not (train_labels[second_trainer.split.retain_indices] == 3).any()
+    assert second_trainer.split.unlearned_before == [3]
+    per_class = second.metrics["per_class_accuracy"]
+    assert per_class["seven"] <= 0.01 and per_class["three"] <= 0.01
+    assert second.metrics["unlearned_before_accuracy"] <= 0.01
+    assert second.model.config.unlearned_classes == [3, 7]
+    kept = [per_class[name] for name in per_class if name not in ("three", "seven")]
+    original = first.original_metrics["per_class_accuracy"]
+    assert np.mean(kept) >= np.mean([original[name] for name in original if name not in ("three", "seven")]) - 0.01
+
+
+def test_without_the_record_the_retain_set_would_teach_the_class_again(trained, digits, make_args):
+    """Why requests must know their history: the same second request, with `unlearned_classes` erased, retains class
+    3 again and the refitted head learns it back."""
+    _, first = unlearn(trained("vit"), digits, make_args, ["three"])
+    first.model.config.unlearned_classes = None
+    _, second = unlearn(first.model, digits, make_args, ["seven"])
+    assert second.metrics["per_class_accuracy"]["three"] > 0.5
+
+
+def test_several_classes_at_once(trained, digits, make_args):
+    trainer, result = unlearn(trained("resnet"), digits, make_args, [3, 7])
+    assert result.metrics["forget_directions"] == 2
+    per_class = result.metrics["per_class_accuracy"]
+    assert per_class["three"] <= 0.01 and per_class["seven"] <= 0.01
+    kept = [per_class[name] for name in per_class if name not in ("three", "seven")]
+    assert np.mean(kept) >= 0.95
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_tail_is_the_last_block_and_what_follows_it(family):
+    torch.manual_seed(0)
+    model, inputs = tiny_classifier(family, num_layers=2)
+    blocks, tail = model_tail(model, inputs, num_blocks=1)
+    expected_block = {
+        "vit": "vit.layers.1",
+        "deit": "deit.layers.1",
+        "resnet": "resnet.encoder.stages.1",
+        "convnext": "convnext.encoder.stages.1",
+        "ast": "audio_spectrogram_transformer.layers.1",
+        "wav2vec2": "wav2vec2.encoder.layers.1",  # not the convolutional feature extractor's layers
+        "hubert": "hubert.encoder.layers.1",
+    }[family]
+    assert blocks == [expected_block]
+    head_name, _ = classification_head(model)
+    assert tail[-1] == head_name
+    after_blocks = [name for name in tail if not name.startswith(expected_block + ".")]
+    assert (
+        after_blocks
+        == {
+            "vit": ["vit.layernorm", "classifier"],
+            "deit": ["deit.layernorm", "classifier"],
+            "resnet": ["classifier.1"],
+            "convnext": ["convnext.layernorm", "classifier"],
+            "ast": ["audio_spectrogram_transformer.layernorm", "classifier.layernorm", "classifier.dense"],
+            "wav2vec2": ["projector", "classifier"],
+            "hubert": ["projector", "classifier"],
+        }[family]
+    )
+    two_blocks, _ = model_tail(model, inputs, num_blocks=2)
+    assert two_blocks == [expected_block[:-1] + "0", expected_block]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_unlearns_through_the_trainer(family, tmp_path):
+    """Features, graph, projection, head refit and (forced) block fine-tuning on each family's tiny model."""
+    import datasets
+
+    torch.manual_seed(0)
+    model, inputs = tiny_classifier(family, num_layers=2)
+    name = next(iter(inputs))
+    rows = torch.randn(24, *inputs[name].shape[1:])
+    labels = torch.arange(24) % 4
+    rows += labels.reshape(-1, *[1] * (rows.dim() - 1)).float()  # learnable-ish classes; only the mechanics matter
+    dataset = datasets.Dataset.from_dict({name: rows.numpy(), "label": labels.tolist()}).with_format("numpy")
+    args = UnlearnConfig(
+        output_dir=str(tmp_path), method="gppu", max_steps=2, learning_rate=1e-3, disable_tqdm=True,
+        per_device_train_batch_size=4, report_to="none", eval_before_unlearn=False,
+        method_kwargs={"stop_when_recovered": False, "num_neighbors": 3},
+    )  # fmt: skip
+    trainer = UnlearningTrainer(model, args, train_dataset=dataset, eval_dataset=dataset, forget_classes=[1])
+    result = trainer.unlearn()
+    _, head = classification_head(result.model)
+    assert (head.weight @ trainer.method.directions).norm() < 1e-5 * head.weight.norm()
+    assert result.metrics["finetune_steps"] == 2 and result.metrics["trainable_parameters"] > head.weight.numel()
+
+
+def test_sample_level_requests_are_refused(trained, digits, make_args):
+    with pytest.raises(ValueError, match="Method 'gppu' forgets whole classes.*`forget_classes`"):
+        UnlearningTrainer(
+            trained("resnet"), make_args("gppu"), train_dataset=digits["train"], eval_dataset=digits["test"],
+            forget_indices=[0, 1, 2],
+        )  # fmt: skip
+
+
+def test_trainable_modules_that_match_nothing_are_named(trained, digits, make_args):
+    with pytest.raises(ValueError, match=r"`trainable_modules=\['nothing'\]` matches no module"):
+        unlearn(
+            trained("resnet"),
+            digits,
+            make_args,
+            [3],
+            method_kwargs={"trainable_modules": ["nothing"], "stop_when_recovered": False},
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_neighbors": 0}, "num_neighbors"),
+        ({"teleport": 0.0}, "teleport"),
+        ({"propagation_steps": -1}, "propagation_steps"),
+        ({"lambda_proj": 0.0, "lambda_retain": 0.0}, "lambda_proj"),
+        ({"retain_tolerance": 2.0}, "retain_tolerance"),
+        ({"head_learning_rate": 0.0}, "head_learning_rate"),
+        ({"num_retain_samples": 0}, "num_retain_samples"),
+    ],
+)
+def test_bad_method_kwargs_are_named(kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        UnlearnConfig(output_dir=str(tmp_path), method="gppu", method_kwargs=kwargs)
