@@ -242,9 +242,7 @@ class UnlearningTrainer(Trainer):
 
         Yields `(sample_ids, batch)`: the rows' positions in `dataset` and the collated inputs (with `labels`).
         """
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        share = math.ceil(len(dataset) / world)
-        start, stop = min(len(dataset), rank * share), min(len(dataset), (rank + 1) * share)
+        start, stop = self.shard_bounds(len(dataset))[self.accelerator.process_index]
         batch_size = self.args.per_device_eval_batch_size
         chunk_size = 16 * batch_size
         batches = math.ceil((stop - start) / batch_size)
@@ -262,18 +260,28 @@ class UnlearningTrainer(Trainer):
                 progress.update()
         progress.close()
 
+    def shard_bounds(self, total: int) -> list[tuple[int, int]]:
+        """`(start, stop)` of each process's contiguous share of `total` rows (the layout of `shard_batches`)."""
+        share = math.ceil(total / self.accelerator.num_processes)
+        return [
+            (min(total, rank * share), min(total, (rank + 1) * share)) for rank in range(self.accelerator.num_processes)
+        ]
+
     def gather_shards(self, local: torch.Tensor, total: int) -> torch.Tensor:
         """Per-row results of this process's share from `shard_batches` (`(rows, ...)`, possibly 0 rows), joined
         over processes into all `total` rows in dataset order, on every process."""
-        world = self.accelerator.num_processes
-        if world == 1:
+        if self.accelerator.num_processes == 1:
             return local
-        share = math.ceil(total / world)
-        padded = local.new_zeros((share, *local.shape[1:]))
+        share = math.ceil(total / self.accelerator.num_processes)
+        padded = local.new_zeros((share, *local.shape[1:]))  # gather needs one shape on every process
         padded[: len(local)] = local
         everything = self.accelerator.gather(padded)
-        counts = [min(total, (rank + 1) * share) - min(total, rank * share) for rank in range(world)]
-        return torch.cat([everything[rank * share : rank * share + count] for rank, count in enumerate(counts)])
+        return torch.cat(
+            [
+                everything[rank * share : rank * share + stop - start]
+                for rank, (start, stop) in enumerate(self.shard_bounds(total))
+            ]
+        )
 
     @torch.no_grad()
     def shard_accuracy(self, batches, model=None) -> float | None:
