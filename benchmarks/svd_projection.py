@@ -17,11 +17,10 @@ import json
 import platform
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import torch
+from common import with_peak_memory, write_results
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.activations import collect_input_grams, find_target_modules
@@ -79,11 +78,6 @@ def compare(name, model, data, recipe, forget_classes, seed):
     return rows
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * 4096
-
-
 def statistics_cost(model, data, sizes, seed):
     """Peak extra resident memory and seconds of one statistics pass over `size` rows (the train set repeated)."""
     import datasets
@@ -97,26 +91,13 @@ def statistics_cost(model, data, sizes, seed):
     for size in sizes:
         repeats = -(-size // len(data["train"]))
         dataset = datasets.concatenate_datasets([data["train"]] * repeats).select(range(size))
-        baseline, peak, running = resident_bytes(), [0], [True]
-
-        def sample(peak=peak, running=running):
-            while running[0]:
-                peak[0] = max(peak[0], resident_bytes())
-                time.sleep(0.002)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        start = time.perf_counter()
-        statistics = collect_input_grams(trainer, dataset, modules)
-        seconds = time.perf_counter() - start
-        running[0] = False
-        sampler.join()
+        statistics, seconds, peak_bytes = with_peak_memory(collect_input_grams, trainer, dataset, modules)
         gram_bytes = sum(gram.numel() * gram.element_size() for gram in statistics.grams.values())
         rows.append(
             {
                 "samples": size,
                 "seconds": seconds,
-                "peak_extra_mib": (peak[0] - baseline) / 2**20,
+                "peak_extra_mib": peak_bytes / 2**20,
                 "gram_kib": gram_bytes / 1024,
             }
         )
@@ -196,11 +177,7 @@ def main(argv=None):
             f"| {row['samples']} | {row['seconds']:.2f} | {1000 * row['seconds'] / row['samples']:.2f} "
             f"| {row['peak_extra_mib']:.1f} | {row['gram_kib']:.0f} |"
         )
-    text = "\n".join(lines) + "\n"
-    Path(options.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(options.output).write_text(text)
-    Path(options.output).with_suffix(".json").write_text(json.dumps({"rows": rows, "statistics": cost}, indent=1))
-    print(text)
+    write_results(options.output, "\n".join(lines) + "\n", {"rows": rows, "statistics": cost})
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ UNLEARN_BUDGETS = {
     "gradient_ascent": {"epochs": 10, "learning_rate": 5e-4, "forget_accuracy_target": 0.01, "forget_check_steps": 1},
     "neggrad_plus": {"epochs": 3, "learning_rate": 1e-3},
     "random_label": {"epochs": 2, "learning_rate": 1e-3},
+    # GPPU's defaults (500 forget / 1,000 retain rows in the graph, head refit); the block fine-tuning budget applies
+    # only when its stopping rule does not hold after the head refit.
+    "gppu": {"epochs": 1, "learning_rate": 1e-4},
     # Gradient-free: a lean statistics pass (S = 300 of the ~1,300 retain rows) and a 3 x 3 alpha grid.
     "svd_projection": {
         "method_kwargs": {"num_samples": 300, "alpha_r_grid": [10.0, 30.0, 100.0], "alpha_f_grid": [1.0, 3.0, 10.0]}
