@@ -79,6 +79,14 @@ class UnlearnConfig(TrainingArguments):
             "attacks (random, seeded). None: all of them."
         },
     )
+    cache_features: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute model inputs from raw `image` / `audio` columns once, with `datasets.map` (cached next to "
+            "a file-backed dataset, so a large set is not held in memory), instead of in every batch. Worth it when "
+            "rows are seen many times (e.g. `retrain`)."
+        },
+    )
     in_place: bool = field(
         default=False,
         metadata={"help": "Unlearn the caller's model object itself instead of a copy."},

@@ -5,19 +5,26 @@ The split is computed once per trainer (`split_forget_retain`) and every method 
 
 from __future__ import annotations
 
+import inspect
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import gcd
 
 import numpy as np
 import torch
+from transformers.utils.logging import get_logger
+
+logger = get_logger(__name__)
 
 LABEL_COLUMNS = ("label", "labels")
 # Columns that already hold model inputs and pass through the collator unchanged.
 MODEL_INPUT_COLUMNS = ("pixel_values", "input_values", "input_features", "attention_mask")
 RAW_IMAGE_COLUMNS = ("image", "img")
 RAW_AUDIO_COLUMNS = ("audio",)
+# With raw samples in the audio column, their rate.
+SAMPLING_RATE_COLUMNS = ("sampling_rate",)
 
 
 def find_label_column(dataset, argument: str = "train_dataset") -> str:
@@ -230,29 +237,46 @@ class ConcatRows(torch.utils.data.Dataset):
         return self.parts[part][i - int(self.offsets[part])]
 
 
-def decode_audio(value, target_rate: int | None) -> np.ndarray:
+def without_audio_decoding(dataset):
+    """`dataset` with every `datasets.Audio` column left undecoded (`{"bytes", "path"}` rows), so reading a row never
+    needs torchcodec (which `datasets` 5 decodes with and which cannot be installed everywhere); `decode_audio` reads
+    the bytes with soundfile instead. Other datasets are returned as they are."""
+    import datasets
+
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Audio) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Audio(sampling_rate=feature.sampling_rate, decode=False))
+    return dataset
+
+
+def decode_audio(value, target_rate: int | None, sampling_rate: int | None = None) -> np.ndarray:
     """A mono float32 waveform at `target_rate` from what an `audio` column holds.
 
     Accepts `{"array", "sampling_rate"}` (decoded), `{"bytes", "path"}` (undecoded, read with soundfile, so no
-    torchcodec is needed) or a decoder object with `get_all_samples()`.
+    torchcodec is needed), raw samples (a list, array or tensor) whose rate is `sampling_rate` (a `sampling_rate`
+    column of the dataset), or a decoder object with `get_all_samples()`. Rates are converted with a polyphase
+    filter (`scipy.signal.resample_poly`).
     """
     if isinstance(value, dict) and value.get("array") is not None:
         waveform, rate = np.asarray(value["array"], dtype=np.float32), value.get("sampling_rate")
     elif isinstance(value, dict) and (value.get("bytes") is not None or value.get("path")):
-        try:
-            import soundfile
-        except ImportError as error:  # pragma: no cover - soundfile is a core dependency
-            raise ImportError("Decoding audio bytes needs soundfile: pip install soundfile") from error
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
-        waveform, rate = soundfile.read(source, dtype="float32", always_2d=True)
-        waveform = waveform.mean(axis=1)
+        waveform, rate = _read_with_soundfile(value)
+    elif isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
+        if sampling_rate is None:
+            raise ValueError(
+                "The audio column holds raw samples but no sampling rate: add a `sampling_rate` column, e.g. "
+                "`dataset.add_column('sampling_rate', [16000] * len(dataset))`, or store "
+                "`{'array': samples, 'sampling_rate': rate}` rows."
+            )
+        waveform, rate = np.asarray(value, dtype=np.float32), sampling_rate
     elif hasattr(value, "get_all_samples"):
         samples = value.get_all_samples()
         waveform, rate = samples.data.numpy().mean(axis=0).astype(np.float32), samples.sample_rate
     else:
         raise TypeError(
             f"Cannot read audio from a value of type {type(value).__name__}: expected a dict with 'array' and "
-            "'sampling_rate', or with 'bytes'/'path' (cast the column with `Audio(decode=False)`)."
+            "'sampling_rate', or with 'bytes'/'path' (cast the column with `Audio(decode=False)`), or raw samples "
+            "with a `sampling_rate` column."
         )
     if waveform.ndim > 1:
         waveform = waveform.mean(axis=-1 if waveform.shape[-1] < waveform.shape[0] else 0)
@@ -264,12 +288,122 @@ def decode_audio(value, target_rate: int | None) -> np.ndarray:
     return waveform
 
 
+def _read_with_soundfile(value: dict) -> tuple[np.ndarray, int]:
+    try:
+        import soundfile
+    except ImportError as error:  # pragma: no cover - soundfile is a core dependency
+        raise ImportError("Decoding audio bytes needs soundfile: pip install soundfile") from error
+    source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+    try:
+        waveform, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    except (soundfile.SoundFileError, RuntimeError) as error:
+        raise ValueError(
+            f"Cannot decode the audio {value.get('path') or '(bytes)'!r}: soundfile (libsndfile "
+            f"{soundfile.__libsndfile_version__}) failed with '{error}', and torchcodec, which `datasets` would decode "
+            "with, is not used. soundfile reads WAV, FLAC, OGG/Vorbis/Opus and MP3: convert the files to FLAC or WAV, "
+            "or install torchcodec where its wheels work (pip install torchcodec) and pass decoded "
+            "{'array', 'sampling_rate'} rows."
+        ) from error
+    return waveform.mean(axis=1), rate
+
+
+def align_labels(dataset, label2id: dict, label_column: str = "label"):
+    """`dataset` with its label ids renumbered to a model's `label2id` (names matched case-insensitively) and the rows
+    of labels the model does not have dropped (e.g. Speech Commands' `_silence_` for a model trained without it).
+
+    ```python
+    >>> train = align_labels(train, model.config.label2id)
+    ```
+    """
+    import datasets
+
+    feature = dataset.features.get(label_column)
+    if not isinstance(feature, datasets.ClassLabel):
+        raise ValueError(
+            f"`align_labels` needs the '{label_column}' column to be a `datasets.ClassLabel` (it maps label names), "
+            f"got {feature!r}."
+        )
+    model_ids = {str(name).lower(): int(index) for name, index in label2id.items()}
+    renumber = np.array([model_ids.get(name.lower(), -1) for name in feature.names], dtype=np.int64)
+    labels = renumber[dataset_labels(dataset, label_column)]
+    kept = np.flatnonzero(labels >= 0)
+    dropped = sorted({feature.names[i] for i in np.flatnonzero(renumber < 0)})
+    if dropped:
+        logger.info(f"align_labels: dropping {len(labels) - len(kept)} rows of labels the model lacks: {dropped}")
+    if not len(kept):
+        raise ValueError(f"No label of the dataset ({feature.names[:10]}...) is a label of the model: nothing is left.")
+    names = [name for name, _ in sorted(label2id.items(), key=lambda item: int(item[1]))]
+    aligned = dataset.select(kept).remove_columns(label_column)
+    return aligned.add_column(label_column, labels[kept].tolist(), feature=datasets.ClassLabel(names=names))
+
+
+def check_labels(labels: np.ndarray, dataset, label_column: str, config, argument: str) -> None:
+    """Refuse label ids outside the model's classes and a dataset whose label names are the model's in another order
+    (the ids would mean other classes); warn when the names differ otherwise."""
+    num_labels = int(config.num_labels)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
+        raise ValueError(
+            f"`{argument}` has label ids {int(labels.min())}..{int(labels.max())}, but the model has {num_labels} "
+            "classes (0.."
+            f"{num_labels - 1}). Map the dataset to the model's labels first: "
+            "`hf_unlearn.data.align_labels(dataset, model.config.label2id)` (it drops labels the model lacks)."
+        )
+    names = getattr(dataset.features.get(label_column), "names", None)
+    id2label = getattr(config, "id2label", None) or {}
+    model_names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(num_labels)]
+    if not names or all(re.fullmatch(r"LABEL_\d+", name) for name in model_names):
+        return  # the model's default names say nothing about its classes
+    differing = [i for i, name in enumerate(names[:num_labels]) if name.lower() != model_names[i].lower()]
+    if not differing:
+        return
+    model_ids = {name.lower(): i for i, name in enumerate(model_names)}
+    examples = ", ".join(f"{i}: dataset '{names[i]}' vs model '{model_names[i]}'" for i in differing[:3])
+    if any(names[i].lower() in model_ids for i in differing):
+        raise ValueError(
+            f"`{argument}` numbers its labels differently from the model ({examples}): the same id would mean "
+            "another class. Align the dataset first: `hf_unlearn.data.align_labels(dataset, model.config.label2id)`."
+        )
+    logger.warning(f"`{argument}`'s label names differ from the model's ({examples}); the ids are used as they are.")
+
+
+def with_model_inputs(dataset, collator, description: str = "Computing model inputs"):
+    """`dataset` with its raw `image` / `audio` column replaced by model inputs computed once with `datasets.map`
+    (the collator's own processing, one row at a time so nothing is padded; written to the cache files of a
+    file-backed dataset, so a large set is never held in memory). A dataset without raw columns is returned as is."""
+    import datasets
+
+    raw = [name for name in RAW_IMAGE_COLUMNS + RAW_AUDIO_COLUMNS if name in dataset.column_names]
+    if not raw or any(name in dataset.column_names for name in MODEL_INPUT_COLUMNS) or len(dataset) == 0:
+        return dataset
+    dropped = raw + [name for name in SAMPLING_RATE_COLUMNS if name in dataset.column_names]
+    sample = collator.model_inputs([dataset[0]])
+    features = datasets.Features({name: feature for name, feature in dataset.features.items() if name not in dropped})
+    for name, value in sample.items():
+        value = value[0]
+        if name == "attention_mask":
+            features[name] = datasets.List(datasets.Value("int32"))
+        elif value.dim() == 1:
+            features[name] = datasets.List(datasets.Value("float32"))  # waveforms: their own length
+        else:
+            array_type = {2: datasets.Array2D, 3: datasets.Array3D, 4: datasets.Array4D}[value.dim()]
+            features[name] = array_type(tuple(value.shape), "float32")  # processors give one size (AST, ViT)
+
+    def convert(batch):
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        outputs = [collator.model_inputs([row]) for row in rows]
+        return {name: [output[name][0].numpy() for output in outputs] for name in sample}
+
+    return dataset.map(
+        convert, batched=True, batch_size=64, remove_columns=dropped, features=features, desc=description
+    )
+
+
 class UnlearningCollator:
     """Turns dataset rows into a model batch `{<model input>: tensor, "labels": tensor}`.
 
-    Rows may already hold model inputs (`pixel_values`, `input_values`, ...) or raw `image` / `audio` columns,
-    which are run through `processing_class` (an image processor or feature extractor) on the fly. Rows of a
-    `PairedDataset` become `{"retain": batch, "forget": batch}`.
+    Rows may already hold model inputs (`pixel_values`, `input_values`, ...; rows of different lengths are padded by
+    `processing_class`) or raw `image` / `audio` columns, which are run through `processing_class` (an image processor
+    or feature extractor) on the fly. Rows of a `PairedDataset` become `{"retain": batch, "forget": batch}`.
     """
 
     def __init__(self, label_column: str = "label", processing_class=None):
@@ -280,16 +414,31 @@ class UnlearningCollator:
         first = rows[0]
         if isinstance(first.get("retain"), dict) and isinstance(first.get("forget"), dict):
             return {part: self([row[part] for row in rows]) for part in ("retain", "forget")}
-        batch = {name: _stack([row[name] for row in rows]) for name in MODEL_INPUT_COLUMNS if name in first}
-        if not batch:
-            batch = self._process_raw(rows)
+        inputs = [name for name in MODEL_INPUT_COLUMNS if name in first]
+        batch = self._stack_inputs(rows, inputs) if inputs else self.model_inputs(rows)
         label_column = self.label_column if self.label_column in first else _first_present(first, LABEL_COLUMNS)
         if label_column is None:
             raise ValueError(f"A dataset row has no label column ('label' or 'labels'); it has {sorted(first)}.")
         batch["labels"] = torch.as_tensor([int(row[label_column]) for row in rows], dtype=torch.long)
         return batch
 
-    def _process_raw(self, rows: list[dict]) -> dict:
+    def _stack_inputs(self, rows: list[dict], names: list[str]) -> dict:
+        values = {name: [np.asarray(row[name]) for row in rows] for name in names}
+        shapes = {value.shape for value in values[names[0]]}
+        if len(shapes) > 1:
+            if not hasattr(self.processing_class, "pad"):
+                raise ValueError(
+                    f"Rows of '{names[0]}' have different shapes ({sorted(shapes)[:3]}) and no `processing_class` can "
+                    "pad them: pass the model's feature extractor."
+                )
+            return dict(self.processing_class.pad(values, padding=True, return_tensors="pt"))
+        return {
+            name: torch.as_tensor(np.stack(column), dtype=torch.long if name == "attention_mask" else torch.float32)
+            for name, column in values.items()
+        }
+
+    def model_inputs(self, rows: list[dict]) -> dict:
+        """Model inputs (tensors) from rows with a raw `image` / `audio` column, through `processing_class`."""
         first = rows[0]
         image_column = _first_present(first, RAW_IMAGE_COLUMNS)
         audio_column = _first_present(first, RAW_AUDIO_COLUMNS)
@@ -307,19 +456,16 @@ class UnlearningCollator:
             images = [_to_rgb_if_needed(row[image_column], self.processing_class) for row in rows]
             return dict(self.processing_class(images=images, return_tensors="pt"))
         rate = getattr(self.processing_class, "sampling_rate", None)
-        waveforms = [decode_audio(row[audio_column], rate) for row in rows]
-        features = self.processing_class(waveforms, sampling_rate=rate, return_tensors="pt")
+        rate_column = _first_present(first, SAMPLING_RATE_COLUMNS)
+        waveforms = [decode_audio(row[audio_column], rate, row[rate_column] if rate_column else None) for row in rows]
+        # Extractors that take waveforms of any length (Wav2Vec2, HuBERT) pad the batch; AST pads each clip itself.
+        padding = {"padding": True} if "padding" in inspect.signature(self.processing_class.__call__).parameters else {}
+        features = self.processing_class(waveforms, sampling_rate=rate, return_tensors="pt", **padding)
         return {name: value for name, value in features.items() if name in MODEL_INPUT_COLUMNS}
 
 
 def _first_present(row: dict, names: Sequence[str]) -> str | None:
     return next((name for name in names if name in row), None)
-
-
-def _stack(values: list) -> torch.Tensor:
-    if isinstance(values[0], torch.Tensor):
-        return torch.stack(values)
-    return torch.as_tensor(np.stack([np.asarray(v, dtype=np.float32) for v in values]))
 
 
 def _to_rgb_if_needed(image, processor):

@@ -141,13 +141,21 @@ def train_classifier(model, train_dataset, output_dir: str = "digits_original", 
     return model.eval()
 
 
-def unlearn_digits(model, data, method: str, forget_classes, output_dir: str, seed: int = 0, **budget):
-    """Run `method` on a digits model with a budget from `UNLEARN_BUDGETS` / `DEFAULT_TRAINING` (or your own).
+def unlearn_digits(
+    model, data, method: str, forget_classes, output_dir: str, seed: int = 0, processing_class=None, **budget
+):
+    """Run `method` on a model trained on `data["train"]` (digits, or any `train` / `test` splits; raw columns need
+    `processing_class`) with a budget from `UNLEARN_BUDGETS` / `DEFAULT_TRAINING` (or your own).
     Returns `(trainer, UnlearningOutput)`."""
     from . import UnlearnConfig, UnlearningTrainer
 
     args = UnlearnConfig(**training_arguments(output_dir, seed=seed, **budget), method=method)
     trainer = UnlearningTrainer(
-        model, args, train_dataset=data["train"], eval_dataset=data["test"], forget_classes=forget_classes
+        model,
+        args,
+        train_dataset=data["train"],
+        eval_dataset=data["test"],
+        processing_class=processing_class,
+        forget_classes=forget_classes,
     )
     return trainer, trainer.unlearn()

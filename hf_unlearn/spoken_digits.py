@@ -1,9 +1,9 @@
 """Spoken digits (an audio benchmark in the Hub's parquet layout) as log-mel features, with a small Audio
 Spectrogram Transformer built from a config: the audio counterpart of `hf_unlearn.digits`.
 
-The clips (1 s, 16 kHz, 10 words "zero".."nine") are read from parquet with the `Audio` feature left undecoded and
-decoded with soundfile (no torchcodec), then turned into `input_values` once by `ASTFeatureExtractor` (numpy
-filter banks, no torchaudio), so training and unlearning never touch the audio again.
+The clips (1 s, 16 kHz, 10 words "zero".."nine") are read from parquet through the library's own audio path
+(`Audio` column read undecoded, decoded with soundfile: no torchcodec) and turned into `input_values` once by
+`ASTFeatureExtractor` (numpy filter banks, no torchaudio), so training and unlearning never touch the audio again.
 
 ```python
 >>> from hf_unlearn.spoken_digits import load_spoken_digits, ast_classifier
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from .data import decode_audio
+from .data import UnlearningCollator, with_model_inputs, without_audio_decoding
 from .digits import label_maps
 
 SAMPLING_RATE = 16_000
@@ -46,21 +44,11 @@ def load_spoken_digits(data_dir: str | Path):
         raise FileNotFoundError(
             f"`data_dir={str(data_dir)!r}` lacks {missing}: expected train.parquet and test.parquet."
         )
-    raw = datasets.load_dataset("parquet", data_files=files).cast_column("audio", datasets.Audio(decode=False))
-    extractor = feature_extractor()
-    features = datasets.Features(
-        {
-            "input_values": datasets.Array2D((FEATURES["max_length"], FEATURES["num_mel_bins"]), "float32"),
-            "label": raw["train"].features["label"],
-        }
+    raw = datasets.load_dataset("parquet", data_files=files)
+    collator = UnlearningCollator("label", feature_extractor())
+    return datasets.DatasetDict(
+        {split: with_model_inputs(without_audio_decoding(part), collator) for split, part in raw.items()}
     )
-
-    def extract(batch):
-        waveforms = [decode_audio(audio, SAMPLING_RATE) for audio in batch["audio"]]
-        values = extractor(waveforms, sampling_rate=SAMPLING_RATE, return_tensors="np")["input_values"]
-        return {"input_values": values.astype(np.float32), "label": batch["label"]}
-
-    return raw.map(extract, batched=True, remove_columns=raw["train"].column_names, features=features)
 
 
 def ast_classifier(label_names, seed: int = 0, **overrides):

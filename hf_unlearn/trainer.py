@@ -18,11 +18,14 @@ from .config import UnlearnConfig
 from .data import (
     UnlearningCollator,
     check_dataset,
+    check_labels,
     dataset_labels,
     find_label_column,
     resolve_forget_classes,
     split_forget_retain,
     subsample,
+    with_model_inputs,
+    without_audio_decoding,
 )
 from .metrics import accuracy, gap_to_reference, unlearning_metrics
 from .models import check_classifier, load_classifier
@@ -106,11 +109,16 @@ class UnlearningTrainer(Trainer):
         if train_dataset is None:
             raise ValueError("`train_dataset` is required: the forget and retain sets are taken from it.")
         check_dataset(train_dataset, "train_dataset")
+        # Audio columns are read as bytes and decoded with soundfile: no torchcodec needed.
+        train_dataset = without_audio_decoding(train_dataset)
         self.label_column = find_label_column(train_dataset, "train_dataset")
         eval_labels = None
         if eval_dataset is not None:
             check_dataset(eval_dataset, "eval_dataset")
-            eval_labels = dataset_labels(eval_dataset, find_label_column(eval_dataset, "eval_dataset"))
+            eval_dataset = without_audio_decoding(eval_dataset)
+            eval_label_column = find_label_column(eval_dataset, "eval_dataset")
+            eval_labels = dataset_labels(eval_dataset, eval_label_column)
+            check_labels(eval_labels, eval_dataset, eval_label_column, model.config, "eval_dataset")
         elif args.eval_before_unlearn or args.eval_after_unlearn:
             raise ValueError(
                 "`eval_dataset` is required to measure unlearning (held-out rows for accuracy and the membership "
@@ -122,6 +130,7 @@ class UnlearningTrainer(Trainer):
             forget_classes = resolve_forget_classes(forget_classes, model.config.label2id, self.num_labels)
         unlearned_before = list(getattr(model.config, "unlearned_classes", None) or [])
         self.train_labels = dataset_labels(train_dataset, self.label_column)
+        check_labels(self.train_labels, train_dataset, self.label_column, model.config, "train_dataset")
         self.split = split_forget_retain(
             self.train_labels, eval_labels, forget_classes, forget_indices, unlearned_before
         )
@@ -145,6 +154,10 @@ class UnlearningTrainer(Trainer):
             model = copy.deepcopy(model)
         if data_collator is None:
             data_collator = UnlearningCollator(self.label_column, processing_class)
+        if args.cache_features and isinstance(data_collator, UnlearningCollator):
+            train_dataset = with_model_inputs(train_dataset, data_collator, "Model inputs (train_dataset)")
+            if eval_dataset is not None:
+                eval_dataset = with_model_inputs(eval_dataset, data_collator, "Model inputs (eval_dataset)")
         super().__init__(
             model=model,
             args=args,

@@ -1,10 +1,9 @@
 """Forget/retain splits, subsampling, the collator on raw image and audio columns, and loading by path."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import SPOKEN_DIGITS
 
 from hf_unlearn import UnlearningTrainer
 from hf_unlearn.data import (
@@ -14,8 +13,6 @@ from hf_unlearn.data import (
     split_forget_retain,
     subsample,
 )
-
-SPOKEN_DIGITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "spoken_digits"
 
 
 def test_split_by_class_covers_train_and_eval():

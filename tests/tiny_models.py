@@ -5,9 +5,10 @@ import torch
 FAMILIES = ["vit", "deit", "resnet", "convnext", "ast", "wav2vec2", "hubert"]
 
 
-def tiny_classifier(family: str, num_layers: int = 1, num_labels: int = 4):
+def tiny_classifier(family: str, num_layers: int = 1, num_labels: int = 4, **overrides):
     """`(model, inputs)`: a tiny random classifier of `family` with `num_layers` encoder layers (transformers) or
-    stages of depth `num_layers` (CNNs, always 2 stages), and an input batch of 2 for it."""
+    stages of depth `num_layers` (CNNs, always 2 stages), and an input batch of 2 for it. `overrides` are fields of the
+    Wav2Vec2 / HuBERT config (e.g. its convolution strides)."""
     import transformers as tf
 
     labels = {"num_labels": num_labels}
@@ -37,9 +38,10 @@ def tiny_classifier(family: str, num_layers: int = 1, num_labels: int = 4):
         "wav2vec2": (tf.Wav2Vec2Config, tf.Wav2Vec2ForSequenceClassification),
         "hubert": (tf.HubertConfig, tf.HubertForSequenceClassification),
     }[family]
-    config = config_class(
-        hidden_size=16, num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
-        conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
-        classifier_proj_size=8, **labels,
-    )  # fmt: skip
+    shape = {
+        "hidden_size": 16, "num_hidden_layers": num_layers, "num_attention_heads": 2, "intermediate_size": 32,
+        "conv_dim": (8, 8), "conv_stride": (5, 2), "conv_kernel": (10, 3), "num_conv_pos_embeddings": 8,
+        "num_conv_pos_embedding_groups": 2, "classifier_proj_size": 8,
+    }  # fmt: skip
+    config = config_class(**{**shape, **overrides}, **labels)
     return model_class(config), {"input_values": torch.randn(2, 800)}
