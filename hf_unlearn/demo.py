@@ -20,23 +20,7 @@ from .digits import (
     unlearn_digits,
 )
 from .metrics import gap_to_reference
-
-
-def format_report(original: dict, unlearned: dict, retrained: dict, forget_names: list[str]) -> str:
-    """A per-class table (accuracy in %) and the headline metrics of the three models."""
-    lines = [f"{'class':>10} | {'original':>8} | {'unlearned':>9} | {'retrain':>7}", "-" * 44]
-    for name, before in original["per_class_accuracy"].items():
-        marker = "  <- forgotten" if name in forget_names else ""
-        after = unlearned["per_class_accuracy"].get(name, float("nan"))
-        reference = retrained["per_class_accuracy"].get(name, float("nan"))
-        lines.append(f"{name:>10} | {100 * before:8.1f} | {100 * after:9.1f} | {100 * reference:7.1f}{marker}")
-    lines.append("-" * 44)
-    for key in ("forget_accuracy", "retain_accuracy", "forget_train_accuracy", "mia_entropy", "mia_efficacy"):
-        lines.append(
-            f"{key:>22}: original {100 * original[key]:5.1f} %  unlearned {100 * unlearned[key]:5.1f} %  "
-            f"retrain {100 * retrained[key]:5.1f} %"
-        )
-    return "\n".join(lines)
+from .report import format_report
 
 
 def main(argv=None) -> dict:

@@ -105,10 +105,22 @@ def test_defaults_suit_unlearning(tmp_path):
 
 
 def test_every_recipe_parses():
+    """Jobs (with a model) through the `hf-unlearn unlearn` parser, the others as `UnlearnConfig.from_yaml`."""
     from pathlib import Path
+
+    import yaml
+
+    from hf_unlearn.cli import parse_job
 
     recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
     assert recipes, "no recipe found"
+    jobs = 0
     for recipe in recipes:
-        args = UnlearnConfig.from_yaml(str(recipe))
+        if "model_name_or_path" in yaml.safe_load(recipe.read_text()):
+            job, args = parse_job(["--config", str(recipe)])
+            assert job.forget_classes and job.dataset_name, recipe
+            jobs += 1
+        else:
+            args = UnlearnConfig.from_yaml(str(recipe))
         assert args.method in available_methods(), recipe
+    assert jobs >= 1

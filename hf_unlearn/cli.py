@@ -1,0 +1,195 @@
+"""The `hf-unlearn` command (also `python -m hf_unlearn`).
+
+    hf-unlearn unlearn --config recipes/speech_commands/ast_gppu.yaml [--forget_classes no --learning_rate 1e-5 ...]
+
+`unlearn` runs one unlearning job. Its YAML config holds `JobArguments` fields (which model, which data, which
+classes) and `UnlearnConfig` fields (which method, its hyperparameters, the training budget); any of them can be
+overridden on the command line. The job loads the classifier by Hub ID or local path with its processor, loads the
+dataset with `datasets.load_dataset` (audio is decoded with soundfile, so torchcodec is not needed), renumbers the
+dataset's labels to the model's (`align_labels`), unlearns, prints the report and saves the unlearned model, its
+processor and `unlearning_results.json` to `output_dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+COMMANDS = {"unlearn": "run one unlearning job from a YAML config (with command-line overrides)"}
+
+
+@dataclass
+class JobArguments:
+    """What an unlearning job works on. Every other key of a job's config is an `UnlearnConfig` field."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub ID or local path of the image or audio classifier to unlearn from."}
+    )
+    forget_classes: list[str] | None = field(
+        default=None, metadata={"help": "Label names (from the model's config) or ids of the classes to forget."}
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub ID or local path of the dataset the model was trained on, or a builder such as 'parquet' "
+            "with `data_files`."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration, e.g. 'v0.02'."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Dataset revision (branch, tag or commit)."})
+    data_files: dict | str | None = field(
+        default=None,
+        metadata={"help": "For a builder: {split: path(s)}; a JSON object on the command line."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split the model was trained on (forget/retain)."})
+    eval_split: str = field(default="test", metadata={"help": "Held-out split for the metrics."})
+    label_column: str = field(default="label", metadata={"help": "Name of the dataset's label column."})
+    align_labels: bool = field(
+        default=True,
+        metadata={
+            "help": "Renumber the dataset's label ids to the model's label2id by name and drop rows of labels the "
+            "model lacks (e.g. Speech Commands' '_silence_')."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training rows (class-balanced, seeded): quick runs."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many eval rows (class-balanced, seeded)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Write into an `output_dir` that already holds files."}
+    )
+
+    def __post_init__(self):
+        for name in ("model_name_or_path", "forget_classes", "dataset_name"):
+            if not getattr(self, name):
+                raise ValueError(f"`{name}` is required: set it in the job's YAML or pass --{name}.")
+        if isinstance(self.data_files, str):
+            try:
+                self.data_files = json.loads(self.data_files)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"`data_files` must be a JSON object, got {self.data_files!r} ({error}).") from None
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
+
+
+def parse_job(argv: list[str]):
+    """`(JobArguments, UnlearnConfig)` from `--config FILE.yaml` (optional) and command-line overrides."""
+    import yaml
+    from transformers import HfArgumentParser
+
+    from .config import UnlearnConfig
+
+    parser = HfArgumentParser((JobArguments, UnlearnConfig), prog="hf-unlearn unlearn", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--config", help="YAML file of JobArguments and UnlearnConfig fields.")
+    known, _ = parser.parse_known_args(argv) if not {"-h", "--help"} & set(argv) else (None, None)
+    if known is not None and known.config:
+        values = yaml.safe_load(Path(known.config).read_text()) or {}
+        valid = {f.name for f in fields(JobArguments)} | {f.name for f in fields(UnlearnConfig)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(
+                f"`--config {known.config}` has keys that are neither JobArguments nor UnlearnConfig fields: "
+                f"{unknown}. See `hf-unlearn unlearn --help`."
+            )
+        parser.set_defaults(**values)
+    job, config = parser.parse_args_into_dataclasses(args=argv)[:2]
+    return job, config
+
+
+def load_job_data(job: JobArguments, model, seed: int) -> dict:
+    """`{"train", "eval"}` splits of the job's dataset, labels renamed to `label`, aligned to the model, capped."""
+    import datasets
+    import numpy as np
+
+    from .data import align_labels, dataset_labels, subsample
+
+    data = datasets.load_dataset(
+        job.dataset_name, job.dataset_config, data_files=job.data_files, revision=job.dataset_revision
+    )
+    parts = {}
+    for part, split, cap in (
+        ("train", job.train_split, job.max_train_samples),
+        ("eval", job.eval_split, job.max_eval_samples),
+    ):
+        if split not in data:
+            raise ValueError(f"`{part}_split={split!r}` is not a split of '{job.dataset_name}': it has {list(data)}.")
+        dataset = data[split]
+        if job.label_column != "label":
+            dataset = dataset.rename_column(job.label_column, "label")
+        model_names = [str(name) for name in (model.config.id2label or {}).values()]
+        if (
+            job.align_labels
+            and isinstance(dataset.features.get("label"), datasets.ClassLabel)
+            and not all(name.startswith("LABEL_") for name in model_names)
+        ):
+            dataset = align_labels(dataset, model.config.label2id)
+        if cap is not None and cap < len(dataset):
+            labels = dataset_labels(dataset, "label")
+            dataset = dataset.select(subsample(np.arange(len(dataset)), cap, seed, labels))
+        parts[part] = dataset
+    return parts
+
+
+def unlearn_command(argv: list[str]):
+    """`hf-unlearn unlearn`: returns the `UnlearningOutput`."""
+    from . import UnlearningTrainer
+    from .models import load_classifier
+    from .report import format_report
+
+    job, args = parse_job(argv)
+    output_dir = Path(args.output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not job.overwrite_output_dir:
+        raise ValueError(
+            f"`output_dir` '{output_dir}' already holds files; choose another or pass --overwrite_output_dir true."
+        )
+    model, processor = load_classifier(job.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    data = load_job_data(job, model, args.seed)
+    trainer = UnlearningTrainer(
+        model,
+        args,
+        train_dataset=data["train"],
+        eval_dataset=data["eval"],
+        processing_class=processor,
+        forget_classes=job.forget_classes,
+    )
+    result = trainer.unlearn()
+    trainer.save_model(str(output_dir))  # the model and its processor, from the main process
+    if trainer.is_world_process_zero():
+        names = [trainer.model.config.id2label[c] for c in result.forget_classes]
+        print(format_report(result.original_metrics, result.metrics, None, names))
+        print(f"\n'{args.method}' took {result.metrics['unlearn_seconds']:.2f} s; saved to {output_dir}")
+        results = {
+            "job": asdict(job),
+            "method": args.method,
+            "method_config": asdict(args.method_config),
+            "forget_classes": names,
+            "original_metrics": result.original_metrics,
+            "metrics": result.metrics,
+        }
+        (output_dir / "unlearning_results.json").write_text(json.dumps(results, indent=1, default=str))
+    trainer.accelerator.end_training()
+    return result
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    usage = "usage: hf-unlearn COMMAND [options]\n\ncommands:\n" + "\n".join(
+        f"  {name:<10} {description}" for name, description in COMMANDS.items()
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage + "\n\n`hf-unlearn COMMAND --help` lists a command's options.")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"hf-unlearn: unknown command '{command}'. Available: {', '.join(COMMANDS)}.\n\n{usage}", file=sys.stderr)
+        return 2
+    unlearn_command(rest)
+    return 0
