@@ -41,18 +41,22 @@ COLUMNS = [
 ]
 
 
-def run_method(model, data, method, forget_class, seed, workdir, **budget):
-    return unlearn_digits(model, data, method, [forget_class], f"{workdir}/{method}", seed, disable_tqdm=True, **budget)
-
-
-def compare_methods(model, data, recipe, forget_class, seed, methods, label=""):
+def compare_methods(model, data, recipe, forget_class, seed, methods, label="", processing_class=None, **common):
     """`retrain` (with the original's `recipe`) and each of `methods` (with its UNLEARN_BUDGETS entry) on `model`, in
-    one run; rows keyed by method, with the gap to retrain. Works for any dataset with `train` / `test` splits."""
+    one run; rows keyed by method, with the gap to retrain. Works for any dataset with `train` / `test` splits (raw
+    columns with `processing_class`); `common` are UnlearnConfig fields for every run (e.g. cache_features)."""
     workdir = tempfile.mkdtemp(prefix="bench_")
-    _, retrained = run_method(model, data, "retrain", forget_class, seed, workdir, **recipe)
+
+    def run_method(method, budget):
+        return unlearn_digits(
+            model, data, method, [forget_class], f"{workdir}/{method}", seed, processing_class,
+            disable_tqdm=True, **budget, **common,
+        )  # fmt: skip
+
+    _, retrained = run_method("retrain", recipe)
     rows = {"original": dict(retrained.original_metrics, unlearn_seconds=None), "retrain": retrained.metrics}
     for method in methods:
-        _, result = run_method(model, data, method, forget_class, seed, workdir, **UNLEARN_BUDGETS[method])
+        _, result = run_method(method, UNLEARN_BUDGETS[method])
         # Both runs scored the same rows, so the gaps come from the metrics already measured.
         result.metrics.update(gap_to_reference(result.metrics, retrained.metrics))
         rows[method] = result.metrics
