@@ -65,7 +65,7 @@ from torch.nn.utils import parametrize
 from transformers import TrainerCallback
 
 from ..activations import capturing, collect_head_features, name_matches, pooled_rows
-from ..data import PairedDataset, dataset_labels, subsample
+from ..data import PairedDataset, subsample
 from ..models import classification_head, model_tail
 from ..registry import register_method
 from .base import UnlearningMethod, classification_loss
@@ -238,7 +238,7 @@ class GPPU(UnlearningMethod):
 
         # Step 1: features feeding the head, one pass over the sampled rows.
         forget_rows = subsample(np.arange(len(trainer.forget_view)), config.num_forget_samples, seed)
-        retain_labels = dataset_labels(trainer.retain_view, trainer.label_column)
+        retain_labels = trainer.retain_labels
         retain_rows = subsample(np.arange(len(retain_labels)), config.num_retain_samples, seed, retain_labels)
         self.sampled_rows = {
             "forget": trainer.forget_view.select(forget_rows),

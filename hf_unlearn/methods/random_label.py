@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import ConcatRows, RelabeledDataset, dataset_labels
+from ..data import ConcatRows, RelabeledDataset
 from ..registry import register_method
 from .base import TrainerLoopMethod, classification_loss
 
@@ -31,7 +31,7 @@ class RandomLabel(TrainerLoopMethod):
     def training_dataset(self):
         trainer = self.trainer
         forget = trainer.forget_view
-        true_labels = dataset_labels(forget, trainer.label_column)
+        true_labels = trainer.forget_labels
         excluded = set(trainer.split.forget_classes or [])
         candidates = [c for c in range(trainer.num_labels) if c not in excluded]
         rng = np.random.default_rng(trainer.args.seed)

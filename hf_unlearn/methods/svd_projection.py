@@ -38,7 +38,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from ..activations import collect_input_grams, find_target_modules
-from ..data import dataset_labels, subsample
+from ..data import subsample
 from ..registry import register_method
 from .base import UnlearningMethod
 
@@ -146,12 +146,11 @@ class SVDProjection(UnlearningMethod):
         held-out rows that score the grid: `{"forget": (statistics, held_out), "retain": (...)}`, class-balanced."""
         trainer, config, seed = self.trainer, self.config, self.trainer.args.seed
         rows = {}
-        for split, view in (("forget", trainer.forget_view), ("retain", trainer.retain_view)):
-            labels = dataset_labels(view, trainer.label_column)
-            everything = np.arange(len(view))
+        for split, labels in (("forget", trainer.forget_labels), ("retain", trainer.retain_labels)):
+            everything = np.arange(len(labels))
             held_out = np.zeros(0, dtype=np.int64)
             if config.alpha_search:
-                count = min(max(1, round(config.search_fraction * len(view))), config.num_samples, len(view) - 1)
+                count = min(max(1, round(config.search_fraction * len(labels))), config.num_samples, len(labels) - 1)
                 held_out = subsample(everything, count, seed, labels)
             remaining = np.setdiff1d(everything, held_out)
             rows[split] = (subsample(remaining, config.num_samples, seed, labels), held_out)
