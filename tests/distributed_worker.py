@@ -22,6 +22,7 @@ def make_trainer(model_dir: str, output_dir: str, method: str, method_kwargs=Non
         method=method,
         method_kwargs=method_kwargs,
         per_device_eval_batch_size=64,
+        per_device_train_batch_size=32,
         disable_tqdm=True,
         dataloader_pin_memory=False,
         report_to="none",
@@ -90,6 +91,20 @@ def gppu_features_and_head(trainer: UnlearningTrainer, result_path: str) -> None
         )
 
 
+def fisher_diagonals(trainer: UnlearningTrainer, result_path: str) -> None:
+    """remain_geometry's Fisher diagonals over 128 forget and 128 retain rows in batches of 32 (each process's share
+    is 64 rows, a whole number of batches, so both runs see the same batches)."""
+    from hf_unlearn.methods.remain_geometry import fisher_diagonal
+
+    parameters = dict(trainer.model.named_parameters())
+    fisher = {
+        split: fisher_diagonal(trainer, view.select(range(128)), parameters, split)
+        for split, view in (("forget", trainer.forget_view), ("retain", trainer.retain_view))
+    }
+    if trainer.accelerator.is_main_process:
+        torch.save({"num_processes": trainer.accelerator.num_processes, "fisher": fisher}, result_path)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)  # two processes on a 2-core machine (not on import: the tests import this module)
     mode, model_dir, result_path = sys.argv[1:4]
@@ -97,6 +112,9 @@ if __name__ == "__main__":
     if mode == "metrics":
         trainer = make_trainer(model_dir, output_dir, "finetune")
         metrics(trainer, result_path)
+    elif mode == "fisher":
+        trainer = make_trainer(model_dir, output_dir, "remain_geometry")
+        fisher_diagonals(trainer, result_path)
     elif mode == "gppu":
         trainer = make_trainer(model_dir, output_dir, "gppu")
         gppu_features_and_head(trainer, result_path)

@@ -1,6 +1,7 @@
 """Work split over 2 processes (gloo on CPU, torchrun) gives what 1 process gives on the same samples: the gathered
 metrics, svd_projection's Gram statistics (summed with all_reduce) and projected weights, and gppu's head features
-(gathered in row order), forget directions and unlearned head."""
+(gathered in row order), forget directions and unlearned head, and remain_geometry's Fisher diagonals (summed with
+all_reduce)."""
 
 import json
 import os
@@ -84,3 +85,20 @@ def test_gppu_features_directions_and_head_over_two_processes_equal_one(trained,
     assert two["sampled_accuracy"].keys() == single["sampled_accuracy"].keys()
     for stage, accuracy in single["sampled_accuracy"].items():
         assert two["sampled_accuracy"][stage] == pytest.approx(accuracy), stage
+
+
+def test_fisher_diagonals_over_two_processes_equal_one(trained, tmp_path):
+    trained("resnet").save_pretrained(tmp_path / "model")
+    worker.fisher_diagonals(
+        worker.make_trainer(str(tmp_path / "model"), str(tmp_path), "remain_geometry"), str(tmp_path / "one.pt")
+    )
+    single = torch.load(tmp_path / "one.pt")
+    run_two_processes("fisher", tmp_path / "model", tmp_path / "two.pt", 29516)
+    two = torch.load(tmp_path / "two.pt")
+    assert (single["num_processes"], two["num_processes"]) == (1, 2)
+    for split in ("forget", "retain"):
+        for name, value in single["fisher"][split].items():
+            torch.testing.assert_close(
+                two["fisher"][split][name], value, rtol=1e-4, atol=1e-10 + 1e-4 * value.abs().max().item()
+            )
+        assert any(value.abs().max() > 0 for value in single["fisher"][split].values())

@@ -1,3 +1,12 @@
 """Built-in unlearning methods. Importing this package registers each of them (one import line per method)."""
 
-from . import finetune, gppu, gradient_ascent, neggrad_plus, random_label, retrain, svd_projection  # noqa: F401
+from . import (  # noqa: F401
+    finetune,
+    gppu,
+    gradient_ascent,
+    neggrad_plus,
+    random_label,
+    remain_geometry,
+    retrain,
+    svd_projection,
+)

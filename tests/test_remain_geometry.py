@@ -1,0 +1,123 @@
+"""`remain_geometry` (SFR-on): the Fisher diagonals and the saliency mask; masked parameters do not move in a forget
+step; class and sample-level forgetting on digits; the LoRA mode trains adapters and the head and merges back."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.digits import SAMPLE_BUDGETS, UNLEARN_BUDGETS, training_arguments
+from hf_unlearn.methods.remain_geometry import fisher_diagonal
+
+
+def build(model, digits, tmp_path, forget_classes=(3,), forget_indices=None, **budget):
+    method_kwargs = budget.pop("method_kwargs", None)
+    values = training_arguments(str(tmp_path), disable_tqdm=True, **budget)
+    args = UnlearnConfig(**values, method="remain_geometry", method_kwargs=method_kwargs)
+    request = (
+        {"forget_indices": forget_indices} if forget_indices is not None else {"forget_classes": list(forget_classes)}
+    )
+    return UnlearningTrainer(model, args, train_dataset=digits["train"], eval_dataset=digits["test"], **request)
+
+
+def test_fisher_diagonal_is_the_mean_squared_batch_gradient(trained, digits, tmp_path):
+    trainer = build(trained("resnet"), digits, tmp_path, per_device_train_batch_size=16)
+    rows = trainer.forget_view.select(range(40))  # batches of 16, 16 and 8 rows
+    parameters = dict(trainer.model.named_parameters())
+    fisher = fisher_diagonal(trainer, rows, parameters, "test")
+    model = trainer.model.eval()
+    expected = {name: torch.zeros_like(p) for name, p in parameters.items()}
+    for start in (0, 16, 32):
+        batch = rows[start : start + 16]
+        pixels = torch.tensor(np.asarray(batch["pixel_values"]), dtype=torch.float32)
+        loss = F.cross_entropy(model(pixel_values=pixels).logits, torch.tensor(batch["label"]))
+        for name, gradient in zip(parameters, torch.autograd.grad(loss, list(parameters.values())), strict=True):
+            expected[name] += gradient.pow(2) / 3
+    for name in parameters:
+        torch.testing.assert_close(fisher[name], expected[name], rtol=1e-4, atol=1e-12)
+
+
+def test_the_mask_keeps_masked_parameters_unchanged_by_a_forget_step(trained, digits, tmp_path):
+    """Plain SGD (no momentum or weight decay, so nothing but the forget gradient moves a parameter): after one
+    forget step, exactly the parameters the Fisher ratio leaves out are unchanged, and the others moved."""
+    trainer = build(trained("vit"), digits, tmp_path, optim="sgd", weight_decay=0.0, learning_rate=0.05)
+    method = trainer.method
+    method.masks = method.saliency_mask()
+    trainer.create_optimizer()
+    model = trainer.model
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.forget_view[i] for i in range(32)]))
+    model.train()
+    method.forget_step(model, batch, alpha=1.0)
+    masked = unmasked = 0
+    for name, parameter in model.named_parameters():
+        mask = method.masks[id(parameter)].bool()
+        moved = parameter.detach() != before[name]
+        assert not moved[~mask].any(), name  # masked out: untouched
+        masked += int((~mask).sum())
+        unmasked += int(moved[mask].sum())
+    assert masked > 0 and unmasked > 0
+    assert 0.0 < method.report["salient_fraction"] < 1.0
+
+
+def test_class_forgetting_drops_the_forget_accuracy_and_keeps_the_retain_accuracy(trained, digits, tmp_path):
+    result = build(trained("resnet"), digits, tmp_path, **UNLEARN_BUDGETS["remain_geometry"]).unlearn()
+    metrics, original = result.metrics, result.original_metrics
+    assert original["forget_accuracy"] > 0.9 and metrics["forget_accuracy"] <= 0.05
+    assert metrics["retain_accuracy"] >= original["retain_accuracy"] - 0.03
+    assert (metrics["forget_every"], metrics["alpha"]) == (2, 1.0)  # the class defaults
+    assert metrics["iterations"] <= 30
+
+
+def test_sample_level_forgetting_uses_the_paper_defaults(trained, digits, tmp_path):
+    rows = np.sort(np.random.default_rng(0).choice(len(digits["train"]), len(digits["train"]) // 10, replace=False))
+    budget = {**SAMPLE_BUDGETS["remain_geometry"], "max_steps": 40}
+    model = trained("resnet")
+    trainer = build(model, digits, tmp_path, forget_indices=rows, **budget)
+    result = trainer.unlearn()
+    assert (result.metrics["forget_every"], result.metrics["alpha"]) == (5, 25.0)
+    assert result.metrics["forget_steps"] == 8 and result.metrics["iterations"] == 40
+    # The forgotten rows lose confidence; the model stays a good classifier.
+    assert result.metrics["test_accuracy"] >= result.original_metrics["test_accuracy"] - 0.03
+
+    def forget_confidence(model):
+        logits, labels = trainer.predict_logits(trainer.forget_view, model)
+        return float(torch.softmax(torch.tensor(logits), -1)[torch.arange(len(labels)), labels].mean())
+
+    assert forget_confidence(result.model) < forget_confidence(model)
+
+
+def test_lora_mode_trains_adapters_and_head_then_merges_into_a_plain_model(trained, digits, tmp_path):
+    model = trained("vit")
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    trainer = build(
+        model, digits, tmp_path, max_steps=6, learning_rate=1e-2, optim="adamw_torch", weight_decay=0.0,
+        method_kwargs={"lora_rank": 4, "lora_target_modules": ["q_proj", "v_proj"], "mask_samples": 64},
+    )  # fmt: skip
+    result = trainer.unlearn()
+    after = result.model.state_dict()
+    assert set(after) == set(before)  # merged: no adapter left, the original keys
+    assert not any("lora" in name for name, _ in result.model.named_modules())
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    allowed = ("q_proj.weight", "v_proj.weight", "classifier.")
+    assert changed and all(name.endswith(allowed[:2]) or name.startswith(allowed[2]) for name in changed), changed
+    assert any(name.endswith("q_proj.weight") for name in changed) and "classifier.weight" in changed
+    assert result.metrics["lora_layers"] == 4  # q and v of 2 layers; the head is trained in full
+    assert all(parameter.requires_grad for parameter in result.model.parameters())
+
+
+def test_gradient_accumulation_is_refused(trained, digits, tmp_path):
+    trainer = build(trained("resnet"), digits, tmp_path, gradient_accumulation_steps=2, max_steps=2)
+    with pytest.raises(ValueError, match="needs `gradient_accumulation_steps=1`, got 2"):
+        trainer.unlearn()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"gamma": 0}, "gamma"), ({"forget_every": 0}, "forget_every"), ({"alpha": -1}, "alpha"),
+     ({"lora_rank": 0}, "lora_rank"), ({"weight_exponent": -0.5}, "weight_exponent")],
+)  # fmt: skip
+def test_bad_method_kwargs_are_named(kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        UnlearnConfig(output_dir=str(tmp_path), method="remain_geometry", method_kwargs=kwargs)
