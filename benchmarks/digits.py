@@ -41,27 +41,34 @@ COLUMNS = [
 ]
 
 
-def compare_methods(model, data, recipe, forget_class, seed, methods, label="", processing_class=None, **common):
-    """`retrain` (with the original's `recipe`) and each of `methods` (with its UNLEARN_BUDGETS entry) on `model`, in
-    one run; rows keyed by method, with the gap to retrain. Works for any dataset with `train` / `test` splits (raw
-    columns with `processing_class`); `common` are UnlearnConfig fields for every run (e.g. cache_features)."""
+def compare_methods(
+    model, data, recipe, forget_class, seed, methods, label="", processing_class=None, budgets=UNLEARN_BUDGETS,
+    forget_indices=None, **common,
+):  # fmt: skip
+    """`retrain` (with the original's `recipe`) and each of `methods` on `model`, in one run; rows keyed by method,
+    with the gap to retrain. `methods` are names (budget from `budgets`) or `{row: (method, budget)}`. Forgets class
+    `forget_class`, or the training rows `forget_indices` when given. Works for any dataset with `train` / `test`
+    splits (raw columns with `processing_class`); `common` are UnlearnConfig fields for every run."""
     workdir = tempfile.mkdtemp(prefix="bench_")
+    if not isinstance(methods, dict):
+        methods = {method: (method, budgets[method]) for method in methods}
+    forget_classes = None if forget_indices is not None else [forget_class]
 
-    def run_method(method, budget):
+    def run_method(name, method, budget):
         return unlearn_digits(
-            model, data, method, [forget_class], f"{workdir}/{method}", seed, processing_class,
-            disable_tqdm=True, **budget, **common,
+            model, data, method, forget_classes, f"{workdir}/{name}", seed, processing_class,
+            forget_indices=forget_indices, disable_tqdm=True, **budget, **common,
         )  # fmt: skip
 
-    _, retrained = run_method("retrain", recipe)
+    _, retrained = run_method("retrain", "retrain", recipe)
     rows = {"original": dict(retrained.original_metrics, unlearn_seconds=None), "retrain": retrained.metrics}
-    for method in methods:
-        _, result = run_method(method, UNLEARN_BUDGETS[method])
+    for name, (method, budget) in methods.items():
+        _, result = run_method(name.replace(" ", "_"), method, budget)
         # Both runs scored the same rows, so the gaps come from the metrics already measured.
         result.metrics.update(gap_to_reference(result.metrics, retrained.metrics))
-        rows[method] = result.metrics
+        rows[name] = result.metrics
         print(
-            f"  {label} {method}: forget {result.metrics['forget_accuracy']:.3f} "
+            f"  {label} {name}: forget {result.metrics['forget_accuracy']:.3f} "
             f"retain {result.metrics['retain_accuracy']:.3f} in {result.metrics['unlearn_seconds']:.2f} s",
             flush=True,
         )
