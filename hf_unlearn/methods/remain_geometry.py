@@ -129,15 +129,13 @@ def fisher_diagonal(trainer, dataset, parameters: dict, description: str) -> dic
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    for value in [*sums.values(), batches]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for value in [*sums.values(), batches]:
             torch.distributed.all_reduce(value)
     return {name: total / batches.clamp_min(1).to(total.dtype) for name, total in sums.items()}
 
 
 class RemainGeometry(UnlearningMethod):
-    stops_at_forget_target = True
-
     def run(self) -> None:
         trainer, config = self.trainer, self.config
         if trainer.args.gradient_accumulation_steps != 1:
@@ -150,6 +148,7 @@ class RemainGeometry(UnlearningMethod):
         self.forget_every = config.forget_every or defaults["forget_every"]
         self.alpha = defaults["alpha"] if config.alpha is None else config.alpha
         model = trainer.model
+        flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
         if config.lora_rank:
             head_name, _ = classification_head(model)
             adapted = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_target_modules, [head_name])
@@ -162,8 +161,8 @@ class RemainGeometry(UnlearningMethod):
         finally:
             if config.lora_rank:
                 merge_lora(model)
-                for parameter in model.parameters():
-                    parameter.requires_grad_(True)
+                for parameter, flag in flags.items():  # the base layers are the original parameter objects
+                    parameter.requires_grad_(flag)
         self.report.update(
             forget_every=self.forget_every,
             alpha=self.alpha,
