@@ -109,7 +109,7 @@ def load_job_data(job: JobArguments, model, seed: int) -> dict:
     import datasets
     import numpy as np
 
-    from .data import align_labels, dataset_labels, subsample
+    from .data import align_labels, dataset_labels, model_label_names, subsample
 
     data = datasets.load_dataset(
         job.dataset_name, job.dataset_config, data_files=job.data_files, revision=job.dataset_revision
@@ -124,12 +124,8 @@ def load_job_data(job: JobArguments, model, seed: int) -> dict:
         dataset = data[split]
         if job.label_column != "label":
             dataset = dataset.rename_column(job.label_column, "label")
-        model_names = [str(name) for name in (model.config.id2label or {}).values()]
-        if (
-            job.align_labels
-            and isinstance(dataset.features.get("label"), datasets.ClassLabel)
-            and not all(name.startswith("LABEL_") for name in model_names)
-        ):
+        labelled = isinstance(dataset.features.get("label"), datasets.ClassLabel)
+        if job.align_labels and labelled and model_label_names(model.config) is not None:
             dataset = align_labels(dataset, model.config.label2id)
         if cap is not None and cap < len(dataset):
             labels = dataset_labels(dataset, "label")

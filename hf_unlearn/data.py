@@ -354,6 +354,14 @@ def align_labels(dataset, label2id: dict, label_column: str = "label"):
     return aligned.add_column(label_column, labels[kept].tolist(), feature=datasets.ClassLabel(names=names))
 
 
+def model_label_names(config) -> list[str] | None:
+    """The model's class names in id order, or None when it only has transformers' defaults (`LABEL_0`, ...), which
+    say nothing about its classes."""
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(int(config.num_labels))]
+    return None if all(re.fullmatch(r"LABEL_\d+", name) for name in names) else names
+
+
 def check_labels(labels: np.ndarray, dataset, label_column: str, config, argument: str) -> None:
     """Refuse label ids outside the model's classes and a dataset whose label names are the model's in another order
     (the ids would mean other classes); warn when the names differ otherwise."""
@@ -361,15 +369,13 @@ def check_labels(labels: np.ndarray, dataset, label_column: str, config, argumen
     if len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
         raise ValueError(
             f"`{argument}` has label ids {int(labels.min())}..{int(labels.max())}, but the model has {num_labels} "
-            "classes (0.."
-            f"{num_labels - 1}). Map the dataset to the model's labels first: "
+            f"classes (0..{num_labels - 1}). Map the dataset to the model's labels first: "
             "`hf_unlearn.data.align_labels(dataset, model.config.label2id)` (it drops labels the model lacks)."
         )
     names = getattr(dataset.features.get(label_column), "names", None)
-    id2label = getattr(config, "id2label", None) or {}
-    model_names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(num_labels)]
-    if not names or all(re.fullmatch(r"LABEL_\d+", name) for name in model_names):
-        return  # the model's default names say nothing about its classes
+    model_names = model_label_names(config)
+    if not names or model_names is None:
+        return
     differing = [i for i, name in enumerate(names[:num_labels]) if name.lower() != model_names[i].lower()]
     if not differing:
         return
