@@ -79,6 +79,21 @@ class UnlearnConfig(TrainingArguments):
             "attacks (random, seeded). None: all of them."
         },
     )
+    peft_config: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Train LoRA adapters (peft) instead of the whole model, for gradient methods: LoraConfig fields "
+            'as a dict (or a JSON string), e.g. {"r": 8}. Without target_modules: every Linear/Conv layer but the '
+            "head, which is trained in full. Needs `pip install 'hf-unlearn[peft]'`."
+        },
+    )
+    peft_merge: bool = field(
+        default=True,
+        metadata={
+            "help": "Merge the adapters into the model when unlearning ends (a plain model); False keeps them, and "
+            "`save_model` writes a peft adapter (adapter_config.json + adapter_model.safetensors)."
+        },
+    )
     cache_features: bool = field(
         default=False,
         metadata={
@@ -123,6 +138,23 @@ class UnlearnConfig(TrainingArguments):
         if self.forget_check_steps < 1:
             raise ValueError(f"`forget_check_steps` must be >= 1, got {self.forget_check_steps!r}.")
         self.method_config = self._resolve_method_config()
+        if isinstance(self.peft_config, str):
+            try:
+                self.peft_config = json.loads(self.peft_config) if self.peft_config.strip() else None
+            except json.JSONDecodeError as error:
+                raise ValueError(f"`peft_config` must be a JSON object, got {self.peft_config!r} ({error}).") from None
+        if self.peft_config is not None:
+            rank = self.peft_config.get("r") if isinstance(self.peft_config, dict) else None
+            if not isinstance(rank, int) or rank < 1:
+                raise ValueError(
+                    f"`peft_config` must be a dict of LoraConfig fields with an integer rank `r` >= 1, got "
+                    f"{self.peft_config!r}; e.g. {{'r': 8}}."
+                )
+            if not get_method(self.method).method_class.supports_peft:
+                raise ValueError(
+                    f"Method '{self.method}' does not train the model's weights by gradient, so `peft_config` does "
+                    "not apply to it; leave it None or use a gradient method (e.g. 'neggrad_plus', 'remain_geometry')."
+                )
 
     def _resolve_method_config(self):
         spec = get_method(self.method)
@@ -150,11 +182,17 @@ class UnlearnConfig(TrainingArguments):
 
     @classmethod
     def from_yaml(cls, path: str, **overrides) -> UnlearnConfig:
-        """Read a config from a YAML file (keys are field names); keyword `overrides` win over the file."""
+        """Read a config from a YAML file (keys are field names); keyword `overrides` win over the file. A job file
+        for `hf-unlearn unlearn` works too: its job keys (model, dataset, forget classes: `JobArguments`) are not
+        part of the config and are left out."""
         import yaml
+
+        from .cli import JobArguments
 
         with open(path) as handle:
             values = yaml.safe_load(handle) or {}
+        job_keys = {f.name for f in fields(JobArguments)}
+        values = {key: value for key, value in values.items() if key not in job_keys}
         values.update(overrides)
         (config,) = HfArgumentParser(cls).parse_dict(values, allow_extra_keys=False)
         return config

@@ -1,55 +1,102 @@
-"""LoRA adapters injected into a model in place (peft's low-level API) and merged back into plain layers, for
-parameter-efficient unlearning: the model object stays the same, so the Trainer and every reference to it stay valid,
-and after `merge_lora` its state dict has exactly the original keys.
+"""LoRA adapters injected into a model in place (peft's low-level API), then merged back into plain layers or saved
+as a peft adapter, for parameter-efficient unlearning. The model object stays the same, so the Trainer and every
+reference to it stay valid, and after `merge_lora` its state dict has exactly the original keys.
 
 ```python
->>> adapted = add_lora(model, rank=8)            # every Linear / Conv layer but the classification head
->>> ...                                          # train: only the adapters (and whatever else you unfreeze)
->>> merge_lora(model)                            # plain layers again, W <- W + (alpha / r) B A
+>>> add_lora(model, {"r": 8}, head_name="classifier")   # every Linear / Conv layer but the head; the head in full
+>>> ...                                                  # train: only the adapters and the head's copy
+>>> merge_lora(model)                                    # plain layers again, W <- W + (alpha / r) B A
 ```
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from pathlib import Path
 
 from torch import nn
 
 from .activations import find_target_modules
 
+ADAPTER = "default"
 
-def add_lora(
-    model: nn.Module,
-    rank: int,
-    alpha: float | None = None,
-    target_modules: str | Sequence[str] | None = None,
-    exclude_modules: Sequence[str] = (),
-) -> list[str]:
-    """Inject LoRA adapters (rank `rank`, scale `alpha / rank`, default alpha = rank) into `target_modules` (regex or
-    name suffixes as in peft; None: every Linear / Conv1d / Conv2d layer except `exclude_modules`) and freeze every
-    other parameter. Returns the adapted layer names."""
+
+def _peft():
     try:
-        from peft import LoraConfig, inject_adapter_in_model
+        import peft
     except ImportError as error:
         raise ImportError("Parameter-efficient unlearning needs peft: pip install 'hf-unlearn[peft]'") from error
-    targets = [name for name in find_target_modules(model, target_modules) if name not in set(exclude_modules)]
-    if not targets:
-        raise ValueError(f"`lora_target_modules={target_modules!r}` leaves no layer to adapt.")
-    config = LoraConfig(r=rank, lora_alpha=alpha or rank, lora_dropout=0.0, target_modules=targets)
-    inject_adapter_in_model(config, model)
+    return peft
+
+
+def lora_config(settings: dict, model: nn.Module, head_name: str):
+    """A `peft.LoraConfig` from `settings` (LoraConfig fields; `r` required). Without `target_modules`: every
+    Linear / Conv1d / Conv2d layer but the head; the head is trained in full (`modules_to_save`)."""
+    peft = _peft()
+    settings = dict(settings)
+    if "target_modules" not in settings or settings["target_modules"] is None:
+        settings["target_modules"] = [name for name in find_target_modules(model) if name != head_name]
+    settings.setdefault("lora_alpha", settings.get("r", 8))
+    settings.setdefault("lora_dropout", 0.0)
+    settings.setdefault("modules_to_save", [head_name])
+    try:
+        return peft.LoraConfig(**settings)
+    except TypeError as error:
+        raise ValueError(f"`peft_config` {settings} is not a valid LoraConfig: {error}") from None
+
+
+def add_lora(model: nn.Module, settings: dict, head_name: str) -> list[str]:
+    """Inject LoRA adapters described by `settings` into `model` (in place) and freeze every other parameter.
+    Returns the adapted layer names."""
+    peft = _peft()
+    config = lora_config(settings, model, head_name)
+    peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    adapted = [name for name, module in model.named_modules() if isinstance(module, peft.tuners.lora.LoraLayer)]
+    if not adapted:
+        raise ValueError(f"`peft_config` target_modules={config.target_modules!r} matched no layer of the model.")
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_("lora_" in name)
-    return targets
+        parameter.requires_grad_("lora_" in name or f"modules_to_save.{ADAPTER}." in name)
+    return adapted
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(type(module).__module__.startswith("peft.") for module in model.modules())
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every LoRA adapter into its base layer and put the plain layer back in its place (in place; returns
-    `model`)."""
+    """Fold every LoRA adapter into its base layer and put the plain layers back (the head's trained copy replaces
+    the original head), in place; returns `model`."""
     from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
 
-    adapted = [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
-    for name, module in adapted:
-        module.merge()
+    wrapped = [
+        (name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer | ModulesToSaveWrapper)
+    ]
+    for name, module in wrapped:
+        if isinstance(module, LoraLayer):
+            module.merge()
+            plain = module.get_base_layer()
+        else:
+            plain = module.modules_to_save[ADAPTER]
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, plain)
+    if hasattr(model, "peft_config"):
+        del model.peft_config
     return model
+
+
+def save_adapter(model: nn.Module, output_dir: str | Path) -> None:
+    """The adapters (and the head's trained copy) as a peft checkpoint in `output_dir`: `adapter_config.json` and
+    `adapter_model.safetensors`, loadable with `peft.PeftModel.from_pretrained(base_model, output_dir)`."""
+    peft = _peft()
+    from safetensors.torch import save_file
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    weights = peft.get_peft_model_state_dict(model, adapter_name=ADAPTER)
+    # A PeftModel wraps the model as `base_model.model`; its checkpoints (what PeftModel.from_pretrained reads) carry
+    # that prefix.
+    weights = {f"base_model.model.{name}": value.detach().cpu().contiguous() for name, value in weights.items()}
+    save_file(weights, output_dir / "adapter_model.safetensors")
+    config = model.peft_config[ADAPTER]
+    config.base_model_name_or_path = getattr(model.config, "_name_or_path", None) or None
+    config.save_pretrained(str(output_dir))

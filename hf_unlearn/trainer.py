@@ -28,8 +28,9 @@ from .data import (
     with_model_inputs,
     without_audio_decoding,
 )
+from .lora import add_lora, has_lora, merge_lora, save_adapter
 from .metrics import accuracy, gap_to_reference, unlearning_metrics
-from .models import check_classifier, load_classifier
+from .models import check_classifier, classification_head, load_classifier
 from .registry import get_method
 
 logger = get_logger(__name__)
@@ -140,11 +141,6 @@ class UnlearningTrainer(Trainer):
                 f"The model unlearned classes {self.split.unlearned_before} before (`config.unlearned_classes`): "
                 "their rows are left out of the retain set so that they are not learned again."
             )
-        if set(forget_classes or []) & set(unlearned_before):
-            logger.warning(
-                f"`forget_classes` {sorted(set(forget_classes) & set(unlearned_before))} were unlearned by this model "
-                "before (`config.unlearned_classes`); unlearning them again."
-            )
         if spec.method_class.class_level_only and not self.split.is_class_level:
             raise ValueError(
                 f"Method '{args.method}' forgets whole classes, so it needs `forget_classes`, not `forget_indices`. "
@@ -171,6 +167,12 @@ class UnlearningTrainer(Trainer):
         )
         # Methods return a mean loss: let the Trainer scale it for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        if sharded and not spec.method_class.supports_sharding:
+            raise ValueError(
+                f"Method '{args.method}' reads or writes whole weights itself, which FSDP / DeepSpeed shard. Run it "
+                "with data parallelism (recipes/accelerate_configs/multi_gpu.yaml) or on one process."
+            )
         self.source_train_dataset = train_dataset
         seed = args.seed
         forget_rows = subsample(self.split.forget_indices, args.max_forget_samples, seed)
@@ -187,10 +189,16 @@ class UnlearningTrainer(Trainer):
         """Run the configured method and measure the unlearned model (and the original, if
         `args.eval_before_unlearn`). Returns an [`UnlearningOutput`]."""
         args = self.args
+        again = sorted(
+            set(self.split.forget_classes or []) & set(getattr(self.model.config, "unlearned_classes", None) or [])
+        )
+        if again:
+            logger.warning(f"`forget_classes` {again} were unlearned by this model before; unlearning them again.")
         original_metrics = self.evaluate_unlearning() if args.eval_before_unlearn else None
         self.accelerator.wait_for_everyone()
         start = time.perf_counter()
-        self.method.run()
+        with self._lora_if_asked():
+            self.method.run()
         self.accelerator.wait_for_everyone()
         seconds = time.perf_counter() - start
         if self.split.is_class_level:
@@ -211,6 +219,37 @@ class UnlearningTrainer(Trainer):
             forget_classes=self.split.forget_classes,
             num_forget_samples=len(self.split.forget_indices),
         )
+
+    @contextlib.contextmanager
+    def _lora_if_asked(self):
+        """With `args.peft_config`: LoRA adapters (and a trainable copy of the head) for the duration of the method,
+        then merged into plain layers, or kept (`peft_merge=False`) for `save_model` to write as a peft adapter."""
+        settings = self.args.peft_config
+        if not settings:
+            yield
+            return
+        model = self.model
+        flags = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+        adapted = add_lora(model, settings, classification_head(model)[0])
+        self.method.report["peft"] = {"adapted_layers": len(adapted), "merged": self.args.peft_merge, **settings}
+        try:
+            yield
+        finally:
+            if self.args.peft_merge:
+                merge_lora(model)
+                for name, parameter in model.named_parameters():
+                    parameter.requires_grad_(flags.get(name, True))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """As `Trainer.save_model`; a model that kept its LoRA adapters (`peft_merge=False`) is saved as a peft adapter
+        with its processor."""
+        if not has_lora(self.model):
+            return super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        if self.is_world_process_zero():
+            save_adapter(self.model, output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
 
     def train_with(self, dataset):
         """Run the Trainer's training loop on `dataset` with a fresh optimizer and schedule (used by methods)."""

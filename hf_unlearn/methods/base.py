@@ -24,6 +24,11 @@ class UnlearningMethod:
     stops_at_forget_target: bool = True
     #: Whether the method only forgets whole classes (`forget_classes`); the trainer then refuses `forget_indices`.
     class_level_only: bool = False
+    #: Whether the method trains the weights by gradient, so that `UnlearnConfig.peft_config` (LoRA) applies to it.
+    supports_peft: bool = True
+    #: Whether the method works on sharded parameters (FSDP, DeepSpeed): False for methods that read or write whole
+    #: weights or gradients themselves.
+    supports_sharding: bool = True
 
     def __init__(self, trainer, config):
         self.trainer = trainer

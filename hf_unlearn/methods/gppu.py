@@ -229,6 +229,8 @@ class RemoveDirections(nn.Module):
 
 class GPPU(UnlearningMethod):
     class_level_only = True
+    supports_peft = False  # its fine-tuning is already restricted to the tail it chooses
+    supports_sharding = False  # it projects the head's whole weight
     stops_at_forget_target = False  # its own rule: forget target reached and retain accuracy recovered
 
     def run(self) -> None:

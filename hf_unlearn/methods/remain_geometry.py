@@ -22,9 +22,8 @@ implemented here from `../shared/design/METHODS.md` section 3, no code copied).
    at forget accuracy 0 (`forget_accuracy_target`). Measured on digits (`benchmarks/results/remain_geometry.md`):
    AdamW (lr 3e-3 for classes, 1e-3 for samples) where the paper's SGD (lr 0.01, momentum 0.9) destabilises the small
    models trained from scratch. `alpha` / `forget_every` set explicitly always win.
-5. Optional LoRA (`lora_rank`, peft): adapters on every Linear / Conv layer except the classification head, which is
-   trained in full; the mask is computed on (and applied to) those trainable parameters; the adapters are merged
-   into plain layers at the end.
+5. With `UnlearnConfig.peft_config` (LoRA, like every gradient method) only the adapters and the head's copy train,
+   and the mask is computed on (and applied to) exactly those parameters.
 
 Example:
 
@@ -46,8 +45,6 @@ import torch
 from accelerate.logging import get_logger
 
 from ..data import PairedDataset, subsample
-from ..lora import add_lora, merge_lora
-from ..models import classification_head
 from ..registry import register_method
 from .base import UnlearningMethod, classification_loss
 
@@ -86,18 +83,9 @@ class RemainGeometryConfig:
     mask_samples: int = field(
         default=1000, metadata={"help": "Rows of the forget and of the retain set for the Fisher estimates."}
     )
-    lora_rank: int | None = field(
-        default=None,
-        metadata={"help": "Train LoRA adapters of this rank (peft) instead of the whole model; merged at the end."},
-    )
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scale numerator (default: the rank)."})
-    lora_target_modules: str | list[str] | None = field(
-        default=None,
-        metadata={"help": "Layers that get adapters (regex or name suffixes); None: every Linear/Conv but the head."},
-    )
 
     def __post_init__(self):
-        for name in ("forget_every", "mask_samples", "lora_rank"):
+        for name in ("forget_every", "mask_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value!r}.")
@@ -136,6 +124,8 @@ def fisher_diagonal(trainer, dataset, parameters: dict, description: str) -> dic
 
 
 class RemainGeometry(UnlearningMethod):
+    supports_sharding = False  # its masks are whole-parameter tensors and it steps the optimizer itself
+
     def run(self) -> None:
         trainer, config = self.trainer, self.config
         if trainer.args.gradient_accumulation_steps != 1:
@@ -147,22 +137,8 @@ class RemainGeometry(UnlearningMethod):
         defaults = CLASS_DEFAULTS if trainer.split.is_class_level else SAMPLE_DEFAULTS
         self.forget_every = config.forget_every or defaults["forget_every"]
         self.alpha = defaults["alpha"] if config.alpha is None else config.alpha
-        model = trainer.model
-        flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
-        if config.lora_rank:
-            head_name, _ = classification_head(model)
-            adapted = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_target_modules, [head_name])
-            for parameter in model.get_submodule(head_name).parameters():
-                parameter.requires_grad_(True)
-            self.report["lora_layers"] = len(adapted)
-        try:
-            self.masks = self.saliency_mask()
-            trainer.train_with(PairedDataset(trainer.retain_view, trainer.forget_view, seed=trainer.args.seed))
-        finally:
-            if config.lora_rank:
-                merge_lora(model)
-                for parameter, flag in flags.items():  # the base layers are the original parameter objects
-                    parameter.requires_grad_(flag)
+        self.masks = self.saliency_mask()
+        trainer.train_with(PairedDataset(trainer.retain_view, trainer.forget_view, seed=trainer.args.seed))
         self.report.update(
             forget_every=self.forget_every,
             alpha=self.alpha,

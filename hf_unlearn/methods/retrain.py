@@ -29,6 +29,7 @@ class RetrainConfig:
 
 class Retrain(Finetune):
     stops_at_forget_target = False
+    supports_peft = False  # a fresh model trained from scratch: adapters on random weights make no reference
 
     def prepare_model(self) -> None:
         # Load fresh weights into the trainer's model object so every reference the Trainer holds stays valid.

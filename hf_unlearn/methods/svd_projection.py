@@ -140,6 +140,8 @@ class LayerProjection:
 class SVDProjection(UnlearningMethod):
     stops_at_forget_target = False  # one projection, no steps to stop
     class_level_only = True  # it removes the input directions whole classes use
+    supports_peft = False  # gradient-free
+    supports_sharding = False  # it rewrites whole weights from their statistics
 
     def split_rows(self) -> dict:
         """Positions in `forget_view` / `retain_view` of the statistics rows and (with alpha_search) of the disjoint

@@ -1,0 +1,94 @@
+"""LoRA (peft) for every gradient method through `UnlearnConfig.peft_config`: only the adapters and the head's copy
+train; merged, the model is plain again; kept, it saves as a peft adapter that reloads onto the original model."""
+
+import numpy as np
+import pytest
+import torch
+
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.digits import training_arguments
+
+LORA = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
+
+
+def unlearn(model, digits, tmp_path, method="neggrad_plus", **overrides):
+    values = training_arguments(str(tmp_path / "out"), disable_tqdm=True, max_steps=4, learning_rate=1e-2, **overrides)
+    args = UnlearnConfig(**values, method=method)
+    trainer = UnlearningTrainer(
+        model, args, train_dataset=digits["train"], eval_dataset=digits["test"], forget_classes=[3]
+    )
+    return trainer, trainer.unlearn()
+
+
+def pixels(digits, rows=16):
+    return torch.tensor(np.asarray(digits["test"][:rows]["pixel_values"]), dtype=torch.float32)
+
+
+def test_only_adapters_and_the_head_train_and_the_merged_model_is_plain(trained, digits, tmp_path):
+    model = trained("vit")
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    trainer, result = unlearn(model, digits, tmp_path, peft_config=LORA, peft_merge=False)
+    # Before merging: the base weights are untouched, the adapters and the head's copy moved.
+    kept = trainer.model.state_dict()
+    for name, value in kept.items():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        original = name.replace(".base_layer", "").replace(".original_module", "")
+        assert torch.equal(value, before[original]), name
+    assert any("lora_B" in name and value.abs().sum() > 0 for name, value in kept.items())  # B starts at 0
+    head_copy = kept["classifier.modules_to_save.default.weight"]
+    assert not torch.equal(head_copy, before["classifier.weight"])
+    assert result.metrics["peft"] == {"adapted_layers": 4, "merged": False, **LORA}
+
+    # Merged (the default): the original keys, plain layers, only q / v and the head changed.
+    model = trained("vit")
+    _, result = unlearn(model, digits, tmp_path, peft_config=LORA)
+    after = result.model.state_dict()
+    assert set(after) == set(before)
+    assert not any(type(module).__module__.startswith("peft.") for module in result.model.modules())
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {f"vit.layers.{i}.attention.{p}.weight" for i in (0, 1) for p in ("q_proj", "v_proj")} | {
+        "classifier.weight",
+        "classifier.bias",
+    }
+    assert all(parameter.requires_grad for parameter in result.model.parameters())
+
+
+def test_kept_adapters_save_as_a_peft_adapter_that_reloads(trained, digits, tmp_path):
+    from peft import PeftModel
+
+    trainer, result = unlearn(trained("vit"), digits, tmp_path, peft_config=LORA, peft_merge=False)
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert sorted(path.name for path in (tmp_path / "adapter").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    reloaded = PeftModel.from_pretrained(trained("vit"), str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        expected = result.model.eval()(pixel_values=pixels(digits)).logits
+        torch.testing.assert_close(reloaded(pixel_values=pixels(digits)).logits, expected)
+
+
+@pytest.mark.parametrize("method", ["finetune", "random_label", "remain_geometry"])
+def test_every_gradient_method_takes_lora(method, trained, digits, tmp_path):
+    model = trained("resnet")  # convolutions get the adapters here
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    _, result = unlearn(model, digits, tmp_path, method=method, peft_config={"r": 2})
+    after = result.model.state_dict()
+    assert set(after) == set(before)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.endswith("weight") or name.startswith("classifier.") or "normalization" in name
+                           for name in changed)  # fmt: skip
+    assert result.metrics["peft"]["adapted_layers"] > 5
+
+
+@pytest.mark.parametrize("method", ["svd_projection", "gppu", "retrain"])
+def test_methods_without_gradient_training_refuse_peft(method, tmp_path):
+    with pytest.raises(ValueError, match=f"Method '{method}' does not train the model's weights by gradient"):
+        UnlearnConfig(output_dir=str(tmp_path), method=method, peft_config={"r": 4})
+
+
+@pytest.mark.parametrize("value", [{"rank": 4}, {"r": 0}, "{r: 4"])
+def test_bad_peft_config_is_named(value, tmp_path):
+    with pytest.raises(ValueError, match="`peft_config`"):
+        UnlearnConfig(output_dir=str(tmp_path), method="finetune", peft_config=value)
