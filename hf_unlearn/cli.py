@@ -1,6 +1,8 @@
 """The `hf-unlearn` command (also `python -m hf_unlearn`).
 
     hf-unlearn unlearn --config recipes/speech_commands/ast_gppu.yaml [--forget_classes no --learning_rate 1e-5 ...]
+    hf-unlearn evaluate --config JOB.yaml --model_name_or_path outputs/unlearned [--reference_model outputs/retrained]
+    hf-unlearn methods
 
 `unlearn` runs one unlearning job. Its YAML config holds `JobArguments` fields (which model, which data, which
 classes) and `UnlearnConfig` fields (which method, its hyperparameters, the training budget); any of them can be
@@ -18,7 +20,11 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-COMMANDS = {"unlearn": "run one unlearning job from a YAML config (with command-line overrides)"}
+COMMANDS = {
+    "unlearn": "run one unlearning job from a YAML config (with command-line overrides)",
+    "evaluate": "measure a saved model: forget / retain / per-class accuracy, membership attacks, gap to a reference",
+    "methods": "list the unlearning methods with a line on each and their papers",
+}
 
 
 @dataclass
@@ -29,7 +35,11 @@ class JobArguments:
         default=None, metadata={"help": "Hub ID or local path of the image or audio classifier to unlearn from."}
     )
     forget_classes: list[str] | None = field(
-        default=None, metadata={"help": "Label names (from the model's config) or ids of the classes to forget."}
+        default=None,
+        metadata={
+            "help": "Label names (from the model's config) or ids of the classes to forget. `evaluate` defaults to the "
+            "classes the model records as unlearned."
+        },
     )
     dataset_name: str | None = field(
         default=None,
@@ -65,7 +75,7 @@ class JobArguments:
     )
 
     def __post_init__(self):
-        for name in ("model_name_or_path", "forget_classes", "dataset_name"):
+        for name in ("model_name_or_path", "dataset_name"):
             if not getattr(self, name):
                 raise ValueError(f"`{name}` is required: set it in the job's YAML or pass --{name}.")
         if isinstance(self.data_files, str):
@@ -79,29 +89,41 @@ class JobArguments:
                 raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
 
 
-def parse_job(argv: list[str]):
-    """`(JobArguments, UnlearnConfig)` from `--config FILE.yaml` (optional) and command-line overrides."""
+@dataclass
+class EvaluateArguments:
+    """What `hf-unlearn evaluate` adds to a job's arguments."""
+
+    reference_model: str | None = field(
+        default=None,
+        metadata={"help": "Hub ID or path of a model retrained without the forget set: adds its metrics and the gaps."},
+    )
+    results_file: str | None = field(default=None, metadata={"help": "Also write the metrics to this JSON file."})
+
+
+def parse_job(argv: list[str], extra=(), command: str = "unlearn"):
+    """`(JobArguments, *extra, UnlearnConfig)` from `--config FILE.yaml` (optional) and command-line overrides."""
     import yaml
     from transformers import HfArgumentParser
 
     from .config import UnlearnConfig
 
-    parser = HfArgumentParser((JobArguments, UnlearnConfig), prog="hf-unlearn unlearn", description=__doc__)
+    dataclass_types = (JobArguments, *extra, UnlearnConfig)
+    parser = HfArgumentParser(dataclass_types, prog=f"hf-unlearn {command}", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", help="YAML file of JobArguments and UnlearnConfig fields.")
     known, _ = parser.parse_known_args(argv) if not {"-h", "--help"} & set(argv) else (None, None)
     if known is not None and known.config:
         values = yaml.safe_load(Path(known.config).read_text()) or {}
-        valid = {f.name for f in fields(JobArguments)} | {f.name for f in fields(UnlearnConfig)}
+        valid = {f.name for kind in dataclass_types for f in fields(kind)}
         unknown = sorted(set(values) - valid)
         if unknown:
+            kinds = " nor ".join(kind.__name__ for kind in dataclass_types)
             raise ValueError(
-                f"`--config {known.config}` has keys that are neither JobArguments nor UnlearnConfig fields: "
-                f"{unknown}. See `hf-unlearn unlearn --help`."
+                f"`--config {known.config}` has keys that are neither {kinds} fields: {unknown}. "
+                f"See `hf-unlearn {command} --help`."
             )
         parser.set_defaults(**values)
-    job, config = parser.parse_args_into_dataclasses(args=argv)[:2]
-    return job, config
+    return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
 
 
 def load_job_data(job: JobArguments, model, seed: int) -> dict:
@@ -141,6 +163,8 @@ def unlearn_command(argv: list[str]):
     from .report import format_report
 
     job, args = parse_job(argv)
+    if not job.forget_classes:
+        raise ValueError("`forget_classes` is required: set it in the job's YAML or pass --forget_classes.")
     output_dir = Path(args.output_dir)
     if output_dir.is_dir() and any(output_dir.iterdir()) and not job.overwrite_output_dir:
         raise ValueError(
@@ -167,12 +191,61 @@ def unlearn_command(argv: list[str]):
             "method": args.method,
             "method_config": asdict(args.method_config),
             "forget_classes": names,
+            "num_processes": trainer.accelerator.num_processes,
             "original_metrics": result.original_metrics,
             "metrics": result.metrics,
         }
         (output_dir / "unlearning_results.json").write_text(json.dumps(results, indent=1, default=str))
     trainer.accelerator.end_training()
     return result
+
+
+def evaluate_command(argv: list[str]) -> dict:
+    """`hf-unlearn evaluate`: the unlearning metrics of a saved model (and of a reference, with the gaps)."""
+    from . import UnlearningTrainer
+    from .models import load_classifier
+    from .report import format_report
+
+    job, options, args = parse_job(argv, extra=(EvaluateArguments,), command="evaluate")
+    model, processor = load_classifier(job.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    forget_classes = job.forget_classes or getattr(model.config, "unlearned_classes", None)
+    if not forget_classes:
+        raise ValueError(
+            f"`forget_classes` is required: '{job.model_name_or_path}' records no unlearned classes "
+            "(`config.unlearned_classes`)."
+        )
+    data = load_job_data(job, model, args.seed)
+    trainer = UnlearningTrainer(
+        model, args, train_dataset=data["train"], eval_dataset=data["eval"], processing_class=processor,
+        forget_classes=forget_classes,
+    )  # fmt: skip
+    reference = None
+    if options.reference_model:
+        reference, _ = load_classifier(options.reference_model, trust_remote_code=args.trust_remote_code)
+    metrics = trainer.evaluate_unlearning(reference_model=reference)
+    if trainer.is_world_process_zero():
+        names = [trainer.model.config.id2label[c] for c in trainer.split.forget_classes]
+        print(format_report(None, metrics, None, names))
+        if metrics.get("mean_gap") is not None:
+            print(f"\nMean gap to the reference: {100 * metrics['mean_gap']:.2f} points")
+        if options.results_file:
+            Path(options.results_file).write_text(json.dumps({"job": asdict(job), "metrics": metrics}, indent=1))
+    trainer.accelerator.end_training()
+    return metrics
+
+
+def methods_command(argv: list[str]) -> list[str]:
+    """`hf-unlearn methods`: one line per registered method, with its paper."""
+    from .registry import available_methods, get_method
+
+    parser = argparse.ArgumentParser(prog="hf-unlearn methods", description="List the unlearning methods.")
+    parser.parse_args(argv)
+    lines = []
+    for name in available_methods():
+        spec = get_method(name)
+        lines.append(f"{name:<16} {spec.description}" + (f"\n{'':<16} {spec.paper}" if spec.paper else ""))
+    print("\n".join(lines))
+    return lines
 
 
 def main(argv=None) -> int:
@@ -187,5 +260,5 @@ def main(argv=None) -> int:
     if command not in COMMANDS:
         print(f"hf-unlearn: unknown command '{command}'. Available: {', '.join(COMMANDS)}.\n\n{usage}", file=sys.stderr)
         return 2
-    unlearn_command(rest)
+    {"unlearn": unlearn_command, "evaluate": evaluate_command, "methods": methods_command}[command](rest)
     return 0

@@ -198,3 +198,38 @@ def unlearn_digits(
         forget_indices=forget_indices,
     )
     return trainer, trainer.unlearn()
+
+
+def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0) -> dict:
+    """Train the small digits classifier and write what a `hf-unlearn unlearn` job reads: `OUTPUT_DIR/model`
+    (model, `save_pretrained`) and `OUTPUT_DIR/{train,test}.parquet` (the dataset, features kept)."""
+    from pathlib import Path
+
+    output = Path(output_dir)
+    data = load_digits_dataset(seed=seed)
+    model = train_classifier(
+        digits_classifier(architecture, seed=seed), data["train"], str(output / "training"), seed=seed,
+        **DEFAULT_TRAINING[architecture],
+    )  # fmt: skip
+    model.save_pretrained(output / "model")
+    files = {split: str(output / f"{split}.parquet") for split in data}
+    for split, path in files.items():
+        data[split].to_parquet(path)
+    return {"model": str(output / "model"), "data_files": files}
+
+
+def main(argv=None) -> None:
+    """`python -m hf_unlearn.digits --output_dir outputs/digits-vit [--architecture resnet]`: prepare a digits job."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default="vit")
+    parser.add_argument("--seed", type=int, default=0)
+    options = parser.parse_args(argv)
+    written = prepare_digits(options.output_dir, options.architecture, options.seed)
+    print(f"model: {written['model']}\ndata: {written['data_files']}")
+
+
+if __name__ == "__main__":
+    main()

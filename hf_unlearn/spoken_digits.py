@@ -68,3 +68,33 @@ def ast_classifier(label_names, seed: int = 0, **overrides):
     set_seed(seed)
     config = ASTConfig(**label_maps(label_names), **{**shape, **overrides})
     return ASTForAudioClassification(config)
+
+
+def prepare_spoken_digits(output_dir: str | Path, data_dir: str | Path, seed: int = 0) -> str:
+    """Train the small AST on the spoken digits in `data_dir` and save it with its feature extractor to
+    `OUTPUT_DIR/model`, for a `hf-unlearn unlearn` job that reads the parquet files themselves. Returns the path."""
+    from .digits import train_classifier
+
+    output = Path(output_dir)
+    data = load_spoken_digits(data_dir)
+    model = ast_classifier(data["train"].features["label"].names, seed=seed)
+    train_classifier(model, data["train"], str(output / "training"), seed=seed, **DEFAULT_TRAINING)
+    model.save_pretrained(output / "model")
+    feature_extractor().save_pretrained(output / "model")
+    return str(output / "model")
+
+
+def main(argv=None) -> None:
+    """`python -m hf_unlearn.spoken_digits --output_dir outputs/spoken-digits-ast --data_dir DIR`: prepare the AST job."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--data_dir", required=True, help="folder with train.parquet and test.parquet")
+    parser.add_argument("--seed", type=int, default=0)
+    options = parser.parse_args(argv)
+    print(f"model: {prepare_spoken_digits(options.output_dir, options.data_dir, options.seed)}")
+
+
+if __name__ == "__main__":
+    main()

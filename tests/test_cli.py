@@ -1,13 +1,17 @@
 """The `hf-unlearn` command: help, dispatch, YAML plus command-line overrides, and errors that name the problem.
 (A whole job runs in tests/test_audio.py.)"""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from hf_unlearn.cli import main, parse_job
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 JOB = {
     "model_name_or_path": "org/model",
@@ -26,13 +30,68 @@ def write(tmp_path, values):
     return str(path)
 
 
-def test_help_of_the_command_and_of_unlearn():
+def test_help_of_the_command_and_of_every_subcommand():
     top = subprocess.run([sys.executable, "-m", "hf_unlearn", "--help"], capture_output=True, text=True)
-    assert top.returncode == 0 and "unlearn" in top.stdout
-    sub = subprocess.run([sys.executable, "-m", "hf_unlearn", "unlearn", "--help"], capture_output=True, text=True)
-    assert sub.returncode == 0
-    for option in ("--config", "--model_name_or_path", "--forget_classes", "--method", "--learning_rate"):
-        assert option in sub.stdout
+    assert top.returncode == 0 and all(command in top.stdout for command in ("unlearn", "evaluate", "methods"))
+    expected = {
+        "unlearn": (
+            "--config",
+            "--model_name_or_path",
+            "--forget_classes",
+            "--method",
+            "--learning_rate",
+            "--peft_config",
+        ),
+        "evaluate": ("--config", "--model_name_or_path", "--reference_model", "--results_file"),
+        "methods": ("--help",),
+    }
+    for command, options in expected.items():
+        sub = subprocess.run([sys.executable, "-m", "hf_unlearn", command, "--help"], capture_output=True, text=True)
+        assert sub.returncode == 0, (command, sub.stderr[-500:])
+        for option in options:
+            assert option in sub.stdout, (command, option)
+
+
+def test_methods_lists_every_method_with_its_paper(capsys):
+    from hf_unlearn import available_methods
+
+    assert main(["methods"]) == 0
+    listed = capsys.readouterr().out
+    for name in available_methods():
+        assert f"\n{name} " in f"\n{listed}", name
+    assert "https://arxiv.org/abs/2409.19732" in listed and "reconstruction" in listed
+
+
+def test_evaluate_measures_a_saved_unlearned_model_against_a_reference(trained, digits, tmp_path):
+    """`unlearn` then `evaluate` on its output: the forget classes default to the ones the model records, and a
+    reference model adds the gaps."""
+    model_dir, files = tmp_path / "model", {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}
+    trained("resnet").save_pretrained(model_dir)
+    for split, path in files.items():
+        digits[split].to_parquet(path)
+    common = ["--data_files", json.dumps(files), "--disable_tqdm", "true", "--dataset_name", "parquet"]
+    job = ["--config", str(RECIPES / "digits" / "vit_gppu.yaml"), "--model_name_or_path", str(model_dir), *common]
+    assert main(["unlearn", *job, "--output_dir", str(tmp_path / "unlearned")]) == 0
+    results = tmp_path / "metrics.json"
+    evaluate = ["evaluate", *job, "--model_name_or_path", str(tmp_path / "unlearned"), "--forget_classes"]
+    with pytest.raises(SystemExit):  # --forget_classes needs a value: argparse's own error
+        main(evaluate)
+    main([*evaluate[:-1], "--reference_model", str(model_dir), "--results_file", str(results),
+          "--output_dir", str(tmp_path / "evaluate")])  # fmt: skip
+    metrics = json.loads(results.read_text())["metrics"]
+    assert metrics["forget_accuracy"] <= 0.05 and metrics["retain_accuracy"] >= 0.95
+    assert metrics["reference_forget_accuracy"] == 1.0  # the original model as the "reference"
+    assert metrics["gap_forget_accuracy"] >= 0.95 and metrics["mean_gap"] > 0
+
+
+def test_evaluate_needs_classes_when_the_model_records_none(trained, digits, tmp_path):
+    trained("resnet").save_pretrained(tmp_path / "model")
+    files = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}
+    for split, path in files.items():
+        digits[split].to_parquet(path)
+    with pytest.raises(ValueError, match="`forget_classes` is required: .* records no unlearned classes"):
+        main(["evaluate", "--model_name_or_path", str(tmp_path / "model"), "--dataset_name", "parquet",
+              "--data_files", json.dumps(files), "--output_dir", str(tmp_path / "out")])  # fmt: skip
 
 
 def test_unknown_command_lists_the_commands(capsys):
