@@ -156,10 +156,29 @@ def load_job_data(job: JobArguments, model, seed: int) -> dict:
     return parts
 
 
-def unlearn_command(argv: list[str]):
-    """`hf-unlearn unlearn`: returns the `UnlearningOutput`."""
+def job_trainer(job: JobArguments, args, forget_classes):
+    """An `UnlearningTrainer` for a job: its classifier (with its processor) and its data, aligned to the model.
+    `forget_classes="recorded"` takes the classes the model records as unlearned (`config.unlearned_classes`)."""
     from . import UnlearningTrainer
     from .models import load_classifier
+
+    model, processor = load_classifier(job.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    if forget_classes == "recorded":
+        forget_classes = getattr(model.config, "unlearned_classes", None)
+        if not forget_classes:
+            raise ValueError(
+                f"`forget_classes` is required: '{job.model_name_or_path}' records no unlearned classes "
+                "(`config.unlearned_classes`)."
+            )
+    data = load_job_data(job, model, args.seed)
+    return UnlearningTrainer(
+        model, args, train_dataset=data["train"], eval_dataset=data["eval"], processing_class=processor,
+        forget_classes=forget_classes,
+    )  # fmt: skip
+
+
+def unlearn_command(argv: list[str]):
+    """`hf-unlearn unlearn`: returns the `UnlearningOutput`."""
     from .report import format_report
 
     job, args = parse_job(argv)
@@ -170,16 +189,7 @@ def unlearn_command(argv: list[str]):
         raise ValueError(
             f"`output_dir` '{output_dir}' already holds files; choose another or pass --overwrite_output_dir true."
         )
-    model, processor = load_classifier(job.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    data = load_job_data(job, model, args.seed)
-    trainer = UnlearningTrainer(
-        model,
-        args,
-        train_dataset=data["train"],
-        eval_dataset=data["eval"],
-        processing_class=processor,
-        forget_classes=job.forget_classes,
-    )
+    trainer = job_trainer(job, args, job.forget_classes)
     result = trainer.unlearn()
     trainer.save_model(str(output_dir))  # the model and its processor, from the main process
     if trainer.is_world_process_zero():
@@ -202,23 +212,11 @@ def unlearn_command(argv: list[str]):
 
 def evaluate_command(argv: list[str]) -> dict:
     """`hf-unlearn evaluate`: the unlearning metrics of a saved model (and of a reference, with the gaps)."""
-    from . import UnlearningTrainer
     from .models import load_classifier
     from .report import format_report
 
     job, options, args = parse_job(argv, extra=(EvaluateArguments,), command="evaluate")
-    model, processor = load_classifier(job.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    forget_classes = job.forget_classes or getattr(model.config, "unlearned_classes", None)
-    if not forget_classes:
-        raise ValueError(
-            f"`forget_classes` is required: '{job.model_name_or_path}' records no unlearned classes "
-            "(`config.unlearned_classes`)."
-        )
-    data = load_job_data(job, model, args.seed)
-    trainer = UnlearningTrainer(
-        model, args, train_dataset=data["train"], eval_dataset=data["eval"], processing_class=processor,
-        forget_classes=forget_classes,
-    )  # fmt: skip
+    trainer = job_trainer(job, args, job.forget_classes or "recorded")
     reference = None
     if options.reference_model:
         reference, _ = load_classifier(options.reference_model, trust_remote_code=args.trust_remote_code)
