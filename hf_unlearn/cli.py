@@ -9,7 +9,7 @@ classes) and `UnlearnConfig` fields (which method, its hyperparameters, the trai
 overridden on the command line. The job loads the classifier by Hub ID or local path with its processor, loads the
 dataset with `datasets.load_dataset` (audio is decoded with soundfile, so torchcodec is not needed), renumbers the
 dataset's labels to the model's (`align_labels`), unlearns, prints the report and saves the unlearned model, its
-processor and `unlearning_results.json` to `output_dir`.
+processor, its model card (README.md, with the per-class plot) and `unlearning_results.json` to `output_dir`.
 """
 
 from __future__ import annotations
@@ -192,20 +192,15 @@ def unlearn_command(argv: list[str]):
     trainer = job_trainer(job, args, job.forget_classes)
     result = trainer.unlearn()
     trainer.save_model(str(output_dir))  # the model and its processor, from the main process
+    # The card (README.md), the per-class plot and unlearning_results.json, from the main process.
+    trainer.create_model_card(
+        dataset=job.dataset_name, dataset_args=job.dataset_config, dataset_split=job.train_split,
+        extra={"job": asdict(job)},
+    )  # fmt: skip
     if trainer.is_world_process_zero():
         names = [trainer.model.config.id2label[c] for c in result.forget_classes]
         print(format_report(result.original_metrics, result.metrics, None, names))
-        print(f"\n'{args.method}' took {result.metrics['unlearn_seconds']:.2f} s; saved to {output_dir}")
-        results = {
-            "job": asdict(job),
-            "method": args.method,
-            "method_config": asdict(args.method_config),
-            "forget_classes": names,
-            "num_processes": trainer.accelerator.num_processes,
-            "original_metrics": result.original_metrics,
-            "metrics": result.metrics,
-        }
-        (output_dir / "unlearning_results.json").write_text(json.dumps(results, indent=1, default=str))
+        print(f"\n'{args.method}' took {result.metrics['unlearn_seconds']:.2f} s; saved with its card to {output_dir}")
     trainer.accelerator.end_training()
     return result
 

@@ -21,13 +21,24 @@ class MethodSpec:
     method_class: type
     description: str
     paper: str | None = None
+    #: How to cite the method's paper (plain text), for model cards.
+    citation: str | None = None
+    #: What a user of an unlearned model must know about the method (e.g. which steps are reconstructions).
+    limitations: str | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(
-    name: str, config_class: type, method_class: type, *, description: str, paper: str | None = None
+    name: str,
+    config_class: type,
+    method_class: type,
+    *,
+    description: str,
+    paper: str | None = None,
+    citation: str | None = None,
+    limitations: str | None = None,
 ) -> MethodSpec:
     """Register an unlearning method under `name`.
 
@@ -38,12 +49,14 @@ def register_method(
         method_class: a subclass of `hf_unlearn.methods.base.UnlearningMethod`.
         description: one line, shown when listing methods.
         paper: link to the paper the method implements, if any.
+        citation: how to cite that paper (plain text), shown in model cards.
+        limitations: what users of a model unlearned with this method must know, shown in model cards.
     """
     if not is_dataclass(config_class):
         raise TypeError(f"`config_class` for method '{name}' must be a dataclass, got {config_class!r}.")
     if name in _METHODS and _METHODS[name].method_class is not method_class:
         raise ValueError(f"An unlearning method named '{name}' is already registered ({_METHODS[name].method_class}).")
-    spec = MethodSpec(name, config_class, method_class, description, paper)
+    spec = MethodSpec(name, config_class, method_class, description, paper, citation, limitations)
     _METHODS[name] = spec
     return spec
 

@@ -8,6 +8,7 @@ import gc
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -210,7 +211,7 @@ class UnlearningTrainer(Trainer):
         metrics.update(self.method.report)
         metrics["unlearn_seconds"] = seconds
         logger.info(f"Unlearning with '{args.method}' took {seconds:.2f} s.")
-        return UnlearningOutput(
+        self.unlearning_output = UnlearningOutput(
             model=self.model,
             metrics=metrics,
             original_metrics=original_metrics,
@@ -219,6 +220,85 @@ class UnlearningTrainer(Trainer):
             forget_classes=self.split.forget_classes,
             num_forget_samples=len(self.split.forget_indices),
         )
+        return self.unlearning_output
+
+    # --------------------------------------------------------------------------------------------- the Hub
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        dataset_split: str | None = None,
+        extra: dict | None = None,
+    ) -> list[str]:
+        """Write the unlearning card of the last `unlearn()` into `output_dir`: `README.md` (what was forgotten, the
+        method, every measured metric in the text and in `model-index`, limitations, citation), the per-class plot
+        `per_class_accuracy.png` (with matplotlib) and `unlearning_results.json`. `dataset` / `dataset_args` /
+        `dataset_split` name the training data (default: the dataset's own info), `finetuned_from` the base model.
+        Returns the file names (none on processes other than the main one)."""
+        from .hub import card_context, write_card_files
+
+        if getattr(self, "unlearning_output", None) is None:
+            raise ValueError("`create_model_card` describes an unlearning run: call `trainer.unlearn()` first.")
+        if not self.is_world_process_zero():
+            return []
+        name = model_name or self.args.hub_model_id or Path(self.args.output_dir).name
+        card = {"language": language, "license": license, "tags": [tags] if isinstance(tags, str) else tags}
+        context = card_context(
+            self, self.unlearning_output, model_id=name, base_model=finetuned_from, dataset=_first(dataset),
+            dataset_config=_first(dataset_args), dataset_split=dataset_split,
+            extra={**(extra or {}), "card": {key: value for key, value in card.items() if value}},
+        )  # fmt: skip
+        return write_card_files(self.args.output_dir, context)
+
+    def push_to_hub(self, commit_message: str | None = "Unlearned with hf-unlearn", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, **card_arguments):  # fmt: skip
+        """Save the unlearned model, its processor, the card, the plot and `unlearning_results.json` to `output_dir`
+        and upload them in one commit to `args.hub_model_id` (default: the output folder's name under your account;
+        `hub_private_repo`, `hub_token` and `hub_revision` as in `TrainingArguments`). `card_arguments` go to
+        `create_model_card`. The original model's repository is never the target. A failure (no token, a refused
+        repository) raises an error that says what to do, and the local files stay."""
+        import huggingface_hub
+
+        original = getattr(self.model.config, "_name_or_path", None) or ""
+        target = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        if target == original or ("/" not in target and original.endswith("/" + target)):
+            raise ValueError(
+                f"`hub_model_id` '{target}' would write into the original model's repository '{original}': push the "
+                "unlearned model to a new one, e.g. `UnlearnConfig(hub_model_id='your-name/model-unlearned')`."
+            )
+        token = token if token is not None else (self.args.hub_token or huggingface_hub.get_token())
+        self.save_model()
+        output_dir = Path(self.args.output_dir).absolute()
+        if not token:
+            self.create_model_card(**card_arguments)
+            raise ValueError(
+                f"Pushing '{target}' needs a Hugging Face token with write access: run `hf auth login`, set HF_TOKEN, "
+                f"or pass `token=` / `hub_token`. The unlearned model and its card are saved in {output_dir}."
+            )
+        try:
+            if self.hub_model_id is None:
+                self.init_hf_repo(token=token)  # creates the repository (or finds it) and sets its full id
+            if not self.is_world_process_zero():
+                return None
+            self.create_model_card(model_name=self.hub_model_id, **card_arguments)
+            return huggingface_hub.upload_folder(
+                repo_id=self.hub_model_id, folder_path=str(output_dir), commit_message=commit_message, token=token,
+                revision=revision or self.args.hub_revision, ignore_patterns=["_*", "checkpoint-*"],
+                run_as_future=not blocking,
+            )  # fmt: skip
+        except huggingface_hub.errors.HfHubHTTPError as error:
+            status = getattr(error.response, "status_code", "?")
+            raise RuntimeError(
+                f"Pushing to '{self.hub_model_id or target}' failed (HTTP {status}: "
+                f"{error.server_message or error}). Nothing was deleted: the unlearned model, its card and plot are in "
+                f"{output_dir}; fix the access and push again, or upload that folder with "
+                f"`hf upload {self.hub_model_id or target} {output_dir}`."
+            ) from error
 
     @contextlib.contextmanager
     def _lora_if_asked(self):
@@ -423,6 +503,10 @@ class ForgetTargetCallback(TrainerCallback):
             )
             control.should_training_stop = True
         return control
+
+
+def _first(value):
+    return value[0] if isinstance(value, list | tuple) else value
 
 
 @contextlib.contextmanager

@@ -39,4 +39,5 @@ register_method(
     Finetune,
     description="Train on the retain set only (catastrophic forgetting baseline).",
     paper="https://arxiv.org/abs/2108.11577",
+    citation='Warnecke, Pirch, Wressnegger, Rieck: "Machine Unlearning of Features and Labels", NDSS 2023 (arXiv 2108.11577).',
 )

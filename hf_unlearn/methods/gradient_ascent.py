@@ -40,4 +40,5 @@ register_method(
     GradientAscent,
     description="Gradient ascent on the forget set (stop it with `forget_accuracy_target`).",
     paper="https://arxiv.org/abs/2109.13398",
+    citation='Thudi, Deza, Chandrasekaran, Papernot: "Unrolling SGD: Understanding Factors Influencing Machine Unlearning", EuroS&P 2022 (arXiv 2109.13398).',
 )

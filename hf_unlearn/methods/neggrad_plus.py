@@ -58,4 +58,5 @@ register_method(
     NegGradPlus,
     description="Descent on the retain set plus ascent on the forget set in each step (NegGrad+).",
     paper="https://arxiv.org/abs/2302.09880",
+    citation='Kurmanji, Triantafillou, Hayes, Triantafillou: "Towards Unbounded Machine Unlearning", NeurIPS 2023 (arXiv 2302.09880).',
 )

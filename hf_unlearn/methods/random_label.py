@@ -49,4 +49,5 @@ register_method(
     RandomLabel,
     description="Train on the forget set with random wrong labels plus the retain set.",
     paper="https://arxiv.org/abs/2010.10981",
+    citation='Graves, Nagisetty, Ganesh: "Amnesiac Machine Learning", AAAI 2021 (arXiv 2010.10981).',
 )

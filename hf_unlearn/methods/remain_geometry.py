@@ -205,4 +205,5 @@ register_method(
     description="SFR-on: Fisher-saliency-masked, adaptively weighted forget steps between retain steps, one optimizer "
     "(classes or samples; optional LoRA).",
     paper="https://arxiv.org/abs/2409.19732",
+    citation='Huang et al.: "Unified Gradient-Based Machine Unlearning with Remain Geometry Enhancement", NeurIPS 2024 (arXiv 2409.19732).',
 )

@@ -234,4 +234,5 @@ register_method(
     SVDProjection,
     description="Gradient-free: project every layer's weights off the forget-only input space (Deep Unlearning).",
     paper="https://arxiv.org/abs/2312.00761",
+    citation='Kodge, Saha, Roy: "Deep Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024 (arXiv 2312.00761).',
 )

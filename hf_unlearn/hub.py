@@ -1,0 +1,271 @@
+"""Model cards for unlearned models, and what `UnlearningTrainer.push_to_hub` uploads.
+
+A card is rendered from a plain, JSON-serialisable *context* (`card_context`): what was forgotten (classes or rows,
+dataset, split), the method with its paper, configuration and known limitations, every measured metric before and
+after (and of a retrain reference when one was measured), the time. The same context is saved beside the model as
+`unlearning_results.json`, so a card can be rendered again from it: `model_cards/` holds such examples and a test checks
+they match the templates. Templates (Jinja, `hf_unlearn/templates/`): `image.md` and `audio.md` extend `base.md` with
+their quick-start snippet.
+
+```python
+>>> result = trainer.unlearn()
+>>> trainer.create_model_card(dataset="google/speech_commands", dataset_args="v0.02")  # README.md, plot, results
+>>> trainer.push_to_hub()                                                               # one commit
+```
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from enum import Enum
+from pathlib import Path
+
+from transformers.utils.logging import get_logger
+
+from .registry import get_method
+
+logger = get_logger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+CARD_FILE, PLOT_FILE, RESULTS_FILE = "README.md", "per_class_accuracy.png", "unlearning_results.json"
+TRAINING_FIELDS = (
+    "learning_rate", "num_train_epochs", "max_steps", "optim", "weight_decay", "per_device_train_batch_size",
+    "lr_scheduler_type", "max_grad_norm", "forget_accuracy_target", "max_forget_samples", "max_retain_samples", "seed",
+)  # fmt: skip
+# (label, metric key, eval split suffix, model-index metric type), forget and retain results on distinct splits.
+INDEX_METRICS = (
+    ("forget accuracy", "forget_accuracy", "forget", "accuracy"),
+    ("retain accuracy", "retain_accuracy", "retain", "accuracy"),
+    ("forget accuracy (training rows)", "forget_train_accuracy", "train-forget", "accuracy"),
+    ("entropy MIA, share called member", "mia_entropy", "train-forget", "mia_entropy"),
+    ("confidence MIA, share called non-member", "mia_efficacy", "train-forget", "mia_efficacy"),
+)
+REPORT_METRICS = (
+    ("forget accuracy (eval)", "forget_accuracy", "low"),
+    ("retain accuracy (eval)", "retain_accuracy", "unchanged"),
+    ("forget accuracy (training rows)", "forget_train_accuracy", "low (classes) / as retrain (rows)"),
+    ("retain accuracy (training rows)", "retain_train_accuracy", "unchanged"),
+    ("entropy MIA: forget rows called member", "mia_entropy", "close to retrain"),
+    ("confidence MIA: forget rows called non-member", "mia_efficacy", "close to retrain"),
+    ("MIA AUC, forget vs held-out rows", "mia_auc", "close to retrain (~0.5)"),
+    ("accuracy on classes unlearned earlier", "unlearned_before_accuracy", "low"),
+)
+
+
+def _hub_id(name: str | None) -> str | None:
+    """`name` if it looks like a Hub ID (`org/name`, not an existing local path)."""
+    if not name or name.count("/") != 1 or Path(name).exists() or name.startswith((".", "/")):
+        return None
+    return name
+
+
+def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config=None, dataset_split=None,
+                 base_model=None, extra=None) -> dict:  # fmt: skip
+    """Everything a card says about the run that produced `result` (an `UnlearningOutput` of `trainer`), as plain
+    JSON-serialisable values. `dataset`, `dataset_config`, `dataset_split` default to the training dataset's info."""
+    model, args, split = trainer.model, trainer.args, trainer.split
+    spec = get_method(result.method)
+    info = trainer.source_train_dataset.info
+    id2label = model.config.id2label or {}
+    names = [str(id2label.get(c, c)) for c in (result.forget_classes or [])]
+    modality = "audio" if "input_values" in getattr(model, "main_input_name", "") else "image"
+    peft = result.metrics.get("peft")
+    metrics = {key: value for key, value in result.metrics.items() if key != "peft"}
+    context = {
+        "model_id": model_id or Path(args.output_dir).name,
+        "base_model": base_model or _hub_id(getattr(model.config, "_name_or_path", None)),
+        "modality": modality,
+        "pipeline_tag": f"{modality}-classification",
+        "model_class": type(model).__name__,
+        "method": result.method,
+        "description": spec.description,
+        "paper": spec.paper,
+        "citation": spec.citation,
+        "limitations": spec.limitations,
+        "method_config": asdict(result.method_config),
+        "training": {name: getattr(args, name) for name in TRAINING_FIELDS},
+        "peft": peft,
+        "forget": {
+            "class_level": split.is_class_level,
+            "classes": names,
+            "class_ids": list(result.forget_classes or []),
+            "num_rows": result.num_forget_samples,
+            "unlearned_before": [str(id2label.get(c, c)) for c in split.unlearned_before],
+        },
+        "dataset": {
+            "name": dataset or info.dataset_name or info.builder_name,
+            "config": dataset_config if dataset is not None else info.config_name,
+            "split": dataset_split or str(trainer.source_train_dataset.split or "train"),
+            "eval_split": str(getattr(trainer.eval_dataset, "split", None) or "eval"),
+        },
+        "metrics": metrics,
+        "original_metrics": result.original_metrics or {},
+        "unlearn_seconds": result.metrics.get("unlearn_seconds"),
+        "num_processes": trainer.accelerator.num_processes,
+        "plot": None,
+        **(extra or {}),
+    }
+    # JSON-native values (enums as their value, tuples as lists): the card rendered now and one rendered later from
+    # unlearning_results.json are the same.
+    return json.loads(json.dumps(context, default=_plain))
+
+
+def _plain(value):
+    return value.value if isinstance(value, Enum) else str(value)
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _report_rows(context: dict) -> list[dict]:
+    metrics, original = context["metrics"], context["original_metrics"]
+    has_reference = any(key.startswith("reference_") for key in metrics)
+    rows = []
+    for label, key, good in REPORT_METRICS:
+        if metrics.get(key) is None and original.get(key) is None:
+            continue
+        reference = metrics.get(f"reference_{key}") if has_reference else None
+        rows.append({"label": label, "original": _percent(original.get(key)), "unlearned": _percent(metrics.get(key)),
+                     "reference": _percent(reference), "good": good})  # fmt: skip
+    return rows
+
+
+def _per_class_rows(context: dict) -> list[dict]:
+    after = context["metrics"].get("per_class_accuracy") or {}
+    before = context["original_metrics"].get("per_class_accuracy") or {}
+    forgotten = set(context["forget"]["classes"]) | set(context["forget"]["unlearned_before"])
+    return [{"name": name, "original": _percent(before.get(name)), "unlearned": _percent(value),
+             "forgotten": name in forgotten} for name, value in after.items()]  # fmt: skip
+
+
+def card_data(context: dict):
+    """`huggingface_hub.ModelCardData` with the measured results in `model-index`; forget and retain results carry
+    distinct dataset splits (results with the same task, dataset and split would be merged into one)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset, metrics = context["dataset"], context["metrics"]
+    dataset_id = dataset["name"] or "custom"
+    what = ", ".join(context["forget"]["classes"]) or f"{context['forget']['num_rows']} training rows"
+    results = []
+    for label, key, part, metric_type in INDEX_METRICS:
+        if metrics.get(key) is None:
+            continue
+        split = part if part.startswith("train") else f"{dataset['eval_split']}-{part}"
+        results.append(
+            EvalResult(
+                task_type=context["pipeline_tag"],
+                dataset_type=dataset_id,
+                dataset_name=f"{dataset_id} ({part}: {what})"
+                if "forget" in part
+                else f"{dataset_id} (retained classes)",
+                dataset_config=dataset["config"],
+                dataset_split=split,
+                metric_type=metric_type,
+                metric_name=label,
+                metric_value=round(metrics[key], 4),
+            )  # fmt: skip
+        )
+    extras = context.get("card") or {}
+    return ModelCardData(
+        base_model=context["base_model"],
+        language=extras.get("language"),
+        license=extras.get("license"),
+        library_name="transformers",
+        pipeline_tag=context["pipeline_tag"],
+        tags=["hf-unlearn", "machine-unlearning", context["method"], *(extras.get("tags") or [])],
+        datasets=[dataset["name"]] if _hub_id(dataset["name"]) else None,
+        model_name=context["model_id"],
+        eval_results=results or None,
+    )
+
+
+def render_card(context: dict):
+    """The `huggingface_hub.ModelCard` of a run, rendered from `context` alone (deterministic)."""
+    import jinja2
+    from huggingface_hub import ModelCard
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True, trim_blocks=True,
+        lstrip_blocks=True, undefined=jinja2.StrictUndefined,
+    )  # fmt: skip
+    text = environment.get_template(f"{context['modality']}.md").render(
+        **context,
+        card_data=card_data(context).to_yaml(),
+        report=_report_rows(context),
+        per_class=_per_class_rows(context),
+        has_reference=any(key.startswith("reference_") for key in context["metrics"]),
+        method_config_json=json.dumps(context["method_config"], indent=1),
+        training_json=json.dumps({k: v for k, v in context["training"].items() if v is not None}, indent=1),
+    )
+    return ModelCard(text)
+
+
+def plot_per_class(context: dict, path: str | Path) -> bool:
+    """A bar chart of per-class accuracy before and after (PNG at `path`); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("No per-class plot in the card: it needs matplotlib (pip install 'hf-unlearn[plot]').")
+        return False
+    after = context["metrics"].get("per_class_accuracy") or {}
+    before = context["original_metrics"].get("per_class_accuracy") or {}
+    names = list(after)
+    forgotten = set(context["forget"]["classes"]) | set(context["forget"]["unlearned_before"])
+    positions = range(len(names))
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.55 * len(names)), 3.2))
+    width = 0.4
+    axes.bar([p - width / 2 for p in positions], [100 * before.get(n, 0.0) for n in names], width, label="original",
+             color="#9aa5b1")  # fmt: skip
+    axes.bar([p + width / 2 for p in positions], [100 * after[n] for n in names], width, label="unlearned",
+             color=["#d1495b" if n in forgotten else "#2e86ab" for n in names])  # fmt: skip
+    axes.set_xticks(
+        list(positions), names, rotation=45 if len(names) > 12 else 0, ha="right" if len(names) > 12 else "center"
+    )
+    for label in axes.get_xticklabels():
+        if label.get_text() in forgotten:  # a forgotten class's bar may have no height: mark its name
+            label.set_color("#d1495b")
+            label.set_fontweight("bold")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_ylim(0, 105)
+    axes.set_title(f"{context['model_id']}: per-class accuracy (red: forgotten)")
+    axes.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(figure)
+    return True
+
+
+def write_card_files(output_dir: str | Path, context: dict) -> list[str]:
+    """`README.md` (the card), `per_class_accuracy.png` (when matplotlib is installed) and `unlearning_results.json`
+    (the context) in `output_dir`; returns the file names."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    context = {**context, "plot": PLOT_FILE if plot_per_class(context, output_dir / PLOT_FILE) else None}
+    (output_dir / RESULTS_FILE).write_text(json.dumps(context, indent=1, default=str) + "\n")
+    render_card(context).save(output_dir / CARD_FILE)
+    return [CARD_FILE, RESULTS_FILE] + ([PLOT_FILE] if context["plot"] else [])
+
+
+def regenerate(folder: str | Path) -> list[Path]:
+    """Render again every card under `folder` from the `unlearning_results.json` beside it (after a template change):
+    `python -m hf_unlearn.hub model_cards`. Returns the cards written."""
+    written = []
+    for results in sorted(Path(folder).glob(f"*/{RESULTS_FILE}")):
+        context = json.loads(results.read_text())
+        if context.get("plot"):
+            plot_per_class(context, results.parent / context["plot"])
+        render_card(context).save(results.parent / CARD_FILE)
+        written.append(results.parent / CARD_FILE)
+    return written
+
+
+if __name__ == "__main__":
+    import sys
+
+    for card in regenerate(sys.argv[1] if len(sys.argv) > 1 else "model_cards"):
+        print(card)
