@@ -1,0 +1,92 @@
+"""Model cards and push_to_hub against a loopback test Hub (tests/hub_server.py): one commit with the model, its card
+and plot; the model loads back by its ID; the card parses with distinct forget and retain results; a push without a
+token, to a refused repository or into the original model's repository fails clearly and leaves the local files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hub_server import TOKEN, USER, LoopbackHub
+
+WORKER = Path(__file__).with_name("hub_worker.py")
+
+
+@pytest.fixture
+def hub():
+    with LoopbackHub() as server:
+        yield server
+
+
+def push(hub, model, output_dir, hub_model_id, token=TOKEN, home=None):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home or Path(output_dir).parent / "hf_home"),
+               HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1")  # fmt: skip
+    if token:
+        env["HF_TOKEN"] = token
+    command = [sys.executable, str(WORKER), str(model), str(output_dir), hub_model_id]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def original(trained, tmp_path):
+    path = tmp_path / "original"
+    trained("resnet").save_pretrained(path)
+    return path
+
+
+def test_push_is_one_commit_that_loads_back_with_a_parsable_card(hub, original, tmp_path):
+    from huggingface_hub import ModelCard
+
+    result = push(hub, original, tmp_path / "out", f"{USER}/digits-unlearned")
+    assert result == {"pushed": f"{USER}/digits-unlearned", "same_logits": True}
+    assert len(hub.state.commits) == 1
+    files = hub.state.commits[0].files
+    assert {
+        "README.md",
+        "per_class_accuracy.png",
+        "unlearning_results.json",
+        "config.json",
+        "model.safetensors",
+    } <= set(files)
+    assert files["per_class_accuracy.png"].startswith(b"\x89PNG")
+    card = ModelCard(files["README.md"].decode())
+    assert "![Per-class accuracy before and after unlearning](per_class_accuracy.png)" in card.text
+    splits = {result.dataset_split: result for result in card.data.eval_results if result.metric_type == "accuracy"}
+    assert splits["eval-forget"].dataset_name != splits["eval-retain"].dataset_name
+    assert (
+        splits["eval-forget"].metric_name == "forget accuracy"
+        and splits["eval-retain"].metric_name == "retain accuracy"
+    )
+    recorded = json.loads(files["unlearning_results.json"])
+    assert splits["eval-retain"].metric_value == pytest.approx(recorded["metrics"]["retain_accuracy"], abs=1e-4)
+    assert card.data.model_name == f"{USER}/digits-unlearned" and "hf-unlearn" in card.data.tags
+
+
+def test_a_push_without_a_token_fails_clearly_and_keeps_the_local_files(hub, original, tmp_path):
+    result = push(hub, original, tmp_path / "out", f"{USER}/digits-unlearned", token=None)
+    assert result["error"] == "ValueError"
+    assert "needs a Hugging Face token" in result["message"] and str(tmp_path / "out") in result["message"]
+    assert {"model.safetensors", "README.md", "per_class_accuracy.png"} <= {
+        p.name for p in (tmp_path / "out").iterdir()
+    }
+    assert not hub.state.commits
+
+
+def test_a_refused_repository_fails_clearly_and_keeps_the_local_files(hub, original, tmp_path):
+    result = push(hub, original, tmp_path / "out", "forbidden-org/digits-unlearned")
+    assert result["error"] == "RuntimeError"
+    assert "Pushing to 'forbidden-org/digits-unlearned' failed (HTTP 403" in result["message"]
+    assert "Nothing was deleted" in result["message"]
+    assert (tmp_path / "out" / "model.safetensors").is_file() and not hub.state.commits
+
+
+def test_the_original_models_repository_is_never_the_target(hub, original, tmp_path):
+    hub.state.commit(f"{USER}/original", "upload", {path.name: path.read_bytes() for path in original.iterdir()})
+    result = push(hub, f"{USER}/original", tmp_path / "out", f"{USER}/original")
+    assert result["error"] == "ValueError" and "would write into the original model's repository" in result["message"]
+    assert len(hub.state.commits) == 1  # only the upload above
