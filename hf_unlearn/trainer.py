@@ -462,14 +462,18 @@ class UnlearningTrainer(Trainer):
         """Unlearning metrics of `model` (default: the trainer's current model); see `hf_unlearn.metrics`.
 
         With `reference_model` (a model retrained without the forget set, e.g. from method `retrain`), also the
-        reference's values (`reference_<metric>`), the gaps (`gap_<metric>`) and `mean_gap`.
+        reference's values (`reference_<metric>`), the gaps (`gap_<metric>`) and `mean_gap`; measured on the unlearned
+        model after `unlearn()`, they are also recorded in that run's metrics, so its model card shows them.
         """
         if self.eval_dataset is None:
             raise ValueError("`evaluate_unlearning` needs the trainer's `eval_dataset`.")
         metrics = self._measure(model)
         if reference_model is not None:
             reference_model = reference_model.to(self.args.device)
-            metrics.update(gap_to_reference(metrics, self._measure(reference_model)))
+            gaps = gap_to_reference(metrics, self._measure(reference_model))
+            metrics.update(gaps)
+            if model is None and getattr(self, "unlearning_output", None) is not None:
+                self.unlearning_output.metrics.update(gaps)
         return metrics
 
     def _measure(self, model) -> dict:

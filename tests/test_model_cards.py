@@ -43,3 +43,27 @@ def test_cards_keep_forget_and_retain_results_apart_and_say_what_they_must(resul
         assert "reconstruction" in card.text  # which steps are ours, not the withdrawn paper's
     pipeline = f'pipeline("{context["modality"]}-classification"'
     assert pipeline in card.text
+
+
+def test_a_measured_retrain_reference_appears_in_the_card(trained, digits, make_args, tmp_path):
+    from hf_unlearn import UnlearningTrainer
+
+    reference = trained("resnet")  # any second model stands in for a retrained one here
+    trainer = UnlearningTrainer(
+        trained("resnet"), make_args("gppu", output_dir=str(tmp_path / "out")), train_dataset=digits["train"],
+        eval_dataset=digits["test"], forget_classes=[3],
+    )  # fmt: skip
+    trainer.unlearn()
+    assert "retrain reference" not in render_card_of(trainer)
+    gaps = trainer.evaluate_unlearning(reference_model=reference)
+    card = render_card_of(trainer)
+    assert "| metric | original | unlearned | retrain reference | good value |" in card
+    assert (
+        f"Mean gap to the retrain reference (forget-train, retain-train and test accuracy, entropy MIA): {100 * gaps['mean_gap']:.2f} points"
+        in card
+    )
+
+
+def render_card_of(trainer) -> str:
+    trainer.create_model_card()
+    return (Path(trainer.args.output_dir) / CARD_FILE).read_text()
