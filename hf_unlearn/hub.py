@@ -119,16 +119,19 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
+def _has_reference(context: dict) -> bool:
+    """Whether a retrain reference was measured for the run (`evaluate_unlearning(reference_model=...)`)."""
+    return any(key.startswith("reference_") for key in context["metrics"])
+
+
 def _report_rows(context: dict) -> list[dict]:
     metrics, original = context["metrics"], context["original_metrics"]
-    has_reference = any(key.startswith("reference_") for key in metrics)
     rows = []
     for label, key, good in REPORT_METRICS:
         if metrics.get(key) is None and original.get(key) is None:
             continue
-        reference = metrics.get(f"reference_{key}") if has_reference else None
         rows.append({"label": label, "original": _percent(original.get(key)), "unlearned": _percent(metrics.get(key)),
-                     "reference": _percent(reference), "good": good})  # fmt: skip
+                     "reference": _percent(metrics.get(f"reference_{key}")), "good": good})  # fmt: skip
     return rows
 
 
@@ -195,7 +198,7 @@ def render_card(context: dict):
         card_data=card_data(context).to_yaml(),
         report=_report_rows(context),
         per_class=_per_class_rows(context),
-        has_reference=any(key.startswith("reference_") for key in context["metrics"]),
+        has_reference=_has_reference(context),
         method_config_json=json.dumps(context["method_config"], indent=1),
         training_json=json.dumps({k: v for k, v in context["training"].items() if v is not None}, indent=1),
     )

@@ -182,6 +182,8 @@ class UnlearningTrainer(Trainer):
         # The views' labels, from the labels read once: methods need not read the datasets' label columns again.
         self.forget_labels, self.retain_labels = self.train_labels[forget_rows], self.train_labels[retain_rows]
         self.method = spec.method_class(self, args.method_config)
+        #: The output of the last `unlearn()`, which `create_model_card` describes.
+        self.unlearning_output: UnlearningOutput | None = None
         if args.forget_accuracy_target is not None:
             self.add_callback(ForgetTargetCallback(self))
 
@@ -242,7 +244,7 @@ class UnlearningTrainer(Trainer):
         Returns the file names (none on processes other than the main one)."""
         from .hub import card_context, write_card_files
 
-        if getattr(self, "unlearning_output", None) is None:
+        if self.unlearning_output is None:
             raise ValueError("`create_model_card` describes an unlearning run: call `trainer.unlearn()` first.")
         if not self.is_world_process_zero():
             return []
@@ -416,15 +418,13 @@ class UnlearningTrainer(Trainer):
         over processes into all `total` rows in dataset order, on every process."""
         if self.accelerator.num_processes == 1:
             return local
-        share = math.ceil(total / self.accelerator.num_processes)
-        padded = local.new_zeros((share, *local.shape[1:]))  # gather needs one shape on every process
+        bounds = self.shard_bounds(total)
+        share = max(stop - start for start, stop in bounds)  # gather needs one shape on every process
+        padded = local.new_zeros((share, *local.shape[1:]))
         padded[: len(local)] = local
         everything = self.accelerator.gather(padded)
         return torch.cat(
-            [
-                everything[rank * share : rank * share + stop - start]
-                for rank, (start, stop) in enumerate(self.shard_bounds(total))
-            ]
+            [everything[rank * share : rank * share + stop - start] for rank, (start, stop) in enumerate(bounds)]
         )
 
     @torch.no_grad()
@@ -472,7 +472,7 @@ class UnlearningTrainer(Trainer):
             reference_model = reference_model.to(self.args.device)
             gaps = gap_to_reference(metrics, self._measure(reference_model))
             metrics.update(gaps)
-            if model is None and getattr(self, "unlearning_output", None) is not None:
+            if model is None and self.unlearning_output is not None:
                 self.unlearning_output.metrics.update(gaps)
         return metrics
 
