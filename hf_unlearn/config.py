@@ -44,6 +44,10 @@ class UnlearnConfig(TrainingArguments):
             "Resolved to the method's config dataclass; unknown keys are an error."
         },
     )
+    eval_generated_samples: int = field(
+        default=1000,
+        metadata={"help": "GANs: generated samples (seeded by `seed`) that the judge scores in the metrics."},
+    )
     max_forget_samples: int | None = field(
         default=None,
         metadata={"help": "Use at most this many forget samples (random, seeded by `seed`). None: all of them."},

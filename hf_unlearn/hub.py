@@ -34,23 +34,45 @@ TRAINING_FIELDS = (
     "lr_scheduler_type", "max_grad_norm", "forget_accuracy_target", "max_forget_samples", "max_retain_samples", "seed",
 )  # fmt: skip
 # (label, metric key, eval split suffix, model-index metric type), forget and retain results on distinct splits.
-INDEX_METRICS = (
-    ("forget accuracy", "forget_accuracy", "forget", "accuracy"),
-    ("retain accuracy", "retain_accuracy", "retain", "accuracy"),
-    ("forget accuracy (training rows)", "forget_train_accuracy", "train-forget", "accuracy"),
-    ("entropy MIA, share called member", "mia_entropy", "train-forget", "mia_entropy"),
-    ("confidence MIA, share called non-member", "mia_efficacy", "train-forget", "mia_efficacy"),
-)
-REPORT_METRICS = (
-    ("forget accuracy (eval)", "forget_accuracy", "low"),
-    ("retain accuracy (eval)", "retain_accuracy", "unchanged"),
-    ("forget accuracy (training rows)", "forget_train_accuracy", "low (classes) / as retrain (rows)"),
-    ("retain accuracy (training rows)", "retain_train_accuracy", "unchanged"),
-    ("entropy MIA: forget rows called member", "mia_entropy", "close to retrain"),
-    ("confidence MIA: forget rows called non-member", "mia_efficacy", "close to retrain"),
-    ("MIA AUC, forget vs held-out rows", "mia_auc", "close to retrain (~0.5)"),
-    ("accuracy on classes unlearned earlier", "unlearned_before_accuracy", "low"),
-)
+INDEX_METRICS = {
+    "classifier": (
+        ("forget accuracy", "forget_accuracy", "forget", "accuracy"),
+        ("retain accuracy", "retain_accuracy", "retain", "accuracy"),
+        ("forget accuracy (training rows)", "forget_train_accuracy", "train-forget", "accuracy"),
+        ("entropy MIA, share called member", "mia_entropy", "train-forget", "mia_entropy"),
+        ("confidence MIA, share called non-member", "mia_efficacy", "train-forget", "mia_efficacy"),
+    ),
+    "gan": (
+        ("judge share of the forget class among samples", "forget_share", "generated-forget", "forget_share"),
+        ("Frechet distance to retained rows (judge features)", "frechet_distance", "retain", "frechet_distance"),
+        ("discriminator attack AUC", "discriminator_attack_auc", "train-forget", "roc_auc"),
+    ),
+}
+# (label, metric key, good value, shown as "percent" or "number")
+REPORT_METRICS = {
+    "classifier": (
+        ("forget accuracy (eval)", "forget_accuracy", "low", "percent"),
+        ("retain accuracy (eval)", "retain_accuracy", "unchanged", "percent"),
+        ("forget accuracy (training rows)", "forget_train_accuracy", "low (classes) / as retrain (rows)", "percent"),
+        ("retain accuracy (training rows)", "retain_train_accuracy", "unchanged", "percent"),
+        ("entropy MIA: forget rows called member", "mia_entropy", "close to retrain", "percent"),
+        ("confidence MIA: forget rows called non-member", "mia_efficacy", "close to retrain", "percent"),
+        ("MIA AUC, forget vs held-out rows", "mia_auc", "close to retrain (~0.5)", "percent"),
+        ("accuracy on classes unlearned earlier", "unlearned_before_accuracy", "low", "percent"),
+    ),
+    "gan": (
+        ("judge: samples showing a forget class", "forget_share", "about 0", "percent"),
+        ("judge: samples showing the class they were generated for", "retain_judge_accuracy", "unchanged", "percent"),
+        ("Frechet distance to real retained rows (judge features)", "frechet_distance", "close to the original",
+         "number"),
+        ("discriminator attack AUC, forget vs held-out rows", "discriminator_attack_auc", "close to retrain (~0.5)",
+         "number"),
+        ("discriminator score on the forget rows", "forget_discriminator_score", "like held-out rows", "number"),
+        ("discriminator score on generated samples", "generated_discriminator_score", "-", "number"),
+    ),
+}  # fmt: skip
+# What the per-class table and plot show: (metric key, what the value is).
+PER_CLASS = {"classifier": ("per_class_accuracy", "accuracy"), "gan": ("class_shares", "share of generated samples")}
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -69,14 +91,21 @@ def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config
     info = trainer.source_train_dataset.info
     id2label = model.config.id2label or {}
     names = [str(id2label.get(c, c)) for c in (result.forget_classes or [])]
-    modality = "audio" if "input_values" in getattr(model, "main_input_name", "") else "image"
+    from .gan import is_generator
+
+    if is_generator(model):
+        modality, kind, pipeline_tag = "gan", "gan", "unconditional-image-generation"
+    else:
+        modality = "audio" if "input_values" in getattr(model, "main_input_name", "") else "image"
+        kind, pipeline_tag = "classifier", f"{modality}-classification"
     peft = result.metrics.get("peft")
     metrics = {key: value for key, value in result.metrics.items() if key != "peft"}
     context = {
         "model_id": model_id or Path(args.output_dir).name,
         "base_model": base_model or _hub_id(getattr(model.config, "_name_or_path", None)),
         "modality": modality,
-        "pipeline_tag": f"{modality}-classification",
+        "kind": kind,
+        "pipeline_tag": pipeline_tag,
         "model_class": type(model).__name__,
         "method": result.method,
         "description": spec.description,
@@ -119,6 +148,14 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _kind(context: dict) -> str:
+    return context.get("kind", "classifier")  # contexts saved before GANs were supported are classifiers
+
+
 def _has_reference(context: dict) -> bool:
     """Whether a retrain reference was measured for the run (`evaluate_unlearning(reference_model=...)`)."""
     return any(key.startswith("reference_") for key in context["metrics"])
@@ -127,17 +164,19 @@ def _has_reference(context: dict) -> bool:
 def _report_rows(context: dict) -> list[dict]:
     metrics, original = context["metrics"], context["original_metrics"]
     rows = []
-    for label, key, good in REPORT_METRICS:
+    for label, key, good, shown in REPORT_METRICS[_kind(context)]:
         if metrics.get(key) is None and original.get(key) is None:
             continue
-        rows.append({"label": label, "original": _percent(original.get(key)), "unlearned": _percent(metrics.get(key)),
-                     "reference": _percent(metrics.get(f"reference_{key}")), "good": good})  # fmt: skip
+        show = _percent if shown == "percent" else _number
+        rows.append({"label": label, "original": show(original.get(key)), "unlearned": show(metrics.get(key)),
+                     "reference": show(metrics.get(f"reference_{key}")), "good": good})  # fmt: skip
     return rows
 
 
 def _per_class_rows(context: dict) -> list[dict]:
-    after = context["metrics"].get("per_class_accuracy") or {}
-    before = context["original_metrics"].get("per_class_accuracy") or {}
+    key = PER_CLASS[_kind(context)][0]
+    after = context["metrics"].get(key) or {}
+    before = context["original_metrics"].get(key) or {}
     forgotten = set(context["forget"]["classes"]) | set(context["forget"]["unlearned_before"])
     return [{"name": name, "original": _percent(before.get(name)), "unlearned": _percent(value),
              "forgotten": name in forgotten} for name, value in after.items()]  # fmt: skip
@@ -152,7 +191,7 @@ def card_data(context: dict):
     dataset_id = dataset["name"] or "custom"
     what = ", ".join(context["forget"]["classes"]) or f"{context['forget']['num_rows']} training rows"
     results = []
-    for label, key, part, metric_type in INDEX_METRICS:
+    for label, key, part, metric_type in INDEX_METRICS[_kind(context)]:
         if metrics.get(key) is None:
             continue
         split = part if part.startswith("train") else f"{dataset['eval_split']}-{part}"
@@ -175,7 +214,7 @@ def card_data(context: dict):
         base_model=context["base_model"],
         language=extras.get("language"),
         license=extras.get("license"),
-        library_name="transformers",
+        library_name="transformers" if _kind(context) == "classifier" else "hf-unlearn",
         pipeline_tag=context["pipeline_tag"],
         tags=["hf-unlearn", "machine-unlearning", context["method"], *(extras.get("tags") or [])],
         datasets=[dataset["name"]] if _hub_id(dataset["name"]) else None,
@@ -197,6 +236,7 @@ def render_card(context: dict):
         **context,
         card_data=card_data(context).to_yaml(),
         report=_report_rows(context),
+        per_class_value=PER_CLASS[_kind(context)][1],
         per_class=_per_class_rows(context),
         has_reference=_has_reference(context),
         method_config_json=json.dumps(context["method_config"], indent=1),
@@ -215,8 +255,9 @@ def plot_per_class(context: dict, path: str | Path) -> bool:
     except ImportError:
         logger.info("No per-class plot in the card: it needs matplotlib (pip install 'hf-unlearn[plot]').")
         return False
-    after = context["metrics"].get("per_class_accuracy") or {}
-    before = context["original_metrics"].get("per_class_accuracy") or {}
+    key, value_name = PER_CLASS[_kind(context)]
+    after = context["metrics"].get(key) or {}
+    before = context["original_metrics"].get(key) or {}
     names = list(after)
     forgotten = set(context["forget"]["classes"]) | set(context["forget"]["unlearned_before"])
     positions = range(len(names))
@@ -233,9 +274,9 @@ def plot_per_class(context: dict, path: str | Path) -> bool:
         if label.get_text() in forgotten:  # a forgotten class's bar may have no height: mark its name
             label.set_color("#d1495b")
             label.set_fontweight("bold")
-    axes.set_ylabel("accuracy (%)")
-    axes.set_ylim(0, 105)
-    axes.set_title(f"{context['model_id']}: per-class accuracy (red: forgotten)")
+    axes.set_ylabel(f"{value_name} (%)")
+    axes.set_ylim(0, 105 if key == "per_class_accuracy" else 100 * max([*before.values(), *after.values(), 0.2]) + 5)
+    axes.set_title(f"{context['model_id']}: per-class {value_name} (red: forgotten)")
     axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100, metadata={"Software": None})

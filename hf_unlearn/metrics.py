@@ -21,6 +21,17 @@ the whole eval split. All accuracies and attack rates are fractions in [0, 1].
 Both attacks are fitted on the model under test, with retain training rows as members and eval rows of the
 retained classes as non-members (the shadow-free attacks of SFR-on and SalUn / l1-sparse), then applied to the
 forget training rows. Each side is capped at `max_attack_samples` (random, seeded) so the SVC stays fast.
+
+Generators (GANs) are measured with a judge classifier on generated samples (`generative_metrics`):
+
+| metric | what it is | good value |
+|---|---|---|
+| `forget_share` | share of generated samples the judge assigns to a forget class (conditional: of the samples generated *for* a forget class) | class forgetting: about 0 (before: the class's natural rate) |
+| `retain_judge_accuracy` | (conditional) share of samples generated for a retained class that the judge assigns to it | close to the original |
+| `frechet_distance` | Frechet distance between judge features of generated (retained) samples and of real retained rows | close to the original (lower = closer to the data) |
+| `discriminator_attack_auc` | AUC of the discriminator's score separating forgotten training rows from held-out rows of their classes | close to a retrained GAN's |
+| `forget_discriminator_score` / `generated_discriminator_score` | mean discriminator probability "real" on the forgotten rows / on generated samples | forgotten rows scored like generated ones |
+| `class_shares` | share of generated samples per class (judge's call), keyed by label name | forget classes about 0, the others as before |
 """
 
 from __future__ import annotations
@@ -37,6 +48,14 @@ SCALAR_METRICS = (
     "mia_efficacy",
     "mia_auc",
     "unlearned_before_accuracy",
+)
+GENERATIVE_SCALAR_METRICS = (
+    "forget_share",
+    "retain_judge_accuracy",
+    "frechet_distance",
+    "discriminator_attack_auc",
+    "forget_discriminator_score",
+    "generated_discriminator_score",
 )
 # METHODS.md section 6: the mean gap to retrain is taken over forget, retain and test accuracy and the MIA.
 GAP_METRICS = ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy", "mia_entropy")
@@ -214,7 +233,7 @@ def gap_to_reference(metrics: dict, reference: dict) -> dict:
     reference values, and `mean_gap` over the metrics METHODS.md averages (forget/retain/test accuracy and the
     entropy MIA). Smaller is closer to the retrained model."""
     result = {}
-    for name in SCALAR_METRICS:
+    for name in SCALAR_METRICS + GENERATIVE_SCALAR_METRICS:
         if metrics.get(name) is None or reference.get(name) is None:
             continue
         result[f"reference_{name}"] = reference[name]
@@ -222,3 +241,72 @@ def gap_to_reference(metrics: dict, reference: dict) -> dict:
     gaps = [result[f"gap_{name}"] for name in GAP_METRICS if f"gap_{name}" in result]
     result["mean_gap"] = float(np.mean(gaps)) if gaps else None
     return result
+
+
+# ------------------------------------------------------------------------------------------------ generators
+def frechet_distance(features: np.ndarray, reference: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets `(n, d)`: |mu_a - mu_b|^2 +
+    tr(C_a + C_b - 2 (C_a C_b)^(1/2)) (the FID formula of Heusel et al., NeurIPS 2017, here in any feature space).
+    The trace of the matrix square root is taken from the eigenvalues of C_a^(1/2) C_b C_a^(1/2), which are real and
+    non-negative, so no complex square root is needed."""
+    features, reference = np.asarray(features, np.float64), np.asarray(reference, np.float64)
+    if len(features) < 2 or len(reference) < 2:
+        raise ValueError(
+            f"A Frechet distance needs at least 2 rows per side; got {len(features)} and {len(reference)}."
+        )
+    mean_gap = features.mean(0) - reference.mean(0)
+    cov_a, cov_b = np.cov(features, rowvar=False), np.cov(reference, rowvar=False)
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
+    trace_root = np.sqrt(np.clip(cross, 0, None)).sum()
+    return float(mean_gap @ mean_gap + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+
+
+def attack_auc(member_scores: np.ndarray, non_member_scores: np.ndarray) -> float | None:
+    """ROC AUC of a score separating members (higher expected) from non-members; 0.5 = indistinguishable."""
+    if len(member_scores) == 0 or len(non_member_scores) == 0:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    membership = np.concatenate([np.ones(len(member_scores)), np.zeros(len(non_member_scores))])
+    return float(roc_auc_score(membership, np.concatenate([member_scores, non_member_scores])))
+
+
+def generative_metrics(
+    *,
+    forget_classes: list[int] | None,
+    forget_logits: np.ndarray | None,
+    retain_logits: np.ndarray,
+    retain_sample_labels: np.ndarray | None,
+    retain_sample_features: np.ndarray,
+    real_retain_features: np.ndarray,
+    forget_scores: np.ndarray,
+    held_out_scores: np.ndarray,
+    generated_scores: np.ndarray,
+    id2label: dict | None = None,
+) -> dict:
+    """Metrics of a generator (table above) from the judge's logits and features on generated samples and the
+    discriminator's probabilities ("real") on real and generated rows.
+
+    Unconditional generators: `forget_logits` is None and `retain_logits` holds every sample; conditional ones:
+    `forget_logits` are the samples generated for the forget classes, `retain_logits` those generated for the
+    retained classes `retain_sample_labels`. `forget_classes` is None for item unlearning (no share is measured)."""
+    predicted = retain_logits.argmax(-1)
+    num_classes = retain_logits.shape[-1]
+    names = id2label or {}
+    metrics = {
+        "class_shares": {
+            str(names.get(c, names.get(str(c), c))): float((predicted == c).mean()) for c in range(num_classes)
+        },
+        "frechet_distance": frechet_distance(retain_sample_features, real_retain_features),
+        "discriminator_attack_auc": attack_auc(forget_scores, held_out_scores),
+        "forget_discriminator_score": float(forget_scores.mean()) if len(forget_scores) else None,
+        "generated_discriminator_score": float(generated_scores.mean()),
+    }
+    if forget_classes:
+        judged = forget_logits.argmax(-1) if forget_logits is not None else predicted
+        metrics["forget_share"] = float(np.isin(judged, forget_classes).mean())
+    if retain_sample_labels is not None:
+        metrics["retain_judge_accuracy"] = float((predicted == retain_sample_labels).mean())
+    return metrics

@@ -14,7 +14,8 @@ _CLASSIFIER_CLASS = re.compile(r"For(Image|Audio|Sequence)Classification")
 
 
 def load_classifier(model_id: str, *, trust_remote_code: bool = False):
-    """Load `(model, processor)` for an image or audio classifier from a Hub ID or local path.
+    """Load `(model, processor)` for an image or audio classifier, or a saved `hf_unlearn.gan.GANPair` (no
+    processor), from a Hub ID or local path.
 
     The Auto class is chosen from the config's model type: `AutoModelForImageClassification` with its image
     processor, or `AutoModelForAudioClassification` with its feature extractor. The processor is None when the
@@ -32,8 +33,12 @@ def load_classifier(model_id: str, *, trust_remote_code: bool = False):
         MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
     )
 
+    from .gan import GANConfig, GANPair  # importing it registers the GAN config with AutoConfig
+
     config = AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
     model_type = getattr(config, "model_type", None)
+    if model_type == GANConfig.model_type:
+        return GANPair.from_pretrained(model_id), None
     if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         model_class, processor_class = AutoModelForImageClassification, AutoImageProcessor
     elif model_type in MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES:
@@ -52,11 +57,23 @@ def load_classifier(model_id: str, *, trust_remote_code: bool = False):
     return model, processor
 
 
-def check_classifier(model) -> None:
-    """Raise a `TypeError` unless `model` is a transformers classifier (a model with a classification head)."""
+def check_unlearnable(model, judge=None) -> None:
+    """Raise a `TypeError` unless `model` is a transformers classifier (a model with a classification head) or a GAN
+    (`hf_unlearn.gan.GANPair`), and unless `judge` (which only GANs use) is an `nn.Module` given with a GAN."""
+    from .gan import is_generator
+
     if not isinstance(model, torch.nn.Module):
         raise TypeError(
             f"`model` must be a transformers model or a Hub ID / local path string, got {type(model).__name__}."
+        )
+    if is_generator(model):
+        if judge is not None and not isinstance(judge, torch.nn.Module):
+            raise TypeError(f"`judge` must be an image classifier (an nn.Module), got {type(judge).__name__}.")
+        return
+    if judge is not None:
+        raise ValueError(
+            "`judge` measures the samples of a generator; this model is a classifier, which is measured on the data "
+            "itself: drop `judge`."
         )
     name = type(model).__name__
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
@@ -64,7 +81,7 @@ def check_classifier(model) -> None:
         raise TypeError(
             f"`model` is a {name}, which has no classification head. Unlearning a class needs a classifier: load "
             "it with AutoModelForImageClassification or AutoModelForAudioClassification (e.g. "
-            "ViTForImageClassification), with `num_labels` set."
+            "ViTForImageClassification), with `num_labels` set; or a GAN wrapped in `hf_unlearn.gan.GANPair`."
         )
 
 

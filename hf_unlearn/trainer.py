@@ -29,9 +29,10 @@ from .data import (
     with_model_inputs,
     without_audio_decoding,
 )
+from .gan import image_tensors, is_generator, measure_generator
 from .lora import add_lora, has_lora, merge_lora, save_adapter
 from .metrics import accuracy, gap_to_reference, unlearning_metrics
-from .models import check_classifier, classification_head, load_classifier
+from .models import check_unlearnable, classification_head, load_classifier
 from .registry import get_method
 
 logger = get_logger(__name__)
@@ -64,6 +65,8 @@ class UnlearningTrainer(Trainer):
         processing_class: image processor or feature extractor for raw columns (loaded with a Hub ID).
         forget_classes: class ids or label names (`model.config.label2id`) to forget.
         forget_indices: training rows to forget (sample-level unlearning). Give exactly one of the two.
+        judge: for a GAN (`hf_unlearn.gan.GANPair`, method `gan_cascade`): an image classifier of the same data that
+            measures the generated samples (which classes they show, and the features of the Frechet distance).
 
     The caller's model object is left untouched unless `args.in_place`; `trainer.model` is the unlearned model and
     `trainer.save_model()` writes it like any Trainer.
@@ -89,6 +92,7 @@ class UnlearningTrainer(Trainer):
         forget_classes=None,
         forget_indices=None,
         callbacks=None,
+        judge=None,
         **kwargs,
     ):
         if args is None:
@@ -102,7 +106,7 @@ class UnlearningTrainer(Trainer):
         if isinstance(model, str):
             model, loaded_processor = load_classifier(model, trust_remote_code=args.trust_remote_code)
             processing_class = processing_class if processing_class is not None else loaded_processor
-        check_classifier(model)
+        check_unlearnable(model, judge)
         if (forget_classes is None) == (forget_indices is None):
             raise ValueError(
                 "Give exactly one of `forget_classes` (class ids or label names) and `forget_indices` (training rows); "
@@ -181,6 +185,8 @@ class UnlearningTrainer(Trainer):
         self.forget_view, self.retain_view = train_dataset.select(forget_rows), train_dataset.select(retain_rows)
         # The views' labels, from the labels read once: methods need not read the datasets' label columns again.
         self.forget_labels, self.retain_labels = self.train_labels[forget_rows], self.train_labels[retain_rows]
+        #: The classifier that judges a generator's samples (None for classifiers).
+        self.judge = None if judge is None else judge.to(self.args.device)
         self.method = spec.method_class(self, args.method_config)
         #: The output of the last `unlearn()`, which `create_model_card` describes.
         self.unlearning_output: UnlearningOutput | None = None
@@ -477,6 +483,8 @@ class UnlearningTrainer(Trainer):
         return metrics
 
     def _measure(self, model) -> dict:
+        if is_generator(self.model):
+            return self._measure_generator(self.model if model is None else model)
         parts = {
             name: self.predict_logits(view, model, f"Scoring {name}") for name, view in self._metric_views().items()
         }
@@ -485,6 +493,29 @@ class UnlearningTrainer(Trainer):
             class_level=self.split.is_class_level,
             id2label=getattr(self.model.config, "id2label", None),
             seed=self.args.seed,
+        )
+
+    def _measure_generator(self, pair) -> dict:
+        if self.judge is None:
+            raise ValueError(
+                "Measuring a GAN needs a judge classifier of its data: pass `judge=` to UnlearningTrainer, or set "
+                "`eval_before_unlearn=False, eval_after_unlearn=False`."
+            )
+        views = self._metric_views()
+        rows = {name: image_tensors(view, label_column=self.label_column) for name, view in views.items()}
+        held_out = tuple(torch.cat(parts) for parts in zip(rows["eval_forget"], rows["eval_retain"], strict=True))
+        left_out = set(self.split.forget_classes or []) | set(self.split.unlearned_before)
+        return measure_generator(
+            pair.to(self.args.device),
+            self.judge,
+            forget_classes=self.split.forget_classes,
+            retained_classes=[c for c in range(self.num_labels) if c not in left_out],
+            forget_rows=rows["forget_train"],
+            held_out_rows=held_out,
+            real_retain_rows=rows["retain_train"],
+            num_samples=self.args.eval_generated_samples,
+            seed=self.args.seed,
+            id2label=getattr(pair.config, "id2label", None),
         )
 
 

@@ -90,3 +90,19 @@ def test_the_original_models_repository_is_never_the_target(hub, original, tmp_p
     result = push(hub, f"{USER}/original", tmp_path / "out", f"{USER}/original")
     assert result["error"] == "ValueError" and "would write into the original model's repository" in result["message"]
     assert len(hub.state.commits) == 1  # only the upload above
+
+
+def test_an_unlearned_gan_is_pushed_with_its_card_and_loads_back(hub, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from hf_unlearn.gan import dcgan_pair
+
+    dcgan_pair(latent_dim=8, width=4).save_pretrained(tmp_path / "gan")
+    result = push(hub, tmp_path / "gan", tmp_path / "out", f"{USER}/digits-gan-unlearned")
+    assert result == {"pushed": f"{USER}/digits-gan-unlearned", "same_samples": True}
+    files = hub.state.commits[0].files
+    assert {"README.md", "unlearning_results.json", "config.json", "model.safetensors"} <= set(files)
+    assert json.loads(files["config.json"])["model_type"] == "hf_unlearn_gan"
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.pipeline_tag == "unconditional-image-generation"
+    assert "**8 training rows** unlearned by hf-unlearn with `gan_cascade`" in card.text
