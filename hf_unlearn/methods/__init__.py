@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401
     finetune,
+    gan_cascade,
     gppu,
     gradient_ascent,
     neggrad_plus,

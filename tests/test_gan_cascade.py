@@ -1,0 +1,267 @@
+"""gan_cascade and GANPair: the cascade's steps, its stopping rules, the generator metrics and saving / reloading."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import QUIET
+from torch import nn
+
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.gan import GANPair, dcgan_pair, judge_outputs, train_gan
+from hf_unlearn.methods import gan_cascade
+from hf_unlearn.methods.gan_cascade import GANCascadeConfig, substitute_pools
+from hf_unlearn.metrics import frechet_distance
+
+
+@pytest.fixture(scope="module")
+def tiny_digits():
+    from hf_unlearn.digits import load_digits_dataset
+
+    return load_digits_dataset(image_size=8)
+
+
+def tiny_gan(conditional=False):
+    return dcgan_pair(image_size=8, latent_dim=8, width=4, conditional=conditional, seed=0)
+
+
+class ConstantJudge(nn.Module):
+    """A judge that calls every image `label` (its head's bias decides), with a real head for the features."""
+
+    def __init__(self, label: int):
+        super().__init__()
+        self.head = nn.Linear(64, 10)
+        with torch.no_grad():
+            self.head.weight.mul_(0.01)
+            self.head.bias.zero_()
+            self.head.bias[label] = 100.0
+
+    def forward(self, images):
+        return self.head(images.flatten(1))
+
+
+def gan_args(tmp_path, **method_kwargs):
+    return UnlearnConfig(output_dir=str(tmp_path / "gan"), method="gan_cascade", method_kwargs=method_kwargs,
+                         eval_generated_samples=64, report_to=[], **QUIET)  # fmt: skip
+
+
+def gan_trainer(tmp_path, data, gan=None, judge=None, eval_=False, **target):
+    args = gan_args(tmp_path, **target.pop("method_kwargs", {}))
+    args.eval_before_unlearn = args.eval_after_unlearn = eval_
+    return UnlearningTrainer(gan if gan is not None else tiny_gan(), args, train_dataset=data["train"],
+                             eval_dataset=data["test"], judge=judge, **target)  # fmt: skip
+
+
+class Recorder:
+    """Records, for each optimizer step, which network it updates and which parameters hold gradients."""
+
+    def __init__(self, pair):
+        self.pair, self.steps, self.targets = pair, [], []
+
+    def optimizers(self, pair, learning_rate):
+        recorder = self
+
+        class RecordingAdam(torch.optim.Adam):
+            def step(self, closure=None):
+                role = (
+                    "D" if self.param_groups[0]["params"][0] is next(recorder.pair.discriminator.parameters()) else "G"
+                )
+                with_grad = {name for name, p in recorder.pair.named_parameters() if p.grad is not None}
+                before = {name: p.detach().clone() for name, p in recorder.pair.named_parameters()}
+                result = super().step(closure)
+                changed = {name for name, p in recorder.pair.named_parameters() if not torch.equal(p, before[name])}
+                recorder.steps.append((role, with_grad, changed))
+                return result
+
+        return (RecordingAdam(pair.discriminator.parameters(), lr=learning_rate),
+                RecordingAdam(pair.generator.parameters(), lr=learning_rate))  # fmt: skip
+
+
+def test_one_cascade_iteration_updates_d_twice_then_g(tmp_path, tiny_digits, monkeypatch):
+    trainer = gan_trainer(tmp_path, tiny_digits, forget_indices=list(range(16)), method_kwargs={"max_iterations": 1})
+    pair = trainer.model
+    recorder = Recorder(pair)
+    monkeypatch.setattr(gan_cascade, "gan_optimizers", recorder.optimizers)
+    losses = []
+    original_bce = gan_cascade.F.binary_cross_entropy_with_logits
+
+    def recording_bce(logits, targets, *args, **kwargs):
+        losses.append(targets.detach().clone())
+        return original_bce(logits, targets, *args, **kwargs)
+
+    monkeypatch.setattr(gan_cascade.F, "binary_cross_entropy_with_logits", recording_bce)
+    trainer.unlearn()
+    assert [role for role, _, _ in recorder.steps] == ["D", "D", "G"]
+    for role, _, changed in recorder.steps:
+        prefix = "discriminator." if role == "D" else "generator."
+        assert changed and all(name.startswith(prefix) for name in changed), (role, changed)
+    # (a) the unlearning samples get the fake label 0, their substitutes stay real (1).
+    first = losses[0]
+    assert torch.equal(first, torch.cat([torch.zeros(16), torch.ones(16)]))
+    assert trainer.method.report["iterations"] == 1
+
+
+def test_fake_label_generated_uses_the_current_generated_score(tmp_path, tiny_digits, monkeypatch):
+    trainer = gan_trainer(tmp_path, tiny_digits, forget_indices=list(range(8)),
+                          method_kwargs={"max_iterations": 1, "fake_label": "generated"})  # fmt: skip
+    targets = []
+    original_bce = gan_cascade.F.binary_cross_entropy_with_logits
+    monkeypatch.setattr(gan_cascade.F, "binary_cross_entropy_with_logits",
+                        lambda logits, t, *a, **k: targets.append(t.detach().clone()) or original_bce(logits, t, *a, **k))  # fmt: skip
+    trainer.unlearn()
+    fake_part = targets[0][:8]
+    assert torch.all(fake_part == fake_part[0]) and 0 < fake_part[0] < 1
+
+
+def test_class_stopping_rule_follows_the_judge(tmp_path, tiny_digits):
+    never_three = gan_trainer(tmp_path, tiny_digits, judge=ConstantJudge(0), forget_classes=[3],
+                              method_kwargs={"max_iterations": 20, "check_every": 2, "check_samples": 32})  # fmt: skip
+    never_three.unlearn()
+    assert never_three.method.report["stopped_by"] == "target"
+    assert never_three.method.report["iterations"] == 2
+    assert never_three.method.report["last_check"] == {"forget_share": 0.0}
+    always_three = gan_trainer(tmp_path, tiny_digits, judge=ConstantJudge(3), forget_classes=[3],
+                               method_kwargs={"max_iterations": 4, "check_every": 2, "check_samples": 32})  # fmt: skip
+    always_three.unlearn()
+    assert always_three.method.report["stopped_by"] == "max_iterations"
+    assert always_three.method.report["iterations"] == 4
+    assert always_three.method.report["last_check"] == {"forget_share": 1.0}
+
+
+def test_item_stopping_rule_compares_with_substitutes(tmp_path, tiny_digits):
+    trainer = gan_trainer(tmp_path, tiny_digits, forget_indices=list(range(32)),
+                          method_kwargs={"max_iterations": 30, "check_every": 5})  # fmt: skip
+    trainer.unlearn()
+    report = trainer.method.report
+    check = report["last_check"]
+    stopped = check["forget_discriminator_score"] <= check["substitutes_discriminator_score"]
+    assert stopped == (report["stopped_by"] == "target")
+    assert report["iterations"] % 5 == 0 or report["iterations"] == 30
+
+
+def test_substitute_pools():
+    forget_labels = torch.tensor([1, 2, 5])
+    retain_labels = torch.tensor([1, 1, 2, 3, 4])
+    items = substitute_pools(forget_labels, retain_labels, class_level=False)
+    assert items.pools[0].tolist() == [0, 1] and items.pools[1].tolist() == [2]
+    assert items.pools[2].tolist() == [0, 1, 2, 3, 4]  # no retained row of class 5 left: any retained row
+    drawn = items.draw(torch.tensor([0, 1, 1, 0]))
+    assert retain_labels[drawn].tolist() == [1, 2, 2, 1]
+    classes = substitute_pools(torch.tensor([3, 3]), retain_labels, class_level=True)
+    assert all(pool.tolist() == [0, 1, 2, 3, 4] for pool in classes.pools)
+
+
+def test_conditional_gan_unlearns_and_is_measured(tmp_path, tiny_digits):
+    gan = train_gan(tiny_gan(conditional=True), tiny_digits["train"], steps=20, progress=False)
+    trainer = gan_trainer(tmp_path, tiny_digits, gan=gan, judge=ConstantJudge(3), eval_=True, forget_classes=["three"],
+                          method_kwargs={"max_iterations": 2, "check_every": 1, "check_samples": 16})  # fmt: skip
+    output = trainer.unlearn()
+    for metrics in (output.original_metrics, output.metrics):
+        assert metrics["forget_share"] == 1.0  # every sample "generated for three" is judged three
+        assert metrics["retain_judge_accuracy"] == 0.0  # the judge calls every retained-class sample "three"
+        assert metrics["sampling"]["samples"] == 64
+        assert np.isfinite(metrics["frechet_distance"]) and 0 <= metrics["discriminator_attack_auc"] <= 1
+    assert trainer.model.config.unlearned_classes == [3]
+
+
+def test_pair_saves_and_reloads_through_the_trainer(tmp_path, tiny_digits):
+    trainer = gan_trainer(tmp_path, tiny_digits, forget_indices=[0, 1, 2], method_kwargs={"max_iterations": 1})
+    trainer.unlearn()
+    trainer.save_model()
+    reloaded = GANPair.from_pretrained(trainer.args.output_dir)
+    assert torch.equal(reloaded.sample(4, seed=1), trainer.model.sample(4, seed=1))
+    images = tiny_digits["test"].with_format("torch")["pixel_values"][:5]
+    assert torch.equal(reloaded.discriminate(images), trainer.model.discriminate(images))
+    # A saved GAN is also accepted as a path, and is unlearned again from there.
+    again = UnlearningTrainer(trainer.args.output_dir, gan_args(tmp_path, max_iterations=1), judge=ConstantJudge(0),
+                              train_dataset=tiny_digits["train"], eval_dataset=tiny_digits["test"],
+                              forget_classes=["seven"])  # fmt: skip
+    assert isinstance(again.model, GANPair)
+    assert again.unlearn().metrics["forget_share"] == 0.0
+    assert again.model.config.unlearned_classes == [7]
+
+
+class PlainGenerator(nn.Module):
+    def __init__(self, latent_dim, size):
+        super().__init__()
+        self.size, self.linear = size, nn.Linear(latent_dim, size * size)
+
+    def forward(self, noise):
+        return torch.sigmoid(self.linear(noise)).reshape(len(noise), 1, self.size, self.size)
+
+
+class PlainDiscriminator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(64, 1)
+
+    def forward(self, images):
+        return self.linear(images.flatten(1))
+
+
+def test_own_modules_are_wrapped_and_rebuilt(tmp_path):
+    generator = PlainGenerator(4, 8)
+    with pytest.raises(ValueError, match="generator_kwargs"):
+        GANPair.wrap(generator, PlainDiscriminator(), latent_dim=4, labels=10)
+    pair = GANPair.wrap(generator, PlainDiscriminator(), latent_dim=4, labels=10,
+                        generator_kwargs={"latent_dim": 4, "size": 8})  # fmt: skip
+    pair.save_pretrained(tmp_path / "pair")
+    reloaded = GANPair.from_pretrained(tmp_path / "pair")
+    assert isinstance(reloaded.generator, PlainGenerator)
+    assert torch.equal(reloaded.sample(3, seed=0), pair.sample(3, seed=0))
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
+    shifted = a + np.array([3.0, 0, 0])
+    assert frechet_distance(shifted, a) == pytest.approx(9.0, rel=1e-6)
+    # Against the textbook formula with scipy's matrix square root, on two different covariances.
+    from scipy.linalg import sqrtm
+
+    b = rng.normal(size=(4000, 3)) @ np.array([[2.0, 0.3, 0], [0, 1.0, 0.5], [0, 0, 0.5]])
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    mean_gap = a.mean(0) - b.mean(0)
+    expected = mean_gap @ mean_gap + np.trace(cov_a + cov_b - 2 * np.real(sqrtm(cov_a @ cov_b)))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_judge_features_are_the_head_input(tiny_digits):
+    judge = ConstantJudge(1)
+    images = tiny_digits["test"].with_format("torch")["pixel_values"][:10]
+    logits, features = judge_outputs(judge, images)
+    assert features.shape == (10, 64) and np.allclose(features, images.flatten(1).numpy())
+    assert (logits.argmax(-1) == 1).all()
+
+
+def test_bad_input(tmp_path, tiny_digits, trained):
+    with pytest.raises(ValueError, match="judge="):
+        gan_trainer(tmp_path, tiny_digits, forget_classes=[3]).unlearn()
+    with pytest.raises(ValueError, match="drop `judge`"):
+        UnlearningTrainer(trained("resnet"), gan_args(tmp_path), train_dataset=tiny_digits["train"],
+                          eval_dataset=tiny_digits["test"], judge=ConstantJudge(0), forget_classes=[3])  # fmt: skip
+    with pytest.raises(ValueError, match="fake_label"):
+        GANCascadeConfig(fake_label="one")
+    with pytest.raises(ValueError, match="max_iterations"):
+        GANCascadeConfig(max_iterations=0)
+    with pytest.raises(ValueError, match="peft"):
+        UnlearnConfig(output_dir=str(tmp_path), method="gan_cascade", peft_config={"r": 4})
+
+
+def test_gan_card_reports_generator_metrics(tmp_path, tiny_digits):
+    from huggingface_hub import ModelCard
+
+    trainer = gan_trainer(tmp_path, tiny_digits, judge=ConstantJudge(0), eval_=True, forget_classes=["three"],
+                          method_kwargs={"max_iterations": 1, "check_every": 1, "check_samples": 16})  # fmt: skip
+    result = trainer.unlearn()
+    files = trainer.create_model_card(dataset="sklearn-digits")
+    assert "per_class_accuracy.png" in files
+    card = ModelCard((tmp_path / "gan" / "README.md").read_text())
+    assert card.data.pipeline_tag == "unconditional-image-generation" and card.data.library_name == "hf-unlearn"
+    recorded = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert recorded["frechet_distance"] == pytest.approx(result.metrics["frechet_distance"], abs=1e-4)
+    assert recorded["forget_share"] == 0.0
+    assert "| judge: samples showing a forget class | 0.0 % | 0.0 % |" in card.text
+    assert "64 samples (one generator pass from N(0, I) noise, seed 42)" in card.text
+    assert "GANPair.from_pretrained" in card.text and "Per-class share of generated samples" in card.text
+    assert "| zero | 100.0 % | 100.0 % |" in card.text  # the judge calls every sample "zero"
