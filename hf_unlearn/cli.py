@@ -54,6 +54,13 @@ class JobArguments:
         default=None,
         metadata={"help": "For a builder: {split: path(s)}; a JSON object on the command line."},
     )
+    judge_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "GANs: Hub ID or path of an image classifier of the same data that judges the generated samples "
+            "(which classes they show; the features of the Frechet distance)."
+        },
+    )
     train_split: str = field(default="train", metadata={"help": "Split the model was trained on (forget/retain)."})
     eval_split: str = field(default="test", metadata={"help": "Held-out split for the metrics."})
     label_column: str = field(default="label", metadata={"help": "Name of the dataset's label column."})
@@ -171,9 +178,10 @@ def job_trainer(job: JobArguments, args, forget_classes):
                 "(`config.unlearned_classes`)."
             )
     data = load_job_data(job, model, args.seed)
+    judge = load_classifier(job.judge_model, trust_remote_code=args.trust_remote_code)[0] if job.judge_model else None
     return UnlearningTrainer(
         model, args, train_dataset=data["train"], eval_dataset=data["eval"], processing_class=processor,
-        forget_classes=forget_classes,
+        forget_classes=forget_classes, judge=judge,
     )  # fmt: skip
 
 

@@ -200,35 +200,47 @@ def unlearn_digits(
     return trainer, trainer.unlearn()
 
 
-def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0) -> dict:
+def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0, gan_steps: int = 3000) -> dict:
     """Train the small digits classifier and write what a `hf-unlearn unlearn` job reads: `OUTPUT_DIR/model`
-    (model, `save_pretrained`) and `OUTPUT_DIR/{train,test}.parquet` (the dataset, features kept)."""
+    (model, `save_pretrained`) and `OUTPUT_DIR/{train,test}.parquet` (the dataset, features kept).
+
+    `architecture="gan"`: the model is the small DCGAN of `hf_unlearn.gan` (`gan_steps` steps, about 2 minutes on
+    2 CPU cores) and the ResNet classifier is saved as its judge in `OUTPUT_DIR/judge`."""
     from pathlib import Path
 
     output = Path(output_dir)
     data = load_digits_dataset(seed=seed)
+    written = {"model": str(output / "model")}
+    classifier = "resnet" if architecture == "gan" else architecture
     model = train_classifier(
-        digits_classifier(architecture, seed=seed), data["train"], str(output / "training"), seed=seed,
-        **DEFAULT_TRAINING[architecture],
+        digits_classifier(classifier, seed=seed), data["train"], str(output / "training"), seed=seed,
+        **DEFAULT_TRAINING[classifier],
     )  # fmt: skip
+    if architecture == "gan":
+        from .gan import dcgan_pair, train_gan
+
+        model.save_pretrained(output / "judge")
+        written["judge"] = str(output / "judge")
+        model = train_gan(dcgan_pair(seed=seed), data["train"], steps=gan_steps, seed=seed)
     model.save_pretrained(output / "model")
     files = {split: str(output / f"{split}.parquet") for split in data}
     for split, path in files.items():
         data[split].to_parquet(path)
-    return {"model": str(output / "model"), "data_files": files}
+    return {**written, "data_files": files}
 
 
 def main(argv=None) -> None:
-    """`python -m hf_unlearn.digits --output_dir outputs/digits-vit [--architecture resnet]`: prepare a digits job."""
+    """`python -m hf_unlearn.digits --output_dir outputs/digits-vit [--architecture resnet|gan]`: prepare a digits
+    job (`gan`: a small DCGAN and its ResNet judge)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--architecture", choices=ARCHITECTURES, default="vit")
+    parser.add_argument("--architecture", choices=(*ARCHITECTURES, "gan"), default="vit")
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args(argv)
     written = prepare_digits(options.output_dir, options.architecture, options.seed)
-    print(f"model: {written['model']}\ndata: {written['data_files']}")
+    print("\n".join(f"{name}: {value}" for name, value in written.items()))
 
 
 if __name__ == "__main__":

@@ -71,8 +71,11 @@ REPORT_METRICS = {
         ("discriminator score on generated samples", "generated_discriminator_score", "-", "number"),
     ),
 }  # fmt: skip
-# What the per-class table and plot show: (metric key, what the value is).
-PER_CLASS = {"classifier": ("per_class_accuracy", "accuracy"), "gan": ("class_shares", "share of generated samples")}
+# What the per-class table and plot show: (metric key, what the value is, the plot's title).
+PER_CLASS = {
+    "classifier": ("per_class_accuracy", "accuracy", "per-class accuracy"),
+    "gan": ("class_shares", "share of generated samples", "samples per class"),
+}
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -255,7 +258,7 @@ def plot_per_class(context: dict, path: str | Path) -> bool:
     except ImportError:
         logger.info("No per-class plot in the card: it needs matplotlib (pip install 'hf-unlearn[plot]').")
         return False
-    key, value_name = PER_CLASS[_kind(context)]
+    key, value_name, title = PER_CLASS[_kind(context)]
     after = context["metrics"].get(key) or {}
     before = context["original_metrics"].get(key) or {}
     names = list(after)
@@ -276,7 +279,7 @@ def plot_per_class(context: dict, path: str | Path) -> bool:
             label.set_fontweight("bold")
     axes.set_ylabel(f"{value_name} (%)")
     axes.set_ylim(0, 105 if key == "per_class_accuracy" else 100 * max([*before.values(), *after.values(), 0.2]) + 5)
-    axes.set_title(f"{context['model_id']}: per-class {value_name} (red: forgotten)")
+    axes.set_title(f"{context['model_id']}: {title} (red: forgotten)")
     axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100, metadata={"Software": None})

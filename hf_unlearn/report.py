@@ -1,14 +1,21 @@
-"""Plain-text reports of an unlearning run: per-class accuracy before and after (and of a retrained reference when one
-was measured), the headline metrics and the time."""
+"""Plain-text reports of an unlearning run: per-class accuracy (classifiers) or share of generated samples (GANs)
+before and after (and of a retrained reference when one was measured), the headline metrics and the time."""
 
 from __future__ import annotations
 
-HEADLINE_METRICS = ("forget_accuracy", "retain_accuracy", "forget_train_accuracy", "mia_entropy", "mia_efficacy")
+# (metric, shown as a percentage): classifiers' and generators' headline metrics.
+HEADLINE_METRICS = {
+    "per_class_accuracy": (("forget_accuracy", True), ("retain_accuracy", True), ("forget_train_accuracy", True),
+                           ("mia_entropy", True), ("mia_efficacy", True)),
+    "class_shares": (("forget_share", True), ("retain_judge_accuracy", True), ("frechet_distance", False),
+                     ("discriminator_attack_auc", False)),
+}  # fmt: skip
 
 
 def format_report(original: dict | None, unlearned: dict, retrained: dict | None, forget_names: list[str]) -> str:
-    """A per-class table (accuracy in %) and the headline metrics of the original, unlearned and (if given) retrained
-    models; a model whose metrics are missing gets no column."""
+    """A per-class table (accuracy, or for a generator the share of its samples, in %) and the headline metrics of the
+    original, unlearned and (if given) retrained models; a model whose metrics are missing gets no column."""
+    per_class = "per_class_accuracy" if "per_class_accuracy" in unlearned else "class_shares"
     columns = [
         (title, metrics)
         for title, metrics in (("original", original), ("unlearned", unlearned), ("retrain", retrained))
@@ -16,16 +23,18 @@ def format_report(original: dict | None, unlearned: dict, retrained: dict | None
     ]
     width = 12 + 12 * len(columns)
     lines = [f"{'class':>10} |" + "".join(f" {title:>9} |" for title, _ in columns), "-" * width]
-    for name in unlearned["per_class_accuracy"]:
+    for name in unlearned[per_class]:
         marker = "  <- forgotten" if name in forget_names else ""
-        cells = "".join(
-            f" {100 * metrics['per_class_accuracy'].get(name, float('nan')):9.1f} |" for _, metrics in columns
-        )
+        cells = "".join(f" {100 * metrics[per_class].get(name, float('nan')):9.1f} |" for _, metrics in columns)
         lines.append(f"{name:>10} |{cells}{marker}")
     lines.append("-" * width)
-    for key in HEADLINE_METRICS:
+    for key, percent in HEADLINE_METRICS[per_class]:
         cells = "  ".join(
-            f"{title} {100 * metrics[key]:5.1f} %" for title, metrics in columns if metrics.get(key) is not None
+            f"{title} {100 * metrics[key]:5.1f} %" if percent else f"{title} {metrics[key]:.3f}"
+            for title, metrics in columns
+            if metrics.get(key) is not None
         )
+        if not cells:
+            continue
         lines.append(f"{key:>22}: {cells}")
     return "\n".join(lines)

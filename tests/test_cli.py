@@ -84,6 +84,29 @@ def test_evaluate_measures_a_saved_unlearned_model_against_a_reference(trained, 
     assert metrics["gap_forget_accuracy"] >= 0.95 and metrics["mean_gap"] > 0
 
 
+def test_the_gan_recipe_runs_a_gan_job_with_its_judge(trained, digits, tmp_path, capsys):
+    """`recipes/digits/gan_cascade.yaml` with a small saved GAN and a saved judge: the unlearned GAN is saved with its
+    card, and the report shows the share of each class among the samples."""
+    from hf_unlearn.gan import GANPair, dcgan_pair
+
+    dcgan_pair(latent_dim=8, width=4).save_pretrained(tmp_path / "gan")
+    trained("resnet").save_pretrained(tmp_path / "judge")
+    files = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}
+    for split, path in files.items():
+        digits[split].to_parquet(path)
+    main(["unlearn", "--config", str(RECIPES / "digits" / "gan_cascade.yaml"), "--model_name_or_path",
+          str(tmp_path / "gan"), "--judge_model", str(tmp_path / "judge"), "--data_files", json.dumps(files),
+          "--output_dir", str(tmp_path / "out"), "--method_kwargs", '{"max_iterations": 2}',
+          "--eval_generated_samples", "64", "--disable_tqdm", "true"])  # fmt: skip
+    report = capsys.readouterr().out
+    assert "three |" in report and "<- forgotten" in report and "frechet_distance: original" in report
+    assert "retain_judge_accuracy" not in report  # an unconditional GAN has no per-class target
+    reloaded = GANPair.from_pretrained(tmp_path / "out")
+    assert reloaded.config.unlearned_classes == [3]
+    results = json.loads((tmp_path / "out" / "unlearning_results.json").read_text())
+    assert results["kind"] == "gan" and results["metrics"]["iterations"] == 2
+
+
 def test_evaluate_needs_classes_when_the_model_records_none(trained, digits, tmp_path):
     trained("resnet").save_pretrained(tmp_path / "model")
     files = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}
