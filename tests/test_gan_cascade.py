@@ -144,6 +144,8 @@ def test_substitute_pools():
     items = substitute_pools(forget_labels, retain_labels, class_level=False)
     assert items.pools[0].tolist() == [0, 1] and items.pools[1].tolist() == [2]
     assert items.pools[2].tolist() == [0, 1, 2, 3, 4]  # no retained row of class 5 left: any retained row
+    assert items.candidates.tolist() == [0, 1, 2, 3, 4]
+    assert substitute_pools(torch.tensor([1]), retain_labels, class_level=False).candidates.tolist() == [0, 1]
     drawn = items.draw(torch.tensor([0, 1, 1, 0]))
     assert retain_labels[drawn].tolist() == [1, 2, 2, 1]
     classes = substitute_pools(torch.tensor([3, 3]), retain_labels, class_level=True)

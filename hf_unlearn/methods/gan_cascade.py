@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from ..gan import (
     GANPair,
     Players,
+    cycled,
     discriminator_loss,
     discriminator_probabilities,
     gan_optimizers,
@@ -157,7 +158,7 @@ class GANCascade(UnlearningMethod):
         self.forget_rows = (forget_images, forget_labels)
         self.substitutes = substitute_pools(forget_labels, retain_labels, self.class_level)
         # Item stopping compares the unlearning samples with every retained row that may stand in for them.
-        candidates = torch.unique(torch.cat(self.substitutes.pools)).to(device)
+        candidates = self.substitutes.candidates.to(device)
         self.substitute_rows = (retain_images[candidates], retain_labels[candidates])
         learning_rate = (
             config.learning_rate if config.learning_rate is not None else (2e-3 if self.class_level else 5e-4)
@@ -234,10 +235,7 @@ class GANCascade(UnlearningMethod):
         config, trainer = self.config, self.trainer
         forget_classes = trainer.split.forget_classes
         if self.class_level:
-            labels = None
-            if pair.config.conditional:
-                labels = torch.as_tensor(forget_classes).repeat(-(-config.check_samples // len(forget_classes)))
-                labels = labels[: config.check_samples]
+            labels = cycled(forget_classes, config.check_samples) if pair.config.conditional else None
             logits = judge_outputs(trainer.judge, pair.sample(config.check_samples, labels))[0]
             share = float(np.isin(logits.argmax(-1), forget_classes).mean())
             self.report["last_check"] = {"forget_share": share}
@@ -262,6 +260,8 @@ class SubstitutePools:
     """For each unlearning sample, the retained rows that may stand in for it (step 2 of the module docstring)."""
 
     pools: list[torch.Tensor]
+    #: Every retained row that stands in for some unlearning sample.
+    candidates: torch.Tensor
 
     def draw(self, removed: torch.Tensor) -> torch.Tensor:
         """One substitute (a retained row index) for each unlearning sample in `removed`."""
@@ -278,7 +278,8 @@ def substitute_pools(forget_labels: torch.Tensor, retain_labels: torch.Tensor, c
         every_row if class_level or not len(by_class[int(label)]) else by_class[int(label)]
         for label in forget_labels.cpu()
     ]
-    return SubstitutePools(pools)
+    candidates = every_row if class_level else torch.unique(torch.cat(pools))
+    return SubstitutePools(pools, candidates)
 
 
 register_method(
