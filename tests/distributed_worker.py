@@ -105,6 +105,29 @@ def fisher_diagonals(trainer: UnlearningTrainer, result_path: str) -> None:
         torch.save({"num_processes": trainer.accelerator.num_processes, "fisher": fisher}, result_path)
 
 
+def gan_cascade_in_step(model_dir: str, output_dir: str, result_path: str) -> UnlearningTrainer:
+    """Class unlearning of a small saved GAN with an untrained judge; every process writes its run (stopping
+    iteration, checked values, weights) to RESULT_PATH.<rank>."""
+    from hf_unlearn.gan import GANPair
+
+    torch.manual_seed(0)  # the same judge everywhere
+    judge = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    digits = load_digits_dataset(image_size=8)
+    args = UnlearnConfig(output_dir=output_dir, method="gan_cascade", disable_tqdm=True, report_to="none",
+                         eval_before_unlearn=False, eval_after_unlearn=False,
+                         method_kwargs={"max_iterations": 6, "check_every": 2, "check_samples": 64})  # fmt: skip
+    trainer = UnlearningTrainer(GANPair.from_pretrained(model_dir), args, train_dataset=digits["train"],
+                                eval_dataset=digits["test"], judge=judge, forget_classes=[3])  # fmt: skip
+    torch.manual_seed(1 + trainer.accelerator.process_index)  # each process draws its own rows, noise and checks
+    trainer.unlearn()
+    report, rank = trainer.method.report, trainer.accelerator.process_index
+    torch.save({"num_processes": trainer.accelerator.num_processes, "iterations": report["iterations"],
+                "last_check": report["last_check"], "weights": trainer.model.state_dict(),
+                "agreed": trainer.method.agreed({"rank": float(rank)})},
+               f"{result_path}.{trainer.accelerator.process_index}")  # fmt: skip
+    return trainer
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)  # two processes on a 2-core machine (not on import: the tests import this module)
     mode, model_dir, result_path = sys.argv[1:4]
@@ -115,6 +138,8 @@ if __name__ == "__main__":
     elif mode == "fisher":
         trainer = make_trainer(model_dir, output_dir, "remain_geometry")
         fisher_diagonals(trainer, result_path)
+    elif mode == "gan":
+        trainer = gan_cascade_in_step(model_dir, output_dir, result_path)
     elif mode == "gppu":
         trainer = make_trainer(model_dir, output_dir, "gppu")
         gppu_features_and_head(trainer, result_path)

@@ -102,3 +102,18 @@ def test_fisher_diagonals_over_two_processes_equal_one(trained, tmp_path):
                 two["fisher"][split][name], value, rtol=1e-4, atol=1e-10 + 1e-4 * value.abs().max().item()
             )
         assert any(value.abs().max() > 0 for value in single["fisher"][split].values())
+
+
+def test_gan_cascade_processes_stay_in_step(tmp_path):
+    """Two processes draw different rows, noise and check samples: the networks stay identical (their gradients are
+    all-reduced by the accelerator's wrappers) and every check is agreed, so both stop at the same iteration."""
+    from hf_unlearn.gan import dcgan_pair
+
+    dcgan_pair(image_size=8, latent_dim=8, width=4).save_pretrained(tmp_path / "gan")
+    run_two_processes("gan", tmp_path / "gan", tmp_path / "run.pt", 29517)
+    first, second = (torch.load(tmp_path / f"run.pt.{rank}") for rank in (0, 1))
+    assert first["num_processes"] == second["num_processes"] == 2
+    assert first["iterations"] == second["iterations"] and first["last_check"] == second["last_check"]
+    assert first["agreed"] == second["agreed"] == {"rank": 0.5}  # a checked value is the mean over processes
+    for name, weight in first["weights"].items():
+        assert torch.equal(weight, second["weights"][name]), name

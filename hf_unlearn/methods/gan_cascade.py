@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
+from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
 from ..gan import (
@@ -215,6 +216,11 @@ class GANCascade(UnlearningMethod):
                 self.report["stopped_by"] = "target"
                 break
         progress.close()
+        if accelerator.num_processes > 1:
+            # Gradients are all-reduced, but BatchNorm statistics follow DistributedDataParallel's rule (process 0's
+            # are copied at each forward pass): copy them once more, so every process ends with the same model.
+            for buffer in pair.buffers():
+                broadcast(buffer, from_process=0)
         pair.eval()
         if self.report["stopped_by"] != "target":
             logger.warning(
@@ -237,22 +243,32 @@ class GANCascade(UnlearningMethod):
         if self.class_level:
             labels = cycled(forget_classes, config.check_samples) if pair.config.conditional else None
             logits = judge_outputs(trainer.judge, pair.sample(config.check_samples, labels))[0]
-            share = float(np.isin(logits.argmax(-1), forget_classes).mean())
-            self.report["last_check"] = {"forget_share": share}
-            pair.train()
-            return share <= config.forget_share_target
-        forget_score = float(discriminator_probabilities(pair, *self.forget_rows).mean())
-        if config.item_stop == "substitutes":
-            images, labels = self.substitute_rows
-            reference = float(discriminator_probabilities(pair, images, labels).mean())
+            check = self.agreed({"forget_share": float(np.isin(logits.argmax(-1), forget_classes).mean())})
+            stop = check["forget_share"] <= config.forget_share_target
         else:
-            fake_labels = random_labels(pair.players(), config.check_samples, torch.unique(self.forget_rows[1]))
-            generated = pair.sample(config.check_samples, fake_labels)
-            reference = float(discriminator_probabilities(pair, generated, fake_labels).mean())
-        self.report["last_check"] = {"forget_discriminator_score": forget_score,
-                                     f"{config.item_stop}_discriminator_score": reference}  # fmt: skip
+            forget_score = float(discriminator_probabilities(pair, *self.forget_rows).mean())
+            if config.item_stop == "substitutes":
+                images, labels = self.substitute_rows
+                reference = float(discriminator_probabilities(pair, images, labels).mean())
+            else:
+                fake_labels = random_labels(pair.players(), config.check_samples, torch.unique(self.forget_rows[1]))
+                generated = pair.sample(config.check_samples, fake_labels)
+                reference = float(discriminator_probabilities(pair, generated, fake_labels).mean())
+            check = self.agreed({"forget_discriminator_score": forget_score,
+                                 f"{config.item_stop}_discriminator_score": reference})  # fmt: skip
+            stop = check["forget_discriminator_score"] <= check[f"{config.item_stop}_discriminator_score"]
+        self.report["last_check"] = check
         pair.train()
-        return forget_score <= reference
+        return stop
+
+    def agreed(self, values: dict) -> dict:
+        """`values` averaged over processes: each process samples its own images, and all must stop together (a
+        process that stopped alone would leave the others waiting in their next gradient all-reduce)."""
+        accelerator = self.trainer.accelerator
+        if accelerator.num_processes == 1:
+            return values
+        local = torch.tensor(list(values.values()), dtype=torch.float32, device=self.trainer.args.device)
+        return dict(zip(values, accelerator.reduce(local, reduction="mean").tolist(), strict=True))
 
 
 @dataclass
