@@ -1,5 +1,7 @@
 """gan_cascade and GANPair: the cascade's steps, its stopping rules, the generator metrics and saving / reloading."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from conftest import QUIET
 from torch import nn
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
-from hf_unlearn.gan import GANPair, dcgan_pair, judge_outputs, train_gan
+from hf_unlearn.gan import GANPair, dcgan_pair, image_tensors, judge_outputs, train_gan
 from hf_unlearn.methods import gan_cascade
 from hf_unlearn.methods.gan_cascade import GANCascadeConfig, substitute_pools
 from hf_unlearn.metrics import frechet_distance
@@ -210,6 +212,13 @@ def test_own_modules_are_wrapped_and_rebuilt(tmp_path):
     reloaded = GANPair.from_pretrained(tmp_path / "pair")
     assert isinstance(reloaded.generator, PlainGenerator)
     assert torch.equal(reloaded.sample(3, seed=0), pair.sample(3, seed=0))
+    # A checkpoint that cannot say how to build a module: the error names the fix, and the fix works.
+    config = json.loads((tmp_path / "pair" / "config.json").read_text())
+    (tmp_path / "pair" / "config.json").write_text(json.dumps({**config, "generator_class": None}))
+    with pytest.raises(ValueError, match=r"GANPair.from_pretrained\(path, generator=MyGenerator"):
+        GANPair.from_pretrained(tmp_path / "pair")
+    given = GANPair.from_pretrained(tmp_path / "pair", generator=PlainGenerator(4, 8))
+    assert torch.equal(given.sample(3, seed=0), pair.sample(3, seed=0))
 
 
 def test_frechet_distance():
@@ -242,6 +251,9 @@ def test_bad_input(tmp_path, tiny_digits, trained):
     with pytest.raises(ValueError, match="drop `judge`"):
         UnlearningTrainer(trained("resnet"), gan_args(tmp_path), train_dataset=tiny_digits["train"],
                           eval_dataset=tiny_digits["test"], judge=ConstantJudge(0), forget_classes=[3])  # fmt: skip
+    without_pixels = tiny_digits["train"].rename_column("pixel_values", "input_features")
+    with pytest.raises(ValueError, match="reads images from a 'pixel_values' column"):
+        image_tensors(without_pixels)
     with pytest.raises(ValueError, match="fake_label"):
         GANCascadeConfig(fake_label="one")
     with pytest.raises(ValueError, match="max_iterations"):
