@@ -6,7 +6,8 @@
 
 `unlearn` runs one unlearning job. Its YAML config holds `JobArguments` fields (which model, which data, which
 classes) and `UnlearnConfig` fields (which method, its hyperparameters, the training budget); any of them can be
-overridden on the command line. The job loads the classifier by Hub ID or local path with its processor, loads the
+overridden on the command line. The job loads the classifier by Hub ID or local path with its processor (or a saved
+GAN, `hf_unlearn.gan.GANPair`, with the classifier named by `judge_model` to judge its samples), loads the
 dataset with `datasets.load_dataset` (audio is decoded with soundfile, so torchcodec is not needed), renumbers the
 dataset's labels to the model's (`align_labels`), unlearns, prints the report and saves the unlearned model, its
 processor, its model card (README.md, with the per-class plot) and `unlearning_results.json` to `output_dir`.

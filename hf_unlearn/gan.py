@@ -36,6 +36,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
+from .digits import DIGIT_NAMES, label_maps
+
 
 def _class_path(module: nn.Module) -> str:
     cls = type(module)
@@ -183,8 +185,7 @@ class GANPair(PreTrainedModel):
             discriminator_kwargs=arguments["discriminator"],
             latent_dim=latent_dim,
             conditional=conditional,
-            id2label=dict(enumerate(names)),
-            label2id={name: i for i, name in enumerate(names)},
+            **label_maps(names),
         )
         return cls(config, generator, discriminator)
 
@@ -315,8 +316,6 @@ def dcgan_pair(image_size: int = 16, channels: int = 1, latent_dim: int = 64, wi
 
 
 def _default_names(count: int) -> list[str]:
-    from .digits import DIGIT_NAMES
-
     return DIGIT_NAMES if count == len(DIGIT_NAMES) else [f"LABEL_{i}" for i in range(count)]
 
 
