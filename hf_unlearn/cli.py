@@ -165,12 +165,13 @@ def load_job_data(job: JobArguments, model, seed: int) -> dict:
 
 
 def job_trainer(job: JobArguments, args, forget_classes):
-    """An `UnlearningTrainer` for a job: its classifier (with its processor) and its data, aligned to the model.
+    """An `UnlearningTrainer` for a job: its model (a classifier with its processor, or a generator with its judge)
+    and its data, aligned to the model.
     `forget_classes="recorded"` takes the classes the model records as unlearned (`config.unlearned_classes`)."""
     from . import UnlearningTrainer
-    from .models import load_classifier
+    from .models import load_model
 
-    model, processor = load_classifier(job.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    model, processor = load_model(job.model_name_or_path, trust_remote_code=args.trust_remote_code)
     if forget_classes == "recorded":
         forget_classes = getattr(model.config, "unlearned_classes", None)
         if not forget_classes:
@@ -179,7 +180,7 @@ def job_trainer(job: JobArguments, args, forget_classes):
                 "(`config.unlearned_classes`)."
             )
     data = load_job_data(job, model, args.seed)
-    judge = load_classifier(job.judge_model, trust_remote_code=args.trust_remote_code)[0] if job.judge_model else None
+    judge = load_model(job.judge_model, trust_remote_code=args.trust_remote_code)[0] if job.judge_model else None
     return UnlearningTrainer(
         model, args, train_dataset=data["train"], eval_dataset=data["eval"], processing_class=processor,
         forget_classes=forget_classes, judge=judge,
@@ -216,14 +217,14 @@ def unlearn_command(argv: list[str]):
 
 def evaluate_command(argv: list[str]) -> dict:
     """`hf-unlearn evaluate`: the unlearning metrics of a saved model (and of a reference, with the gaps)."""
-    from .models import load_classifier
+    from .models import load_model
     from .report import format_report
 
     job, options, args = parse_job(argv, extra=(EvaluateArguments,), command="evaluate")
     trainer = job_trainer(job, args, job.forget_classes or "recorded")
     reference = None
     if options.reference_model:
-        reference, _ = load_classifier(options.reference_model, trust_remote_code=args.trust_remote_code)
+        reference, _ = load_model(options.reference_model, trust_remote_code=args.trust_remote_code)
     metrics = trainer.evaluate_unlearning(reference_model=reference)
     if trainer.is_world_process_zero():
         names = [trainer.model.config.id2label[c] for c in trainer.split.forget_classes]

@@ -46,7 +46,24 @@ class UnlearnConfig(TrainingArguments):
     )
     eval_generated_samples: int = field(
         default=1000,
-        metadata={"help": "GANs: generated samples (seeded by `seed`) that the judge scores in the metrics."},
+        metadata={
+            "help": "Generators: samples (seeded by `seed`) that the judge scores in the metrics (a diffusion model: "
+            "as many for the forget classes and for the retained classes)."
+        },
+    )
+    eval_sampler: str = field(
+        default="DDIMScheduler",
+        metadata={"help": "Diffusion models: the diffusers scheduler class that samples for the metrics."},
+    )
+    eval_inference_steps: int = field(
+        default=25, metadata={"help": "Diffusion models: denoising steps per sample in the metrics."}
+    )
+    eval_guidance_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Diffusion models: classifier-free guidance of the metrics' samples (None: 2 for a model trained "
+            "with a null class, else 1)."
+        },
     )
     max_forget_samples: int | None = field(
         default=None,
@@ -139,6 +156,9 @@ class UnlearnConfig(TrainingArguments):
                 f"`forget_accuracy_target` is a fraction in [0, 1], got {self.forget_accuracy_target!r} "
                 "(write 0.01 for 1 %)."
             )
+        for name in ("eval_generated_samples", "eval_inference_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}.")
         if self.forget_check_steps < 1:
             raise ValueError(f"`forget_check_steps` must be >= 1, got {self.forget_check_steps!r}.")
         self.method_config = self._resolve_method_config()

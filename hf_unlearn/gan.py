@@ -240,11 +240,6 @@ class GANPair(PreTrainedModel):
 AutoConfig.register(GANConfig.model_type, GANConfig, exist_ok=True)
 
 
-def is_generator(model) -> bool:
-    """Whether `model` is a GAN that `UnlearningTrainer` measures with a judge instead of on the data."""
-    return isinstance(model, GANPair)
-
-
 # ---------------------------------------------------------------------------------------------- DCGAN pair
 class DCGANGenerator(nn.Module):
     """A small DCGAN generator: latent vector -> `width x 4 x 4`... -> `channels x image_size x image_size` in
@@ -321,13 +316,13 @@ def _default_names(count: int) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- training
 def image_tensors(dataset, image_column: str = "pixel_values", label_column: str = "label"):
-    """`(images, labels)` of every row of a `datasets.Dataset` as tensors (GAN training reads its data from memory:
-    one row lookup per sample would cost more than a step of a small GAN)."""
+    """`(images, labels)` of every row of a `datasets.Dataset` as tensors (generators are trained and measured from
+    memory: one row lookup per sample would cost more than a step of a small GAN)."""
     if image_column not in dataset.column_names:
         raise ValueError(
-            f"GAN training reads images from a '{image_column}' column of float pixel values (shaped like the "
-            f"generator's output); the dataset has {dataset.column_names}. Map your images to that column first, "
-            "e.g. as `hf_unlearn.digits.load_digits_dataset` does."
+            f"Training or measuring a generator (GAN, diffusion model) reads images from a '{image_column}' column of "
+            f"float pixel values (shaped like the generated images); the dataset has {dataset.column_names}. Map your "
+            "images to that column first, e.g. as `hf_unlearn.digits.load_digits_dataset` does."
         )
     columns = dataset.with_format("torch", columns=[image_column, label_column])[:]
     return columns[image_column].float(), columns[label_column].long()

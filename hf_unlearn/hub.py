@@ -47,6 +47,21 @@ INDEX_METRICS = {
         ("Frechet distance to retained rows (judge features)", "frechet_distance", "retain", "frechet_distance"),
         ("discriminator attack AUC", "discriminator_attack_auc", "train-forget", "roc_auc"),
     ),
+    "diffusion": (
+        (
+            "judge share of the forget class among samples generated for it",
+            "forget_share",
+            "generated-forget",
+            "forget_share",
+        ),
+        (
+            "judge accuracy on samples generated for retained classes",
+            "retain_judge_accuracy",
+            "generated-retain",
+            "accuracy",
+        ),
+        ("Frechet distance to retained rows (judge features)", "frechet_distance", "retain", "frechet_distance"),
+    ),
 }
 # (label, metric key, good value, shown as "percent" or "number")
 REPORT_METRICS = {
@@ -70,11 +85,19 @@ REPORT_METRICS = {
         ("discriminator score on the forget rows", "forget_discriminator_score", "like held-out rows", "number"),
         ("discriminator score on generated samples", "generated_discriminator_score", "-", "number"),
     ),
+    "diffusion": (
+        ("judge: samples generated for a forget class showing it (FA)", "forget_share", "about 0", "percent"),
+        ("judge: samples showing the retained class they were generated for", "retain_judge_accuracy", "unchanged",
+         "percent"),
+        ("Frechet distance to real retained rows (judge features)", "frechet_distance", "close to the original",
+         "number"),
+    ),
 }  # fmt: skip
 # What the per-class table and plot show: (metric key, what the value is, the plot's title).
 PER_CLASS = {
     "classifier": ("per_class_accuracy", "accuracy", "per-class accuracy"),
     "gan": ("class_shares", "share of generated samples", "samples per class"),
+    "diffusion": ("class_shares", "share of samples generated for retained classes", "samples per judged class"),
 }
 
 
@@ -94,10 +117,12 @@ def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config
     info = trainer.source_train_dataset.info
     id2label = model.config.id2label or {}
     names = [str(id2label.get(c, c)) for c in (result.forget_classes or [])]
-    from .gan import is_generator
+    from .models import model_kind
 
-    if is_generator(model):
-        modality, kind, pipeline_tag = "gan", "gan", "unconditional-image-generation"
+    kind = model_kind(model)
+    if kind != "classifier":
+        # The Hub has no class-conditional generation task: the closest one.
+        modality, pipeline_tag = kind, "unconditional-image-generation"
     else:
         modality = "audio" if "input_values" in getattr(model, "main_input_name", "") else "image"
         kind, pipeline_tag = "classifier", f"{modality}-classification"
@@ -217,7 +242,7 @@ def card_data(context: dict):
         base_model=context["base_model"],
         language=extras.get("language"),
         license=extras.get("license"),
-        library_name="transformers" if _kind(context) == "classifier" else "hf-unlearn",
+        library_name={"classifier": "transformers", "diffusion": "diffusers"}.get(_kind(context), "hf-unlearn"),
         pipeline_tag=context["pipeline_tag"],
         tags=["hf-unlearn", "machine-unlearning", context["method"], *(extras.get("tags") or [])],
         datasets=[dataset["name"]] if _hub_id(dataset["name"]) else None,

@@ -22,7 +22,8 @@ Both attacks are fitted on the model under test, with retain training rows as me
 retained classes as non-members (the shadow-free attacks of SFR-on and SalUn / l1-sparse), then applied to the
 forget training rows. Each side is capped at `max_attack_samples` (random, seeded) so the SVC stays fast.
 
-Generators (GANs) are measured with a judge classifier on generated samples (`generative_metrics`):
+Generators (GANs, diffusion models) are measured with a judge classifier on generated samples
+(`generative_metrics`; the discriminator rows are GAN-only):
 
 | metric | what it is | good value |
 |---|---|---|
@@ -281,13 +282,14 @@ def generative_metrics(
     retain_sample_labels: np.ndarray | None,
     retain_sample_features: np.ndarray,
     real_retain_features: np.ndarray,
-    forget_scores: np.ndarray,
-    held_out_scores: np.ndarray,
-    generated_scores: np.ndarray,
+    forget_scores: np.ndarray | None = None,
+    held_out_scores: np.ndarray | None = None,
+    generated_scores: np.ndarray | None = None,
     id2label: dict | None = None,
 ) -> dict:
     """Metrics of a generator (table above) from the judge's logits and features on generated samples and the
-    discriminator's probabilities ("real") on real and generated rows.
+    discriminator's probabilities ("real") on real and generated rows (GANs; a diffusion model has no discriminator:
+    leave them None).
 
     Unconditional generators: `forget_logits` is None and `retain_logits` holds every sample; conditional ones:
     `forget_logits` are the samples generated for the forget classes, `retain_logits` those generated for the
@@ -300,10 +302,13 @@ def generative_metrics(
             str(names.get(c, names.get(str(c), c))): float((predicted == c).mean()) for c in range(num_classes)
         },
         "frechet_distance": frechet_distance(retain_sample_features, real_retain_features),
-        "discriminator_attack_auc": attack_auc(forget_scores, held_out_scores),
-        "forget_discriminator_score": float(forget_scores.mean()) if len(forget_scores) else None,
-        "generated_discriminator_score": float(generated_scores.mean()),
     }
+    if forget_scores is not None:
+        metrics.update(
+            discriminator_attack_auc=attack_auc(forget_scores, held_out_scores),
+            forget_discriminator_score=float(forget_scores.mean()) if len(forget_scores) else None,
+            generated_discriminator_score=float(generated_scores.mean()),
+        )
     if forget_classes:
         judged = forget_logits.argmax(-1) if forget_logits is not None else predicted
         metrics["forget_share"] = float(np.isin(judged, forget_classes).mean())

@@ -13,9 +13,10 @@ logger = get_logger(__name__)
 _CLASSIFIER_CLASS = re.compile(r"For(Image|Audio|Sequence)Classification")
 
 
-def load_classifier(model_id: str, *, trust_remote_code: bool = False):
-    """Load `(model, processor)` for an image or audio classifier, or a saved `hf_unlearn.gan.GANPair` (no
-    processor), from a Hub ID or local path.
+def load_model(model_id: str, *, trust_remote_code: bool = False):
+    """Load `(model, processor)` for an image or audio classifier, a saved `hf_unlearn.gan.GANPair`, or a diffusers
+    pipeline with a class-conditional UNet or a DiT (as a `hf_unlearn.diffusion.DiffusionModel`; GANs and diffusion
+    models have no processor), from a Hub ID or local path.
 
     The Auto class is chosen from the config's model type: `AutoModelForImageClassification` with its image
     processor, or `AutoModelForAudioClassification` with its feature extractor. The processor is None when the
@@ -33,12 +34,17 @@ def load_classifier(model_id: str, *, trust_remote_code: bool = False):
         MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
     )
 
+    from .diffusion import DiffusionConfig, DiffusionModel, is_pipeline_folder
     from .gan import GANConfig, GANPair  # importing it registers the GAN config with AutoConfig
 
+    if is_pipeline_folder(model_id):
+        return DiffusionModel.from_pretrained(model_id), None
     config = AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
     model_type = getattr(config, "model_type", None)
     if model_type == GANConfig.model_type:
         return GANPair.from_pretrained(model_id), None
+    if model_type == DiffusionConfig.model_type:  # saved by hf-unlearn (found here even when the Hub is offline)
+        return DiffusionModel.from_pretrained(model_id), None
     if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         model_class, processor_class = AutoModelForImageClassification, AutoImageProcessor
     elif model_type in MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES:
@@ -57,16 +63,30 @@ def load_classifier(model_id: str, *, trust_remote_code: bool = False):
     return model, processor
 
 
-def check_unlearnable(model, judge=None) -> None:
-    """Raise a `TypeError` unless `model` is a transformers classifier (a model with a classification head) or a GAN
-    (`hf_unlearn.gan.GANPair`), and unless `judge` (which only GANs use) is an `nn.Module` given with a GAN."""
-    from .gan import is_generator
+def model_kind(model) -> str:
+    """What kind of model `model` is for unlearning: "gan" (`hf_unlearn.gan.GANPair`), "diffusion"
+    (`hf_unlearn.diffusion.DiffusionModel`) or "classifier" (anything else, checked by `check_unlearnable`). GANs and
+    diffusion models are generators: a judge classifier measures their samples."""
+    from .diffusion import DiffusionModel
+    from .gan import GANPair
 
+    if isinstance(model, GANPair):
+        return "gan"
+    if isinstance(model, DiffusionModel):
+        return "diffusion"
+    return "classifier"
+
+
+def check_unlearnable(model, judge=None) -> None:
+    """Raise a `TypeError` unless `model` is a transformers classifier (a model with a classification head) or a
+    generator (GAN or diffusion model), and unless `judge` (which only generators use) is an `nn.Module` given with a
+    generator."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(
-            f"`model` must be a transformers model or a Hub ID / local path string, got {type(model).__name__}."
+            f"`model` must be a transformers model, a diffusers pipeline or a Hub ID / local path string, got "
+            f"{type(model).__name__}."
         )
-    if is_generator(model):
+    if model_kind(model) != "classifier":
         if judge is not None and not isinstance(judge, torch.nn.Module):
             raise TypeError(f"`judge` must be an image classifier (an nn.Module), got {type(judge).__name__}.")
         return
@@ -81,7 +101,8 @@ def check_unlearnable(model, judge=None) -> None:
         raise TypeError(
             f"`model` is a {name}, which has no classification head. Unlearning a class needs a classifier: load "
             "it with AutoModelForImageClassification or AutoModelForAudioClassification (e.g. "
-            "ViTForImageClassification), with `num_labels` set; or a GAN wrapped in `hf_unlearn.gan.GANPair`."
+            "ViTForImageClassification), with `num_labels` set; or a GAN wrapped in `hf_unlearn.gan.GANPair`, or a "
+            "diffusion model (a diffusers pipeline, or `hf_unlearn.diffusion.DiffusionModel`)."
         )
 
 

@@ -29,11 +29,12 @@ from .data import (
     with_model_inputs,
     without_audio_decoding,
 )
-from .gan import image_tensors, is_generator, measure_generator
+from .diffusion import as_diffusion_model, measure_diffusion
+from .gan import image_tensors, measure_generator
 from .lora import add_lora, has_lora, merge_lora, save_adapter
 from .metrics import accuracy, gap_to_reference, unlearning_metrics
-from .models import check_unlearnable, classification_head, load_classifier
-from .registry import get_method
+from .models import check_unlearnable, classification_head, load_model, model_kind
+from .registry import available_methods, get_method
 
 logger = get_logger(__name__)
 
@@ -55,8 +56,10 @@ class UnlearningTrainer(Trainer):
     """Removes what a trained classifier learned about some classes or training samples, and measures the result.
 
     Args:
-        model: a transformers classifier (`...ForImageClassification`, `...ForAudioClassification`) or a Hub ID /
-            local path, loaded with the matching Auto class and its processor.
+        model: a transformers classifier (`...ForImageClassification`, `...ForAudioClassification`), a GAN
+            (`hf_unlearn.gan.GANPair`), a class-conditional diffusion model (a diffusers `DDPMPipeline` /
+            `DiTPipeline`, or `hf_unlearn.diffusion.DiffusionModel.wrap(denoiser, scheduler, vae=...)`), or a Hub ID /
+            local path of any of them, loaded with the matching class (and a classifier's processor).
         args: an [`UnlearnConfig`] (method, its hyperparameters, the training budget of gradient methods).
         train_dataset: the model's training set (`datasets.Dataset` with a `label` or `labels` column and model
             inputs, or raw `image` / `audio` columns plus `processing_class`). The forget and retain sets come from
@@ -65,8 +68,8 @@ class UnlearningTrainer(Trainer):
         processing_class: image processor or feature extractor for raw columns (loaded with a Hub ID).
         forget_classes: class ids or label names (`model.config.label2id`) to forget.
         forget_indices: training rows to forget (sample-level unlearning). Give exactly one of the two.
-        judge: for a GAN (`hf_unlearn.gan.GANPair`, method `gan_cascade`): an image classifier of the same data that
-            measures the generated samples (which classes they show, and the features of the Frechet distance).
+        judge: for a generator (GAN or diffusion model): an image classifier of the same data that measures the
+            generated samples (which classes they show, and the features of the Frechet distance).
 
     The caller's model object is left untouched unless `args.in_place`; `trainer.model` is the unlearned model and
     `trainer.save_model()` writes it like any Trainer.
@@ -104,9 +107,31 @@ class UnlearningTrainer(Trainer):
             )
         spec = get_method(args.method)
         if isinstance(model, str):
-            model, loaded_processor = load_classifier(model, trust_remote_code=args.trust_remote_code)
+            model, loaded_processor = load_model(model, trust_remote_code=args.trust_remote_code)
             processing_class = processing_class if processing_class is not None else loaded_processor
+        model = as_diffusion_model(model)  # a diffusers pipeline is unlearned as a DiffusionModel
         check_unlearnable(model, judge)
+        kind = model_kind(model)
+        if kind not in spec.method_class.model_kinds:
+            fitting = [name for name in available_methods() if kind in get_method(name).method_class.model_kinds]
+            raise ValueError(
+                f"Method '{args.method}' does not unlearn {kind} models (it works on: "
+                f"{', '.join(spec.method_class.model_kinds)}). Methods for this model: {', '.join(fitting)}."
+            )
+        if kind == "diffusion" and forget_classes is None:
+            raise ValueError(
+                "Diffusion models forget classes here (`forget_classes`: the classes they must no longer generate); "
+                "`forget_indices` is not supported for them."
+            )
+        if kind != "classifier" and args.peft_config:
+            raise ValueError(
+                f"`peft_config` (LoRA) is supported for classifiers; this model is a {kind} model: leave it None."
+            )
+        if kind != "classifier" and args.forget_accuracy_target is not None:
+            raise ValueError(
+                "`forget_accuracy_target` stops on a classifier's accuracy; this model is a generator: leave it None "
+                "(the budget is `max_steps`, or the method's own stopping rule)."
+            )
         if (forget_classes is None) == (forget_indices is None):
             raise ValueError(
                 "Give exactly one of `forget_classes` (class ids or label names) and `forget_indices` (training rows); "
@@ -173,6 +198,11 @@ class UnlearningTrainer(Trainer):
         # Methods return a mean loss: let the Trainer scale it for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
         sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        if sharded and kind == "diffusion":
+            raise ValueError(
+                "A diffusion model saves its components whole (a diffusers pipeline folder), which FSDP / DeepSpeed "
+                "shard: run it with data parallelism (recipes/accelerate_configs/multi_gpu.yaml) or on one process."
+            )
         if sharded and not spec.method_class.supports_sharding:
             raise ValueError(
                 f"Method '{args.method}' reads or writes whole weights itself, which FSDP / DeepSpeed shard. Run it "
@@ -483,8 +513,9 @@ class UnlearningTrainer(Trainer):
         return metrics
 
     def _measure(self, model) -> dict:
-        if is_generator(self.model):
-            return self._measure_generator(self.model if model is None else model)
+        kind = model_kind(self.model)
+        if kind != "classifier":
+            return self._measure_generator(self.model if model is None else model, kind)
         parts = {
             name: self.predict_logits(view, model, f"Scoring {name}") for name, view in self._metric_views().items()
         }
@@ -495,28 +526,35 @@ class UnlearningTrainer(Trainer):
             seed=self.args.seed,
         )
 
-    def _measure_generator(self, pair) -> dict:
+    def _measure_generator(self, generator, kind: str) -> dict:
         if self.judge is None:
             raise ValueError(
-                "Measuring a GAN needs a judge classifier of its data: pass `judge=` to UnlearningTrainer, or set "
-                "`eval_before_unlearn=False, eval_after_unlearn=False`."
+                "Measuring a generator needs a judge classifier of its data: pass `judge=` to UnlearningTrainer, or "
+                "set `eval_before_unlearn=False, eval_after_unlearn=False`."
             )
         views = self._metric_views()
-        rows = {name: image_tensors(view, label_column=self.label_column) for name, view in views.items()}
-        held_out = tuple(torch.cat(parts) for parts in zip(rows["eval_forget"], rows["eval_retain"], strict=True))
         left_out = set(self.split.forget_classes or []) | set(self.split.unlearned_before)
+        common = {
+            "forget_classes": self.split.forget_classes,
+            "retained_classes": [c for c in range(self.num_labels) if c not in left_out],
+            "real_retain_rows": image_tensors(views["retain_train"], label_column=self.label_column),
+            "num_samples": self.args.eval_generated_samples,
+            "seed": self.args.seed,
+            "id2label": getattr(generator.config, "id2label", None),
+        }
+        if kind == "diffusion":
+            args = self.args
+            return measure_diffusion(
+                generator.to(args.device), self.judge, num_inference_steps=args.eval_inference_steps,
+                guidance_scale=args.eval_guidance_scale, sampler=args.eval_sampler, **common,
+            )  # fmt: skip
+        rows = {name: image_tensors(views[name], label_column=self.label_column)
+                for name in ("forget_train", "eval_forget", "eval_retain")}  # fmt: skip
+        held_out = tuple(torch.cat(parts) for parts in zip(rows["eval_forget"], rows["eval_retain"], strict=True))
         return measure_generator(
-            pair.to(self.args.device),
-            self.judge,
-            forget_classes=self.split.forget_classes,
-            retained_classes=[c for c in range(self.num_labels) if c not in left_out],
-            forget_rows=rows["forget_train"],
-            held_out_rows=held_out,
-            real_retain_rows=rows["retain_train"],
-            num_samples=self.args.eval_generated_samples,
-            seed=self.args.seed,
-            id2label=getattr(pair.config, "id2label", None),
-        )
+            generator.to(self.args.device), self.judge, forget_rows=rows["forget_train"], held_out_rows=held_out,
+            **common,
+        )  # fmt: skip
 
 
 class ForgetTargetCallback(TrainerCallback):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import QUIET
+from tiny_models import ConstantJudge
 from torch import nn
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
@@ -24,21 +25,6 @@ def tiny_digits():
 
 def tiny_gan(conditional=False):
     return dcgan_pair(image_size=8, latent_dim=8, width=4, conditional=conditional, seed=0)
-
-
-class ConstantJudge(nn.Module):
-    """A judge that calls every image `label` (its head's bias decides), with a real head for the features."""
-
-    def __init__(self, label: int):
-        super().__init__()
-        self.head = nn.Linear(64, 10)
-        with torch.no_grad():
-            self.head.weight.mul_(0.01)
-            self.head.bias.zero_()
-            self.head.bias[label] = 100.0
-
-    def forward(self, images):
-        return self.head(images.flatten(1))
 
 
 def gan_args(tmp_path, **method_kwargs):

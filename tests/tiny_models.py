@@ -1,6 +1,7 @@
 """Tiny random classifiers of every family users have (built from configs, seconds on a CPU), shared by the tests."""
 
 import torch
+from torch import nn
 
 FAMILIES = ["vit", "deit", "resnet", "convnext", "ast", "wav2vec2", "hubert"]
 
@@ -45,3 +46,18 @@ def tiny_classifier(family: str, num_layers: int = 1, num_labels: int = 4, **ove
     }  # fmt: skip
     config = config_class(**{**shape, **overrides}, **labels)
     return model_class(config), {"input_values": torch.randn(2, 800)}
+
+
+class ConstantJudge(nn.Module):
+    """A judge that calls every image `label` (its head's bias decides), with a real head for the features."""
+
+    def __init__(self, label: int):
+        super().__init__()
+        self.head = nn.Linear(64, 10)
+        with torch.no_grad():
+            self.head.weight.mul_(0.01)
+            self.head.bias.zero_()
+            self.head.bias[label] = 100.0
+
+    def forward(self, images):
+        return self.head(images.flatten(1))

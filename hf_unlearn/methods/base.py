@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import is_diffusion
+
 
 class UnlearningMethod:
     """One unlearning method. `UnlearningTrainer` builds it with itself and the method's config, then calls `run()`,
@@ -29,6 +31,8 @@ class UnlearningMethod:
     #: Whether the method works on sharded parameters (FSDP, DeepSpeed): False for methods that read or write whole
     #: weights or gradients themselves.
     supports_sharding: bool = True
+    #: The kinds of model the method unlearns (`hf_unlearn.models.model_kind`): "classifier", "gan", "diffusion".
+    model_kinds: tuple[str, ...] = ("classifier",)
 
     def __init__(self, trainer, config):
         self.trainer = trainer
@@ -58,8 +62,21 @@ class TrainerLoopMethod(UnlearningMethod):
         self.trainer.train_with(self.training_dataset())
 
 
-def classification_loss(model, batch: dict, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of `model` on `batch` (model inputs plus `labels`)."""
+def training_loss(
+    model, batch: dict, reduction: str = "mean", forget: bool = False, **diffusion_options
+) -> torch.Tensor:
+    """The training loss of `model` (possibly wrapped by accelerate) on `batch` (model inputs plus `labels`): the
+    cross-entropy of a classifier, or the denoising loss of a diffusion model (`hf_unlearn.diffusion.DiffusionModel`,
+    whose forward pass computes it).
+
+    `reduction`: "mean", "sum" or "none" (one loss per row). `forget`: the rows are being forgotten; a diffusion model
+    then keeps their class labels (no classifier-free-guidance label dropout, which would unlearn the unconditional
+    model instead). `diffusion_options` go to the diffusion model's forward pass (e.g. `antithetic=True`)."""
+    if is_diffusion(model):
+        if forget:
+            diffusion_options.setdefault("class_dropout", 0.0)
+        losses = model(**batch, **diffusion_options).losses
+        return {"mean": losses.mean, "sum": losses.sum, "none": lambda: losses}[reduction]()
     inputs = {name: value for name, value in batch.items() if name != "labels"}
     logits = model(**inputs).logits
     return F.cross_entropy(logits.float(), batch["labels"], reduction=reduction)

@@ -1,4 +1,5 @@
-"""`finetune`: keep training on the retain set only, relying on catastrophic forgetting of the forget set.
+"""`finetune`: keep training on the retain set only, relying on catastrophic forgetting of the forget set (classifiers
+and diffusion models: their usual training loss).
 
 Baseline from Warnecke et al., "Machine Unlearning of Features and Labels" (NDSS 2023) and most unlearning
 benchmarks since (e.g. SalUn, SFR-on). It uses the `UnlearnConfig` training budget (`learning_rate`,
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..registry import register_method
-from .base import TrainerLoopMethod, classification_loss
+from .base import TrainerLoopMethod, training_loss
 
 
 @dataclass
@@ -26,11 +27,13 @@ class FinetuneConfig:
 
 
 class Finetune(TrainerLoopMethod):
+    model_kinds = ("classifier", "diffusion")
+
     def training_dataset(self):
         return self.trainer.retain_view
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
-        return classification_loss(model, inputs)
+        return training_loss(model, inputs)
 
 
 register_method(

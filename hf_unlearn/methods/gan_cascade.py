@@ -131,6 +131,7 @@ class GANCascadeConfig:
 
 
 class GANCascade(UnlearningMethod):
+    model_kinds = ("gan",)
     supports_peft = False
     supports_sharding = False
     stops_at_forget_target = False

@@ -68,7 +68,7 @@ from ..activations import capturing, collect_head_features, name_matches, pooled
 from ..data import PairedDataset, subsample
 from ..models import classification_head, model_tail
 from ..registry import register_method
-from .base import UnlearningMethod, classification_loss
+from .base import UnlearningMethod, training_loss
 
 logger = get_logger(__name__)
 
@@ -390,7 +390,7 @@ class GPPU(UnlearningMethod):
         features = pooled_rows(captured.value).float() - self.retain_centroid.to(captured.value.device)
         directions = self.directions.to(features.device)
         projection_loss = (features @ directions).pow(2).sum(-1).mean() / self.retain_variance.to(features.device)
-        retain_loss = classification_loss(model, inputs["retain"])
+        retain_loss = training_loss(model, inputs["retain"])
         return self.config.lambda_proj * projection_loss + self.config.lambda_retain * retain_loss
 
     def measure_sampled_rows(self) -> dict:

@@ -1,4 +1,5 @@
-"""`gradient_ascent`: maximise the cross-entropy on the forget set.
+"""`gradient_ascent`: maximise the training loss on the forget set (a classifier's cross-entropy, a diffusion model's
+denoising loss on the forget classes, with their labels kept).
 
 Baseline from Thudi et al., "Unrolling SGD" (EuroS&P 2022) and Graves et al., "Amnesiac Machine Learning"
 (AAAI 2021). The loss is unbounded: without a stopping rule it destroys the model. Set
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..registry import register_method
-from .base import TrainerLoopMethod, classification_loss
+from .base import TrainerLoopMethod, training_loss
 
 
 @dataclass
@@ -27,11 +28,13 @@ class GradientAscentConfig:
 
 
 class GradientAscent(TrainerLoopMethod):
+    model_kinds = ("classifier", "diffusion")
+
     def training_dataset(self):
         return self.trainer.forget_view
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
-        return -classification_loss(model, inputs)
+        return -training_loss(model, inputs, forget=True)
 
 
 register_method(

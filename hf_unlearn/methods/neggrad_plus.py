@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ..data import PairedDataset
 from ..registry import register_method
-from .base import TrainerLoopMethod, classification_loss
+from .base import TrainerLoopMethod, training_loss
 
 
 @dataclass
@@ -47,8 +47,8 @@ class NegGradPlus(TrainerLoopMethod):
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
         weight = self.config.retain_weight
-        retain_loss = classification_loss(model, inputs["retain"])
-        forget_loss = classification_loss(model, inputs["forget"])
+        retain_loss = training_loss(model, inputs["retain"])
+        forget_loss = training_loss(model, inputs["forget"])
         return weight * retain_loss - (1.0 - weight) * forget_loss
 
 

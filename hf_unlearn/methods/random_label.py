@@ -19,7 +19,7 @@ import numpy as np
 
 from ..data import ConcatRows, RelabeledDataset
 from ..registry import register_method
-from .base import TrainerLoopMethod, classification_loss
+from .base import TrainerLoopMethod, training_loss
 
 
 @dataclass
@@ -40,7 +40,7 @@ class RandomLabel(TrainerLoopMethod):
         return ConcatRows(relabeled, trainer.retain_view)
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
-        return classification_loss(model, inputs)
+        return training_loss(model, inputs)
 
 
 register_method(

@@ -1,0 +1,321 @@
+"""Diffusion models (DDPM and DiT through diffusers): wrapping, the denoising loss, sampling, remain_geometry's
+diffusion variants and the baselines through `unlearn()`, the judge's metrics, and saving / reloading."""
+
+import sys
+
+import pytest
+import torch
+from conftest import QUIET
+from tiny_models import ConstantJudge
+
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.diffusion import DiffusionModel, diffusers_module, small_ddpm, small_dit, train_diffusion
+from hf_unlearn.methods.base import training_loss
+from hf_unlearn.models import load_model
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def tiny_digits():
+    from hf_unlearn.digits import load_digits_dataset
+
+    return load_digits_dataset(image_size=8)
+
+
+def tiny_ddpm():
+    return small_ddpm(image_size=8, widths=(8, 16), num_train_timesteps=50)
+
+
+def tiny_dit():
+    return small_dit(image_size=8, vae_widths=(8, 8), heads=2, head_dim=8, layers=1, num_train_timesteps=50)
+
+
+def diffusion_args(tmp_path, method="remain_geometry", name="out", **overrides):
+    values = {"max_steps": 2, "per_device_train_batch_size": 8, "learning_rate": 1e-4, "eval_generated_samples": 8,
+              "eval_inference_steps": 2, "report_to": [], **QUIET}  # fmt: skip
+    values.update(overrides)
+    return UnlearnConfig(output_dir=str(tmp_path / name), method=method, **values)
+
+
+def unlearn(model, tmp_path, data, method="remain_geometry", judge=None, **overrides):
+    args = diffusion_args(tmp_path, method, **overrides)
+    trainer = UnlearningTrainer(model, args, train_dataset=data["train"], eval_dataset=data["test"],
+                                judge=judge or ConstantJudge(0), forget_classes=["three"])  # fmt: skip
+    return trainer, trainer.unlearn()
+
+
+class LabelRecorder:
+    """Records the timesteps and class labels of every denoiser call of `model`, and whether gradients were on."""
+
+    def __init__(self, model):
+        self.calls = []
+        original = model.predict
+
+        def predict(x_t, timesteps, labels):
+            self.calls.append((timesteps.clone(), labels.clone(), torch.is_grad_enabled()))
+            return original(x_t, timesteps, labels)
+
+        model.predict = predict
+
+
+def prepared_trainer(tmp_path, data, model, forget_classes=("three",), **method_kwargs):
+    """A trainer whose remain_geometry method is prepared (settings, mask) and whose optimizer exists, for single
+    forget steps; and a forget batch of 8 rows of class 3."""
+    args = diffusion_args(tmp_path, max_steps=1, eval_after_unlearn=False, eval_before_unlearn=False,
+                          method_kwargs=method_kwargs)  # fmt: skip
+    trainer = UnlearningTrainer(model, args, train_dataset=data["train"], eval_dataset=data["test"],
+                                forget_classes=list(forget_classes))  # fmt: skip
+    trainer.method.prepare()
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    batch = trainer._prepare_inputs(trainer.data_collator([data["train"][i] for i in range(8)]))
+    batch["labels"] = torch.full_like(batch["labels"], 3)
+    trainer.model.train()
+    return trainer, batch
+
+
+# ------------------------------------------------------------------------------------------------- unlearn
+@pytest.mark.parametrize("method, method_kwargs", [
+    ("remain_geometry", {}), ("remain_geometry", {"forget_loss": "ascent"}), ("finetune", {}), ("gradient_ascent", {}),
+])  # fmt: skip
+def test_tiny_ddpm_unlearns_saves_and_reloads(tmp_path, tiny_digits, method, method_kwargs):
+    model = tiny_ddpm()
+    before = {name: p.detach().clone() for name, p in model.denoiser.named_parameters()}
+    trainer, output = unlearn(model, tmp_path, tiny_digits, method, method_kwargs=method_kwargs)
+    unlearned = trainer.model
+    changed = [name for name, p in unlearned.denoiser.named_parameters() if not torch.equal(p, before[name])]
+    assert changed, "no denoiser weight changed"
+    assert all(torch.equal(p, before[name]) for name, p in model.denoiser.named_parameters())  # the caller's copy
+    metrics = output.metrics
+    assert metrics["sampling"] == {"samples": 8, "seed": 42, "sampler": "DDIMScheduler", "steps": 2,
+                                   "guidance_scale": 2.0}  # fmt: skip
+    assert {"forget_share", "retain_judge_accuracy", "frechet_distance"} <= set(metrics)
+    assert unlearned.config.unlearned_classes == [3]
+
+    trainer.save_model()
+    reloaded = DiffusionModel.from_pretrained(trainer.args.output_dir)
+    assert reloaded.config.unlearned_classes == [3] and reloaded.config.null_class == 10
+    assert reloaded.config.id2label[3] == "three"
+    expected = unlearned.sample([3, 5], num_inference_steps=3, seed=0)
+    assert torch.allclose(reloaded.sample([3, 5], num_inference_steps=3, seed=0), expected, atol=1e-5)
+    # The folder is a diffusers pipeline as well.
+    unet = diffusers.UNet2DModel.from_pretrained(trainer.args.output_dir, subfolder="unet")
+    assert all(torch.equal(a, b) for a, b in zip(unet.parameters(), unlearned.denoiser.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("method", ["remain_geometry", "finetune", "gradient_ascent"])
+def test_tiny_dit_from_a_pipeline_unlearns_and_reloads(tmp_path, tiny_digits, method):
+    model = tiny_dit()
+    pipeline = diffusers.DiTPipeline(transformer=model.denoiser, vae=model.vae, scheduler=model.noise_scheduler,
+                                     id2label=dict(enumerate(model.config.id2label.values())))  # fmt: skip
+    vae_before = {name: p.detach().clone() for name, p in model.vae.named_parameters()}
+    trainer, output = unlearn(pipeline, tmp_path, tiny_digits, method)
+    unlearned = trainer.model
+    assert isinstance(unlearned, DiffusionModel) and unlearned.config.denoiser == "transformer"
+    assert unlearned.config.id2label[3] == "three" and unlearned.config.null_class == 10
+    assert all(torch.equal(p, vae_before[name]) for name, p in unlearned.vae.named_parameters())  # the VAE is frozen
+    assert output.metrics["frechet_distance"] >= 0
+
+    trainer.save_model()
+    reloaded = DiffusionModel.from_pretrained(trainer.args.output_dir)
+    expected = unlearned.sample([3, 5], num_inference_steps=3, seed=0)
+    assert torch.allclose(reloaded.sample([3, 5], num_inference_steps=3, seed=0), expected, atol=1e-5)
+    again = diffusers.DiTPipeline.from_pretrained(trainer.args.output_dir)
+    assert all(torch.equal(a, b) for a, b in zip(again.transformer.parameters(), unlearned.denoiser.parameters(),
+                                                  strict=True))  # fmt: skip
+    # A saved folder is a model argument of its own (local path or Hub ID), through load_model.
+    model, processor = load_model(trainer.args.output_dir)
+    assert isinstance(model, DiffusionModel) and processor is None
+    again_trainer = UnlearningTrainer(trainer.args.output_dir, diffusion_args(tmp_path, "finetune", name="again"),
+                                      train_dataset=tiny_digits["train"], eval_dataset=tiny_digits["test"],
+                                      judge=ConstantJudge(0), forget_classes=["five"])  # fmt: skip
+    assert again_trainer.split.unlearned_before == [3]
+
+
+# --------------------------------------------------------------------------------------- remain_geometry
+def test_remain_geometry_uses_the_papers_settings_per_model(tmp_path, tiny_digits):
+    _, ddpm = unlearn(tiny_ddpm(), tmp_path, tiny_digits, eval_after_unlearn=False, eval_before_unlearn=False)
+    keys = ("forget_every", "alpha", "weight_exponent", "forget_max_grad_norm", "forget_loss")
+    assert {k: ddpm.metrics[k] for k in keys} == {
+        "forget_every": 1, "alpha": 10.0, "weight_exponent": 0.5, "forget_max_grad_norm": 1.0, "forget_loss": "rl"}  # fmt: skip
+    assert ddpm.metrics["forget_steps"] == 2
+    _, dit = unlearn(tiny_dit(), tmp_path, tiny_digits, eval_after_unlearn=False, eval_before_unlearn=False,
+                     method_kwargs={"forget_loss": "ascent"})  # fmt: skip
+    assert {k: dit.metrics[k] for k in keys} == {
+        "forget_every": 1, "alpha": 1e-3, "weight_exponent": 0.0, "forget_max_grad_norm": 1.0, "forget_loss": "ascent"}  # fmt: skip
+    _, given = unlearn(tiny_dit(), tmp_path, tiny_digits, eval_after_unlearn=False, eval_before_unlearn=False,
+                       method_kwargs={"alpha": 0.5, "forget_every": 2})  # fmt: skip
+    assert (given.metrics["alpha"], given.metrics["forget_every"], given.metrics["forget_loss"]) == (0.5, 2, "rl")
+
+
+def test_forget_steps_keep_labels_and_pair_timesteps_retain_steps_drop_labels(tmp_path, tiny_digits):
+    model = tiny_ddpm()
+    model.config.label_dropout = 1.0  # every label a retain step sees becomes the null class
+    trainer, batch = prepared_trainer(tmp_path, tiny_digits, model, forget_loss="ascent")
+    recorder = LabelRecorder(trainer.model)
+    trainer.method.forget_step(trainer.model, batch, alpha=1.0)
+    timesteps, labels, _ = recorder.calls[-1]
+    assert labels.tolist() == [3] * 8  # no label dropout in the forget step
+    assert (timesteps[:4] + timesteps[4:]).tolist() == [49] * 4  # antithetic: t and T-1-t
+    training_loss(trainer.model, batch)  # a retain-style loss in training mode
+    assert recorder.calls[-1][1].tolist() == [10] * 8
+
+
+@pytest.mark.parametrize("forget_loss", ["ascent", "rl"])
+def test_dit_forget_steps_reach_the_label_embedding_undropped(tmp_path, tiny_digits, forget_loss):
+    """diffusers' DiT drops labels inside its blocks in training mode; the model switches that off and drops them
+    itself, so a forget step's labels reach every block's embedding as they are."""
+    trainer, batch = prepared_trainer(tmp_path, tiny_digits, tiny_dit(), forget_loss=forget_loss)
+    seen = []
+    embeddings = [m for m in trainer.model.denoiser.modules() if type(m).__name__ == "LabelEmbedding"]
+    handles = [m.register_forward_hook(lambda module, args, output: seen.append(args[0].clone())) for m in embeddings]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for _ in range(20):  # 160 rows: a 10 % drop would show
+            trainer.method.forget_step(trainer.model, batch, alpha=1.0)
+    for handle in handles:
+        handle.remove()
+    assert seen and not any((labels == 10).any() for labels in seen)  # nothing dropped to the null class
+    if forget_loss == "ascent":
+        assert all(labels.tolist() == [3] * 8 for labels in seen)
+    else:  # the forget class, and the detached targets under retained classes
+        assert any(labels.tolist() == [3] * 8 for labels in seen)
+        assert any(not (labels == 3).any() for labels in seen)
+    assert trainer.model.config.label_dropout == 0.1 and trainer.model.config.null_class == 10
+
+
+def test_rl_forget_loss_maps_the_class_onto_retained_classes(tmp_path, tiny_digits):
+    trainer, batch = prepared_trainer(tmp_path, tiny_digits, tiny_ddpm(), ("three", "five"), forget_loss="rl")
+    recorder = LabelRecorder(trainer.model)
+    loss = trainer.method.forget_step(trainer.model, batch, alpha=1.0)
+    assert loss > 0  # a distance to pull down, not a loss to ascend
+    (_, labels, with_grad), (_, targets, target_grad) = recorder.calls
+    assert with_grad and labels.tolist() == [3] * 8  # the prediction under the forget class is trained ...
+    assert not target_grad  # ... towards a detached prediction under retained classes
+    assert not torch.isin(targets, torch.tensor([3, 5, 10])).any()
+    assert trainer.method.settings["forget_loss"] == "rl"
+
+
+def test_rl_is_refused_for_classifiers(tmp_path, tiny_digits):
+    from hf_unlearn.digits import digits_classifier
+
+    model = digits_classifier("vit", image_size=8)
+    args = diffusion_args(tmp_path, method_kwargs={"forget_loss": "rl"}, eval_after_unlearn=False,
+                          eval_before_unlearn=False)  # fmt: skip
+    trainer = UnlearningTrainer(model, args, train_dataset=tiny_digits["train"], eval_dataset=tiny_digits["test"],
+                                forget_classes=[3])  # fmt: skip
+    with pytest.raises(ValueError, match="diffusion variant"):
+        trainer.unlearn()
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def test_sampling_is_seeded_guided_and_takes_any_scheduler():
+    model = tiny_ddpm()
+    first = model.sample([1, 2, 3], num_inference_steps=3, seed=0)
+    assert first.shape == (3, 1, 8, 8)
+    assert torch.equal(model.sample([1, 2, 3], num_inference_steps=3, seed=0), first)
+    assert not torch.equal(model.sample([1, 2, 3], num_inference_steps=3, seed=0, guidance_scale=1.0), first)
+    for sampler in ("DDPMScheduler", "PNDMScheduler"):  # stochastic (takes the generator) and deterministic (does not)
+        assert model.sample([1], num_inference_steps=10, seed=0, sampler=sampler).shape == (1, 1, 8, 8)
+    with pytest.raises(ValueError, match="not a diffusers scheduler"):
+        model.sample([1], sampler="NoSuchScheduler")
+    model.config.null_class = None
+    with pytest.raises(ValueError, match="guidance_scale=1"):
+        model.sample([1], guidance_scale=2.0)
+
+
+def test_judge_metrics_follow_the_judge_and_record_the_sampling(tiny_digits):
+    """FA and retained accuracy are the judge's calls on samples generated for the forget / retained classes."""
+    from hf_unlearn.diffusion import measure_diffusion
+    from hf_unlearn.gan import image_tensors
+
+    model = train_diffusion(tiny_ddpm(), tiny_digits["train"], steps=1, progress=False)
+    rows = image_tensors(tiny_digits["train"])
+    common = {"forget_classes": [3], "retained_classes": [0, 1, 2], "real_retain_rows": rows, "num_samples": 6,
+              "seed": 0, "num_inference_steps": 2, "guidance_scale": None, "sampler": "DDIMScheduler"}  # fmt: skip
+    always_three = measure_diffusion(model, ConstantJudge(3), **common)
+    assert always_three["forget_share"] == 1.0 and always_three["retain_judge_accuracy"] == 0.0
+    never_three = measure_diffusion(model, ConstantJudge(0), **common)
+    assert never_three["forget_share"] == 0.0 and never_three["retain_judge_accuracy"] == pytest.approx(1 / 3)
+    assert never_three["sampling"]["guidance_scale"] == 2.0
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def test_bare_denoisers_and_unconditional_unets_are_refused_with_the_fix(tmp_path, tiny_digits):
+    model = tiny_ddpm()
+    args = diffusion_args(tmp_path)
+    with pytest.raises(TypeError, match="DiffusionModel.wrap"):
+        UnlearningTrainer(model.denoiser, args, train_dataset=tiny_digits["train"], eval_dataset=tiny_digits["test"],
+                          forget_classes=[3])  # fmt: skip
+    plain = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                  down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                                  norm_num_groups=4, layers_per_block=1)  # fmt: skip
+    with pytest.raises(ValueError, match="num_class_embeds"):
+        DiffusionModel.wrap(plain, model.noise_scheduler)
+    with pytest.raises(ValueError, match="vae"):
+        DiffusionModel.wrap(tiny_dit().denoiser, model.noise_scheduler)
+
+
+def test_plain_diffusers_pipeline_folders_load_with_their_labels(tmp_path):
+    ddpm = tiny_ddpm()
+    diffusers.DDPMPipeline(unet=ddpm.denoiser, scheduler=ddpm.noise_scheduler).save_pretrained(tmp_path / "ddpm")
+    plain = DiffusionModel.from_pretrained(tmp_path / "ddpm")
+    # Without label names nothing says that the eleventh embedding is a null class: no guidance unless told.
+    assert plain.config.num_labels == 11 and plain.config.null_class is None
+    named = DiffusionModel.from_pipeline(diffusers.DDPMPipeline.from_pretrained(tmp_path / "ddpm"), labels=10)
+    assert named.config.null_class == 10 and named.config.label_dropout == 0.1
+    dit = tiny_dit()
+    names = {0: "zero, nought", **{i: f"digit {i}" for i in range(1, 10)}}
+    pipeline = diffusers.DiTPipeline(transformer=dit.denoiser, vae=dit.vae, scheduler=dit.noise_scheduler,
+                                     id2label=names)  # fmt: skip
+    from_object = DiffusionModel.from_pipeline(pipeline)
+    assert from_object.config.id2label[0] in ("zero, nought", "nought, zero")  # DiTPipeline splits and sorts synonyms
+    assert from_object.config.id2label[7] == "digit 7" and from_object.config.null_class == 10
+    pipeline.save_pretrained(tmp_path / "dit")  # diffusers does not write id2label: only the ids come back
+    loaded = DiffusionModel.from_pretrained(tmp_path / "dit")
+    assert loaded.config.null_class == 10 and loaded.config.id2label[7] == "LABEL_7"
+
+
+def test_wrap_checks_the_null_class_and_the_scheduler():
+    model = tiny_ddpm()
+    with pytest.raises(ValueError, match="null_class"):
+        DiffusionModel.wrap(model.denoiser, model.noise_scheduler, labels=10, null_class=3)  # a named class
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        DiffusionModel.wrap(model.denoiser, diffusers.FlowMatchEulerDiscreteScheduler(), labels=10)
+
+
+@pytest.mark.parametrize("overrides, target, error", [
+    ({"method": "svd_projection"}, {"forget_classes": [3]}, "Methods for this model: .*remain_geometry"),
+    ({}, {"forget_indices": [0, 1]}, "forget_classes"),
+    ({"forget_accuracy_target": 0.0}, {"forget_classes": [3]}, "forget_accuracy_target"),
+    ({"peft_config": {"r": 4}}, {"forget_classes": [3]}, "peft_config"),
+])  # fmt: skip
+def test_requests_a_diffusion_model_cannot_serve_are_refused(tmp_path, tiny_digits, overrides, target, error):
+    args = diffusion_args(tmp_path, **overrides)
+    with pytest.raises(ValueError, match=error):
+        UnlearningTrainer(tiny_ddpm(), args, train_dataset=tiny_digits["train"], eval_dataset=tiny_digits["test"],
+                          **target)  # fmt: skip
+
+
+def test_measuring_without_a_judge_names_the_fix(tmp_path, tiny_digits):
+    trainer = UnlearningTrainer(tiny_ddpm(), diffusion_args(tmp_path), train_dataset=tiny_digits["train"],
+                                eval_dataset=tiny_digits["test"], forget_classes=[3])  # fmt: skip
+    with pytest.raises(ValueError, match="judge="):
+        trainer.unlearn()
+
+
+def test_missing_diffusers_gives_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    with pytest.raises(ImportError, match=r"hf-unlearn\[diffusion\]"):
+        diffusers_module()
+
+
+# ---------------------------------------------------------------------------------------------- the card
+def test_the_card_of_an_unlearned_diffusion_model(tmp_path, tiny_digits):
+    trainer, output = unlearn(tiny_ddpm(), tmp_path, tiny_digits, "finetune")
+    files = trainer.create_model_card(dataset="sklearn/digits")
+    assert "README.md" in files
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "library_name: diffusers" in text and "DiffusionModel.from_pretrained" in text
+    assert "DDIMScheduler, 2 steps, guidance 2.0" in text
+    assert f"{100 * output.metrics['forget_share']:.1f} %" in text
