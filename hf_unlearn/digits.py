@@ -200,28 +200,38 @@ def unlearn_digits(
     return trainer, trainer.unlearn()
 
 
-def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0, gan_steps: int = 3000) -> dict:
+GENERATORS = ("gan", "ddpm")
+
+
+def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0, gan_steps: int = 3000,
+                   ddpm_steps: int = 1000) -> dict:  # fmt: skip
     """Train the small digits classifier and write what a `hf-unlearn unlearn` job reads: `OUTPUT_DIR/model`
     (model, `save_pretrained`) and `OUTPUT_DIR/{train,test}.parquet` (the dataset, features kept).
 
     `architecture="gan"`: the model is the small DCGAN of `hf_unlearn.gan` (`gan_steps` steps, about 2 minutes on
-    2 CPU cores) and the ResNet classifier is saved as its judge in `OUTPUT_DIR/judge`."""
+    2 CPU cores); `"ddpm"`: the small class-conditional DDPM of `hf_unlearn.diffusion` (`ddpm_steps` steps, about 4
+    minutes; needs diffusers). Either way the ResNet classifier is saved as its judge in `OUTPUT_DIR/judge`."""
     from pathlib import Path
 
     output = Path(output_dir)
     data = load_digits_dataset(seed=seed)
     written = {"model": str(output / "model")}
-    classifier = "resnet" if architecture == "gan" else architecture
+    classifier = "resnet" if architecture in GENERATORS else architecture
     model = train_classifier(
         digits_classifier(classifier, seed=seed), data["train"], str(output / "training"), seed=seed,
         **DEFAULT_TRAINING[classifier],
     )  # fmt: skip
+    if architecture in GENERATORS:
+        model.save_pretrained(output / "judge")
+        written["judge"] = str(output / "judge")
     if architecture == "gan":
         from .gan import dcgan_pair, train_gan
 
-        model.save_pretrained(output / "judge")
-        written["judge"] = str(output / "judge")
         model = train_gan(dcgan_pair(seed=seed), data["train"], steps=gan_steps, seed=seed)
+    elif architecture == "ddpm":
+        from .diffusion import small_ddpm, train_diffusion
+
+        model = train_diffusion(small_ddpm(seed=seed), data["train"], steps=ddpm_steps, seed=seed)
     model.save_pretrained(output / "model")
     files = {split: str(output / f"{split}.parquet") for split in data}
     for split, path in files.items():
@@ -230,13 +240,13 @@ def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0, ga
 
 
 def main(argv=None) -> None:
-    """`python -m hf_unlearn.digits --output_dir outputs/digits-vit [--architecture resnet|gan]`: prepare a digits
-    job (`gan`: a small DCGAN and its ResNet judge)."""
+    """`python -m hf_unlearn.digits --output_dir outputs/digits-vit [--architecture resnet|gan|ddpm]`: prepare a
+    digits job (`gan`: a small DCGAN, `ddpm`: a small class-conditional DDPM, each with its ResNet judge)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--architecture", choices=(*ARCHITECTURES, "gan"), default="vit")
+    parser.add_argument("--architecture", choices=(*ARCHITECTURES, *GENERATORS), default="vit")
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args(argv)
     written = prepare_digits(options.output_dir, options.architecture, options.seed)

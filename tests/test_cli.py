@@ -62,13 +62,19 @@ def test_methods_lists_every_method_with_its_paper(capsys):
     assert "https://arxiv.org/abs/2409.19732" in listed and "reconstruction" in listed
 
 
+def parquet_files(digits, folder) -> dict:
+    """The digits splits written as parquet files in `folder` (what a job's `data_files` names)."""
+    files = {split: str(folder / f"{split}.parquet") for split in ("train", "test")}
+    for split, path in files.items():
+        digits[split].to_parquet(path)
+    return files
+
+
 def test_evaluate_measures_a_saved_unlearned_model_against_a_reference(trained, digits, tmp_path):
     """`unlearn` then `evaluate` on its output: the forget classes default to the ones the model records, and a
     reference model adds the gaps."""
-    model_dir, files = tmp_path / "model", {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}
+    model_dir, files = tmp_path / "model", parquet_files(digits, tmp_path)
     trained("resnet").save_pretrained(model_dir)
-    for split, path in files.items():
-        digits[split].to_parquet(path)
     common = ["--data_files", json.dumps(files), "--disable_tqdm", "true", "--dataset_name", "parquet"]
     job = ["--config", str(RECIPES / "digits" / "vit_gppu.yaml"), "--model_name_or_path", str(model_dir), *common]
     assert main(["unlearn", *job, "--output_dir", str(tmp_path / "unlearned")]) == 0
@@ -91,9 +97,7 @@ def test_the_gan_recipe_runs_a_gan_job_with_its_judge(trained, digits, tmp_path,
 
     dcgan_pair(latent_dim=8, width=4).save_pretrained(tmp_path / "gan")
     trained("resnet").save_pretrained(tmp_path / "judge")
-    files = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}
-    for split, path in files.items():
-        digits[split].to_parquet(path)
+    files = parquet_files(digits, tmp_path)
     main(["unlearn", "--config", str(RECIPES / "digits" / "gan_cascade.yaml"), "--model_name_or_path",
           str(tmp_path / "gan"), "--judge_model", str(tmp_path / "judge"), "--data_files", json.dumps(files),
           "--output_dir", str(tmp_path / "out"), "--method_kwargs", '{"max_iterations": 2}',
@@ -107,11 +111,31 @@ def test_the_gan_recipe_runs_a_gan_job_with_its_judge(trained, digits, tmp_path,
     assert results["kind"] == "gan" and results["metrics"]["iterations"] == 2
 
 
+def test_the_ddpm_recipe_runs_a_diffusion_job_with_its_judge(trained, digits, tmp_path, capsys):
+    """`recipes/digits/ddpm_remain_geometry.yaml` with a small saved DDPM and a saved judge: the unlearned model is
+    saved as a diffusers pipeline with its card, and the report shows FA and the retained classes' judge accuracy."""
+    pytest.importorskip("diffusers")
+    from hf_unlearn.diffusion import DiffusionModel, small_ddpm
+
+    small_ddpm(widths=(8, 16), num_train_timesteps=50).save_pretrained(tmp_path / "ddpm")
+    trained("resnet").save_pretrained(tmp_path / "judge")
+    files = parquet_files(digits, tmp_path)
+    main(["unlearn", "--config", str(RECIPES / "digits" / "ddpm_remain_geometry.yaml"), "--model_name_or_path",
+          str(tmp_path / "ddpm"), "--judge_model", str(tmp_path / "judge"), "--data_files", json.dumps(files),
+          "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--eval_generated_samples", "8",
+          "--eval_inference_steps", "2", "--disable_tqdm", "true"])  # fmt: skip
+    report = capsys.readouterr().out
+    assert "<- forgotten" in report and "forget_share: original" in report and "retain_judge_accuracy" in report
+    reloaded = DiffusionModel.from_pretrained(tmp_path / "out")
+    assert reloaded.config.unlearned_classes == [3]
+    results = json.loads((tmp_path / "out" / "unlearning_results.json").read_text())
+    assert results["kind"] == "diffusion" and results["metrics"]["iterations"] == 2
+    assert (tmp_path / "out" / "model_index.json").is_file()
+
+
 def test_evaluate_needs_classes_when_the_model_records_none(trained, digits, tmp_path):
     trained("resnet").save_pretrained(tmp_path / "model")
-    files = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}
-    for split, path in files.items():
-        digits[split].to_parquet(path)
+    files = parquet_files(digits, tmp_path)
     with pytest.raises(ValueError, match="`forget_classes` is required: .* records no unlearned classes"):
         main(["evaluate", "--model_name_or_path", str(tmp_path / "model"), "--dataset_name", "parquet",
               "--data_files", json.dumps(files), "--output_dir", str(tmp_path / "out")])  # fmt: skip
