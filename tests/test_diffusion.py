@@ -133,19 +133,21 @@ def test_tiny_dit_from_a_pipeline_unlearns_and_reloads(tmp_path, tiny_digits, me
 
 
 # --------------------------------------------------------------------------------------- remain_geometry
-def test_remain_geometry_uses_the_papers_settings_per_model(tmp_path, tiny_digits):
-    _, ddpm = unlearn(tiny_ddpm(), tmp_path, tiny_digits, eval_after_unlearn=False, eval_before_unlearn=False)
+def test_remain_geometry_diffusion_defaults_per_model_and_loss(tmp_path, tiny_digits):
+    """The DEFAULTS table: DDPM "rl" with the paper's DDPM settings, DiT plain ascent (alpha per loss); given values win."""
     keys = ("forget_every", "alpha", "weight_exponent", "forget_max_grad_norm", "forget_loss")
+    quiet = {"eval_after_unlearn": False, "eval_before_unlearn": False}
+    _, ddpm = unlearn(tiny_ddpm(), tmp_path, tiny_digits, **quiet)
     assert {k: ddpm.metrics[k] for k in keys} == {
         "forget_every": 1, "alpha": 10.0, "weight_exponent": 0.5, "forget_max_grad_norm": 1.0, "forget_loss": "rl"}  # fmt: skip
     assert ddpm.metrics["forget_steps"] == 2
-    _, dit = unlearn(tiny_dit(), tmp_path, tiny_digits, eval_after_unlearn=False, eval_before_unlearn=False,
-                     method_kwargs={"forget_loss": "ascent"})  # fmt: skip
+    _, dit = unlearn(tiny_dit(), tmp_path, tiny_digits, **quiet)
     assert {k: dit.metrics[k] for k in keys} == {
-        "forget_every": 1, "alpha": 1e-3, "weight_exponent": 0.0, "forget_max_grad_norm": 1.0, "forget_loss": "ascent"}  # fmt: skip
-    _, given = unlearn(tiny_dit(), tmp_path, tiny_digits, eval_after_unlearn=False, eval_before_unlearn=False,
-                       method_kwargs={"alpha": 0.5, "forget_every": 2})  # fmt: skip
-    assert (given.metrics["alpha"], given.metrics["forget_every"], given.metrics["forget_loss"]) == (0.5, 2, "rl")
+        "forget_every": 1, "alpha": 1.0, "weight_exponent": 0.0, "forget_max_grad_norm": 1.0, "forget_loss": "ascent"}  # fmt: skip
+    _, dit_rl = unlearn(tiny_dit(), tmp_path, tiny_digits, method_kwargs={"forget_loss": "rl"}, **quiet)
+    assert dit_rl.metrics["alpha"] == 10.0
+    _, given = unlearn(tiny_dit(), tmp_path, tiny_digits, method_kwargs={"alpha": 0.5, "forget_every": 2}, **quiet)
+    assert (given.metrics["alpha"], given.metrics["forget_every"], given.metrics["forget_loss"]) == (0.5, 2, "ascent")
 
 
 def test_forget_steps_keep_labels_and_pair_timesteps_retain_steps_drop_labels(tmp_path, tiny_digits):

@@ -43,7 +43,7 @@ def test_the_mask_keeps_masked_parameters_unchanged_by_a_forget_step(trained, di
     forget step, exactly the parameters the Fisher ratio leaves out are unchanged, and the others moved."""
     trainer = build(trained("vit"), digits, tmp_path, optim="sgd", weight_decay=0.0, learning_rate=0.05)
     method = trainer.method
-    method.masks = method.saliency_mask()
+    method.prepare()  # settings and the saliency mask
     trainer.create_optimizer()
     model = trainer.model
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
