@@ -53,7 +53,8 @@ class UnlearningOutput:
 
 
 class UnlearningTrainer(Trainer):
-    """Removes what a trained classifier learned about some classes or training samples, and measures the result.
+    """Removes what a trained model (a classifier, a GAN or a diffusion model) learned about some classes or training
+    samples, and measures the result.
 
     Args:
         model: a transformers classifier (`...ForImageClassification`, `...ForAudioClassification`), a GAN
@@ -118,11 +119,6 @@ class UnlearningTrainer(Trainer):
                 f"Method '{args.method}' does not unlearn {kind} models (it works on: "
                 f"{', '.join(spec.method_class.model_kinds)}). Methods for this model: {', '.join(fitting)}."
             )
-        if kind == "diffusion" and forget_classes is None:
-            raise ValueError(
-                "Diffusion models forget classes here (`forget_classes`: the classes they must no longer generate); "
-                "`forget_indices` is not supported for them."
-            )
         if kind != "classifier" and args.peft_config:
             raise ValueError(
                 f"`peft_config` (LoRA) is supported for classifiers; this model is a {kind} model: leave it None."
@@ -137,6 +133,11 @@ class UnlearningTrainer(Trainer):
                 "Give exactly one of `forget_classes` (class ids or label names) and `forget_indices` (training rows); "
                 f"got forget_classes={forget_classes!r} and forget_indices="
                 f"{'None' if forget_indices is None else f'<{len(forget_indices)} indices>'}."
+            )
+        if kind == "diffusion" and forget_classes is None:
+            raise ValueError(
+                "Diffusion models forget classes here (`forget_classes`: the classes they must no longer generate); "
+                "`forget_indices` is not supported for them."
             )
         if train_dataset is None:
             raise ValueError("`train_dataset` is required: the forget and retain sets are taken from it.")
