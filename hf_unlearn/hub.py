@@ -140,7 +140,7 @@ def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config
         "paper": spec.paper,
         "citation": spec.citation,
         "limitations": spec.limitations,
-        "method_config": asdict(result.method_config),
+        "method_config": _resolved(asdict(result.method_config), result.metrics),
         "training": {name: getattr(args, name) for name in TRAINING_FIELDS},
         "peft": peft,
         "forget": {
@@ -166,6 +166,12 @@ def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config
     # JSON-native values (enums as their value, tuples as lists): the card rendered now and one rendered later from
     # unlearning_results.json are the same.
     return json.loads(json.dumps(context, default=_plain))
+
+
+def _resolved(method_config: dict, metrics: dict) -> dict:
+    """`method_config` with each setting left to the method's default (None) shown as the run resolved it (the
+    method reports those values, e.g. remain_geometry's `alpha`), so the card states what actually ran."""
+    return {name: metrics.get(name, value) if value is None else value for name, value in method_config.items()}
 
 
 def _plain(value):

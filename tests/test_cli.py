@@ -130,6 +130,8 @@ def test_the_ddpm_recipe_runs_a_diffusion_job_with_its_judge(trained, digits, tm
     assert reloaded.config.unlearned_classes == [3]
     results = json.loads((tmp_path / "out" / "unlearning_results.json").read_text())
     assert results["kind"] == "diffusion" and results["metrics"]["iterations"] == 2
+    # The card shows the settings the run resolved from the DDPM defaults, not None.
+    assert results["method_config"]["forget_loss"] == "rl" and results["method_config"]["alpha"] == 10.0
     assert (tmp_path / "out" / "model_index.json").is_file()
 
 
