@@ -252,8 +252,7 @@ class DiffusionModel(PreTrainedModel):
     # ------------------------------------------------------------------------------------------ denoising
     def to_model_space(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Data images -> what the denoiser sees: [-1, 1] pixels (UNet) or scaled VAE latents (DiT)."""
-        low, high = self.config.data_range
-        images = (pixel_values - low) / (high - low) * 2 - 1
+        images = to_signed_range(pixel_values, self.config.data_range)
         if self.vae is None:
             return images
         with torch.no_grad():
@@ -405,6 +404,12 @@ class DiffusionModel(PreTrainedModel):
 AutoConfig.register(DiffusionConfig.model_type, DiffusionConfig, exist_ok=True)
 
 
+def to_signed_range(pixel_values: torch.Tensor, data_range) -> torch.Tensor:
+    """Pixel values in `data_range` (low, high) mapped linearly to [-1, 1], the range diffusion models work in."""
+    low, high = data_range
+    return (pixel_values - low) / (high - low) * 2 - 1
+
+
 def is_diffusion(model) -> bool:
     """Whether `model` is a [`DiffusionModel`] (possibly wrapped by accelerate / DistributedDataParallel)."""
     return isinstance(getattr(model, "module", model), DiffusionModel)
@@ -518,8 +523,7 @@ def train_vae(vae: nn.Module, dataset, steps: int = 1000, batch_size: int = 64, 
 
     images = image_tensors(dataset)[0].to(vae.device)
     vae.requires_grad_(True)
-    low, high = data_range
-    images = (images - low) / (high - low) * 2 - 1
+    images = to_signed_range(images, data_range)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate)
     vae.train()

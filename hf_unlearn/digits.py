@@ -204,13 +204,13 @@ GENERATORS = ("gan", "ddpm")
 
 
 def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0, gan_steps: int = 3000,
-                   ddpm_steps: int = 1000) -> dict:  # fmt: skip
+                   ddpm_steps: int = 1500) -> dict:  # fmt: skip
     """Train the small digits classifier and write what a `hf-unlearn unlearn` job reads: `OUTPUT_DIR/model`
     (model, `save_pretrained`) and `OUTPUT_DIR/{train,test}.parquet` (the dataset, features kept).
 
     `architecture="gan"`: the model is the small DCGAN of `hf_unlearn.gan` (`gan_steps` steps, about 2 minutes on
-    2 CPU cores); `"ddpm"`: the small class-conditional DDPM of `hf_unlearn.diffusion` (`ddpm_steps` steps, about 4
-    minutes; needs diffusers). Either way the ResNet classifier is saved as its judge in `OUTPUT_DIR/judge`."""
+    2 CPU cores); `"ddpm"`: the small class-conditional DDPM of `hf_unlearn.diffusion` (`ddpm_steps` steps, about 6
+    minutes; needs diffusers; the DDPM of `benchmarks/diffusion.py`). Either way the ResNet classifier is saved as its judge in `OUTPUT_DIR/judge`."""
     from pathlib import Path
 
     output = Path(output_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
@@ -37,9 +38,16 @@ def load_model(model_id: str, *, trust_remote_code: bool = False):
     from .diffusion import DiffusionConfig, DiffusionModel, is_pipeline_folder
     from .gan import GANConfig, GANPair  # importing it registers the GAN config with AutoConfig
 
-    if is_pipeline_folder(model_id):
-        return DiffusionModel.from_pretrained(model_id), None
-    config = AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    if Path(model_id).is_dir() and not (Path(model_id) / "config.json").is_file() and is_pipeline_folder(model_id):
+        return DiffusionModel.from_pretrained(model_id), None  # a plain diffusers pipeline folder
+    try:
+        config = AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    except OSError:
+        # No config.json: a diffusers pipeline on the Hub has model_index.json instead (asked only now, so loading a
+        # classifier costs no extra Hub request).
+        if is_pipeline_folder(model_id):
+            return DiffusionModel.from_pretrained(model_id), None
+        raise
     model_type = getattr(config, "model_type", None)
     if model_type == GANConfig.model_type:
         return GANPair.from_pretrained(model_id), None

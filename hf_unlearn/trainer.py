@@ -392,6 +392,12 @@ class UnlearningTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         return step(model, inputs, num_items_in_batch)
 
+    @property
+    def retained_classes(self) -> list[int]:
+        """Class ids the model keeps: every class but the forget classes and those unlearned in earlier requests."""
+        left_out = set(self.split.forget_classes or []) | set(self.split.unlearned_before)
+        return [c for c in range(self.num_labels) if c not in left_out]
+
     # ------------------------------------------------------------------------------------------- measuring
     @torch.no_grad()
     def predict_logits(self, dataset, model=None, description: str = "Scoring") -> tuple[np.ndarray, np.ndarray]:
@@ -534,10 +540,9 @@ class UnlearningTrainer(Trainer):
                 "set `eval_before_unlearn=False, eval_after_unlearn=False`."
             )
         views = self._metric_views()
-        left_out = set(self.split.forget_classes or []) | set(self.split.unlearned_before)
         common = {
             "forget_classes": self.split.forget_classes,
-            "retained_classes": [c for c in range(self.num_labels) if c not in left_out],
+            "retained_classes": self.retained_classes,
             "real_retain_rows": image_tensors(views["retain_train"], label_column=self.label_column),
             "num_samples": self.args.eval_generated_samples,
             "seed": self.args.seed,

@@ -15,7 +15,7 @@ class UnlearningMethod:
     What a method can use from the trainer: `trainer.model`, `trainer.args` (the `UnlearnConfig`), `trainer.split`
     (forget/retain row indices), `trainer.forget_view` / `trainer.retain_view` (the datasets it may train on,
     already capped by `max_forget_samples` / `max_retain_samples`) and their labels `trainer.forget_labels` /
-    `trainer.retain_labels` (arrays: no need to read the datasets' label columns), `trainer.label_column`, `trainer.num_labels`,
+    `trainer.retain_labels` (arrays: no need to read the datasets' label columns), `trainer.label_column`, `trainer.num_labels`, `trainer.retained_classes`,
     `trainer.train_with(dataset)` (the Trainer's own training loop), `trainer.predict_logits(dataset)`, and for
     passes whose results are summed over processes `trainer.shard_batches(dataset)` / `trainer.shard_accuracy(...)`.
     Whatever the run chooses or measures itself (e.g. a hyperparameter search) goes in `self.report`, which is

@@ -218,9 +218,7 @@ class RemainGeometry(UnlearningMethod):
         self.antithetic = setting == "ddpm"  # the paper's DDPM forget step; its DiT one draws timesteps plainly
         self.forget_every, self.alpha = settings["forget_every"], settings["alpha"]
         if settings["forget_loss"] == "rl":
-            left_out = set(trainer.split.forget_classes or []) | set(trainer.split.unlearned_before)
-            retained = [c for c in range(trainer.num_labels) if c not in left_out]
-            self.retained_classes = torch.tensor(retained, device=trainer.args.device)
+            self.retained_classes = torch.tensor(trainer.retained_classes, device=trainer.args.device)
         self.masks = self.saliency_mask()
 
     def saliency_mask(self) -> dict:
