@@ -189,6 +189,7 @@ def job_trainer(job: JobArguments, args, forget_classes):
 
 def unlearn_command(argv: list[str]):
     """`hf-unlearn unlearn`: returns the `UnlearningOutput`."""
+    from .outputs import public_reference
     from .report import format_report
 
     job, args = parse_job(argv)
@@ -201,14 +202,17 @@ def unlearn_command(argv: list[str]):
         )
     trainer = job_trainer(job, args, job.forget_classes)
     result = trainer.unlearn()
-    trainer.save_model(str(output_dir))  # the model and its processor, from the main process
-    # The card (README.md), the per-class plot and unlearning_results.json, from the main process.
-    trainer.create_model_card(
-        dataset=job.dataset_name, dataset_args=job.dataset_config, dataset_split=job.train_split,
-        extra={"job": asdict(job)},
-    )  # fmt: skip
+    # The model, its processor, the card (README.md), the per-class plot and unlearning_results.json, written together
+    # into a temporary folder that then replaces output_dir; with --push_to_hub, then one commit of that folder.
+    # The job is recorded with Hub IDs and file names, not this machine's paths.
+    card = {"dataset": public_reference(job.dataset_name), "dataset_args": job.dataset_config,
+            "dataset_split": job.train_split, "extra": {"job": public_reference(asdict(job))}}  # fmt: skip
+    if args.push_to_hub:
+        trainer.push_to_hub(output_dir=str(output_dir), overwrite=job.overwrite_output_dir, **card)
+    else:
+        trainer.save_unlearned(str(output_dir), overwrite=job.overwrite_output_dir, **card)
     if trainer.is_world_process_zero():
-        names = [trainer.model.config.id2label[c] for c in result.forget_classes]
+        names = [trainer.model.config.id2label[c] for c in result.forget_classes or []]
         print(format_report(result.original_metrics, result.metrics, None, names))
         print(f"\n'{args.method}' took {result.metrics['unlearn_seconds']:.2f} s; saved with its card to {output_dir}")
     trainer.accelerator.end_training()
@@ -263,5 +267,17 @@ def main(argv=None) -> int:
     if command not in COMMANDS:
         print(f"hf-unlearn: unknown command '{command}'. Available: {', '.join(COMMANDS)}.\n\n{usage}", file=sys.stderr)
         return 2
-    {"unlearn": unlearn_command, "evaluate": evaluate_command, "methods": methods_command}[command](rest)
-    return 0
+    debug = "--debug" in rest
+    rest = [argument for argument in rest if argument != "--debug"]
+    run = {"unlearn": unlearn_command, "evaluate": evaluate_command, "methods": methods_command}[command]
+    try:
+        outcome = run(rest)
+    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as error:
+        # A mistake in the job (a bad argument, a missing file, a refused model): one line that names it and the fix.
+        # The traceback is for bugs: `--debug` shows it.
+        if debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"hf-unlearn {command}: error: {message} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 1 if getattr(outcome, "forgotten", None) is False else 0

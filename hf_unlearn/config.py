@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -11,6 +13,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from .registry import get_method
+from .validation import check_pattern, coerce, coerce_fields
 
 
 @dataclass
@@ -86,6 +89,15 @@ class UnlearnConfig(TrainingArguments):
     forget_check_steps: int = field(
         default=10, metadata={"help": "How often (optimizer steps) `forget_accuracy_target` is checked."}
     )
+    forget_success_threshold: float = field(
+        default=0.05,
+        metadata={
+            "help": "The run's forget check: forget classes count as unlearned (recorded in the saved config's "
+            "`unlearned_classes`, stated in the card) only when the unlearned model's accuracy on their training and "
+            "held-out rows (generators: the judge's share of them among samples) is at most this fraction. A run "
+            "that fails the check says so in its output, log and card."
+        },
+    )
     eval_before_unlearn: bool = field(
         default=True,
         metadata={"help": "Measure the original model too, so the output holds before/after metrics."},
@@ -142,6 +154,7 @@ class UnlearnConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        coerce_fields(self, "")  # YAML / JSON values as the command line would read them, or a clear error
         # Launched with several processes (torchrun / accelerate) on a machine without CUDA, TrainingArguments would
         # quietly give every process a world of its own; gloo on the CPU is what the user means.
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
@@ -161,7 +174,18 @@ class UnlearnConfig(TrainingArguments):
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}.")
         if self.forget_check_steps < 1:
             raise ValueError(f"`forget_check_steps` must be >= 1, got {self.forget_check_steps!r}.")
+        if not 0.0 <= self.forget_success_threshold <= 1.0:
+            raise ValueError(
+                f"`forget_success_threshold` is a fraction in [0, 1], got {self.forget_success_threshold!r}."
+            )
         self.method_config = self._resolve_method_config()
+        method_class = get_method(self.method).method_class
+        if method_class.uses_training_budget and self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError(
+                f"Method '{self.method}' trains for `max_steps` or `num_train_epochs`, and both are empty "
+                f"(max_steps={self.max_steps}, num_train_epochs={self.num_train_epochs}): the run would change nothing "
+                "and save the original model as if unlearned. Give a budget, e.g. `max_steps=200`."
+            )
         if isinstance(self.peft_config, str):
             try:
                 self.peft_config = json.loads(self.peft_config) if self.peft_config.strip() else None
@@ -174,7 +198,10 @@ class UnlearnConfig(TrainingArguments):
                     f"`peft_config` must be a dict of LoraConfig fields with an integer rank `r` >= 1, got "
                     f"{self.peft_config!r}; e.g. {{'r': 8}}."
                 )
-            if not get_method(self.method).method_class.supports_peft:
+            target_modules = self.peft_config.get("target_modules")
+            if isinstance(target_modules, str):
+                check_pattern(target_modules, "peft_config['target_modules']")
+            if not method_class.supports_peft:
                 raise ValueError(
                     f"Method '{self.method}' does not train the model's weights by gradient, so `peft_config` does "
                     "not apply to it; leave it None or use a gradient method (e.g. 'neggrad_plus', 'remain_geometry')."
@@ -201,8 +228,29 @@ class UnlearnConfig(TrainingArguments):
                 f"`method_kwargs` has {unknown} which method '{self.method}' does not take. "
                 f"Valid keys: {', '.join(valid) or '(none)'}."
             )
+        hints = typing.get_type_hints(spec.config_class)
+        kwargs = {name: coerce(value, hints[name], f"method_kwargs['{name}']") for name, value in kwargs.items()}
         self.method_kwargs = kwargs
         return spec.config_class(**kwargs)
+
+    # The Hub token must never reach a file: `Trainer` pickles these arguments into training_args.bin, which
+    # `push_to_hub` uploads. Pickles carry no secret (`hub_token` is None in them); copies in memory keep it.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for name in _secret_fields(state):
+            state[name] = None
+        return state
+
+    def __deepcopy__(self, memo):
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
+    def __copy__(self):
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
 
     @classmethod
     def from_yaml(cls, path: str, **overrides) -> UnlearnConfig:
@@ -215,8 +263,22 @@ class UnlearnConfig(TrainingArguments):
 
         with open(path) as handle:
             values = yaml.safe_load(handle) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"`{path}` must hold a mapping of UnlearnConfig fields, got {type(values).__name__}.")
         job_keys = {f.name for f in fields(JobArguments)}
         values = {key: value for key, value in values.items() if key not in job_keys}
         values.update(overrides)
-        (config,) = HfArgumentParser(cls).parse_dict(values, allow_extra_keys=False)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"`{path}` has keys that are not UnlearnConfig fields: {unknown}.")
+        # Parsed as the command line parses them (`learning_rate: 1e-3`, which YAML reads as a string, is a float;
+        # `eval_before_unlearn: 'no'` is False), then checked field by field in __post_init__.
+        parser = HfArgumentParser(cls)
+        parser.set_defaults(**values)
+        (config,) = parser.parse_args_into_dataclasses(args=[])
         return config
+
+
+def _secret_fields(state: dict) -> list[str]:
+    return [name for name, value in state.items() if name.endswith("_token") and isinstance(value, str)]
+

@@ -54,9 +54,19 @@ def check_dataset(dataset, argument: str) -> None:
         raise TypeError(f"`{argument}` must be a `datasets.Dataset`, got {type(dataset).__name__}.{hint}")
 
 
-def dataset_labels(dataset, label_column: str) -> np.ndarray:
-    """All labels of `dataset` as an int64 array, read from the column without decoding other columns."""
-    return np.asarray(dataset.with_format(None)[label_column], dtype=np.int64)
+def dataset_labels(dataset, label_column: str, argument: str = "train_dataset") -> np.ndarray:
+    """All labels of `dataset` as an int64 array, read from the column without decoding other columns. Labels must
+    be integer class ids: strings, floats (which would be truncated) or missing values are a `ValueError` naming
+    `argument`."""
+    values = np.asarray(dataset.with_format(None)[label_column])
+    if values.size and values.dtype.kind not in "iu":
+        example = values[0] if values.dtype.kind != "O" else next((v for v in values if v is not None), None)
+        raise ValueError(
+            f"`{argument}`'s label column '{label_column}' must hold integer class ids, got {values.dtype.name} "
+            f"values (e.g. {example!r}). Encode names as ids with `dataset.class_encode_column('{label_column}')` "
+            f"or cast whole-number floats: `dataset.cast_column('{label_column}', datasets.Value('int64'))`."
+        )
+    return values.astype(np.int64)
 
 
 def resolve_forget_classes(forget_classes, label2id: dict | None, num_labels: int) -> list[int]:
@@ -139,7 +149,7 @@ def split_forget_retain(
             )
         eval_forget = np.isin(eval_labels, forget_classes)
     else:
-        indices = np.asarray(list(forget_indices), dtype=np.int64)
+        indices = resolve_forget_indices(forget_indices, num_train)
         if indices.size == 0:
             raise ValueError("`forget_indices` is empty: give the training rows to forget.")
         out_of_range = indices[(indices < 0) | (indices >= num_train)]
@@ -166,6 +176,35 @@ def split_forget_retain(
         earlier,
         np.flatnonzero(eval_earlier),
     )
+
+
+def resolve_forget_indices(forget_indices, num_rows: int) -> np.ndarray:
+    """Row positions from `forget_indices`: a sequence (list, tuple, numpy array, torch tensor) of integer row
+    positions, or a boolean mask with one entry per row of `train_dataset` (its True rows). Anything else (a bare
+    number, a string, floats, a mask of another length) is a `ValueError` naming the argument."""
+    if isinstance(forget_indices, str | bytes | int | float | np.generic | dict) or forget_indices is None:
+        raise ValueError(
+            f"`forget_indices` must be a sequence of row positions (e.g. [4, 17]) or a boolean mask over "
+            f"`train_dataset`, got {type(forget_indices).__name__} {forget_indices!r}."
+        )
+    if isinstance(forget_indices, torch.Tensor):
+        forget_indices = forget_indices.detach().cpu().numpy()
+    values = np.asarray(forget_indices if isinstance(forget_indices, np.ndarray) else list(forget_indices))
+    if values.ndim != 1:
+        raise ValueError(f"`forget_indices` must be one-dimensional, got shape {values.shape}.")
+    if values.dtype == bool:
+        if len(values) != num_rows:
+            raise ValueError(
+                f"`forget_indices` is a boolean mask of {len(values)} entries, but `train_dataset` has {num_rows} rows: "
+                "a mask needs one entry per row."
+            )
+        return np.flatnonzero(values)
+    if values.size and values.dtype.kind not in "iu":
+        raise ValueError(
+            f"`forget_indices` must hold integer row positions (or be a boolean mask), got values of type "
+            f"{values.dtype} (e.g. {values[:3].tolist()}): convert them, e.g. `[int(i) for i in rows]`."
+        )
+    return values.astype(np.int64)
 
 
 def subsample(indices: np.ndarray, limit: int | None, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
@@ -421,6 +460,10 @@ def with_model_inputs(dataset, collator, description: str = "Computing model inp
     )
 
 
+#: The shortest audio clip a row may hold: one 25 ms analysis window (AST's filter banks, Wav2Vec2's first conv).
+MIN_AUDIO_SECONDS = 0.025
+
+
 class UnlearningCollator:
     """Turns dataset rows into a model batch `{<model input>: tensor, "labels": tensor}`.
 
@@ -443,6 +486,13 @@ class UnlearningCollator:
         if label_column is None:
             raise ValueError(f"A dataset row has no label column ('label' or 'labels'); it has {sorted(first)}.")
         batch["labels"] = torch.as_tensor([int(row[label_column]) for row in rows], dtype=torch.long)
+        for name, value in batch.items():  # one cheap pass: NaN inputs would silently give a NaN model
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value.reshape(len(value), -1))).any(1).sum())
+                raise ValueError(
+                    f"{bad} of {len(rows)} rows in a batch have NaN or infinite values in '{name}': clean the dataset, "
+                    f"e.g. `dataset.filter(lambda row: np.isfinite(row['{name}']).all())`."
+                )
         return batch
 
     def _stack_inputs(self, rows: list[dict], names: list[str]) -> dict:
@@ -481,6 +531,17 @@ class UnlearningCollator:
         rate = getattr(self.processing_class, "sampling_rate", None)
         rate_column = _first_present(first, SAMPLING_RATE_COLUMNS)
         waveforms = [decode_audio(row[audio_column], rate, row[rate_column] if rate_column else None) for row in rows]
+        shortest = int(np.ceil(MIN_AUDIO_SECONDS * (rate or 16_000)))
+        for row, waveform in zip(rows, waveforms, strict=True):
+            if len(waveform) < shortest or not np.isfinite(waveform).all():
+                value = row[audio_column]
+                where = value.get("path") if isinstance(value, dict) and value.get("path") else "a row"
+                what = f"{len(waveform)} samples" if len(waveform) < shortest else "NaN or infinite samples"
+                raise ValueError(
+                    f"The audio of {where!r} in '{audio_column}' has {what}; feature extractors need at least "
+                    f"{shortest} finite samples ({1000 * MIN_AUDIO_SECONDS:.0f} ms at {rate or 16_000} Hz). Drop or pad "
+                    "such rows first, e.g. `dataset.filter(...)`."
+                )
         # Extractors that take waveforms of any length (Wav2Vec2, HuBERT) pad the batch; AST pads each clip itself.
         padding = {"padding": True} if "padding" in inspect.signature(self.processing_class.__call__).parameters else {}
         features = self.processing_class(waveforms, sampling_rate=rate, return_tensors="pt", **padding)

@@ -24,6 +24,7 @@ and `UnlearningTrainer` unlearns, saves and pushes it like any model.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
 import time
@@ -32,11 +33,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.logging import get_logger
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from .digits import DIGIT_NAMES, label_maps
+
+logger = get_logger(__name__)
+
+#: The module classes a GAN's config.json may name without `trust_remote_code=True`: the library's own.
+TRUSTED_MODULE_CLASSES = ("hf_unlearn.gan:DCGANGenerator", "hf_unlearn.gan:DCGANDiscriminator")
+# Set by `GANPair.from_pretrained(..., trust_remote_code=True)` for the modules it builds from the config.
+_code_trusted = contextvars.ContextVar("hf_unlearn_gan_code_trusted", default=False)
 
 
 def _class_path(module: nn.Module) -> str:
@@ -44,11 +53,31 @@ def _class_path(module: nn.Module) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _import_class(path: str) -> type:
+def _import_class(path: str, role: str, trust_remote_code: bool) -> type:
+    """The class `path` ("module:Class") names. A config is data: unless `trust_remote_code`, only the classes of
+    `TRUSTED_MODULE_CLASSES` are imported, since importing and calling anything else would run code the folder (or
+    Hub repository) chose."""
+    if not isinstance(path, str) or path.count(":") != 1:
+        raise ValueError(f"`{role}_class` in the GAN's config must be 'module:Class', got {path!r}.")
+    if path not in TRUSTED_MODULE_CLASSES:
+        if not trust_remote_code:
+            raise ValueError(
+                f"The GAN's config.json names `{role}_class` {path!r}, which is not one of hf-unlearn's own GAN "
+                f"modules ({', '.join(TRUSTED_MODULE_CLASSES)}). Building it would import and run that code, so it "
+                "is refused. If you trust the folder (or Hub repository) and the code it names, load it with "
+                f"`trust_remote_code=True` (`--trust_remote_code true` on the command line); or build the module "
+                f"yourself and pass it: `GANPair.from_pretrained(path, {role}=...)`."
+            )
+        logger.warning(
+            f"`trust_remote_code=True`: importing and calling {path!r}, named by the GAN's config, to build its {role}. "
+            "Make sure you trust the code it names."
+        )
     module_name, _, qualname = path.partition(":")
     target = importlib.import_module(module_name)
     for part in qualname.split("."):
         target = getattr(target, part)
+    if not (isinstance(target, type) and issubclass(target, nn.Module)):
+        raise ValueError(f"`{role}_class` {path!r} in the GAN's config is not an nn.Module class.")
     return target
 
 
@@ -137,21 +166,38 @@ class GANPair(PreTrainedModel):
     base_model_prefix = "gan"
     main_input_name = "pixel_values"
 
-    def __init__(self, config: GANConfig, generator: nn.Module | None = None, discriminator: nn.Module | None = None):
+    def __init__(self, config: GANConfig, generator: nn.Module | None = None, discriminator: nn.Module | None = None,
+                 *, trust_remote_code: bool = False):  # fmt: skip
         super().__init__(config)
-        self.generator = generator if generator is not None else self._build(config, "generator")
-        self.discriminator = discriminator if discriminator is not None else self._build(config, "discriminator")
+        trusted = trust_remote_code or _code_trusted.get()
+        self.generator = generator if generator is not None else self._build(config, "generator", trusted)
+        self.discriminator = (
+            discriminator if discriminator is not None else self._build(config, "discriminator", trusted)
+        )
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, trust_remote_code: bool = False, **kwargs):
+        """As `PreTrainedModel.from_pretrained`. The generator and discriminator are built from the classes the
+        config names only when they are hf-unlearn's own (`TRUSTED_MODULE_CLASSES`), or with
+        `trust_remote_code=True`; or pass them built: `GANPair.from_pretrained(path, generator=g, discriminator=d)`."""
+        token = _code_trusted.set(bool(trust_remote_code))
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        finally:
+            _code_trusted.reset(token)
+
     @staticmethod
-    def _build(config: GANConfig, role: str) -> nn.Module:
+    def _build(config: GANConfig, role: str, trust_remote_code: bool = False) -> nn.Module:
         path, arguments = getattr(config, f"{role}_class"), getattr(config, f"{role}_kwargs")
         if path is None or arguments is None:
             raise ValueError(
                 f"This GANConfig does not say how to build its {role} (`{role}_class` / `{role}_kwargs` unset): pass "
                 f"the module, e.g. `GANPair.from_pretrained(path, {role}=My{role.title()}(...))`."
             )
-        return _import_class(path)(**arguments)
+        if not isinstance(arguments, dict):
+            raise ValueError(f"`{role}_kwargs` in the GAN's config must be an object, got {type(arguments).__name__}.")
+        return _import_class(path, role, trust_remote_code)(**arguments)
 
     @classmethod
     def wrap(

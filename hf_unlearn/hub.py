@@ -17,12 +17,15 @@ their quick-start snippet.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 
+from markupsafe import Markup
 from transformers.utils.logging import get_logger
 
+from .outputs import public_reference, write_atomic
 from .registry import get_method
 
 logger = get_logger(__name__)
@@ -151,7 +154,7 @@ def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config
             "unlearned_before": [str(id2label.get(c, c)) for c in split.unlearned_before],
         },
         "dataset": {
-            "name": dataset or info.dataset_name or info.builder_name,
+            "name": public_reference(dataset or info.dataset_name or info.builder_name),
             "config": dataset_config if dataset is not None else info.config_name,
             "split": dataset_split or str(trainer.source_train_dataset.split or "train"),
             "eval_split": str(getattr(trainer.eval_dataset, "split", None) or "eval"),
@@ -262,21 +265,72 @@ def render_card(context: dict):
     import jinja2
     from huggingface_hub import ModelCard
 
+    # Every `{{ value }}` is escaped for Markdown (`finalize`) unless it is Markup built here (YAML, JSON blocks).
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True, trim_blocks=True,
-        lstrip_blocks=True, undefined=jinja2.StrictUndefined,
+        lstrip_blocks=True, undefined=jinja2.StrictUndefined, finalize=escape_markdown,
+    )  # fmt: skip
+    environment.filters.update(python_string=_python_string, hub_id=_hub_id_part, link=_link, code=_code)
+    check = context.get("metrics", {}).get("forget_check") or {}
+    measured = {key: value for key, value in check.items() if key not in ("passed", "threshold")}
+    forget_check = {
+        "passed": check.get("passed"),
+        "summary": ", ".join(f"{key.replace('_', ' ')} {_percent(value)}" for key, value in measured.items()),
+        "threshold_percent": _percent(check.get("threshold")),
+    }
+    not_measured = (
+        _kind(context) == "classifier" and context["forget"]["class_level"]
+        and "forget_accuracy" in context["metrics"] and context["metrics"]["forget_accuracy"] is None
     )  # fmt: skip
     text = environment.get_template(f"{context['modality']}.md").render(
         **context,
-        card_data=card_data(context).to_yaml(),
+        forget_check=forget_check,
+        forget_not_measured=not_measured,
+        card_data=Markup(card_data(context).to_yaml()),
         report=_report_rows(context),
         per_class_value=PER_CLASS[_kind(context)][1],
         per_class=_per_class_rows(context),
         has_reference=_has_reference(context),
-        method_config_json=json.dumps(context["method_config"], indent=1),
-        training_json=json.dumps({k: v for k, v in context["training"].items() if v is not None}, indent=1),
+        method_config_json=Markup(json.dumps(context["method_config"], indent=1)),
+        training_json=Markup(json.dumps({k: v for k, v in context["training"].items() if v is not None}, indent=1)),
     )
     return ModelCard(text)
+
+
+# Markdown and HTML that a value from data (a label name, a dataset name, a results file) could inject into a card.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|#!$~&{}])")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def escape_markdown(value) -> Markup:
+    """`value` as literal text in a Markdown card: one line, every Markdown / HTML special character escaped (so a
+    label `<script>`, a `|` in a table cell or a `## heading` after a newline stay text). Markup passes as it is."""
+    if isinstance(value, Markup):
+        return value
+    text = " ".join(str(value).split()) if isinstance(value, str) else str(value)
+    return Markup(_MARKDOWN_SPECIAL.sub(r"\\\1", text))
+
+
+def _python_string(value) -> Markup:
+    """`value` as a Python string literal in a code block (quotes and backslashes escaped, one line)."""
+    return Markup(json.dumps(" ".join(str(value).split())))
+
+
+def _code(value) -> Markup:
+    """`value` as an inline code span (literal there; backticks, which would end the span, become quotes)."""
+    return Markup("`" + " ".join(str(value).split()).replace("`", "'") + "`")
+
+
+def _hub_id_part(value) -> Markup:
+    """A Hub ID as the path of a link, or an escaped text when it is not one."""
+    return Markup(value) if isinstance(value, str) and _HUB_ID.fullmatch(value) else escape_markdown(value)
+
+
+def _link(value) -> Markup:
+    """An https URL as an autolink; anything else as escaped text."""
+    if isinstance(value, str) and re.fullmatch(r"https://[^\s<>\\`]+", value):
+        return Markup(f"<{value}>")
+    return escape_markdown(value)
 
 
 def plot_per_class(context: dict, path: str | Path) -> bool:
@@ -289,6 +343,17 @@ def plot_per_class(context: dict, path: str | Path) -> bool:
     except ImportError:
         logger.info("No per-class plot in the card: it needs matplotlib (pip install 'hf-unlearn[plot]').")
         return False
+    try:
+        # Names are data: drawn as plain text (a `$` in a label would otherwise start matplotlib's math mode).
+        with matplotlib.rc_context({"text.parse_math": False}):
+            _draw_per_class(plt, context, Path(path))
+    except Exception as error:  # a plot must never cost the card
+        logger.warning(f"The per-class plot could not be drawn ({type(error).__name__}: {error}); the card has none.")
+        return False
+    return True
+
+
+def _draw_per_class(plt, context: dict, path: Path) -> None:
     key, value_name, title = PER_CLASS[_kind(context)]
     after = context["metrics"].get(key) or {}
     before = context["original_metrics"].get(key) or {}
@@ -313,31 +378,36 @@ def plot_per_class(context: dict, path: str | Path) -> bool:
     axes.set_title(f"{context['model_id']}: {title} (red: forgotten)")
     axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(figure)
-    return True
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        figure.savefig(partial, dpi=100, metadata={"Software": None})
+        partial.replace(path)
+    finally:
+        plt.close(figure)
+        partial.unlink(missing_ok=True)
 
 
 def write_card_files(output_dir: str | Path, context: dict) -> list[str]:
     """`README.md` (the card), `per_class_accuracy.png` (when matplotlib is installed) and `unlearning_results.json`
-    (the context) in `output_dir`; returns the file names."""
+    (the context) in `output_dir`, each written whole; returns the file names."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     context = {**context, "plot": PLOT_FILE if plot_per_class(context, output_dir / PLOT_FILE) else None}
-    (output_dir / RESULTS_FILE).write_text(json.dumps(context, indent=1, default=str) + "\n")
-    render_card(context).save(output_dir / CARD_FILE)
+    write_atomic(output_dir / RESULTS_FILE, json.dumps(context, indent=1, default=str) + "\n")
+    write_atomic(output_dir / CARD_FILE, render_card(context).content)
     return [CARD_FILE, RESULTS_FILE] + ([PLOT_FILE] if context["plot"] else [])
 
 
 def regenerate(folder: str | Path) -> list[Path]:
     """Render again every card under `folder` from the `unlearning_results.json` beside it (after a template change):
-    `python -m hf_unlearn.hub model_cards`. Returns the cards written."""
+    `python -m hf_unlearn.hub model_cards`. Returns the cards written. Files are written only inside each card's own
+    folder, under their fixed names (a results file's `plot` value is not a path anyone can choose)."""
     written = []
     for results in sorted(Path(folder).glob(f"*/{RESULTS_FILE}")):
         context = json.loads(results.read_text())
         if context.get("plot"):
-            plot_per_class(context, results.parent / context["plot"])
-        render_card(context).save(results.parent / CARD_FILE)
+            context["plot"] = PLOT_FILE if plot_per_class(context, results.parent / PLOT_FILE) else None
+        write_atomic(results.parent / CARD_FILE, render_card(context).content)
         written.append(results.parent / CARD_FILE)
     return written
 

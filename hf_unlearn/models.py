@@ -50,7 +50,7 @@ def load_model(model_id: str, *, trust_remote_code: bool = False):
         raise
     model_type = getattr(config, "model_type", None)
     if model_type == GANConfig.model_type:
-        return GANPair.from_pretrained(model_id), None
+        return GANPair.from_pretrained(model_id, trust_remote_code=trust_remote_code), None
     if model_type == DiffusionConfig.model_type:  # saved by hf-unlearn (found here even when the Hub is offline)
         return DiffusionModel.from_pretrained(model_id), None
     if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:

@@ -37,4 +37,10 @@ def format_report(original: dict | None, unlearned: dict, retrained: dict | None
         if not cells:
             continue
         lines.append(f"{key:>22}: {cells}")
+    check = unlearned.get("forget_check") or {}
+    if check.get("passed") is not None:
+        measured = ", ".join(f"{key} {100 * value:.1f} %" for key, value in check.items()
+                             if key not in ("passed", "threshold"))  # fmt: skip
+        verdict = "passed" if check["passed"] else "FAILED (the classes are not recorded as unlearned)"
+        lines.append(f"{'forget check':>22}: {verdict}: {measured} vs threshold {100 * check['threshold']:.1f} %")
     return "\n".join(lines)

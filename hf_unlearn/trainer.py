@@ -34,6 +34,7 @@ from .gan import image_tensors, measure_generator
 from .lora import add_lora, has_lora, merge_lora, save_adapter
 from .metrics import accuracy, gap_to_reference, unlearning_metrics
 from .models import check_unlearnable, classification_head, load_model, model_kind
+from .outputs import check_finite, check_replaceable, prepare_staging, staging_path, swap_in
 from .registry import available_methods, get_method
 
 logger = get_logger(__name__)
@@ -50,6 +51,9 @@ class UnlearningOutput:
     method_config: object = None
     forget_classes: list[int] | None = None
     num_forget_samples: int = 0
+    #: Whether the run's own forget check passed (`UnlearnConfig.forget_success_threshold`): True, False, or None when
+    #: nothing was checked (sample-level requests, or a generator measured without a judge).
+    forgotten: bool | None = None
 
 
 class UnlearningTrainer(Trainer):
@@ -68,7 +72,8 @@ class UnlearningTrainer(Trainer):
         eval_dataset: held-out rows (same columns) for the metrics.
         processing_class: image processor or feature extractor for raw columns (loaded with a Hub ID).
         forget_classes: class ids or label names (`model.config.label2id`) to forget.
-        forget_indices: training rows to forget (sample-level unlearning). Give exactly one of the two.
+        forget_indices: training rows to forget (sample-level unlearning): integer row positions (a list, numpy array
+            or tensor), or a boolean mask with one entry per row of `train_dataset`. Give exactly one of the two.
         judge: for a generator (GAN or diffusion model): an image classifier of the same data that measures the
             generated samples (which classes they show, and the features of the Frechet distance).
 
@@ -132,7 +137,7 @@ class UnlearningTrainer(Trainer):
             raise ValueError(
                 "Give exactly one of `forget_classes` (class ids or label names) and `forget_indices` (training rows); "
                 f"got forget_classes={forget_classes!r} and forget_indices="
-                f"{'None' if forget_indices is None else f'<{len(forget_indices)} indices>'}."
+                f"{'None' if forget_indices is None else f'<a {type(forget_indices).__name__}>'}."
             )
         if kind == "diffusion" and forget_classes is None:
             raise ValueError(
@@ -150,7 +155,7 @@ class UnlearningTrainer(Trainer):
             check_dataset(eval_dataset, "eval_dataset")
             eval_dataset = without_audio_decoding(eval_dataset)
             eval_label_column = find_label_column(eval_dataset, "eval_dataset")
-            eval_labels = dataset_labels(eval_dataset, eval_label_column)
+            eval_labels = dataset_labels(eval_dataset, eval_label_column, "eval_dataset")
             check_labels(eval_labels, eval_dataset, eval_label_column, model.config, "eval_dataset")
         elif args.eval_before_unlearn or args.eval_after_unlearn:
             raise ValueError(
@@ -171,6 +176,11 @@ class UnlearningTrainer(Trainer):
             logger.info(
                 f"The model unlearned classes {self.split.unlearned_before} before (`config.unlearned_classes`): "
                 "their rows are left out of the retain set so that they are not learned again."
+            )
+        if self.split.is_class_level and eval_dataset is not None and not len(self.split.eval_forget_indices):
+            logger.warning(
+                f"`eval_dataset` has no rows of `forget_classes` {self.split.forget_classes}: forget accuracy on "
+                "held-out rows cannot be measured (the card says so); the forget check uses the training rows."
             )
         if spec.method_class.class_level_only and not self.split.is_class_level:
             raise ValueError(
@@ -219,6 +229,7 @@ class UnlearningTrainer(Trainer):
         #: The classifier that judges a generator's samples (None for classifiers).
         self.judge = None if judge is None else judge.to(self.args.device)
         self.method = spec.method_class(self, args.method_config)
+        self.method.validate()  # method settings that depend on the model or data, checked before any work
         #: The output of the last `unlearn()`, which `create_model_card` describes.
         self.unlearning_output: UnlearningOutput | None = None
         if args.forget_accuracy_target is not None:
@@ -227,7 +238,12 @@ class UnlearningTrainer(Trainer):
     # ----------------------------------------------------------------------------------------------- running
     def unlearn(self) -> UnlearningOutput:
         """Run the configured method and measure the unlearned model (and the original, if
-        `args.eval_before_unlearn`). Returns an [`UnlearningOutput`]."""
+        `args.eval_before_unlearn`). Returns an [`UnlearningOutput`].
+
+        A class is recorded as unlearned (`model.config.unlearned_classes`, which later requests trust) only when the
+        run's own forget check passes (`UnlearnConfig.forget_success_threshold`); otherwise the output, the log and
+        the card say that the check failed. Non-finite weights after the method are an error: nothing is measured
+        or saved."""
         args = self.args
         again = sorted(
             set(self.split.forget_classes or []) & set(getattr(self.model.config, "unlearned_classes", None) or [])
@@ -237,19 +253,29 @@ class UnlearningTrainer(Trainer):
         original_metrics = self.evaluate_unlearning() if args.eval_before_unlearn else None
         self.accelerator.wait_for_everyone()
         start = time.perf_counter()
-        with self._lora_if_asked():
+        with self._no_hub_pushes_while_running(), self._lora_if_asked():
             self.method.run()
         self.accelerator.wait_for_everyone()
         seconds = time.perf_counter() - start
-        if self.split.is_class_level:
+        check_finite(self.model, f"After '{args.method}'")
+        metrics = self.evaluate_unlearning() if args.eval_after_unlearn else {}
+        metrics.update(self.method.report)
+        metrics["unlearn_seconds"] = seconds
+        forgotten, measured = self._forget_check(metrics)
+        metrics["forget_check"] = {"passed": forgotten, "threshold": args.forget_success_threshold, **measured}
+        logger.info(f"Unlearning with '{args.method}' took {seconds:.2f} s.")
+        if forgotten:
             # Saved with the model (config.json), so a later request on it keeps these classes out of its retain set.
             self.model.config.unlearned_classes = sorted(
                 set(self.split.unlearned_before) | set(self.split.forget_classes)
             )
-        metrics = self.evaluate_unlearning() if args.eval_after_unlearn else {}
-        metrics.update(self.method.report)
-        metrics["unlearn_seconds"] = seconds
-        logger.info(f"Unlearning with '{args.method}' took {seconds:.2f} s.")
+        elif forgotten is False:
+            logger.warning(
+                f"The forget check FAILED: {measured} is above `forget_success_threshold` "
+                f"{args.forget_success_threshold}. The classes {self.split.forget_classes} are not recorded as "
+                "unlearned; the card and results say the run did not forget them. Give the method more budget or "
+                "other settings (see the README's method table)."
+            )
         self.unlearning_output = UnlearningOutput(
             model=self.model,
             metrics=metrics,
@@ -258,8 +284,36 @@ class UnlearningTrainer(Trainer):
             method_config=args.method_config,
             forget_classes=self.split.forget_classes,
             num_forget_samples=len(self.split.forget_indices),
+            forgotten=forgotten,
         )
         return self.unlearning_output
+
+    def _forget_check(self, metrics: dict) -> tuple[bool | None, dict]:
+        """Whether the forget classes are gone by the run's own measure: every measured forget accuracy (classifier:
+        training and held-out rows) or judge share (generator) at most `forget_success_threshold`. Rows (sample-level
+        requests) have no such check: they should look like held-out rows, which the gap to a retrain measures."""
+        if not self.split.is_class_level:
+            return None, {}
+        keys = ("forget_train_accuracy", "forget_accuracy") if model_kind(self.model) == "classifier" else (
+            "forget_share",)  # fmt: skip
+        measured = {key: metrics[key] for key in keys if metrics.get(key) is not None}
+        if not measured and model_kind(self.model) == "classifier":
+            # Evaluation off: the forget training rows alone (a short pass), so the record is never a guess.
+            measured["forget_train_accuracy"] = accuracy(*self.predict_logits(self.forget_view, description="Forget check"))
+        if not measured:
+            return None, {}
+        return all(value <= self.args.forget_success_threshold for value in measured.values()), measured
+
+    @contextlib.contextmanager
+    def _no_hub_pushes_while_running(self):
+        """The Trainer pushes after checkpoints and saves when `push_to_hub` is set; a method runs its loop several
+        times, and the unlearned model is pushed once, by `push_to_hub` / `save_model`, with its card."""
+        asked = self.args.push_to_hub
+        self.args.push_to_hub = False
+        try:
+            yield
+        finally:
+            self.args.push_to_hub = asked
 
     # --------------------------------------------------------------------------------------------- the Hub
     def create_model_card(
@@ -273,12 +327,14 @@ class UnlearningTrainer(Trainer):
         dataset_args: str | list[str] | None = None,
         dataset_split: str | None = None,
         extra: dict | None = None,
+        output_dir: str | None = None,
     ) -> list[str]:
-        """Write the unlearning card of the last `unlearn()` into `output_dir`: `README.md` (what was forgotten, the
-        method, every measured metric in the text and in `model-index`, limitations, citation), the per-class plot
-        `per_class_accuracy.png` (with matplotlib) and `unlearning_results.json`. `dataset` / `dataset_args` /
-        `dataset_split` name the training data (default: the dataset's own info), `finetuned_from` the base model.
-        Returns the file names (none on processes other than the main one)."""
+        """Write the unlearning card of the last `unlearn()` into `output_dir` (default `args.output_dir`): `README.md`
+        (what was forgotten, the method, every measured metric in the text and in `model-index`, the forget check,
+        limitations, citation), the per-class plot `per_class_accuracy.png` (with matplotlib) and
+        `unlearning_results.json`, each file written whole. `dataset` / `dataset_args` / `dataset_split` name the
+        training data (default: the dataset's own info), `finetuned_from` the base model. Returns the file names (none
+        on processes other than the main one). `save_unlearned` writes them together with the model."""
         from .hub import card_context, write_card_files
 
         if self.unlearning_output is None:
@@ -292,15 +348,68 @@ class UnlearningTrainer(Trainer):
             dataset_config=_first(dataset_args), dataset_split=dataset_split,
             extra={**(extra or {}), "card": {key: value for key, value in card.items() if value}},
         )  # fmt: skip
-        return write_card_files(self.args.output_dir, context)
+        return write_card_files(output_dir or self.args.output_dir, context)
+
+    def save_unlearned(self, output_dir: str | None = None, overwrite: bool = False, **card_arguments) -> Path:
+        """Save everything of the run at once: the model (or its peft adapter), its processor, and after `unlearn()`
+        the card, plot and `unlearning_results.json` (`card_arguments` go to `create_model_card`).
+
+        Atomic: everything is written into a temporary folder beside `output_dir` (default `args.output_dir`), which
+        then replaces `output_dir` whole, so a killed run leaves the old folder or the new one, never a mix, and no
+        file of an earlier save (an old adapter, an old card) survives. A folder that holds something other than a
+        saved model is refused unless `overwrite`. Non-finite weights are never saved. Returns the folder."""
+        target = Path(output_dir or self.args.output_dir)
+        check_replaceable(target, overwrite)
+        check_finite(self.model, "Saving")
+        if self.is_world_process_zero():
+            prepare_staging(target)
+        self.accelerator.wait_for_everyone()
+        staging = staging_path(target)
+        if has_lora(self.model):
+            if self.is_world_process_zero():
+                save_adapter(self.model, str(staging))
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(str(staging))
+        else:
+            super().save_model(str(staging), _internal_call=True)
+        if self.is_world_process_zero():
+            if self.unlearning_output is not None:
+                self.create_model_card(output_dir=str(staging), **card_arguments)
+            swap_in(staging, target)
+        self.accelerator.wait_for_everyone()
+        return target
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """As `Trainer.save_model`, written atomically with the card and results (`save_unlearned`); with
+        `args.push_to_hub`, one push of all of it (`push_to_hub`). A model that kept its LoRA adapters
+        (`peft_merge=False`) is saved as a peft adapter with its processor."""
+        if _internal_call:  # the Trainer's own checkpoints
+            if not has_lora(self.model):
+                return super().save_model(output_dir, _internal_call)
+            if self.is_world_process_zero():
+                save_adapter(self.model, output_dir or self.args.output_dir)
+            return None
+        if self.args.push_to_hub:
+            return self.push_to_hub(output_dir=output_dir)
+        self.save_unlearned(output_dir)
+        return None
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """No repository is created up front (the Trainer would create an empty one at start-up): `push_to_hub`
+        creates it in the same step as its one commit."""
 
     def push_to_hub(self, commit_message: str | None = "Unlearned with hf-unlearn", blocking: bool = True,
-                    token: str | None = None, revision: str | None = None, **card_arguments):  # fmt: skip
+                    token: str | None = None, revision: str | None = None, output_dir: str | None = None,
+                    overwrite: bool = False, **card_arguments):  # fmt: skip
         """Save the unlearned model, its processor, the card, the plot and `unlearning_results.json` to `output_dir`
-        and upload them in one commit to `args.hub_model_id` (default: the output folder's name under your account;
-        `hub_private_repo`, `hub_token` and `hub_revision` as in `TrainingArguments`). `card_arguments` go to
-        `create_model_card`. The original model's repository is never the target. A failure (no token, a refused
-        repository) raises an error that says what to do, and the local files stay."""
+        (`save_unlearned`: everything is local before the Hub is contacted), then create the repository
+        `args.hub_model_id` (default: the output folder's name under your account; `hub_private_repo`, `hub_token`
+        and `hub_revision` as in `TrainingArguments`) and upload the folder in one commit. `card_arguments` go to
+        `create_model_card`, `overwrite` to `save_unlearned`. The original model's repository is never the target.
+
+        A failure (no token, a refused repository, no connection, a server error) raises an error that says what is
+        saved locally, what reached the Hub (a repository this call created is deleted again when its commit fails)
+        and the command that retries the upload."""
         import huggingface_hub
 
         original = getattr(self.model.config, "_name_or_path", None) or ""
@@ -311,33 +420,38 @@ class UnlearningTrainer(Trainer):
                 "unlearned model to a new one, e.g. `UnlearnConfig(hub_model_id='your-name/model-unlearned')`."
             )
         token = token if token is not None else (self.args.hub_token or huggingface_hub.get_token())
-        self.save_model()
-        output_dir = Path(self.args.output_dir).absolute()
+        card_arguments.setdefault("model_name", target)
+        folder = self.save_unlearned(output_dir, overwrite, **card_arguments).absolute()
         if not token:
-            self.create_model_card(**card_arguments)
             raise ValueError(
                 f"Pushing '{target}' needs a Hugging Face token with write access: run `hf auth login`, set HF_TOKEN, "
-                f"or pass `token=` / `hub_token`. The unlearned model and its card are saved in {output_dir}."
+                f"or pass `token=` / `hub_token`. The unlearned model and its card are saved in {folder}."
             )
+        if not self.is_world_process_zero():
+            return None
+        api = huggingface_hub.HfApi(token=token)
+        repo_id, created, step = target, False, "resolving the account"
         try:
-            if self.hub_model_id is None:
-                self.init_hf_repo(token=token)  # creates the repository (or finds it) and sets its full id
-            if not self.is_world_process_zero():
-                return None
-            self.create_model_card(model_name=self.hub_model_id, **card_arguments)
-            return huggingface_hub.upload_folder(
-                repo_id=self.hub_model_id, folder_path=str(output_dir), commit_message=commit_message, token=token,
-                revision=revision or self.args.hub_revision, ignore_patterns=["_*", "checkpoint-*"],
+            if "/" not in repo_id:
+                repo_id = f"{api.whoami()['name']}/{repo_id}"
+                if self.unlearning_output is not None:  # the card's quick start names the full ID
+                    self.create_model_card(output_dir=str(folder), **{**card_arguments, "model_name": repo_id})
+            step = "creating the repository"
+            try:
+                api.create_repo(repo_id, private=self.args.hub_private_repo, exist_ok=False)
+                created = True
+            except huggingface_hub.errors.HfHubHTTPError as error:
+                if getattr(error.response, "status_code", None) != 409:  # 409: it exists, which is fine
+                    raise
+            self.hub_model_id = repo_id
+            step = "uploading"
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                revision=revision or self.args.hub_revision, ignore_patterns=["_*", "checkpoint-*", "runs"],
                 run_as_future=not blocking,
             )  # fmt: skip
-        except huggingface_hub.errors.HfHubHTTPError as error:
-            status = getattr(error.response, "status_code", "?")
-            raise RuntimeError(
-                f"Pushing to '{self.hub_model_id or target}' failed (HTTP {status}: "
-                f"{error.server_message or error}). Nothing was deleted: the unlearned model, its card and plot are in "
-                f"{output_dir}; fix the access and push again, or upload that folder with "
-                f"`hf upload {self.hub_model_id or target} {output_dir}`."
-            ) from error
+        except Exception as error:  # any failure of the network or the server: say where things are
+            raise RuntimeError(_push_failure(api, repo_id, created, step, error, folder)) from error
 
     @contextlib.contextmanager
     def _lora_if_asked(self):
@@ -358,17 +472,6 @@ class UnlearningTrainer(Trainer):
                 merge_lora(model)
                 for name, parameter in model.named_parameters():
                     parameter.requires_grad_(flags.get(name, True))
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """As `Trainer.save_model`; a model that kept its LoRA adapters (`peft_merge=False`) is saved as a peft adapter
-        with its processor."""
-        if not has_lora(self.model):
-            return super().save_model(output_dir, _internal_call)
-        output_dir = output_dir or self.args.output_dir
-        if self.is_world_process_zero():
-            save_adapter(self.model, output_dir)
-            if self.processing_class is not None:
-                self.processing_class.save_pretrained(output_dir)
 
     def train_with(self, dataset):
         """Run the Trainer's training loop on `dataset` with a fresh optimizer and schedule (used by methods)."""
@@ -582,6 +685,29 @@ class ForgetTargetCallback(TrainerCallback):
             )
             control.should_training_stop = True
         return control
+
+
+def _push_failure(api, repo_id: str, created: bool, step: str, error: Exception, folder: Path) -> str:
+    """What a failed push says: the cause, what is local, what reached the Hub, how to retry."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    cause = f"HTTP {status}: {getattr(error, 'server_message', None) or error}" if status else f"{type(error).__name__}: {error}"
+    reached = "Nothing reached the Hub."
+    if created:
+        try:
+            api.delete_repo(repo_id)
+            reached = f"The repository '{repo_id}' this push had created was deleted again, so no empty repository is left."
+        except Exception as cleanup_error:  # the connection may be gone: say so, do not hide the first error
+            reached = (
+                f"The repository '{repo_id}' was created but holds no commit, and deleting it failed "
+                f"({type(cleanup_error).__name__}): delete it on the Hub if you do not retry."
+            )
+    elif step == "uploading":
+        reached = f"The repository '{repo_id}' existed before and was not changed (the upload is one commit)."
+    return (
+        f"Pushing to '{repo_id}' failed while {step} ({' '.join(cause.split())}). {reached} Everything is saved locally "
+        f"in {folder}: the unlearned model, its card (README.md), the plot and unlearning_results.json. Fix the cause "
+        f"and push again with `trainer.push_to_hub()`, or upload that folder with `hf upload {repo_id} {folder}`."
+    )
 
 
 def _first(value):

@@ -195,15 +195,20 @@ def test_own_modules_are_wrapped_and_rebuilt(tmp_path):
     pair = GANPair.wrap(generator, PlainDiscriminator(), latent_dim=4, labels=10,
                         generator_kwargs={"latent_dim": 4, "size": 8})  # fmt: skip
     pair.save_pretrained(tmp_path / "pair")
-    reloaded = GANPair.from_pretrained(tmp_path / "pair")
+    # The classes are the test's, not hf-unlearn's: building them from config.json needs trust_remote_code.
+    with pytest.raises(ValueError, match=r"not one of hf-unlearn's own GAN modules.*trust_remote_code=True"):
+        GANPair.from_pretrained(tmp_path / "pair")
+    reloaded = GANPair.from_pretrained(tmp_path / "pair", trust_remote_code=True)
     assert isinstance(reloaded.generator, PlainGenerator)
     assert torch.equal(reloaded.sample(3, seed=0), pair.sample(3, seed=0))
     # A checkpoint that cannot say how to build a module: the error names the fix, and the fix works.
     config = json.loads((tmp_path / "pair" / "config.json").read_text())
     (tmp_path / "pair" / "config.json").write_text(json.dumps({**config, "generator_class": None}))
     with pytest.raises(ValueError, match=r"GANPair.from_pretrained\(path, generator=MyGenerator"):
-        GANPair.from_pretrained(tmp_path / "pair")
-    given = GANPair.from_pretrained(tmp_path / "pair", generator=PlainGenerator(4, 8))
+        GANPair.from_pretrained(tmp_path / "pair", trust_remote_code=True)
+    # Both modules passed built: nothing named by the config is imported, no trust needed.
+    given = GANPair.from_pretrained(tmp_path / "pair", generator=PlainGenerator(4, 8),
+                                    discriminator=PlainDiscriminator())  # fmt: skip
     assert torch.equal(given.sample(3, seed=0), pair.sample(3, seed=0))
 
 

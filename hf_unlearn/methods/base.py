@@ -24,6 +24,8 @@ class UnlearningMethod:
 
     #: Whether `UnlearnConfig.forget_accuracy_target` may stop this method early.
     stops_at_forget_target: bool = True
+    #: Whether the method trains for `UnlearnConfig.max_steps` / `num_train_epochs` (an empty budget is refused).
+    uses_training_budget: bool = False
     #: Whether the method only forgets whole classes (`forget_classes`); the trainer then refuses `forget_indices`.
     class_level_only: bool = False
     #: Whether the method trains the weights by gradient, so that `UnlearnConfig.peft_config` (LoRA) applies to it.
@@ -40,6 +42,10 @@ class UnlearningMethod:
         #: What the run chose or measured on its own (e.g. a hyperparameter search), added to the returned metrics.
         self.report: dict = {}
 
+    def validate(self) -> None:
+        """Check the settings that depend on the model or data (e.g. that a named module exists); called when the
+        trainer is built, before any work. Raise a `ValueError` naming the setting and the fix."""
+
     def run(self) -> None:
         raise NotImplementedError
 
@@ -50,6 +56,8 @@ class UnlearningMethod:
 class TrainerLoopMethod(UnlearningMethod):
     """A method that is one run of the Trainer's training loop (optimizer, scheduler, accelerator, progress bar,
     logging, callbacks): it chooses the data (`training_dataset`) and the loss (`compute_loss`)."""
+
+    uses_training_budget = True
 
     def training_dataset(self):
         raise NotImplementedError

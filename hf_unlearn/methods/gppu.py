@@ -68,6 +68,7 @@ from ..activations import capturing, collect_head_features, name_matches, pooled
 from ..data import PairedDataset, subsample
 from ..models import classification_head, model_tail
 from ..registry import register_method
+from ..validation import check_pattern
 from .base import UnlearningMethod, training_loss
 
 logger = get_logger(__name__)
@@ -147,6 +148,9 @@ class GPPUConfig:
     )
 
     def __post_init__(self):
+        for name in ('trainable_modules',):
+            if isinstance(getattr(self, name), str):
+                check_pattern(getattr(self, name), name)
         for name in ("num_forget_samples", "num_retain_samples", "num_neighbors", "knn_batch_size", "check_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}.")
@@ -232,6 +236,9 @@ class GPPU(UnlearningMethod):
     supports_peft = False  # its fine-tuning is already restricted to the tail it chooses
     supports_sharding = False  # it projects the head's whole weight
     stops_at_forget_target = False  # its own rule: forget target reached and retain accuracy recovered
+
+    def validate(self) -> None:
+        classification_head(self.trainer.model, self.config.head_module)
 
     def run(self) -> None:
         trainer, config = self.trainer, self.config

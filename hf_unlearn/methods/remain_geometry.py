@@ -179,14 +179,18 @@ class RemainGeometry(UnlearningMethod):
     supports_sharding = False  # its masks are whole-parameter tensors and it steps the optimizer itself
     model_kinds = ("classifier", "diffusion")
 
-    def run(self) -> None:
-        trainer = self.trainer
-        if trainer.args.gradient_accumulation_steps != 1:
+    uses_training_budget = True
+
+    def validate(self) -> None:
+        if self.trainer.args.gradient_accumulation_steps != 1:
             raise ValueError(
                 "Method 'remain_geometry' takes its masked forget step inside each optimizer step, so it needs "
-                f"`gradient_accumulation_steps=1`, got {trainer.args.gradient_accumulation_steps}: raise "
+                f"`gradient_accumulation_steps=1`, got {self.trainer.args.gradient_accumulation_steps}: raise "
                 "`per_device_train_batch_size` instead."
             )
+
+    def run(self) -> None:
+        trainer = self.trainer
         self.prepare()
         trainer.train_with(PairedDataset(trainer.retain_view, trainer.forget_view, seed=trainer.args.seed))
         self.report.update(

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from ..activations import collect_input_grams, find_target_modules
 from ..data import subsample
 from ..registry import register_method
+from ..validation import check_pattern
 from .base import UnlearningMethod
 
 logger = get_logger(__name__)
@@ -83,6 +84,9 @@ class SVDProjectionConfig:
     )
 
     def __post_init__(self):
+        for name in ('target_modules', 'exclude_modules'):
+            if isinstance(getattr(self, name), str):
+                check_pattern(getattr(self, name), name)
         if self.num_samples < 1:
             raise ValueError(f"`num_samples` must be >= 1, got {self.num_samples!r}.")
         for name in ("alpha_r", "alpha_f"):
