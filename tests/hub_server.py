@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +36,8 @@ class HubState:
         self.commits: list[Commit] = []
         self.requests: list[str] = []
         self.lock = threading.Lock()
+        #: Failure to inject into commits: None, an HTTP status (e.g. 500), or "drop" (close the connection unanswered).
+        self.fail_commits: int | str | None = None
 
     def commit(self, repo_id: str, summary: str, files: dict[str, bytes]) -> str:
         with self.lock:
@@ -131,7 +134,10 @@ def _handler(state: HubState, endpoint: list[str]):
                 if self._not_allowed(repo_id):
                     return None
                 with state.lock:
-                    state.repos.setdefault(repo_id, Repository())
+                    if repo_id in state.repos:  # as the Hub: 409 for an existing repository
+                        return self._reply(409, {"error": "You already created this model repo", "url":
+                                                 f"{endpoint[0]}/{repo_id}"})  # fmt: skip
+                    state.repos[repo_id] = Repository()
                 return self._reply(200, {"url": f"{endpoint[0]}/{repo_id}", "name": repo_id})
             if path.startswith("/api/models/") and "/preupload/" in path:
                 repo_id = path[len("/api/models/") :].partition("/preupload/")[0]
@@ -144,6 +150,12 @@ def _handler(state: HubState, endpoint: list[str]):
                 repo_id = path[len("/api/models/") :].partition("/commit/")[0]
                 if self._not_allowed(repo_id):
                     return None
+                if state.fail_commits == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return None
+                if state.fail_commits is not None:
+                    return self._reply(state.fail_commits, {"error": "Internal Error - We're working hard to fix this"})
                 summary, files = "", {}
                 for line in body.decode().splitlines():
                     entry = json.loads(line)
@@ -154,6 +166,20 @@ def _handler(state: HubState, endpoint: list[str]):
                 sha = state.commit(repo_id, summary, files)
                 return self._reply(200, {"commitUrl": f"{endpoint[0]}/{repo_id}/commit/{sha}", "commitOid": sha,
                                          "pullRequestUrl": None})  # fmt: skip
+            self._reply(404, {"error": f"not served by the test hub: {path}"})
+
+        def do_DELETE(self):  # noqa: N802
+            path, body = self.path.split("?")[0], self._body()
+            state.requests.append(f"DELETE {path}")
+            if path == "/api/repos/delete":
+                request = json.loads(body or b"{}")
+                repo_id = f"{request.get('organization') or USER}/{request['name']}"
+                if self._not_allowed(repo_id):
+                    return None
+                with state.lock:
+                    if state.repos.pop(repo_id, None) is None:
+                        return self._reply(404, {"error": "Repository not found"})
+                return self._reply(200, {})
             self._reply(404, {"error": f"not served by the test hub: {path}"})
 
     return Handler

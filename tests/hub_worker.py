@@ -5,6 +5,7 @@ the model back by its ID; prints one JSON line with what happened. A saved GAN (
 instead has 8 rows unlearned by one `gan_cascade` iteration, judged by a small untrained classifier."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,18 +40,26 @@ if __name__ == "__main__":
     if config.is_file() and json.loads(config.read_text())["model_type"] == "hf_unlearn_gan":
         push_gan(model_id, output_dir, hub_model_id, data)
         sys.exit(0)
+    # HUB_WORKER_MODE=flag: `push_to_hub=True` with the token in `hub_token` (not the environment), pushed by
+    # `trainer.save_model()` as a Trainer would; otherwise `trainer.push_to_hub()`.
+    flag = os.environ.get("HUB_WORKER_MODE") == "flag"
+    hub = {"push_to_hub": True, "hub_token": os.environ.pop("HF_TOKEN", None)} if flag else {}
     args = UnlearnConfig(
-        **training_arguments(output_dir, disable_tqdm=True, max_steps=2), method="finetune", hub_model_id=hub_model_id
+        **training_arguments(output_dir, disable_tqdm=True, max_steps=2), method="finetune", hub_model_id=hub_model_id,
+        **hub,
     )
     model = AutoModelForImageClassification.from_pretrained(model_id)
     trainer = UnlearningTrainer(model, args, train_dataset=data["train"], eval_dataset=data["test"], forget_classes=[3])
     trainer.unlearn()
     try:
-        trainer.push_to_hub(dataset="sklearn-digits")
+        if flag:
+            trainer.save_model()
+        else:
+            trainer.push_to_hub(dataset="sklearn-digits")
     except (ValueError, RuntimeError) as error:
         print(json.dumps({"error": type(error).__name__, "message": str(error)}))
         sys.exit(0)
-    reloaded = AutoModelForImageClassification.from_pretrained(trainer.hub_model_id).eval()
+    reloaded = AutoModelForImageClassification.from_pretrained(trainer.hub_model_id, token=args.hub_token).eval()
     pixels = torch.tensor(np.asarray(data["test"][:8]["pixel_values"]), dtype=torch.float32)
     with torch.no_grad():
         same = torch.allclose(reloaded(pixel_values=pixels).logits, trainer.model.eval()(pixel_values=pixels).logits)

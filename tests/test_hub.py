@@ -20,10 +20,10 @@ def hub():
         yield server
 
 
-def push(hub, model, output_dir, hub_model_id, token=TOKEN, home=None):
+def push(hub, model, output_dir, hub_model_id, token=TOKEN, home=None, endpoint=None, mode="method"):
     env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home or Path(output_dir).parent / "hf_home"),
-               HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1")  # fmt: skip
+    env.update(HF_ENDPOINT=endpoint or hub.endpoint, HF_HOME=str(home or Path(output_dir).parent / "hf_home"),
+               HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1", HUB_WORKER_MODE=mode)  # fmt: skip
     if token:
         env["HF_TOKEN"] = token
     command = [sys.executable, str(WORKER), str(model), str(output_dir), hub_model_id]
@@ -80,8 +80,9 @@ def test_a_push_without_a_token_fails_clearly_and_keeps_the_local_files(hub, ori
 def test_a_refused_repository_fails_clearly_and_keeps_the_local_files(hub, original, tmp_path):
     result = push(hub, original, tmp_path / "out", "forbidden-org/digits-unlearned")
     assert result["error"] == "RuntimeError"
-    assert "Pushing to 'forbidden-org/digits-unlearned' failed (HTTP 403" in result["message"]
-    assert "Nothing was deleted" in result["message"]
+    assert "Pushing to 'forbidden-org/digits-unlearned' failed while creating the repository (HTTP 403" in result[
+        "message"]  # fmt: skip
+    assert "Nothing reached the Hub" in result["message"] and f"saved locally in {tmp_path / 'out'}" in result["message"]
     assert (tmp_path / "out" / "model.safetensors").is_file() and not hub.state.commits
 
 
@@ -106,3 +107,50 @@ def test_an_unlearned_gan_is_pushed_with_its_card_and_loads_back(hub, tmp_path):
     card = ModelCard(files["README.md"].decode())
     assert card.data.pipeline_tag == "unconditional-image-generation"
     assert "**8 training rows** unlearned by hf-unlearn with `gan_cascade`" in card.text
+
+
+def test_the_push_to_hub_flag_pushes_once_and_no_file_holds_the_token(hub, original, tmp_path):
+    """`UnlearnConfig(push_to_hub=True, hub_token=...)` then `trainer.save_model()`: one repository creation and one
+    commit (no recursion, no empty repository made at start-up), and neither the pushed nor the local files hold the
+    token (training_args.bin is a pickle of the arguments)."""
+    import torch
+
+    result = push(hub, original, tmp_path / "out", f"{USER}/flagged", mode="flag")
+    assert result == {"pushed": f"{USER}/flagged", "same_logits": True}
+    assert len(hub.state.commits) == 1 and hub.state.requests.count("POST /api/repos/create") == 1
+    pushed = hub.state.commits[0].files
+    assert {"README.md", "unlearning_results.json", "model.safetensors", "training_args.bin"} <= set(pushed)
+    local = {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir() if path.is_file()}
+    for name, content in {**pushed, **local}.items():
+        assert TOKEN.encode() not in content, name
+    args = torch.load(tmp_path / "out" / "training_args.bin", weights_only=False)
+    assert args.hub_token is None and args.push_to_hub
+
+
+def test_a_closed_port_fails_clearly_after_writing_everything_locally(hub, original, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    result = push(hub, original, tmp_path / "out", f"{USER}/digits-unlearned", endpoint=closed)
+    assert result["error"] == "RuntimeError"
+    message = result["message"]
+    assert "failed while creating the repository" in message and "Nothing reached the Hub" in message
+    assert f"hf upload {USER}/digits-unlearned {tmp_path / 'out'}" in message
+    assert {"model.safetensors", "README.md", "unlearning_results.json", "per_class_accuracy.png"} <= {
+        path.name for path in (tmp_path / "out").iterdir()
+    }
+
+
+@pytest.mark.parametrize("failure", [500, "drop"])
+def test_a_failed_commit_leaves_no_empty_repository(hub, original, tmp_path, failure):
+    """A server error or a dropped connection during the commit: the repository this push created is deleted again,
+    the error says so, and the card is in the local folder as the message says."""
+    hub.state.fail_commits = failure
+    result = push(hub, original, tmp_path / "out", f"{USER}/digits-unlearned")
+    assert result["error"] == "RuntimeError"
+    message = result["message"]
+    assert "failed while uploading" in message and "was deleted again" in message, message
+    assert f"{USER}/digits-unlearned" not in hub.state.repos and not hub.state.commits
+    assert (tmp_path / "out" / "README.md").is_file() and "its card (README.md)" in message

@@ -184,7 +184,16 @@ class SVDProjection(UnlearningMethod):
         self.report["statistics_rows"] = {split: len(rows[split][0]) for split in rows}
 
         if config.alpha_search:
-            alpha_r, alpha_f = self.search(modules, spaces, rows["forget"][1], rows["retain"][1])
+            scored = {}
+            for split, (statistics_rows, held_out) in rows.items():
+                scored[split] = held_out
+                if not len(held_out):  # a single row: nothing is left to hold out
+                    logger.warning(
+                        f"Only {len(statistics_rows)} {split} row(s): the alpha grid is scored on the rows the "
+                        "statistics came from (no held-out rows are left), which favours strong projections."
+                    )
+                    scored[split] = statistics_rows
+            alpha_r, alpha_f = self.search(modules, spaces, scored["forget"], scored["retain"])
         else:
             alpha_r, alpha_f = config.alpha_r, config.alpha_f
         self.apply(modules, spaces, alpha_r, alpha_f)
