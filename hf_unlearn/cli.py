@@ -267,8 +267,10 @@ def main(argv=None) -> int:
     if command not in COMMANDS:
         print(f"hf-unlearn: unknown command '{command}'. Available: {', '.join(COMMANDS)}.\n\n{usage}", file=sys.stderr)
         return 2
+    # A bare `--debug` shows tracebacks; `--debug VALUE` is TrainingArguments' own option (and shows them too).
     debug = "--debug" in rest
-    rest = [argument for argument in rest if argument != "--debug"]
+    rest = [argument for i, argument in enumerate(rest)
+            if argument != "--debug" or (i + 1 < len(rest) and not rest[i + 1].startswith("--"))]  # fmt: skip
     run = {"unlearn": unlearn_command, "evaluate": evaluate_command, "methods": methods_command}[command]
     try:
         outcome = run(rest)

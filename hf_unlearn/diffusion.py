@@ -387,7 +387,8 @@ class DiffusionModel(PreTrainedModel):
             return sampler
         diffusers = diffusers_module()
         scheduler_class = getattr(diffusers, sampler, None)
-        if scheduler_class is None or not hasattr(scheduler_class, "from_config"):
+        is_scheduler = isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)
+        if not is_scheduler:  # a name from a config: only scheduler classes are built from it
             raise ValueError(f"`sampler` {sampler!r} is not a diffusers scheduler class (e.g. 'DDIMScheduler').")
         # Latents are not bounded like [-1, 1] pixels: clipping the predicted sample would cut them.
         overrides = {"clip_sample": False} if self.vae is not None else {}

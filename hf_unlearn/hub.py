@@ -226,7 +226,8 @@ def card_data(context: dict):
 
     dataset, metrics = context["dataset"], context["metrics"]
     dataset_id = dataset["name"] or "custom"
-    what = ", ".join(context["forget"]["classes"]) or f"{context['forget']['num_rows']} training rows"
+    # YAML quotes these strings; names from data are kept on one line all the same.
+    what = " ".join(", ".join(context["forget"]["classes"]).split()) or f"{context['forget']['num_rows']} training rows"
     results = []
     for label, key, part, metric_type in INDEX_METRICS[_kind(context)]:
         if metrics.get(key) is None:

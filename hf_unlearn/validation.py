@@ -29,12 +29,10 @@ def coerce(value, annotation, where: str):
     """`value` read as `annotation` the way the command line reads it (strings are parsed), or a `ValueError` naming
     `where`. Types it does not know (enums, classes) are accepted as they are."""
     origin = typing.get_origin(annotation)
-    if annotation is Any:
+    if annotation is Any or value is None:  # None is "unset" for many fields annotated without Optional
         return value
     if origin in (typing.Union, types.UnionType):
         members = typing.get_args(annotation)
-        if value is None and type(None) in members:
-            return None
         errors = []
         for member in members:
             if member is type(None):
