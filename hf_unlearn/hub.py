@@ -26,7 +26,7 @@ from markupsafe import Markup
 from transformers.utils.logging import get_logger
 
 from .outputs import public_reference, write_atomic
-from .registry import get_method
+from .registry import available_methods, get_method
 
 logger = get_logger(__name__)
 
@@ -283,8 +283,12 @@ def render_card(context: dict):
         _kind(context) == "classifier" and context["forget"]["class_level"]
         and "forget_accuracy" in context["metrics"] and context["metrics"]["forget_accuracy"] is None
     )  # fmt: skip
+    # The method's own texts (registry, in this package) keep their Markdown when the context holds them unchanged.
+    spec = get_method(context["method"]) if context["method"] in available_methods() else None
+    own_texts = {key: Markup(context[key]) for key in ("description", "limitations", "citation")
+                 if spec is not None and context.get(key) and context[key] == getattr(spec, key)}  # fmt: skip
     text = environment.get_template(f"{context['modality']}.md").render(
-        **context,
+        **{**context, **own_texts},
         forget_check=forget_check,
         forget_not_measured=not_measured,
         card_data=Markup(card_data(context).to_yaml()),

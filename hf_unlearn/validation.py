@@ -7,7 +7,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 
@@ -73,6 +73,8 @@ def coerce(value, annotation, where: str):
         item = (typing.get_args(annotation) or (Any,))[0]
         return [coerce(element, item, f"{where}[{i}]") for i, element in enumerate(value)]
     if origin is dict or annotation is dict:
+        if is_dataclass(value) and not isinstance(value, type):
+            return value  # a config object given for a mapping of its fields
         if isinstance(value, str):
             return value  # parsed (as JSON) by the owner, which names the field on a bad string
         if not isinstance(value, dict):

@@ -154,3 +154,24 @@ def test_a_failed_commit_leaves_no_empty_repository(hub, original, tmp_path, fai
     assert "failed while uploading" in message and "was deleted again" in message, message
     assert f"{USER}/digits-unlearned" not in hub.state.repos and not hub.state.commits
     assert (tmp_path / "out" / "README.md").is_file() and "its card (README.md)" in message
+
+
+def test_the_cli_pushes_once(hub, original, digits, tmp_path):
+    """`hf-unlearn unlearn --push_to_hub true`: the job's folder (model, card, results) in one commit."""
+    files = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}
+    for split, path in files.items():
+        digits[split].to_parquet(path)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_TOKEN=TOKEN, OMP_NUM_THREADS="1",
+               HF_HUB_DISABLE_TELEMETRY="1")  # fmt: skip
+    command = [sys.executable, "-m", "hf_unlearn", "unlearn", "--model_name_or_path", str(original), "--dataset_name",
+               "parquet", "--data_files", json.dumps(files), "--forget_classes", "three", "--method", "gppu",
+               "--output_dir", str(tmp_path / "out"), "--push_to_hub", "true", "--hub_model_id", f"{USER}/cli-pushed",
+               "--disable_tqdm", "true"]  # fmt: skip
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert len(hub.state.commits) == 1 and hub.state.commits[0].repo_id == f"{USER}/cli-pushed"
+    pushed = hub.state.commits[0].files
+    assert {"README.md", "unlearning_results.json", "model.safetensors", "per_class_accuracy.png"} <= set(pushed)
+    assert json.loads(pushed["unlearning_results.json"])["job"]["data_files"] == {
+        "train": "train.parquet", "test": "test.parquet"}  # fmt: skip

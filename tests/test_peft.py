@@ -59,9 +59,13 @@ def test_kept_adapters_save_as_a_peft_adapter_that_reloads(trained, digits, tmp_
 
     trainer, result = unlearn(trained("vit"), digits, tmp_path, peft_config=LORA, peft_merge=False)
     trainer.save_model(str(tmp_path / "adapter"))
+    # The adapter, with the run's card and results (no full model weights).
     assert sorted(path.name for path in (tmp_path / "adapter").iterdir()) == [
+        "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
+        "per_class_accuracy.png",
+        "unlearning_results.json",
     ]
     reloaded = PeftModel.from_pretrained(trained("vit"), str(tmp_path / "adapter")).eval()
     with torch.no_grad():

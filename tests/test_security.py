@@ -483,3 +483,39 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys)
     assert len(err) == 1 and "Unknown unlearning method 'svdd'. Available:" in err[0] and "Traceback" not in err[0]
     with pytest.raises(ValueError, match="Unknown unlearning method"):
         main([*argv, "--debug"])
+
+
+def test_a_job_killed_while_saving_leaves_no_output_and_a_rerun_proceeds(trained, digits, tmp_path):
+    """SIGKILL as soon as the job starts writing (its temporary folder appears): `output_dir` holds nothing, not a
+    half-written model, and the same command then runs to the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model_dir = tmp_path / "model"
+    trained("resnet").save_pretrained(model_dir)
+    files = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}
+    for split, path in files.items():
+        digits[split].to_parquet(path)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "hf_unlearn", "unlearn", "--model_name_or_path", str(model_dir), "--dataset_name",
+               "parquet", "--data_files", json.dumps(files), "--forget_classes", "three", "--method", "gppu",
+               "--output_dir", str(out), "--disable_tqdm", "true"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / ".out.hf-unlearn-partial"
+    deadline = time.monotonic() + 300
+    while job.poll() is None and not partial.exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    killed_while_saving = job.poll() is None
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    if killed_while_saving:  # the Trainer makes output_dir when it starts: it may exist, but holds nothing
+        assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
+    again = [] if killed_while_saving else ["--overwrite_output_dir", "true"]  # it had finished: a complete folder
+    rerun = subprocess.run(command + again, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert {"model.safetensors", "README.md", "unlearning_results.json"} <= {path.name for path in out.iterdir()}
+    assert not partial.exists()
