@@ -85,6 +85,12 @@ def _handler(state: HubState, endpoint: list[str]):
                 return True
             return False
 
+        def _requested_repo(self, body: bytes) -> str | None:
+            """The repository a create / delete request names, or None when it was refused (already answered)."""
+            request = json.loads(body or b"{}")
+            repo_id = f"{request.get('organization') or USER}/{request['name']}"
+            return None if self._not_allowed(repo_id) else repo_id
+
         def do_GET(self):  # noqa: N802
             self._read(send_body=True)
 
@@ -129,9 +135,8 @@ def _handler(state: HubState, endpoint: list[str]):
             if path == "/api/validate-yaml":
                 return self._reply(200, {"errors": [], "warnings": []})
             if path == "/api/repos/create":
-                request = json.loads(body or b"{}")
-                repo_id = f"{request.get('organization') or USER}/{request['name']}"
-                if self._not_allowed(repo_id):
+                repo_id = self._requested_repo(body)
+                if repo_id is None:
                     return None
                 with state.lock:
                     if repo_id in state.repos:  # as the Hub: 409 for an existing repository
@@ -172,9 +177,8 @@ def _handler(state: HubState, endpoint: list[str]):
             path, body = self.path.split("?")[0], self._body()
             state.requests.append(f"DELETE {path}")
             if path == "/api/repos/delete":
-                request = json.loads(body or b"{}")
-                repo_id = f"{request.get('organization') or USER}/{request['name']}"
-                if self._not_allowed(repo_id):
+                repo_id = self._requested_repo(body)
+                if repo_id is None:
                     return None
                 with state.lock:
                     if state.repos.pop(repo_id, None) is None:
