@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SPOKEN_DIGITS
 from tiny_models import tiny_classifier
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
@@ -25,10 +24,17 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "speech_commands" / "
 HUB_ID = "hf-unlearn-test/tiny-ast-spoken-digits"
 
 
-def spoken_digits(split, rows=None):
-    """A split of the spoken-digits parquet as `datasets` loads it from the Hub layout: `Audio` feature, decoded."""
-    data = datasets.load_dataset("parquet", data_files={split: str(SPOKEN_DIGITS / f"{split}.parquet")})[split]
-    return data if rows is None else data.select(range(rows))
+@pytest.fixture(scope="module")
+def spoken_digits(spoken_digits_dir):
+    """`spoken_digits(split, rows=None)`: a split of the generated spoken-digits parquet as `datasets` loads it from
+    the Hub layout (`Audio` feature, decoded)."""
+
+    def load(split, rows=None):
+        files = {split: str(spoken_digits_dir / f"{split}.parquet")}
+        data = datasets.load_dataset("parquet", data_files=files)[split]
+        return data if rows is None else data.select(range(rows))
+
+    return load
 
 
 def save_to_hub_cache(model, extractor, cache: Path, repo_id: str) -> None:
@@ -41,7 +47,9 @@ def save_to_hub_cache(model, extractor, cache: Path, repo_id: str) -> None:
     (repo / "refs" / "main").write_text(commit)
 
 
-def test_the_recipe_unlearns_a_class_by_name_from_a_hub_id_offline_without_torchcodec(trained_tiny_ast, tmp_path):
+def test_the_recipe_unlearns_a_class_by_name_from_a_hub_id_offline_without_torchcodec(
+    trained_tiny_ast, spoken_digits, spoken_digits_dir, tmp_path
+):
     """The Speech Commands recipe's own command and config, pointed at a small AST saved under a Hub ID in a fresh
     Hugging Face cache and at the spoken-digits parquet (its `Audio` column cannot be decoded here)."""
     assert importlib.util.find_spec("torchcodec") is None
@@ -55,7 +63,7 @@ def test_the_recipe_unlearns_a_class_by_name_from_a_hub_id_offline_without_torch
         model_name_or_path=HUB_ID,
         dataset_name="parquet",
         dataset_config=None,
-        data_files={split: str(SPOKEN_DIGITS / f"{split}.parquet") for split in ("train", "test")},
+        data_files={split: str(spoken_digits_dir / f"{split}.parquet") for split in ("train", "test")},
         forget_classes=["three"],
         output_dir=str(tmp_path / "out"),
         max_metric_train_samples=300,
@@ -153,7 +161,7 @@ def test_undecodable_audio_names_both_decoders():
         decode_audio({"bytes": b"this is not audio", "path": "clip.xyz"}, 16000)
 
 
-def test_labels_numbered_differently_from_the_model_are_refused_then_aligned(trained_tiny_ast, tmp_path):
+def test_labels_numbered_differently_from_the_model_are_refused_then_aligned(trained_tiny_ast, spoken_digits, tmp_path):
     model, extractor = trained_tiny_ast
     test = spoken_digits("test", 60)
     names = test.features["label"].names
@@ -187,7 +195,7 @@ METHOD_KWARGS = {
 
 
 @pytest.fixture(scope="module")
-def four_word_audio():
+def four_word_audio(spoken_digits):
     """48 train / 16 eval clips of "zero".."three" as the Hub layout gives them (`Audio` feature, decoded)."""
 
     def first_of_each(part, per_class):

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from conftest import SPOKEN_DIGITS
 
 from hf_unlearn import UnlearningTrainer
 from hf_unlearn.data import (
@@ -152,11 +151,11 @@ def test_decode_audio_resamples():
     np.testing.assert_allclose(waveform[400:-400], np.sin(2 * np.pi * tone * t16)[400:-400], atol=1e-2)
 
 
-def test_audio_bytes_decode_without_torchcodec_and_collate():
+def test_audio_bytes_decode_without_torchcodec_and_collate(spoken_digits_dir):
     import datasets
     from transformers import ASTFeatureExtractor
 
-    data = datasets.load_dataset("parquet", data_files={"test": str(SPOKEN_DIGITS / "test.parquet")})["test"]
+    data = datasets.load_dataset("parquet", data_files={"test": str(spoken_digits_dir / "test.parquet")})["test"]
     data = data.cast_column("audio", datasets.Audio(decode=False)).select(range(3))
     waveform = decode_audio(data[0]["audio"], 16000)
     assert waveform.dtype == np.float32 and waveform.ndim == 1 and len(waveform) == 16000
@@ -167,13 +166,14 @@ def test_audio_bytes_decode_without_torchcodec_and_collate():
     assert torch.isfinite(batch["input_values"]).all()
 
 
-def test_spoken_digits_become_ast_features_that_a_small_ast_accepts(tmp_path):
+def test_spoken_digits_become_ast_features_that_a_small_ast_accepts(spoken_digits_dir, tmp_path):
     import pyarrow.parquet as pq
 
     from hf_unlearn.spoken_digits import FEATURES, ast_classifier, feature_extractor, load_spoken_digits
 
     for split in ("train", "test"):  # a few rows of each split, same layout
-        pq.write_table(pq.read_table(SPOKEN_DIGITS / f"{split}.parquet").slice(0, 4), tmp_path / f"{split}.parquet")
+        pq.write_table(pq.read_table(spoken_digits_dir / f"{split}.parquet").slice(0, 4),
+                       tmp_path / f"{split}.parquet")  # fmt: skip
     data = load_spoken_digits(tmp_path)
     row = data["train"][0]
     assert np.asarray(row["input_values"]).shape == (FEATURES["max_length"], FEATURES["num_mel_bins"])
