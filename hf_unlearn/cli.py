@@ -79,7 +79,11 @@ class JobArguments:
         default=None, metadata={"help": "Use at most this many eval rows (class-balanced, seeded)."}
     )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Write into an `output_dir` that already holds files."}
+        default=False,
+        metadata={
+            "help": "Replace an `output_dir` that already holds files: the whole folder is replaced by the new one "
+            "(atomically, when everything is written)."
+        },
     )
 
     def __post_init__(self):
@@ -158,7 +162,7 @@ def load_job_data(job: JobArguments, model, seed: int) -> dict:
         if job.align_labels and labelled and model_label_names(model.config) is not None:
             dataset = align_labels(dataset, model.config.label2id)
         if cap is not None and cap < len(dataset):
-            labels = dataset_labels(dataset, "label")
+            labels = dataset_labels(dataset, "label", f"{part}_split")
             dataset = dataset.select(subsample(np.arange(len(dataset)), cap, seed, labels))
         parts[part] = dataset
     return parts
@@ -189,7 +193,7 @@ def job_trainer(job: JobArguments, args, forget_classes):
 
 def unlearn_command(argv: list[str]):
     """`hf-unlearn unlearn`: returns the `UnlearningOutput`."""
-    from .outputs import public_reference
+    from .outputs import check_replaceable, public_reference
     from .report import format_report
 
     job, args = parse_job(argv)
@@ -200,6 +204,7 @@ def unlearn_command(argv: list[str]):
         raise ValueError(
             f"`output_dir` '{output_dir}' already holds files; choose another or pass --overwrite_output_dir true."
         )
+    check_replaceable(output_dir, job.overwrite_output_dir)  # before the run, not after it
     trainer = job_trainer(job, args, job.forget_classes)
     result = trainer.unlearn()
     # The model, its processor, the card (README.md), the per-class plot and unlearning_results.json, written together
@@ -222,6 +227,7 @@ def unlearn_command(argv: list[str]):
 def evaluate_command(argv: list[str]) -> dict:
     """`hf-unlearn evaluate`: the unlearning metrics of a saved model (and of a reference, with the gaps)."""
     from .models import load_model
+    from .outputs import public_reference, write_atomic
     from .report import format_report
 
     job, options, args = parse_job(argv, extra=(EvaluateArguments,), command="evaluate")
@@ -236,7 +242,8 @@ def evaluate_command(argv: list[str]) -> dict:
         if metrics.get("mean_gap") is not None:
             print(f"\nMean gap to the reference: {100 * metrics['mean_gap']:.2f} points")
         if options.results_file:
-            Path(options.results_file).write_text(json.dumps({"job": asdict(job), "metrics": metrics}, indent=1))
+            record = {"job": public_reference(asdict(job)), "metrics": metrics}
+            write_atomic(options.results_file, json.dumps(record, indent=1, default=str))
     trainer.accelerator.end_training()
     return metrics
 
@@ -271,10 +278,12 @@ def main(argv=None) -> int:
     debug = "--debug" in rest
     rest = [argument for i, argument in enumerate(rest)
             if argument != "--debug" or (i + 1 < len(rest) and not rest[i + 1].startswith("--"))]  # fmt: skip
+    import yaml
+
     run = {"unlearn": unlearn_command, "evaluate": evaluate_command, "methods": methods_command}[command]
     try:
         outcome = run(rest)
-    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as error:
+    except (ValueError, TypeError, OSError, RuntimeError, ImportError, yaml.YAMLError) as error:
         # A mistake in the job (a bad argument, a missing file, a refused model): one line that names it and the fix.
         # The traceback is for bugs: `--debug` shows it.
         if debug:

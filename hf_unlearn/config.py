@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 from .registry import get_method
 from .validation import check_pattern, coerce, coerce_fields
@@ -211,6 +211,7 @@ class UnlearnConfig(TrainingArguments):
         spec = get_method(self.method)
         kwargs = self.method_kwargs
         if isinstance(kwargs, spec.config_class):
+            coerce_fields(kwargs, "method_kwargs")
             self.method_kwargs = asdict(kwargs)
             return kwargs
         if isinstance(kwargs, str):
@@ -271,12 +272,9 @@ class UnlearnConfig(TrainingArguments):
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"`{path}` has keys that are not UnlearnConfig fields: {unknown}.")
-        # Parsed as the command line parses them (`learning_rate: 1e-3`, which YAML reads as a string, is a float;
-        # `eval_before_unlearn: 'no'` is False), then checked field by field in __post_init__.
-        parser = HfArgumentParser(cls)
-        parser.set_defaults(**values)
-        (config,) = parser.parse_args_into_dataclasses(args=[])
-        return config
+        # Read as the command line reads them, field by field in __post_init__ (`learning_rate: 1e-3`, which YAML
+        # reads as a string, is a float; `eval_before_unlearn: 'no'` is False), with errors that name the field.
+        return cls(**values)
 
 
 def _secret_fields(state: dict) -> list[str]:

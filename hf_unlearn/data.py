@@ -199,6 +199,11 @@ def resolve_forget_indices(forget_indices, num_rows: int) -> np.ndarray:
                 "a mask needs one entry per row."
             )
         return np.flatnonzero(values)
+    if values.dtype.kind in "iu" and len(values) == num_rows > 2 and set(np.unique(values).tolist()) <= {0, 1}:
+        raise ValueError(
+            "`forget_indices` holds only 0 and 1, one entry per row of `train_dataset`: it looks like a mask, which "
+            "would be read as rows 0 and 1. Pass it as booleans, e.g. `mask.astype(bool)` / `mask.bool()`."
+        )
     if values.size and values.dtype.kind not in "iu":
         raise ValueError(
             f"`forget_indices` must hold integer row positions (or be a boolean mask), got values of type "

@@ -31,6 +31,7 @@ Needs diffusers: `pip install 'hf-unlearn[diffusion]'`.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
 from .digits import DIGIT_NAMES, label_maps
+from .outputs import public_reference, write_atomic
 
 logger = logging.get_logger(__name__)
 
@@ -223,6 +225,13 @@ class DiffusionModel(PreTrainedModel):
         directory.mkdir(parents=True, exist_ok=True)
         self.pipeline().save_pretrained(str(directory))
         self.config.save_pretrained(str(directory))
+        # diffusers records where each component was loaded from (`_name_or_path`, often a local path): keep only
+        # what a reader of a pushed folder can use.
+        for component in directory.glob("*/config.json"):
+            config = json.loads(component.read_text())
+            if config.get("_name_or_path"):
+                config["_name_or_path"] = public_reference(config["_name_or_path"])
+                write_atomic(component, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> DiffusionModel:

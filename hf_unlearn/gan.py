@@ -8,8 +8,9 @@ DCGAN-style pair for recipes and benchmarks, and plain GAN training (for the ori
 - the discriminator takes `(images)` or `(images, labels)` and returns one logit per image ("real" > 0).
 
 The pair is a `PreTrainedModel`: `save_pretrained` writes `config.json` (the modules' classes and constructor
-arguments, the label names, the classes unlearned so far) and `model.safetensors`, `from_pretrained` rebuilds it,
-and `UnlearningTrainer` unlearns, saves and pushes it like any model.
+arguments, the label names, the classes unlearned so far) and `model.safetensors`, `from_pretrained` rebuilds it
+(classes other than hf-unlearn's own only with `trust_remote_code=True`: a config is data, and building the classes
+it names runs their code), and `UnlearningTrainer` unlearns, saves and pushes it like any model.
 
 ```python
 >>> from hf_unlearn.gan import GANPair, dcgan_pair, train_gan
@@ -159,7 +160,9 @@ class GANPair(PreTrainedModel):
 
     Use `GANPair.wrap(generator, discriminator, latent_dim=..., labels=[...], conditional=...)` to pair modules of your
     own; their constructor arguments come from `generator_kwargs` / `discriminator_kwargs` or from a `config` dict
-    attribute on the module, so that `from_pretrained` can rebuild them.
+    attribute on the module, so that `from_pretrained` can rebuild them: with `trust_remote_code=True` (config.json
+    names your classes, and building them runs their code), or pass the modules built, `from_pretrained(path,
+    generator=..., discriminator=...)`. hf-unlearn's own DCGAN modules need neither.
     """
 
     config_class = GANConfig

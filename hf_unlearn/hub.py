@@ -9,13 +9,14 @@ their quick-start snippet.
 
 ```python
 >>> result = trainer.unlearn()
->>> trainer.create_model_card(dataset="google/speech_commands", dataset_args="v0.02")  # README.md, plot, results
->>> trainer.push_to_hub()                                                               # one commit
+>>> trainer.save_unlearned(dataset="google/speech_commands", dataset_args="v0.02")  # model, card, plot, results
+>>> trainer.push_to_hub(dataset="google/speech_commands", dataset_args="v0.02")    # the same, then one commit
 ```
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import asdict
@@ -383,13 +384,12 @@ def _draw_per_class(plt, context: dict, path: Path) -> None:
     axes.set_title(f"{context['model_id']}: {title} (red: forgotten)")
     axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    image = io.BytesIO()
     try:
-        figure.savefig(partial, dpi=100, metadata={"Software": None})
-        partial.replace(path)
+        figure.savefig(image, format="png", dpi=100, metadata={"Software": None})
     finally:
         plt.close(figure)
-        partial.unlink(missing_ok=True)
+    write_atomic(path, image.getvalue())
 
 
 def write_card_files(output_dir: str | Path, context: dict) -> list[str]:
@@ -407,8 +407,11 @@ def regenerate(folder: str | Path) -> list[Path]:
     """Render again every card under `folder` from the `unlearning_results.json` beside it (after a template change):
     `python -m hf_unlearn.hub model_cards`. Returns the cards written. Files are written only inside each card's own
     folder, under their fixed names (a results file's `plot` value is not a path anyone can choose)."""
-    written = []
+    written, root = [], Path(folder).resolve()
     for results in sorted(Path(folder).glob(f"*/{RESULTS_FILE}")):
+        if results.parent.is_symlink() or results.is_symlink() or results.resolve().parent.parent != root:
+            logger.warning(f"Skipping {results}: a link out of '{folder}'.")
+            continue
         context = json.loads(results.read_text())
         if context.get("plot"):
             context["plot"] = PLOT_FILE if plot_per_class(context, results.parent / PLOT_FILE) else None

@@ -2,7 +2,8 @@
 swapped in at the end (`staged_folder`), no secret in what is saved (`public_reference`), nothing non-finite saved
 (`check_finite`).
 
-A run killed while saving leaves either the old folder or the new one, never a mix: the new model, processor, card,
+A run killed while saving leaves either the old folder or the new one, never a mix (a kill between the two renames
+of the swap is settled by the next save, which puts the old folder back first): the new model, processor, card,
 plot and results are written into `.NAME.hf-unlearn-partial` in the same parent folder, which replaces `NAME` whole
 when everything is written (an old LoRA adapter or an old card cannot survive beside a new model).
 """
@@ -15,14 +16,22 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
-#: Files that show a folder holds a saved model or an hf-unlearn output, which a new save may replace whole.
-MODEL_FOLDER_FILES = (
-    "config.json", "model_index.json", "adapter_config.json", "unlearning_results.json", "training_args.bin",
-)  # fmt: skip
-#: What the Trainer itself writes into `output_dir` while it trains (logs, checkpoints): kept across a replacement.
+#: What a saved model folder holds (transformers, peft, diffusers, processors) plus hf-unlearn's card files: a folder
+#: with nothing else may be replaced whole by a new save.
+SAVED_MODEL_ENTRIES = re.compile(
+    r"(config|generation_config|preprocessor_config|processor_config|feature_extractor_config|model_index"
+    r"|adapter_config|tokenizer_config|tokenizer|special_tokens_map|added_tokens|vocab)\.json"
+    r"|.*\.safetensors(\.index\.json)?|pytorch_model.*\.bin|adapter_model\.bin|training_args\.bin"
+    r"|vocab\.txt|merges\.txt|.*\.model|chat_template\.jinja"
+    r"|README\.md|per_class_accuracy\.png|unlearning_results\.json"
+    r"|unet|vae|transformer|scheduler|runs|checkpoint-\d+"
+)
+#: What the Trainer itself writes into `output_dir` while it trains (logs, checkpoints): kept across a replacement
+#: when written by this run.
 TRAINING_ARTEFACTS = re.compile(r"runs|checkpoint-\d+")
 
 
@@ -31,6 +40,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # as `open` would create it (mkstemp makes 0600)
         with os.fdopen(handle, "wb") as file:
             file.write(data.encode() if isinstance(data, str) else data)
         os.replace(temporary, path)
@@ -40,58 +50,91 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def staging_path(target: Path) -> Path:
     """Where the new contents of `target` are written before they replace it (the same on every process)."""
     return target.parent / f".{target.name}.hf-unlearn-partial"
 
 
+def _old_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.hf-unlearn-old"
+
+
+def resolved_output(target: str | Path) -> Path:
+    """`target` with links resolved: a save replaces the folder a link points to, not the link."""
+    return Path(target).expanduser().resolve()
+
+
 def check_replaceable(target: Path, overwrite: bool = False) -> None:
-    """Refuse to replace `target` unless it is missing, empty, a saved model / hf-unlearn output, or `overwrite`
-    is set; never a folder that holds the current working directory."""
-    target = Path(target)
+    """Refuse to replace `target` unless it is missing, empty, holds only what a saved model folder holds
+    (`SAVED_MODEL_ENTRIES`), or `overwrite` is set; never a folder that holds the current working directory."""
+    target = resolved_output(target)
     if not target.exists():
         return
     if not target.is_dir():
         raise ValueError(f"`output_dir` '{target}' is a file, not a folder: choose a folder path.")
-    if Path.cwd().resolve().is_relative_to(target.resolve()):
+    if Path.cwd().resolve().is_relative_to(target):
         raise ValueError(
             f"`output_dir` '{target}' holds the current working directory: saving replaces the whole folder, so "
             "choose a new folder for the unlearned model, e.g. `output_dir='outputs/model-unlearned'`."
         )
-    entries = [entry.name for entry in target.iterdir() if not TRAINING_ARTEFACTS.fullmatch(entry.name)]
-    if overwrite or not entries or any(name in MODEL_FOLDER_FILES for name in entries):
+    foreign = sorted(entry.name for entry in target.iterdir() if not SAVED_MODEL_ENTRIES.fullmatch(entry.name))
+    if overwrite or not foreign:
         return
     raise ValueError(
-        f"`output_dir` '{target}' holds files that are not a saved model ({', '.join(sorted(entries)[:5])}): saving "
+        f"`output_dir` '{target}' holds files that are not part of a saved model ({', '.join(foreign[:5])}): saving "
         "replaces the whole folder, so it is left alone. Choose a new or empty folder (or, from the command line, "
         "pass --overwrite_output_dir true to replace it)."
     )
 
 
 def prepare_staging(target: Path) -> Path:
-    """A fresh, empty staging folder for `target` (a leftover of a killed run is removed)."""
-    staging = staging_path(target)
+    """A fresh, empty staging folder for `target`. Leftovers of a run killed while saving are settled first: a
+    partial folder is removed; an old folder moved aside is put back if the new one never arrived, else deleted (it
+    may hold the weights before unlearning, which must not linger)."""
+    target = resolved_output(target)
+    staging, old = staging_path(target), _old_path(target)
+    if old.exists():
+        if target.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(target)
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     return staging
 
 
-def swap_in(staging: Path, target: Path) -> None:
-    """Replace `target` by `staging` whole (the Trainer's logs and checkpoints in `target` move across)."""
-    if target.exists():
-        for entry in target.iterdir():
-            if TRAINING_ARTEFACTS.fullmatch(entry.name) and not (staging / entry.name).exists():
-                entry.rename(staging / entry.name)
-        old = target.parent / f".{target.name}.hf-unlearn-old"
-        if old.exists():
-            shutil.rmtree(old)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+def swap_in(staging: Path, target: Path, keep_artefacts_since: float | None = None) -> None:
+    """Replace `target` by `staging` whole. The Trainer's logs and checkpoints in `target` that were written at or
+    after `keep_artefacts_since` (a `time.time()`) move across; older ones go with the folder."""
+    target = resolved_output(target)
+    if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(target)
+        return
+    if keep_artefacts_since is not None:
+        for entry in target.iterdir():
+            fresh = entry.stat().st_mtime >= keep_artefacts_since
+            if TRAINING_ARTEFACTS.fullmatch(entry.name) and fresh and not (staging / entry.name).exists():
+                entry.rename(staging / entry.name)
+    old = _old_path(target)
+    try:
+        target.rename(old)
+    except OSError:  # a mount point cannot be renamed: replace what is inside it instead
+        for entry in target.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for entry in staging.iterdir():
+            entry.rename(target / entry.name)
+        staging.rmdir()
+        return
+    staging.rename(target)
+    shutil.rmtree(old)
 
 
 def check_finite(model: torch.nn.Module, when: str) -> None:
@@ -118,5 +161,8 @@ def public_reference(value):
         return [public_reference(item) for item in value]
     if not isinstance(value, str) or not value:
         return value
+    if "://" in value:  # a URL: no credentials, query or fragment (signed URLs carry secrets there)
+        parts = urlsplit(value)
+        return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
     local = os.path.isabs(value) or value.startswith((".", "~")) or os.path.exists(value) or value.count("/") > 1
     return Path(value).name if local else value

@@ -34,10 +34,19 @@ from .gan import image_tensors, measure_generator
 from .lora import add_lora, has_lora, merge_lora, save_adapter
 from .metrics import accuracy, gap_to_reference, unlearning_metrics
 from .models import check_unlearnable, classification_head, load_model, model_kind
-from .outputs import check_finite, check_replaceable, prepare_staging, staging_path, swap_in
+from .outputs import (
+    check_finite,
+    check_replaceable,
+    prepare_staging,
+    resolved_output,
+    staging_path,
+    swap_in,
+)
 from .registry import available_methods, get_method
 
 logger = get_logger(__name__)
+#: What a push leaves out of the output folder: the Trainer's checkpoints and logs, private files.
+UPLOAD_IGNORED = ("_*", "checkpoint-*/*", "runs/*")
 
 
 @dataclass
@@ -78,7 +87,7 @@ class UnlearningTrainer(Trainer):
             generated samples (which classes they show, and the features of the Frechet distance).
 
     The caller's model object is left untouched unless `args.in_place`; `trainer.model` is the unlearned model and
-    `trainer.save_model()` writes it like any Trainer.
+    `trainer.save_model()` (or `save_unlearned`) writes it with its processor, card, plot and results, atomically.
 
     Example:
 
@@ -124,6 +133,8 @@ class UnlearningTrainer(Trainer):
                 f"Method '{args.method}' does not unlearn {kind} models (it works on: "
                 f"{', '.join(spec.method_class.model_kinds)}). Methods for this model: {', '.join(fitting)}."
             )
+        # Method settings that depend on the model (a named module, the accumulation), checked before any work.
+        spec.method_class.check_settings(args.method_config, args, model)
         if kind != "classifier" and args.peft_config:
             raise ValueError(
                 f"`peft_config` (LoRA) is supported for classifiers; this model is a {kind} model: leave it None."
@@ -229,7 +240,7 @@ class UnlearningTrainer(Trainer):
         #: The classifier that judges a generator's samples (None for classifiers).
         self.judge = None if judge is None else judge.to(self.args.device)
         self.method = spec.method_class(self, args.method_config)
-        self.method.validate()  # method settings that depend on the model or data, checked before any work
+        self._started_at = time.time()  # what the Trainer writes into output_dir from now on is this run's
         #: The output of the last `unlearn()`, which `create_model_card` describes.
         self.unlearning_output: UnlearningOutput | None = None
         if args.forget_accuracy_target is not None:
@@ -257,7 +268,7 @@ class UnlearningTrainer(Trainer):
             self.method.run()
         self.accelerator.wait_for_everyone()
         seconds = time.perf_counter() - start
-        check_finite(self.model, f"After '{args.method}'")
+        self._raise_on_every_process(check_finite, self.model, f"After '{args.method}'")
         metrics = self.evaluate_unlearning() if args.eval_after_unlearn else {}
         metrics.update(self.method.report)
         metrics["unlearn_seconds"] = seconds
@@ -358,26 +369,45 @@ class UnlearningTrainer(Trainer):
         then replaces `output_dir` whole, so a killed run leaves the old folder or the new one, never a mix, and no
         file of an earlier save (an old adapter, an old card) survives. A folder that holds something other than a
         saved model is refused unless `overwrite`. Non-finite weights are never saved. Returns the folder."""
-        target = Path(output_dir or self.args.output_dir)
+        target = resolved_output(output_dir or self.args.output_dir)
         check_replaceable(target, overwrite)
-        check_finite(self.model, "Saving")
-        if self.is_world_process_zero():
-            prepare_staging(target)
-        self.accelerator.wait_for_everyone()
+        self._raise_on_every_process(check_finite, self.model, "Saving")
         staging = staging_path(target)
+        self._raise_on_every_process(prepare_staging, target, main_only=True)
         if has_lora(self.model):
-            if self.is_world_process_zero():
-                save_adapter(self.model, str(staging))
-                if self.processing_class is not None:
-                    self.processing_class.save_pretrained(str(staging))
+            self._raise_on_every_process(self._save_adapter, str(staging), main_only=True)
         else:
             super().save_model(str(staging), _internal_call=True)
-        if self.is_world_process_zero():
+
+        def finish():
             if self.unlearning_output is not None:
                 self.create_model_card(output_dir=str(staging), **card_arguments)
-            swap_in(staging, target)
-        self.accelerator.wait_for_everyone()
+            # This run's own logs and checkpoints move across; those of earlier runs go (and with `overwrite`, all).
+            swap_in(staging, target, None if overwrite else self._started_at)
+
+        self._raise_on_every_process(finish, main_only=True)
         return target
+
+    def _save_adapter(self, output_dir: str) -> None:
+        save_adapter(self.model, output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+    def _raise_on_every_process(self, work, *args, main_only: bool = False):
+        """Run `work(*args)` (on the main process only with `main_only`) and make every process raise when any
+        process failed, instead of leaving the others waiting at the next barrier."""
+        error = None
+        if not main_only or self.is_world_process_zero():
+            try:
+                work(*args)
+            except Exception as raised:  # re-raised below, on this process and (as a RuntimeError) on the others
+                error = raised
+        if self.accelerator.num_processes > 1:
+            failed = torch.tensor([float(error is not None)], device=self.args.device)
+            if self.accelerator.reduce(failed, reduction="sum").item() and error is None:
+                raise RuntimeError("Another process failed (its error is in its log); this one stops too.")
+        if error is not None:
+            raise error
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """As `Trainer.save_model`, written atomically with the card and results (`save_unlearned`); with
@@ -447,7 +477,7 @@ class UnlearningTrainer(Trainer):
             step = "uploading"
             return api.upload_folder(
                 repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                revision=revision or self.args.hub_revision, ignore_patterns=["_*", "checkpoint-*", "runs"],
+                revision=revision or self.args.hub_revision, ignore_patterns=list(UPLOAD_IGNORED),
                 run_as_future=not blocking,
             )  # fmt: skip
         except Exception as error:  # any failure of the network or the server: say where things are
@@ -694,19 +724,33 @@ def _push_failure(api, repo_id: str, created: bool, step: str, error: Exception,
     reached = "Nothing reached the Hub."
     if created:
         try:
-            api.delete_repo(repo_id)
-            reached = f"The repository '{repo_id}' this push had created was deleted again, so no empty repository is left."
-        except Exception as cleanup_error:  # the connection may be gone: say so, do not hide the first error
+            # The commit may have landed with only its answer lost: a repository with files is never deleted.
+            landed = bool(api.model_info(repo_id).siblings)
+        except Exception:  # the connection may be gone: then nothing is deleted blindly
+            landed = None
+        if landed is None:
             reached = (
-                f"The repository '{repo_id}' was created but holds no commit, and deleting it failed "
-                f"({type(cleanup_error).__name__}): delete it on the Hub if you do not retry."
+                f"The repository '{repo_id}' was created; whether the commit landed could not be checked, so it was "
+                "left as it is: look at it on the Hub before you retry."
             )
+        elif landed:
+            reached = f"The upload seems to have reached '{repo_id}' all the same (it holds files): check it on the Hub."
+        else:
+            try:
+                api.delete_repo(repo_id)
+                reached = f"The repository '{repo_id}' this push had created was deleted again, so no empty repository is left."
+            except Exception as cleanup_error:  # say so, do not hide the first error
+                reached = (
+                    f"The repository '{repo_id}' was created but holds no commit, and deleting it failed "
+                    f"({type(cleanup_error).__name__}): delete it on the Hub if you do not retry."
+                )
     elif step == "uploading":
         reached = f"The repository '{repo_id}' existed before and was not changed (the upload is one commit)."
     return (
         f"Pushing to '{repo_id}' failed while {step} ({' '.join(cause.split())}). {reached} Everything is saved locally "
         f"in {folder}: the unlearned model, its card (README.md), the plot and unlearning_results.json. Fix the cause "
-        f"and push again with `trainer.push_to_hub()`, or upload that folder with `hf upload {repo_id} {folder}`."
+        f"and push again with `trainer.push_to_hub()`, or upload that folder with `hf upload {repo_id} {folder} "
+        + " ".join(f"--exclude '{pattern}'" for pattern in UPLOAD_IGNORED) + "`."
     )
 
 

@@ -4,11 +4,14 @@ setting, what was received and the fix."""
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import types
 import typing
 from dataclasses import fields, is_dataclass
 from typing import Any
+
+import numpy as np
 
 
 def check_pattern(pattern: str, argument: str) -> None:
@@ -56,11 +59,11 @@ def coerce(value, annotation, where: str):
                 value = annotation(value.strip())
             except ValueError:
                 raise ValueError(f"`{where}` must be a number ({annotation.__name__}), got {value!r}.") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
             raise ValueError(f"`{where}` must be a number ({annotation.__name__}), got {value!r}.")
-        if annotation is int and not isinstance(value, int):
+        if annotation is int and not isinstance(value, numbers.Integral):
             raise ValueError(f"`{where}` must be a whole number, got {value!r}.")
-        if isinstance(value, float) and not math.isfinite(value):
+        if not math.isfinite(float(value)):
             raise ValueError(f"`{where}` must be a finite number, got {value!r}.")
         return annotation(value)
     if annotation is str:

@@ -36,7 +36,8 @@ class HubState:
         self.commits: list[Commit] = []
         self.requests: list[str] = []
         self.lock = threading.Lock()
-        #: Failure to inject into commits: None, an HTTP status (e.g. 500), or "drop" (close the connection unanswered).
+        #: Failure to inject into commits: None, an HTTP status (e.g. 500), "drop" (close the connection unanswered)
+        #: or "drop-after" (apply the commit, then close the connection unanswered: the answer is lost).
         self.fail_commits: int | str | None = None
 
     def commit(self, repo_id: str, summary: str, files: dict[str, bytes]) -> str:
@@ -159,7 +160,7 @@ def _handler(state: HubState, endpoint: list[str]):
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return None
-                if state.fail_commits is not None:
+                if isinstance(state.fail_commits, int):
                     return self._reply(state.fail_commits, {"error": "Internal Error - We're working hard to fix this"})
                 summary, files = "", {}
                 for line in body.decode().splitlines():
@@ -169,6 +170,10 @@ def _handler(state: HubState, endpoint: list[str]):
                     elif entry["key"] == "file":
                         files[entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
                 sha = state.commit(repo_id, summary, files)
+                if state.fail_commits == "drop-after":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return None
                 return self._reply(200, {"commitUrl": f"{endpoint[0]}/{repo_id}/commit/{sha}", "commitOid": sha,
                                          "pullRequestUrl": None})  # fmt: skip
             self._reply(404, {"error": f"not served by the test hub: {path}"})

@@ -156,6 +156,17 @@ def test_a_failed_commit_leaves_no_empty_repository(hub, original, tmp_path, fai
     assert (tmp_path / "out" / "README.md").is_file() and "its card (README.md)" in message
 
 
+def test_a_commit_whose_answer_is_lost_is_not_deleted(hub, original, tmp_path):
+    """The server applied the commit but the connection dropped before its answer: the repository holds the model,
+    so it is kept, and the error says the upload seems to have landed."""
+    hub.state.fail_commits = "drop-after"
+    result = push(hub, original, tmp_path / "out", f"{USER}/digits-unlearned")
+    assert result["error"] == "RuntimeError" and "seems to have reached" in result["message"], result
+    # (huggingface_hub retries a dropped request: each retry lands again here.)
+    assert f"{USER}/digits-unlearned" in hub.state.repos and hub.state.commits
+    assert "model.safetensors" in hub.state.repos[f"{USER}/digits-unlearned"].files
+
+
 def test_the_cli_pushes_once(hub, original, digits, tmp_path):
     """`hf-unlearn unlearn --push_to_hub true`: the job's folder (model, card, results) in one commit."""
     files = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}

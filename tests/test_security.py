@@ -36,21 +36,28 @@ def test_a_model_folder_cannot_run_code_without_trust_remote_code(hostile_gan, d
 
 
 @pytest.mark.parametrize("option", ["--model_name_or_path", "--judge_model", "--reference_model"])
-def test_the_cli_does_not_run_code_named_by_a_model_folder(hostile_gan, tmp_path, option, capsys):
+def test_the_cli_does_not_run_code_named_by_a_model_folder(hostile_gan, trained, digits, tmp_path, option, capsys):
+    """Each model the CLI loads (the model, the judge, the reference), with real data so that every one is reached:
+    the hostile folder is refused with a one-line error naming the class, and nothing runs."""
     from hf_unlearn.cli import main
 
     folder, witness = hostile_gan
-    saved = tmp_path / "gan"
-    dcgan_pair(image_size=8, latent_dim=4, width=8).save_pretrained(saved)
-    models = {"--model_name_or_path": str(saved), "--judge_model": str(saved), "--reference_model": str(saved)}
-    models[option] = str(folder)
+    dcgan_pair(image_size=8, latent_dim=4, width=8).save_pretrained(tmp_path / "gan")
+    trained("resnet").save_pretrained(tmp_path / "judge")
+    files = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}
+    for split, path in files.items():
+        digits[split].to_parquet(path)
+    models = {"--model_name_or_path": tmp_path / "gan", "--judge_model": tmp_path / "judge"}
     command = "evaluate" if option == "--reference_model" else "unlearn"
-    argv = [command, "--dataset_name", "nowhere", "--output_dir", str(tmp_path / "out"), "--forget_classes", "3"]
-    for name in ("--model_name_or_path", "--judge_model") + (("--reference_model",) if command == "evaluate" else ()):
-        argv += [name, models[name]]
-    main(argv)
+    models[option] = folder
+    argv = [command, "--dataset_name", "parquet", "--data_files", json.dumps(files), "--output_dir",
+            str(tmp_path / "out"), "--forget_classes", "3", "--method", "gan_cascade", "--disable_tqdm", "true"]
+    for name, path in models.items():
+        argv += [name, str(path)]  # fmt: skip
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert "'subprocess:getoutput'" in error and "trust_remote_code=True" in error
     assert not witness.exists()
-    assert "subprocess:getoutput" in capsys.readouterr().err or option != "--model_name_or_path"
 
 
 def test_even_trusted_configs_build_only_module_classes(hostile_gan):
@@ -168,14 +175,18 @@ def test_forget_indices_as_a_boolean_mask_forget_the_true_rows(kind, digits, tmp
         ([1.5, 2.0], r"integer row positions.*float64"),
         ([True, False], r"boolean mask of 2 entries, but `train_dataset` has \d+ rows"),
         ([[1, 2]], "one-dimensional"),
+        ([0, 1, 1, 0], r"holds only 0 and 1, one entry per row.*looks like a mask"),
     ],
 )
 def test_bad_forget_indices_are_refused_naming_the_argument(value, message):
+    import numpy as np
+
     from hf_unlearn.data import resolve_forget_indices
 
     with pytest.raises(ValueError, match=message):
-        resolve_forget_indices(value, 100)
+        resolve_forget_indices(value, 4 if "looks like a mask" in message else 100)
     assert resolve_forget_indices((3, 4), 100).tolist() == [3, 4]
+    assert resolve_forget_indices(np.array([0, 1, 1]), 100).tolist() == [0, 1, 1]  # positions, not a mask
 
 
 def test_a_bare_int_reaches_the_user_as_a_clear_error(digits, tmp_path):
@@ -274,7 +285,10 @@ def test_a_folder_that_is_not_a_saved_model_is_not_replaced(trained, digits, mak
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "thesis.tex").write_text("years of work")
-    with pytest.raises(ValueError, match=r"holds files that are not a saved model \(thesis.tex\)"):
+    with pytest.raises(ValueError, match=r"holds files that are not part of a saved model \(thesis.tex\)"):
+        trainer.save_unlearned(str(notes))
+    (notes / "config.json").write_text("{}")  # a config.json among other files does not make it a model folder
+    with pytest.raises(ValueError, match=r"not part of a saved model \(thesis.tex\)"):
         trainer.save_unlearned(str(notes))
     monkeypatch.chdir(notes)
     with pytest.raises(ValueError, match="holds the current working directory"):
@@ -283,7 +297,7 @@ def test_a_folder_that_is_not_a_saved_model_is_not_replaced(trained, digits, mak
 
 
 # ------------------------------------------------------------------------------------------ non-finite values
-def test_nan_inputs_are_refused_before_training(digits, tmp_path):
+def test_nan_inputs_are_refused_naming_the_column(digits, tmp_path):
     import numpy as np
 
     from hf_unlearn.digits import digits_classifier
@@ -335,8 +349,15 @@ def test_from_yaml_reads_values_as_the_command_line_does(tmp_path):
     assert args.eval_before_unlearn is False and args.max_steps == 5
     assert args.method_config.retain_weight == 0.5
     path.write_text("learning_rate: abc\n")
-    with pytest.raises((ValueError, SystemExit)):
+    with pytest.raises(ValueError, match="`learning_rate` must be a number"):
         UnlearnConfig.from_yaml(str(path), output_dir=str(tmp_path))
+
+
+def test_numpy_numbers_are_numbers(tmp_path):
+    import numpy as np
+
+    args = UnlearnConfig(output_dir=str(tmp_path), learning_rate=np.float32(1e-3), max_steps=np.int64(4))
+    assert args.max_steps == 4 and abs(args.learning_rate - 1e-3) < 1e-9
 
 
 @pytest.mark.parametrize(
@@ -509,13 +530,49 @@ def test_a_job_killed_while_saving_leaves_no_output_and_a_rerun_proceeds(trained
     deadline = time.monotonic() + 300
     while job.poll() is None and not partial.exists() and time.monotonic() < deadline:
         time.sleep(0.002)
-    killed_while_saving = job.poll() is None
+    assert job.poll() is None, "the job ended before it was seen saving"
     job.send_signal(signal.SIGKILL)
     job.wait()
-    if killed_while_saving:  # the Trainer makes output_dir when it starts: it may exist, but holds nothing
-        assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
-    again = [] if killed_while_saving else ["--overwrite_output_dir", "true"]  # it had finished: a complete folder
-    rerun = subprocess.run(command + again, env=env, capture_output=True, text=True, timeout=300)
+    # The Trainer makes output_dir when it starts: it may exist, but holds nothing.
+    assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert {"model.safetensors", "README.md", "unlearning_results.json"} <= {path.name for path in out.iterdir()}
     assert not partial.exists()
+
+
+def test_a_kill_between_the_two_renames_is_settled_by_the_next_save(trained, digits, make_args, tmp_path):
+    """Killed after the old folder was moved aside and before the new one arrived: the next save puts the old one
+    back first, then replaces it, and no copy of the old weights is left beside it."""
+    from hf_unlearn.outputs import staging_path
+
+    trainer = unlearned_trainer(trained, digits, make_args)
+    out = tmp_path / "out"
+    trainer.save_unlearned(str(out))
+    old = tmp_path / ".out.hf-unlearn-old"
+    out.rename(old)  # the state a kill between the renames leaves
+    staging_path(out).mkdir()
+    trainer.save_unlearned(str(out))
+    assert (out / "model.safetensors").is_file() and not old.exists() and not staging_path(out).exists()
+
+
+def test_regenerating_skips_folders_that_link_elsewhere(trained, digits, make_args, tmp_path):
+    from hf_unlearn.hub import regenerate
+
+    trainer = unlearned_trainer(trained, digits, make_args)
+    elsewhere = trainer.save_unlearned(str(tmp_path / "elsewhere"))
+    (elsewhere / "README.md").unlink()
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "linked").symlink_to(elsewhere, target_is_directory=True)
+    assert regenerate(cards) == []
+    assert not (elsewhere / "README.md").exists()
+
+
+def test_saved_diffusion_components_record_no_local_path(tmp_path):
+    from hf_unlearn.diffusion import DiffusionModel, small_ddpm
+
+    small_ddpm(image_size=8, widths=(8, 16), num_train_timesteps=50).save_pretrained(tmp_path / "first")
+    DiffusionModel.from_pretrained(tmp_path / "first").save_pretrained(tmp_path / "second")
+    for path in (tmp_path / "second").rglob("*.json"):
+        assert str(tmp_path) not in path.read_text(), path

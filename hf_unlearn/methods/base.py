@@ -42,9 +42,10 @@ class UnlearningMethod:
         #: What the run chose or measured on its own (e.g. a hyperparameter search), added to the returned metrics.
         self.report: dict = {}
 
-    def validate(self) -> None:
-        """Check the settings that depend on the model or data (e.g. that a named module exists); called when the
-        trainer is built, before any work. Raise a `ValueError` naming the setting and the fix."""
+    @classmethod
+    def check_settings(cls, config, args, model) -> None:
+        """Check the settings that depend on the model or the training arguments (e.g. that a named module exists);
+        called when the trainer is built, before any work. Raise a `ValueError` naming the setting and the fix."""
 
     def run(self) -> None:
         raise NotImplementedError

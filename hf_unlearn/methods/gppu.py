@@ -237,8 +237,9 @@ class GPPU(UnlearningMethod):
     supports_sharding = False  # it projects the head's whole weight
     stops_at_forget_target = False  # its own rule: forget target reached and retain accuracy recovered
 
-    def validate(self) -> None:
-        classification_head(self.trainer.model, self.config.head_module)
+    @classmethod
+    def check_settings(cls, config, args, model) -> None:
+        classification_head(model, config.head_module)
 
     def run(self) -> None:
         trainer, config = self.trainer, self.config

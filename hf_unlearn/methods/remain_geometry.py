@@ -181,11 +181,12 @@ class RemainGeometry(UnlearningMethod):
 
     uses_training_budget = True
 
-    def validate(self) -> None:
-        if self.trainer.args.gradient_accumulation_steps != 1:
+    @classmethod
+    def check_settings(cls, config, args, model) -> None:
+        if args.gradient_accumulation_steps != 1:
             raise ValueError(
                 "Method 'remain_geometry' takes its masked forget step inside each optimizer step, so it needs "
-                f"`gradient_accumulation_steps=1`, got {self.trainer.args.gradient_accumulation_steps}: raise "
+                f"`gradient_accumulation_steps=1`, got {args.gradient_accumulation_steps}: raise "
                 "`per_device_train_batch_size` instead."
             )
 
