@@ -238,7 +238,8 @@ def evaluate_command(argv: list[str]) -> dict:
     metrics = trainer.evaluate_unlearning(reference_model=reference)
     if trainer.is_world_process_zero():
         names = [trainer.model.config.id2label[c] for c in trainer.split.forget_classes]
-        print(format_report(None, metrics, None, names))
+        measured = {key[len("reference_"):]: value for key, value in metrics.items() if key.startswith("reference_")}
+        print(format_report(None, metrics, measured or None, names))
         if metrics.get("mean_gap") is not None:
             print(f"\nMean gap to the reference: {100 * metrics['mean_gap']:.2f} points")
         if options.results_file:
@@ -291,4 +292,5 @@ def main(argv=None) -> int:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"hf-unlearn {command}: error: {message} (run with --debug for the traceback)", file=sys.stderr)
         return 1
-    return 1 if getattr(outcome, "forgotten", None) is False else 0
+    check = (getattr(outcome, "metrics", None) or {}).get("forget_check") if hasattr(outcome, "metrics") else None
+    return 1 if check and check.get("passed") is False else 0

@@ -98,6 +98,14 @@ class UnlearnConfig(TrainingArguments):
             "that fails the check says so in its output, log and card."
         },
     )
+    max_retain_drop: float = field(
+        default=0.10,
+        metadata={
+            "help": "The run's retain check: a run whose held-out retain accuracy (diffusion: the judge's accuracy on "
+            "retained classes) fell by more than this fraction from the original's failed, whatever it forgot: it is "
+            "never recorded as unlearned, and its output, log and card say so. Needs `eval_before_unlearn`."
+        },
+    )
     eval_before_unlearn: bool = field(
         default=True,
         metadata={"help": "Measure the original model too, so the output holds before/after metrics."},
@@ -174,6 +182,8 @@ class UnlearnConfig(TrainingArguments):
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}.")
         if self.forget_check_steps < 1:
             raise ValueError(f"`forget_check_steps` must be >= 1, got {self.forget_check_steps!r}.")
+        if not 0.0 <= self.max_retain_drop <= 1.0:
+            raise ValueError(f"`max_retain_drop` is a fraction in [0, 1], got {self.max_retain_drop!r}.")
         if not 0.0 <= self.forget_success_threshold <= 1.0:
             raise ValueError(
                 f"`forget_success_threshold` is a fraction in [0, 1], got {self.forget_success_threshold!r}."

@@ -274,11 +274,14 @@ def render_card(context: dict):
     )  # fmt: skip
     environment.filters.update(python_string=_python_string, hub_id=_hub_id_part, link=_link, code=_code)
     check = context.get("metrics", {}).get("forget_check") or {}
-    measured = {key: value for key, value in check.items() if key not in ("passed", "threshold")}
+    measured = {key: value for key, value in check.items() if key not in ("passed", "threshold", "max_retain_drop")}
+    limits = f"forget accuracy at most {_percent(check.get('threshold'))}"
+    if check.get("max_retain_drop") is not None:
+        limits += f", retain accuracy drop at most {_percent(check['max_retain_drop'])}"
     forget_check = {
         "passed": check.get("passed"),
         "summary": ", ".join(f"{key.replace('_', ' ')} {_percent(value)}" for key, value in measured.items()),
-        "threshold_percent": _percent(check.get("threshold")),
+        "limits": limits,
     }
     not_measured = (
         _kind(context) == "classifier" and context["forget"]["class_level"]

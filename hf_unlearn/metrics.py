@@ -239,6 +239,9 @@ def gap_to_reference(metrics: dict, reference: dict) -> dict:
             continue
         result[f"reference_{name}"] = reference[name]
         result[f"gap_{name}"] = abs(metrics[name] - reference[name])
+    for name in ("per_class_accuracy", "class_shares"):  # the reference's per-class values, for reports and cards
+        if reference.get(name) is not None:
+            result[f"reference_{name}"] = reference[name]
     gaps = [result[f"gap_{name}"] for name in GAP_METRICS if f"gap_{name}" in result]
     result["mean_gap"] = float(np.mean(gaps)) if gaps else None
     return result

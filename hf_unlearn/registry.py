@@ -9,6 +9,7 @@ Adding a method is one new module, its config, its tests and one import line in 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, is_dataclass
 
 
@@ -76,5 +77,7 @@ def get_method(name: str) -> MethodSpec:
     """The registered method `name`; a `ValueError` listing the valid names otherwise."""
     _ensure_builtin_methods_loaded()
     if name not in _METHODS:
-        raise ValueError(f"Unknown unlearning method '{name}'. Available: {', '.join(sorted(_METHODS))}.")
+        close = difflib.get_close_matches(str(name), list(_METHODS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"Unknown unlearning method '{name}'.{hint} Available: {', '.join(sorted(_METHODS))}.")
     return _METHODS[name]

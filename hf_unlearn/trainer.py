@@ -60,8 +60,9 @@ class UnlearningOutput:
     method_config: object = None
     forget_classes: list[int] | None = None
     num_forget_samples: int = 0
-    #: Whether the run's own forget check passed (`UnlearnConfig.forget_success_threshold`): True, False, or None when
-    #: nothing was checked (sample-level requests, or a generator measured without a judge).
+    #: Whether the run's own check passed: the forget classes are gone (`UnlearnConfig.forget_success_threshold`) and
+    #: the retained ones kept (`max_retain_drop`, when the original was measured). True, False, or None when nothing
+    #: was checked (e.g. a sample-level request without a measured original).
     forgotten: bool | None = None
 
 
@@ -273,19 +274,23 @@ class UnlearningTrainer(Trainer):
         metrics.update(self.method.report)
         metrics["unlearn_seconds"] = seconds
         forgotten, measured = self._forget_check(metrics)
+        retained, drop = self._retain_check(metrics, original_metrics)
+        if retained is False or (forgotten is not None and retained is not None):
+            forgotten = bool(forgotten is not False and retained)  # a collapsed model is never "unlearned"
+        measured = {**measured, **drop}
         metrics["forget_check"] = {"passed": forgotten, "threshold": args.forget_success_threshold, **measured}
         logger.info(f"Unlearning with '{args.method}' took {seconds:.2f} s.")
-        if forgotten:
+        if forgotten and self.split.is_class_level:
             # Saved with the model (config.json), so a later request on it keeps these classes out of its retain set.
             self.model.config.unlearned_classes = sorted(
                 set(self.split.unlearned_before) | set(self.split.forget_classes)
             )
         elif forgotten is False:
             logger.warning(
-                f"The forget check FAILED: {measured} is above `forget_success_threshold` "
-                f"{args.forget_success_threshold}. The classes {self.split.forget_classes} are not recorded as "
-                "unlearned; the card and results say the run did not forget them. Give the method more budget or "
-                "other settings (see the README's method table)."
+                f"The unlearning check FAILED ({measured}; forget accuracy must be at most `forget_success_threshold` "
+                f"{args.forget_success_threshold}, the retain accuracy drop at most `max_retain_drop` "
+                f"{args.max_retain_drop}). Nothing is recorded as unlearned; the card and results say the run failed. "
+                "Give the method more budget or other settings (see the README's method table)."
             )
         self.unlearning_output = UnlearningOutput(
             model=self.model,
@@ -314,6 +319,16 @@ class UnlearningTrainer(Trainer):
         if not measured:
             return None, {}
         return all(value <= self.args.forget_success_threshold for value in measured.values()), measured
+
+    def _retain_check(self, metrics: dict, original: dict | None) -> tuple[bool | None, dict]:
+        """Whether the model kept what it should: the held-out retain accuracy (a diffusion model: the judge's
+        accuracy on samples of retained classes) fell by at most `max_retain_drop` from the original's. Unchecked
+        (None) when the original was not measured."""
+        key = {"classifier": "retain_accuracy", "diffusion": "retain_judge_accuracy"}.get(model_kind(self.model))
+        if key is None or not original or original.get(key) is None or metrics.get(key) is None:
+            return None, {}
+        drop = original[key] - metrics[key]
+        return drop <= self.args.max_retain_drop, {"retain_drop": drop, "max_retain_drop": self.args.max_retain_drop}
 
     @contextlib.contextmanager
     def _no_hub_pushes_while_running(self):
@@ -438,8 +453,9 @@ class UnlearningTrainer(Trainer):
         `create_model_card`, `overwrite` to `save_unlearned`. The original model's repository is never the target.
 
         A failure (no token, a refused repository, no connection, a server error) raises an error that says what is
-        saved locally, what reached the Hub (a repository this call created is deleted again when its commit fails)
-        and the command that retries the upload."""
+        saved locally, what reached the Hub (a repository this call created is deleted again when its commit fails
+        and it holds no file) and the command that retries the upload. With `blocking=False` the upload runs in the
+        background: its failure is raised by the returned future, without that clean-up."""
         import huggingface_hub
 
         original = getattr(self.model.config, "_name_or_path", None) or ""

@@ -2,6 +2,7 @@
 (A whole job runs in tests/test_audio.py.)"""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,7 +71,7 @@ def parquet_files(digits, folder) -> dict:
     return files
 
 
-def test_evaluate_measures_a_saved_unlearned_model_against_a_reference(trained, digits, tmp_path):
+def test_evaluate_measures_a_saved_unlearned_model_against_a_reference(trained, digits, tmp_path, capsys):
     """`unlearn` then `evaluate` on its output: the forget classes default to the ones the model records, and a
     reference model adds the gaps."""
     model_dir, files = tmp_path / "model", parquet_files(digits, tmp_path)
@@ -82,8 +83,12 @@ def test_evaluate_measures_a_saved_unlearned_model_against_a_reference(trained, 
     evaluate = ["evaluate", *job, "--model_name_or_path", str(tmp_path / "unlearned"), "--forget_classes"]
     with pytest.raises(SystemExit):  # --forget_classes needs a value: argparse's own error
         main(evaluate)
+    capsys.readouterr()
     main([*evaluate[:-1], "--reference_model", str(model_dir), "--results_file", str(results),
           "--output_dir", str(tmp_path / "evaluate")])  # fmt: skip
+    report = capsys.readouterr().out
+    assert "retrain |" in report.splitlines()[0]  # the reference's column is printed, per class too
+    assert re.search(r"forget_accuracy: unlearned +[\d.]+ %  retrain 100\.0 %", report), report
     metrics = json.loads(results.read_text())["metrics"]
     assert metrics["forget_accuracy"] <= 0.05 and metrics["retain_accuracy"] >= 0.95
     assert metrics["reference_forget_accuracy"] == 1.0  # the original model as the "reference"

@@ -45,3 +45,20 @@ def test_registry_rejects_a_non_dataclass_config_and_name_clashes():
         register_method("broken", dict, ZeroHead, description="x")
     with pytest.raises(ValueError, match="already registered"):
         register_method("finetune", ZeroHeadConfig, ZeroHead, description="x")
+
+
+def test_the_public_api_is_importable_from_the_package():
+    import hf_unlearn
+
+    assert sorted(hf_unlearn.__all__) == sorted(hf_unlearn._EXPORTS)
+    for name in hf_unlearn.__all__:
+        assert getattr(hf_unlearn, name).__name__ == name
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        hf_unlearn.Nope  # noqa: B018
+
+
+def test_a_misspelt_method_gets_a_suggestion(tmp_path):
+    from hf_unlearn import UnlearnConfig
+
+    with pytest.raises(ValueError, match=r"Unknown unlearning method 'svd_projektion'\. Did you mean 'svd_projection'\?"):
+        UnlearnConfig(output_dir=str(tmp_path), method="svd_projektion")

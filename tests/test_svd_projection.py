@@ -169,3 +169,29 @@ def test_sample_level_requests_are_refused(trained, digits, make_args):
 def test_bad_method_kwargs_are_named(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         UnlearnConfig(output_dir=str(tmp_path), method="svd_projection", method_kwargs=kwargs)
+
+
+@pytest.mark.parametrize("failures", [0, 1, 2])
+def test_the_eigendecomposition_survives_eigh_failing(failures, monkeypatch):
+    """`eigh` failing to converge (as LAPACK does on a Gram matrix whose rows are mostly exactly zero) is retried
+    with a jitter, then replaced by an SVD: the same eigenvalues and eigenspace either way."""
+    from hf_unlearn.methods.svd_projection import symmetric_eigen
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.zeros(64, 12, dtype=torch.float64)
+    inputs[:, :3] = torch.randn(64, 3, generator=generator, dtype=torch.float64)  # 9 of 12 rows exactly zero
+    gram = inputs.T @ inputs
+    expected_values, _ = torch.linalg.eigh(gram)
+    real_eigh, calls = torch.linalg.eigh, []
+
+    def failing_eigh(matrix):
+        calls.append(1)
+        if len(calls) <= failures:
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return real_eigh(matrix)
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing_eigh)
+    values, vectors = symmetric_eigen(gram)
+    torch.testing.assert_close(values, expected_values, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(vectors @ torch.diag(values) @ vectors.T, gram, atol=1e-9, rtol=1e-9)
+    assert len(calls) == min(failures + 1, 2)

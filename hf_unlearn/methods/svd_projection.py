@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +45,7 @@ from ..validation import check_pattern
 from .base import UnlearningMethod
 
 logger = get_logger(__name__)
+_plain_logger = logging.getLogger(__name__)  # for helpers that also run outside an accelerate run
 
 
 @dataclass
@@ -102,10 +104,35 @@ class SVDProjectionConfig:
             raise ValueError(f"`conv_window` must be >= 1 or None, got {self.conv_window!r}.")
 
 
+def symmetric_eigen(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of symmetric PSD matrices `(..., d, d)` in float64, robustly.
+
+    LAPACK's `eigh` can fail to converge on an ill-conditioned Gram matrix, e.g. a 3x3 convolution at 1x1 spatial size
+    whose 8 padded kernel positions leave most rows exactly zero (repeated zero eigenvalues). Then: the same with a
+    tiny diagonal jitter (1e-12 of the mean eigenvalue, far below anything the projection resolves), then an SVD,
+    which equals the eigendecomposition for a symmetric PSD matrix. Such a matrix is not an error."""
+    gram = gram.double()
+    gram = (gram + gram.transpose(-1, -2)) / 2
+    try:
+        return torch.linalg.eigh(gram)
+    except torch.linalg.LinAlgError:
+        _plain_logger.info("eigh did not converge on an ill-conditioned Gram matrix: retrying with a 1e-12 jitter.")
+    size = gram.shape[-1]
+    scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(torch.finfo(torch.float64).tiny)
+    jitter = 1e-12 * scale[..., None, None] * torch.eye(size, dtype=gram.dtype, device=gram.device)
+    try:
+        values, vectors = torch.linalg.eigh(gram + jitter)
+        return values - 1e-12 * scale[..., None], vectors
+    except torch.linalg.LinAlgError:
+        _plain_logger.info("eigh failed again: using an SVD of the Gram matrix instead.")
+    left, singular, _ = torch.linalg.svd(gram)
+    return singular.flip(-1), left.flip(-1)
+
+
 def eigen_space(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`(importance, vectors)` of a `(groups, d, d)` Gram matrix: e_i = s_i^2 / sum_j s_j^2 and the eigenvectors
-    (columns), both float32, from a float64 eigendecomposition."""
-    values, vectors = torch.linalg.eigh(gram.double())
+    (columns), both float32, from a float64 eigendecomposition (`symmetric_eigen`)."""
+    values, vectors = symmetric_eigen(gram)
     values = values.clamp_min(0.0)
     importance = values / values.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
     return importance.float(), vectors.float()
