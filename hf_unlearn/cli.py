@@ -72,6 +72,18 @@ class JobArguments:
             "model lacks (e.g. Speech Commands' '_silence_')."
         },
     )
+    card_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "The dataset's name in the model card (a Hub ID fills its `datasets` field). Default: "
+            "`dataset_name` when it is a Hub ID, else the folder of the data files (for a builder such as 'parquet')."
+        },
+    )
+    license: str | None = field(default=None, metadata={"help": "The model card's `license`, e.g. 'apache-2.0'."})
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "The card's `base_model` (Hub ID). Default: `model_name_or_path` when it is a Hub ID."},
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use at most this many training rows (class-balanced, seeded): quick runs."}
     )
@@ -120,9 +132,11 @@ def parse_job(argv: list[str], extra=(), command: str = "unlearn"):
     from .config import UnlearnConfig
 
     dataclass_types = (JobArguments, *extra, UnlearnConfig)
-    parser = HfArgumentParser(dataclass_types, prog=f"hf-unlearn {command}", description=__doc__)
+    parser = HfArgumentParser(dataclass_types, prog=f"hf-unlearn {command}", description=__doc__,
+                              usage=f"hf-unlearn {command} [--config JOB.yaml] [--OPTION VALUE ...]")  # fmt: skip
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", help="YAML file of JobArguments and UnlearnConfig fields.")
+    _group_help(parser, dataclass_types)
     known, _ = parser.parse_known_args(argv) if not {"-h", "--help"} & set(argv) else (None, None)
     if known is not None and known.config:
         values = yaml.safe_load(Path(known.config).read_text()) or {}
@@ -136,6 +150,32 @@ def parse_job(argv: list[str], extra=(), command: str = "unlearn"):
             )
         parser.set_defaults(**values)
     return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
+
+
+def _group_help(parser, dataclass_types) -> None:
+    """`--help` lists the job's options first (with `--config`), then the unlearning options, then the
+    `TrainingArguments` ones under their own heading, instead of one list of 700 lines in field order."""
+    from transformers import TrainingArguments
+
+    training = {f.name for f in fields(TrainingArguments)}
+    job = {"config"} | {f.name for kind in dataclass_types[:-1] for f in fields(kind)}
+    unlearning = {f.name for f in fields(dataclass_types[-1])} - training
+    titles = {
+        "job": "job: the model, the data and what to forget",
+        "unlearning": "unlearning: the method and how the run is checked (UnlearnConfig)",
+        "training": "training: the budget of gradient methods and everything else (transformers.TrainingArguments)",
+    }
+    groups = {key: parser.add_argument_group(title) for key, title in titles.items()}
+    general = parser._optionals  # argparse keeps "options" here; only -h stays in it
+    for action in list(general._group_actions):
+        key = "job" if action.dest in job else "unlearning" if action.dest in unlearning else (
+            "training" if action.dest in training else None)  # fmt: skip
+        if key is not None:
+            general._group_actions.remove(action)
+            groups[key]._group_actions.append(action)
+    config = next(action for action in groups["job"]._group_actions if action.dest == "config")
+    groups["job"]._group_actions.remove(config)
+    groups["job"]._group_actions.insert(0, config)
 
 
 def load_job_data(job: JobArguments, model, seed: int) -> dict:
@@ -191,6 +231,24 @@ def job_trainer(job: JobArguments, args, forget_classes):
     )  # fmt: skip
 
 
+BUILDERS = ("parquet", "csv", "json", "arrow", "text", "imagefolder", "audiofolder")
+
+
+def card_dataset_name(job: JobArguments) -> str:
+    """The dataset's name for the card: `card_dataset`, else a Hub ID, else (a builder over local files) the name of
+    the folder that holds the training files, which says more than 'parquet'."""
+    if job.card_dataset:
+        return job.card_dataset
+    if job.dataset_name in BUILDERS and job.data_files:
+        files = job.data_files.get(job.train_split) if isinstance(job.data_files, dict) else job.data_files
+        first = files[0] if isinstance(files, list) else files
+        if isinstance(first, str) and Path(first).parent.name:
+            return Path(first).parent.name
+    from .outputs import public_reference
+
+    return public_reference(job.dataset_name)
+
+
 def unlearn_command(argv: list[str]):
     """`hf-unlearn unlearn`: returns the `UnlearningOutput`."""
     from .outputs import check_replaceable, public_reference
@@ -210,8 +268,9 @@ def unlearn_command(argv: list[str]):
     # The model, its processor, the card (README.md), the per-class plot and unlearning_results.json, written together
     # into a temporary folder that then replaces output_dir; with --push_to_hub, then one commit of that folder.
     # The job is recorded with Hub IDs and file names, not this machine's paths.
-    card = {"dataset": public_reference(job.dataset_name), "dataset_args": job.dataset_config,
-            "dataset_split": job.train_split, "extra": {"job": public_reference(asdict(job))}}  # fmt: skip
+    card = {"dataset": card_dataset_name(job), "dataset_args": job.dataset_config, "dataset_split": job.train_split,
+            "license": job.license, "finetuned_from": job.base_model,
+            "extra": {"job": public_reference(asdict(job))}}  # fmt: skip
     if args.push_to_hub:
         trainer.push_to_hub(output_dir=str(output_dir), overwrite=job.overwrite_output_dir, **card)
     else:

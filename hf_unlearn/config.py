@@ -167,6 +167,8 @@ class UnlearnConfig(TrainingArguments):
         # quietly give every process a world of its own; gloo on the CPU is what the user means.
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinned memory is for copies to a GPU; on a CPU it only warns
         super().__post_init__()
         for name in ("max_forget_samples", "max_retain_samples", "max_metric_train_samples"):
             value = getattr(self, name)

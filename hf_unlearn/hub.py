@@ -23,6 +23,7 @@ from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 
+import numpy as np
 from markupsafe import Markup
 from transformers.utils.logging import get_logger
 
@@ -145,7 +146,10 @@ def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config
         "citation": spec.citation,
         "limitations": spec.limitations,
         "method_config": _resolved(asdict(result.method_config), result.metrics),
-        "training": {name: getattr(args, name) for name in TRAINING_FIELDS},
+        # The budget only when the run trained (gppu's fine-tuning may take no step; svd_projection never does).
+        "training": {name: getattr(args, name) for name in TRAINING_FIELDS} if _trained(spec, result.metrics) else {},
+        "stages": list(result.metrics.get("stages_run") or []),
+        "inputs": _model_inputs(trainer),
         "peft": peft,
         "forget": {
             "class_level": split.is_class_level,
@@ -170,6 +174,21 @@ def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config
     # JSON-native values (enums as their value, tuples as lists): the card rendered now and one rendered later from
     # unlearning_results.json are the same.
     return json.loads(json.dumps(context, default=_plain))
+
+
+def _trained(spec, metrics: dict) -> bool:
+    return spec.method_class.uses_training_budget or bool(metrics.get("finetune_steps"))
+
+
+def _model_inputs(trainer) -> dict:
+    """What the quick start needs: whether a processor is saved with the model, else the model input's name and the
+    shape of one row (from the training data)."""
+    name = getattr(trainer.model, "main_input_name", None)
+    dataset = trainer.source_train_dataset
+    shape = None
+    if name in (dataset.column_names or []) and len(dataset):
+        shape = list(np.shape(dataset.with_format(None)[0][name]))
+    return {"processor": trainer.processing_class is not None, "name": name, "shape": shape}
 
 
 def _resolved(method_config: dict, metrics: dict) -> dict:
@@ -273,6 +292,8 @@ def render_card(context: dict):
         lstrip_blocks=True, undefined=jinja2.StrictUndefined, finalize=escape_markdown,
     )  # fmt: skip
     environment.filters.update(python_string=_python_string, hub_id=_hub_id_part, link=_link, code=_code)
+    # Contexts saved by earlier versions lack some keys: their cards render as before.
+    context = {"stages": [], "inputs": {"processor": True, "name": None, "shape": None}, **context}
     check = context.get("metrics", {}).get("forget_check") or {}
     measured = {key: value for key, value in check.items() if key not in ("passed", "threshold", "max_retain_drop")}
     limits = f"forget accuracy at most {_percent(check.get('threshold'))}"

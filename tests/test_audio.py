@@ -80,7 +80,7 @@ def test_the_recipe_unlearns_a_class_by_name_from_a_hub_id_offline_without_torch
 
     results = json.loads((tmp_path / "out" / "unlearning_results.json").read_text())
     assert results["forget"]["classes"] == ["three"] and results["method"] == "gppu"
-    assert results["dataset"]["name"] == "parquet" and results["modality"] == "audio"
+    assert results["dataset"]["name"] == spoken_digits_dir.name and results["modality"] == "audio"
     assert (tmp_path / "out" / "README.md").is_file() and (tmp_path / "out" / "per_class_accuracy.png").is_file()
     original, metrics = results["original_metrics"], results["metrics"]
     assert original["forget_accuracy"] >= 0.8 and metrics["forget_accuracy"] <= 0.05

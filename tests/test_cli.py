@@ -51,6 +51,18 @@ def test_help_of_the_command_and_of_every_subcommand():
         assert sub.returncode == 0, (command, sub.stderr[-500:])
         for option in options:
             assert option in sub.stdout, (command, option)
+        if command != "methods":  # the job's options first (--config leading), the Trainer's last, under headings
+            text = sub.stdout
+            job, unlearning, training = (text.index(heading) for heading in ("\njob:", "\nunlearning:", "\ntraining:"))
+            after = lambda option, start: text.index(option, start)  # noqa: E731
+            assert after("--config CONFIG", job) < after("--model_name_or_path", job) < unlearning
+            assert after("--method ", unlearning) < training < after("--learning_rate", training)
+
+
+def test_the_top_level_help_does_not_load_torch():
+    code = "import sys; from hf_unlearn.cli import main; main(['--help']); assert 'torch' not in sys.modules"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0 and "commands:" in completed.stdout, completed.stderr[-1000:]
 
 
 def test_methods_lists_every_method_with_its_paper(capsys):

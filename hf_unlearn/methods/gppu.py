@@ -288,6 +288,10 @@ class GPPU(UnlearningMethod):
         if config.finetune and not (config.stop_when_recovered and self.recovered(stages[list(stages)[-1]])):
             self.finetune()
             stages["finetune"] = self.measure_sampled_rows()
+        names = {"projection": "head projection", "head_refit": "head refit", "finetune": "tail fine-tuning"}
+        self.report["stages_run"] = [names[stage] for stage in stages if stage in names]
+        if self.report.get("finetune_steps"):
+            self.report["stages_run"][-1] += f" ({self.report['finetune_steps']} steps)"
 
     def head_accuracy(self, sampled: dict) -> dict:
         with torch.no_grad():
