@@ -54,9 +54,8 @@ def test_help_of_the_command_and_of_every_subcommand():
         if command != "methods":  # the job's options first (--config leading), the Trainer's last, under headings
             text = sub.stdout
             job, unlearning, training = (text.index(heading) for heading in ("\njob:", "\nunlearning:", "\ntraining:"))
-            after = lambda option, start: text.index(option, start)  # noqa: E731
-            assert after("--config CONFIG", job) < after("--model_name_or_path", job) < unlearning
-            assert after("--method ", unlearning) < training < after("--learning_rate", training)
+            assert text.index("--config CONFIG", job) < text.index("--model_name_or_path", job) < unlearning
+            assert text.index("--method ", unlearning) < training < text.index("--learning_rate", training)
 
 
 def test_the_top_level_help_does_not_load_torch():
