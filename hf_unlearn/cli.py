@@ -185,6 +185,14 @@ def load_job_data(job: JobArguments, model, seed: int) -> dict:
 
     from .data import align_labels, dataset_labels, model_label_names, subsample
 
+    files = job.data_files.values() if isinstance(job.data_files, dict) else [job.data_files or []]
+    missing = [path for group in files for path in ([group] if isinstance(group, str) else group)
+               if "://" not in path and not any(char in path for char in "*?[") and not Path(path).exists()]  # fmt: skip
+    if missing:
+        raise FileNotFoundError(
+            f"`data_files` names files that do not exist: {missing[:3]}. Prepare the data first: a recipe's header "
+            "names the command (e.g. `python -m hf_unlearn.digits --output_dir outputs/digits-vit`)."
+        )
     data = datasets.load_dataset(
         job.dataset_name, job.dataset_config, data_files=job.data_files, revision=job.dataset_revision
     )

@@ -291,7 +291,8 @@ def render_card(context: dict):
         loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True, trim_blocks=True,
         lstrip_blocks=True, undefined=jinja2.StrictUndefined, finalize=escape_markdown,
     )  # fmt: skip
-    environment.filters.update(python_string=_python_string, hub_id=_hub_id_part, link=_link, code=_code)
+    environment.filters.update(python_string=_python_string, hub_id=_hub_id_part, link=_link, code=_code,
+                               python_identifier=_python_identifier)  # fmt: skip
     # Contexts saved by earlier versions lack some keys: their cards render as before.
     context = {"stages": [], "inputs": {"processor": True, "name": None, "shape": None}, **context}
     check = context.get("metrics", {}).get("forget_check") or {}
@@ -344,6 +345,13 @@ def escape_markdown(value) -> Markup:
 def _python_string(value) -> Markup:
     """`value` as a Python string literal in a code block (quotes and backslashes escaped, one line)."""
     return Markup(json.dumps(" ".join(str(value).split())))
+
+
+def _python_identifier(value) -> Markup:
+    """A model input's name as Python code (it must be an identifier: anything else cannot come from a model)."""
+    if not (isinstance(value, str) and value.isidentifier()):
+        raise ValueError(f"{value!r} is not a Python identifier: it cannot name a model input in the quick start.")
+    return Markup(value)
 
 
 def _code(value) -> Markup:

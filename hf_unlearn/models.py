@@ -38,6 +38,12 @@ def load_model(model_id: str, *, trust_remote_code: bool = False):
     from .diffusion import DiffusionConfig, DiffusionModel, is_pipeline_folder
     from .gan import GANConfig, GANPair  # importing it registers the GAN config with AutoConfig
 
+    if not Path(model_id).exists() and (model_id.count("/") > 1 or model_id.startswith((".", "/", "~"))):
+        raise FileNotFoundError(
+            f"`model` '{model_id}' is a local path that does not exist (and not a Hub ID, which is 'org/name'). "
+            "Prepare the model first: a recipe's header names the command (e.g. `python -m hf_unlearn.digits "
+            "--output_dir outputs/digits-vit` for the digits recipes)."
+        )
     if Path(model_id).is_dir() and not (Path(model_id) / "config.json").is_file() and is_pipeline_folder(model_id):
         return DiffusionModel.from_pretrained(model_id), None  # a plain diffusers pipeline folder
     try:

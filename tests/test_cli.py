@@ -191,3 +191,11 @@ def test_data_files_as_json_on_the_command_line(tmp_path):
     assert job.data_files == {"train": "a.parquet"}
     with pytest.raises(ValueError, match="`data_files` must be a JSON object"):
         parse_job(["--config", write(tmp_path, JOB), "--data_files", "{train"])
+
+
+def test_a_recipe_run_before_its_model_is_prepared_says_how_to_prepare_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outputs/digits-vit/... does not exist here
+    assert main(["unlearn", "--config", str(RECIPES / "digits" / "vit_gppu.yaml")]) == 1
+    error = capsys.readouterr().err
+    assert "'outputs/digits-vit/model' is a local path that does not exist" in error
+    assert "python -m hf_unlearn.digits --output_dir outputs/digits-vit" in error

@@ -186,3 +186,23 @@ def test_the_cli_pushes_once(hub, original, digits, tmp_path):
     assert {"README.md", "unlearning_results.json", "model.safetensors", "per_class_accuracy.png"} <= set(pushed)
     assert json.loads(pushed["unlearning_results.json"])["job"]["data_files"] == {
         "train": "train.parquet", "test": "test.parquet"}  # fmt: skip
+
+
+def test_the_pushed_cards_quick_start_runs_from_the_pushed_files(hub, original, tmp_path):
+    """The card's quick start, taken from the README.md that reached the Hub and run as written in an empty folder,
+    loads the model from the (loopback) Hub and classifies a row."""
+    import re
+
+    push(hub, original, tmp_path / "out", f"{USER}/quick-start")
+    card = hub.state.commits[0].files["README.md"].decode()
+    section = card[card.index("## Quick start") :]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    assert f'"{USER}/quick-start"' in code
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "fresh_home"), HF_HUB_DISABLE_TELEMETRY="1")
+    (tmp_path / "user").mkdir()
+    completed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "user", env=env, capture_output=True,
+                               text=True, timeout=300)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    assert completed.stdout.strip().splitlines()[-1] in names
