@@ -199,3 +199,28 @@ def test_a_recipe_run_before_its_model_is_prepared_says_how_to_prepare_it(tmp_pa
     error = capsys.readouterr().err
     assert "'outputs/digits-vit/model' is a local path that does not exist" in error
     assert "python -m hf_unlearn.digits --output_dir outputs/digits-vit" in error
+
+
+def test_card_fields_come_from_the_job_and_a_card_shows_only_what_ran(trained, digits, tmp_path):
+    """`--license`, `--base_model`, `--card_dataset` fill the card's metadata; a gradient-free method's card shows no
+    training budget, and gppu's lists the stages that ran."""
+    from huggingface_hub import ModelCard
+
+    model_dir, files = tmp_path / "model", parquet_files(digits, tmp_path)
+    trained("resnet").save_pretrained(model_dir)
+    common = ["--model_name_or_path", str(model_dir), "--dataset_name", "parquet", "--data_files", json.dumps(files),
+              "--forget_classes", "three", "--disable_tqdm", "true"]  # fmt: skip
+    assert main(["unlearn", *common, "--method", "svd_projection", "--output_dir", str(tmp_path / "svd"), "--license",
+                 "apache-2.0", "--base_model", "my-org/digits-resnet", "--card_dataset", "my-org/digits"]) == 0
+    card = ModelCard((tmp_path / "svd" / "README.md").read_text())
+    assert card.data.license == "apache-2.0" and card.data.base_model == "my-org/digits-resnet"
+    assert card.data.datasets == ["my-org/digits"] and "Dataset: my-org/digits" in card.text
+    assert "No training budget: `svd_projection` took no optimizer step" in card.text
+    assert "Training budget (`UnlearnConfig`)" not in card.text
+    assert main(["unlearn", *common, "--method", "gppu", "--output_dir", str(tmp_path / "gppu")]) == 0
+    card = (tmp_path / "gppu" / "README.md").read_text()
+    assert "Stages that ran: head projection, head refit" in card and "Training budget" not in card
+    from hf_unlearn.hub import escape_markdown
+
+    # A builder's data is named by its files' folder, not "parquet" (escaped as every name from data is).
+    assert "Dataset: " + escape_markdown(Path(files["train"]).parent.name) in card
