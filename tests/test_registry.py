@@ -26,7 +26,16 @@ class ZeroHead(UnlearningMethod):
                 head.bias[class_id] = -1e4
 
 
-def test_registered_method_runs_through_the_trainer(trained, digits, tmp_path):
+@pytest.fixture
+def registry_copy(monkeypatch):
+    """Registrations made by a test go into a copy of the registry, so no toy method leaks into later tests."""
+    from hf_unlearn import registry
+
+    available_methods()  # the built-in methods are in the copy
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+
+
+def test_registered_method_runs_through_the_trainer(trained, digits, tmp_path, registry_copy):
     register_method("zero_head", ZeroHeadConfig, ZeroHead, description="toy")
     assert "zero_head" in available_methods()
     assert get_method("zero_head").config_class is ZeroHeadConfig
@@ -38,6 +47,15 @@ def test_registered_method_runs_through_the_trainer(trained, digits, tmp_path):
     # Only the forget rows of the head changed: retained rows that were mistaken for a 3 can only improve.
     assert result.metrics["retain_accuracy"] >= result.original_metrics["retain_accuracy"]
     assert result.metrics["per_class_accuracy"]["one"] == result.original_metrics["per_class_accuracy"]["one"]
+
+
+def test_a_test_registration_does_not_leak(registry_copy):
+    register_method("leak_probe", ZeroHeadConfig, ZeroHead, description="toy")
+    assert "leak_probe" in available_methods()
+
+
+def test_the_previous_registration_did_not_leak():
+    assert "leak_probe" not in available_methods() and "zero_head" not in available_methods()
 
 
 def test_registry_rejects_a_non_dataclass_config_and_name_clashes():

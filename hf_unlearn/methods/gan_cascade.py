@@ -1,6 +1,6 @@
 """`gan_cascade`: item and class unlearning for GANs by cascaded discriminator and generator updates.
 
-Source: Sun, Wang, Ding, Liu, Xiang, Zhou: "Generative Adversarial Networks Unlearning", arXiv 2308.09881 (IEEE TDSC
+Source: Hui Sun, Tianqing Zhu, Wenhan Chang, Wanlei Zhou: "Generative Adversarial Networks Unlearning", arXiv 2308.09881 (IEEE TDSC
 2025). Only the abstract is public (no full text, no code): a fake label for the unlearning samples, a substitution
 mechanism, and unlearning and learning run in cascade; item and class unlearning; 185x (MNIST) faster than
 retraining. What is built here follows `METHODS.md` section 4; the steps marked [R] are our reconstruction, grounded
@@ -306,7 +306,7 @@ register_method(
     description="GANs: cascaded discriminator unlearning / learning and generator steps, with a fake label and "
     "substitutes (items or classes).",
     paper="https://arxiv.org/abs/2308.09881",
-    citation='Sun, Wang, Ding, Liu, Xiang, Zhou: "Generative Adversarial Networks Unlearning", IEEE TDSC 2025 '
+    citation='Hui Sun, Tianqing Zhu, Wenhan Chang, Wanlei Zhou: "Generative Adversarial Networks Unlearning", IEEE TDSC 2025 '
     "(arXiv 2308.09881).",
     limitations="The paper's full text and code are not public: the fake label target, the substitution, the learning "
     "step and the stopping rules are our reconstruction (marked [R] in `hf_unlearn/methods/gan_cascade.py`), "

@@ -1,6 +1,6 @@
 """`gppu`: Graph-Propagated Projection Unlearning, class forgetting for vision and audio classifiers.
 
-Source: Das & Pathak, arXiv 2604.13127 (April 2026), "GPPU". The paper was withdrawn
+Source: Pathak & Das, arXiv 2604.13127 (April 2026), "GPPU". The paper was withdrawn
 (its version 2 is a withdrawal notice) and no code exists; only its abstract and second-hand summaries are known. What
 they state: class-level unlearning for CNNs, ViTs and audio transformers; a k-NN graph over features (k = 8); graph
 propagation to find class-specific directions; projection of the representations onto their orthogonal complement;
@@ -438,6 +438,6 @@ register_method(
     description="Graph-propagated forget directions projected out of the head, then targeted fine-tuning of the "
     "last blocks (GPPU; steps marked [R] are our reconstruction of a withdrawn paper).",
     paper="https://arxiv.org/abs/2604.13127",
-    citation="Das, Pathak: graph-propagated projection unlearning (GPPU), arXiv 2604.13127 (April 2026; withdrawn).",
+    citation="Pathak, Das: graph-propagated projection unlearning (GPPU), arXiv 2604.13127 (April 2026; withdrawn).",
     limitations="The GPPU paper was withdrawn and published no code: the k-NN graph, the propagation, the forget directions, the head projection, the head refit and the stopping rule are hf-unlearn's reconstruction from its abstract (steps marked [R] in `hf_unlearn/methods/gppu.py`).",
 )
