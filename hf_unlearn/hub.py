@@ -452,6 +452,83 @@ def regenerate(folder: str | Path) -> list[Path]:
     return written
 
 
+#: What a push leaves out of the output folder: the Trainer's checkpoints and logs, private files.
+UPLOAD_IGNORED = ("_*", "checkpoint-*/*", "runs/*")
+
+
+def push_folder(folder: Path, target: str, *, token: str, private: bool | None = None, revision: str | None = None,
+                commit_message: str | None = None, blocking: bool = True, on_resolved=None):  # fmt: skip
+    """Upload `folder` to the model repository `target` in one commit, creating the repository in the same step
+    (a bare name goes under the token's account; `on_resolved(repo_id)` is called with the full ID first). Returns
+    `(repo_id, commit_info)` (a future with `blocking=False`).
+
+    Any failure raises a `RuntimeError` that says at which step, the cause, what is local, what reached the Hub and
+    the command that retries. A repository this call created is deleted again when its commit failed and it holds no
+    file; one that holds files (a commit whose answer was lost) is kept."""
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi(token=token)
+    repo_id, created, step = target, False, "resolving the account"
+    try:
+        if "/" not in repo_id:
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
+            if on_resolved is not None:
+                on_resolved(repo_id)
+        step = "creating the repository"
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=False)
+            created = True
+        except huggingface_hub.errors.HfHubHTTPError as error:
+            if getattr(error.response, "status_code", None) != 409:  # 409: it exists, which is fine
+                raise
+        step = "uploading"
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, revision=revision,
+            ignore_patterns=list(UPLOAD_IGNORED), run_as_future=not blocking,
+        )  # fmt: skip
+        return repo_id, commit
+    except Exception as error:  # any failure of the network or the server: say where things are
+        raise RuntimeError(_push_failure(api, repo_id, created, step, error, folder)) from error
+
+
+def _push_failure(api, repo_id: str, created: bool, step: str, error: Exception, folder: Path) -> str:
+    """What a failed push says: the cause, what is local, what reached the Hub, how to retry."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    cause = f"HTTP {status}: {getattr(error, 'server_message', None) or error}" if status else f"{type(error).__name__}: {error}"
+    reached = "Nothing reached the Hub."
+    if created:
+        try:
+            # The commit may have landed with only its answer lost: a repository with files is never deleted.
+            landed = bool(api.model_info(repo_id).siblings)
+        except Exception:  # the connection may be gone: then nothing is deleted blindly
+            landed = None
+        if landed is None:
+            reached = (
+                f"The repository '{repo_id}' was created; whether the commit landed could not be checked, so it was "
+                "left as it is: look at it on the Hub before you retry."
+            )
+        elif landed:
+            reached = f"The upload seems to have reached '{repo_id}' all the same (it holds files): check it on the Hub."
+        else:
+            try:
+                api.delete_repo(repo_id)
+                reached = f"The repository '{repo_id}' this push had created was deleted again, so no empty repository is left."
+            except Exception as cleanup_error:  # say so, do not hide the first error
+                reached = (
+                    f"The repository '{repo_id}' was created but holds no commit, and deleting it failed "
+                    f"({type(cleanup_error).__name__}): delete it on the Hub if you do not retry."
+                )
+    elif step == "uploading":
+        reached = f"The repository '{repo_id}' existed before and was not changed (the upload is one commit)."
+    excludes = " ".join(f"--exclude '{pattern}'" for pattern in UPLOAD_IGNORED)
+    return (
+        f"Pushing to '{repo_id}' failed while {step} ({' '.join(cause.split())}). {reached} Everything is saved locally "
+        f"in {folder}: the unlearned model, its card (README.md), the plot and unlearning_results.json. Fix the cause "
+        f"and push again with `trainer.push_to_hub()`, or upload that folder with `hf upload {repo_id} {folder} "
+        f"{excludes}`."
+    )
+
+
 if __name__ == "__main__":
     import sys
 

@@ -16,6 +16,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
+from .checks import unlearning_check
 from .config import UnlearnConfig
 from .data import (
     UnlearningCollator,
@@ -31,6 +32,7 @@ from .data import (
 )
 from .diffusion import as_diffusion_model, measure_diffusion
 from .gan import image_tensors, measure_generator
+from .hub import push_folder
 from .lora import add_lora, has_lora, merge_lora, save_adapter
 from .metrics import accuracy, gap_to_reference, unlearning_metrics
 from .models import check_unlearnable, classification_head, load_model, model_kind
@@ -45,8 +47,6 @@ from .outputs import (
 from .registry import available_methods, get_method
 
 logger = get_logger(__name__)
-#: What a push leaves out of the output folder: the Trainer's checkpoints and logs, private files.
-UPLOAD_IGNORED = ("_*", "checkpoint-*/*", "runs/*")
 
 
 @dataclass
@@ -273,12 +273,20 @@ class UnlearningTrainer(Trainer):
         metrics = self.evaluate_unlearning() if args.eval_after_unlearn else {}
         metrics.update(self.method.report)
         metrics["unlearn_seconds"] = seconds
-        forgotten, measured = self._forget_check(metrics)
-        retained, drop = self._retain_check(metrics, original_metrics)
-        if retained is False or (forgotten is not None and retained is not None):
-            forgotten = bool(forgotten is not False and retained)  # a collapsed model is never "unlearned"
-        measured = {**measured, **drop}
-        metrics["forget_check"] = {"passed": forgotten, "threshold": args.forget_success_threshold, **measured}
+        kind = model_kind(self.model)
+        if self.split.is_class_level and kind == "classifier" and not {"forget_accuracy", "forget_train_accuracy"} & {
+                key for key, value in metrics.items() if value is not None}:  # fmt: skip
+            # Evaluation off: the forget training rows alone (a short pass), so the record is never a guess.
+            metrics["forget_train_accuracy"] = accuracy(
+                *self.predict_logits(self.forget_view, description="Forget check")
+            )
+        check = unlearning_check(
+            metrics, original_metrics, kind=kind, class_level=self.split.is_class_level,
+            forget_success_threshold=args.forget_success_threshold, max_retain_drop=args.max_retain_drop,
+        )  # fmt: skip
+        metrics["forget_check"] = check
+        forgotten = check["passed"]
+        measured = {key: value for key, value in check.items() if key not in ("passed", "threshold")}
         logger.info(f"Unlearning with '{args.method}' took {seconds:.2f} s.")
         if forgotten and self.split.is_class_level:
             # Saved with the model (config.json), so a later request on it keeps these classes out of its retain set.
@@ -303,32 +311,6 @@ class UnlearningTrainer(Trainer):
             forgotten=forgotten,
         )
         return self.unlearning_output
-
-    def _forget_check(self, metrics: dict) -> tuple[bool | None, dict]:
-        """Whether the forget classes are gone by the run's own measure: every measured forget accuracy (classifier:
-        training and held-out rows) or judge share (generator) at most `forget_success_threshold`. Rows (sample-level
-        requests) have no such check: they should look like held-out rows, which the gap to a retrain measures."""
-        if not self.split.is_class_level:
-            return None, {}
-        keys = ("forget_train_accuracy", "forget_accuracy") if model_kind(self.model) == "classifier" else (
-            "forget_share",)  # fmt: skip
-        measured = {key: metrics[key] for key in keys if metrics.get(key) is not None}
-        if not measured and model_kind(self.model) == "classifier":
-            # Evaluation off: the forget training rows alone (a short pass), so the record is never a guess.
-            measured["forget_train_accuracy"] = accuracy(*self.predict_logits(self.forget_view, description="Forget check"))
-        if not measured:
-            return None, {}
-        return all(value <= self.args.forget_success_threshold for value in measured.values()), measured
-
-    def _retain_check(self, metrics: dict, original: dict | None) -> tuple[bool | None, dict]:
-        """Whether the model kept what it should: the held-out retain accuracy (a diffusion model: the judge's
-        accuracy on samples of retained classes) fell by at most `max_retain_drop` from the original's. Unchecked
-        (None) when the original was not measured."""
-        key = {"classifier": "retain_accuracy", "diffusion": "retain_judge_accuracy"}.get(model_kind(self.model))
-        if key is None or not original or original.get(key) is None or metrics.get(key) is None:
-            return None, {}
-        drop = original[key] - metrics[key]
-        return drop <= self.args.max_retain_drop, {"retain_drop": drop, "max_retain_drop": self.args.max_retain_drop}
 
     @contextlib.contextmanager
     def _no_hub_pushes_while_running(self):
@@ -475,29 +457,16 @@ class UnlearningTrainer(Trainer):
             )
         if not self.is_world_process_zero():
             return None
-        api = huggingface_hub.HfApi(token=token)
-        repo_id, created, step = target, False, "resolving the account"
-        try:
-            if "/" not in repo_id:
-                repo_id = f"{api.whoami()['name']}/{repo_id}"
-                if self.unlearning_output is not None:  # the card's quick start names the full ID
-                    self.create_model_card(output_dir=str(folder), **{**card_arguments, "model_name": repo_id})
-            step = "creating the repository"
-            try:
-                api.create_repo(repo_id, private=self.args.hub_private_repo, exist_ok=False)
-                created = True
-            except huggingface_hub.errors.HfHubHTTPError as error:
-                if getattr(error.response, "status_code", None) != 409:  # 409: it exists, which is fine
-                    raise
-            self.hub_model_id = repo_id
-            step = "uploading"
-            return api.upload_folder(
-                repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                revision=revision or self.args.hub_revision, ignore_patterns=list(UPLOAD_IGNORED),
-                run_as_future=not blocking,
-            )  # fmt: skip
-        except Exception as error:  # any failure of the network or the server: say where things are
-            raise RuntimeError(_push_failure(api, repo_id, created, step, error, folder)) from error
+
+        def name_in_card(repo_id: str) -> None:  # a bare name resolved to the account: the quick start names the full ID
+            if self.unlearning_output is not None:
+                self.create_model_card(output_dir=str(folder), **{**card_arguments, "model_name": repo_id})
+
+        self.hub_model_id, commit = push_folder(
+            folder, target, token=token, private=self.args.hub_private_repo, revision=revision or self.args.hub_revision,
+            commit_message=commit_message, blocking=blocking, on_resolved=name_in_card,
+        )  # fmt: skip
+        return commit
 
     @contextlib.contextmanager
     def _lora_if_asked(self):
@@ -731,43 +700,6 @@ class ForgetTargetCallback(TrainerCallback):
             )
             control.should_training_stop = True
         return control
-
-
-def _push_failure(api, repo_id: str, created: bool, step: str, error: Exception, folder: Path) -> str:
-    """What a failed push says: the cause, what is local, what reached the Hub, how to retry."""
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    cause = f"HTTP {status}: {getattr(error, 'server_message', None) or error}" if status else f"{type(error).__name__}: {error}"
-    reached = "Nothing reached the Hub."
-    if created:
-        try:
-            # The commit may have landed with only its answer lost: a repository with files is never deleted.
-            landed = bool(api.model_info(repo_id).siblings)
-        except Exception:  # the connection may be gone: then nothing is deleted blindly
-            landed = None
-        if landed is None:
-            reached = (
-                f"The repository '{repo_id}' was created; whether the commit landed could not be checked, so it was "
-                "left as it is: look at it on the Hub before you retry."
-            )
-        elif landed:
-            reached = f"The upload seems to have reached '{repo_id}' all the same (it holds files): check it on the Hub."
-        else:
-            try:
-                api.delete_repo(repo_id)
-                reached = f"The repository '{repo_id}' this push had created was deleted again, so no empty repository is left."
-            except Exception as cleanup_error:  # say so, do not hide the first error
-                reached = (
-                    f"The repository '{repo_id}' was created but holds no commit, and deleting it failed "
-                    f"({type(cleanup_error).__name__}): delete it on the Hub if you do not retry."
-                )
-    elif step == "uploading":
-        reached = f"The repository '{repo_id}' existed before and was not changed (the upload is one commit)."
-    return (
-        f"Pushing to '{repo_id}' failed while {step} ({' '.join(cause.split())}). {reached} Everything is saved locally "
-        f"in {folder}: the unlearned model, its card (README.md), the plot and unlearning_results.json. Fix the cause "
-        f"and push again with `trainer.push_to_hub()`, or upload that folder with `hf upload {repo_id} {folder} "
-        + " ".join(f"--exclude '{pattern}'" for pattern in UPLOAD_IGNORED) + "`."
-    )
 
 
 def _first(value):
