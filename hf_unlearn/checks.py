@@ -18,6 +18,15 @@ FORGET_KEYS = {"classifier": ("forget_train_accuracy", "forget_accuracy"), "gan"
 RETAIN_KEYS = {"classifier": "retain_accuracy", "diffusion": "retain_judge_accuracy"}
 
 
+#: The keys of a check that state its verdict and limits rather than a measured value.
+LIMIT_KEYS = ("passed", "threshold", "max_retain_drop")
+
+
+def measured_values(check: dict) -> dict:
+    """The measured values of a check (`unlearning_check`'s result), without its verdict and limits."""
+    return {key: value for key, value in check.items() if key not in LIMIT_KEYS}
+
+
 def unlearning_check(metrics: dict, original: dict | None, *, kind: str, class_level: bool,
                      forget_success_threshold: float, max_retain_drop: float) -> dict:  # fmt: skip
     """`{"passed": True | False | None, "threshold": ..., <the measured values>}`.

@@ -27,6 +27,7 @@ import numpy as np
 from markupsafe import Markup
 from transformers.utils.logging import get_logger
 
+from .checks import measured_values
 from .outputs import public_reference, write_atomic
 from .registry import available_methods, get_method
 
@@ -296,7 +297,7 @@ def render_card(context: dict):
     # Contexts saved by earlier versions lack some keys: their cards render as before.
     context = {"stages": [], "inputs": {"processor": True, "name": None, "shape": None}, **context}
     check = context.get("metrics", {}).get("forget_check") or {}
-    measured = {key: value for key, value in check.items() if key not in ("passed", "threshold", "max_retain_drop")}
+    measured = measured_values(check)
     limits = f"forget accuracy at most {_percent(check.get('threshold'))}"
     if check.get("max_retain_drop") is not None:
         limits += f", retain accuracy drop at most {_percent(check['max_retain_drop'])}"

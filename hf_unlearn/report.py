@@ -3,6 +3,8 @@ before and after (and of a retrained reference when one was measured), the headl
 
 from __future__ import annotations
 
+from .checks import measured_values
+
 # (metric, shown as a percentage): classifiers' and generators' headline metrics.
 HEADLINE_METRICS = {
     "per_class_accuracy": (("forget_accuracy", True), ("retain_accuracy", True), ("forget_train_accuracy", True),
@@ -40,8 +42,7 @@ def format_report(original: dict | None, unlearned: dict, retrained: dict | None
         lines.append(f"{key:>22}: {cells}")
     check = unlearned.get("forget_check") or {}
     if check.get("passed") is not None:
-        measured = ", ".join(f"{key} {100 * value:.1f} %" for key, value in check.items()
-                             if key not in ("passed", "threshold", "max_retain_drop"))  # fmt: skip
+        measured = ", ".join(f"{key} {100 * value:.1f} %" for key, value in measured_values(check).items())
         verdict = "passed" if check["passed"] else "FAILED (nothing is recorded as unlearned)"
         limits = f"forget at most {100 * check['threshold']:.1f} %"
         if "max_retain_drop" in check:

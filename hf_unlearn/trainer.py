@@ -16,7 +16,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
-from .checks import unlearning_check
+from .checks import FORGET_KEYS, measured_values, unlearning_check
 from .config import UnlearnConfig
 from .data import (
     UnlearningCollator,
@@ -274,8 +274,9 @@ class UnlearningTrainer(Trainer):
         metrics.update(self.method.report)
         metrics["unlearn_seconds"] = seconds
         kind = model_kind(self.model)
-        if self.split.is_class_level and kind == "classifier" and not {"forget_accuracy", "forget_train_accuracy"} & {
-                key for key, value in metrics.items() if value is not None}:  # fmt: skip
+        if self.split.is_class_level and kind == "classifier" and all(
+            metrics.get(key) is None for key in FORGET_KEYS[kind]
+        ):
             # Evaluation off: the forget training rows alone (a short pass), so the record is never a guess.
             metrics["forget_train_accuracy"] = accuracy(
                 *self.predict_logits(self.forget_view, description="Forget check")
@@ -286,7 +287,7 @@ class UnlearningTrainer(Trainer):
         )  # fmt: skip
         metrics["forget_check"] = check
         forgotten = check["passed"]
-        measured = {key: value for key, value in check.items() if key not in ("passed", "threshold")}
+        measured = measured_values(check)
         logger.info(f"Unlearning with '{args.method}' took {seconds:.2f} s.")
         if forgotten and self.split.is_class_level:
             # Saved with the model (config.json), so a later request on it keeps these classes out of its retain set.
@@ -414,7 +415,7 @@ class UnlearningTrainer(Trainer):
             if not has_lora(self.model):
                 return super().save_model(output_dir, _internal_call)
             if self.is_world_process_zero():
-                save_adapter(self.model, output_dir or self.args.output_dir)
+                self._save_adapter(output_dir or self.args.output_dir)
             return None
         if self.args.push_to_hub:
             return self.push_to_hub(output_dir=output_dir)
