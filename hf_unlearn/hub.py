@@ -80,6 +80,7 @@ REPORT_METRICS = {
         ("confidence MIA: forget rows called non-member", "mia_efficacy", "close to retrain", "percent"),
         ("MIA AUC, forget vs held-out rows", "mia_auc", "close to retrain (~0.5)", "percent"),
         ("accuracy on classes unlearned earlier", "unlearned_before_accuracy", "low", "percent"),
+        ("linear probe on the features: forget rows recalled", "feature_probe", "close to retrain", "percent"),
     ),
     "gan": (
         ("judge: samples showing a forget class", "forget_share", "about 0", "percent"),

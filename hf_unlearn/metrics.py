@@ -13,6 +13,11 @@ Directions, for a class-forgetting request:
 | `mia_efficacy` | share of forget training rows a confidence attack calls "non-member" | close to retrain (about 1) |
 | `mia_auc` | (sample-level only) attack AUC, forget rows vs held-out rows of the same classes | close to retrain (~0.5) |
 | `unlearned_before_accuracy` | eval accuracy on classes the model unlearned in earlier requests (if any) | low (stays forgotten) |
+| `feature_probe` | (classes) recall of the forget classes by a linear probe on the model's frozen head inputs, fitted on training rows of every class, scored on eval rows of the forget classes | close to retrain (the original: high) |
+
+`feature_probe` measures depth: a model can stop predicting a class while its features still carry it (a head-only
+edit hides the class; a probe finds it again). A retrained model's features also separate a class it never learned
+to some degree, so the goal is closeness to retrain's value, not 0.
 
 For sample-level forgetting (`forget_indices`) the eval split holds no forgotten rows, so `forget_accuracy` is the
 accuracy on the forgotten training rows (equal to `forget_train_accuracy`) and `retain_accuracy` is the accuracy on
@@ -49,6 +54,7 @@ SCALAR_METRICS = (
     "mia_efficacy",
     "mia_auc",
     "unlearned_before_accuracy",
+    "feature_probe",
 )
 GENERATIVE_SCALAR_METRICS = (
     "forget_share",
@@ -176,6 +182,36 @@ def mia_auc(
     return float(roc_auc_score(membership, scores))
 
 
+def feature_probe(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    forget_features: np.ndarray,
+    forget_labels: np.ndarray,
+    max_samples: int = 3000,
+    seed: int = 0,
+) -> float | None:
+    """Recall of the forget classes by a linear probe: a multinomial logistic regression (features standardised)
+    fitted on `train_features` / `train_labels` (training rows of every class, forget classes included; at most
+    `max_samples`, class-balanced, seeded), then the share of `forget_features` (held-out rows of the forget classes)
+    it assigns to their own class `forget_labels`. None without rows to fit or score."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    if not len(forget_labels) or len(np.unique(train_labels)) < 2:
+        return None
+    if len(train_labels) > max_samples:
+        rng = np.random.default_rng(seed)
+        classes = np.unique(train_labels)
+        per_class = max(1, max_samples // len(classes))
+        keep = np.concatenate([
+            rng.permutation(np.flatnonzero(train_labels == c))[:per_class] for c in classes
+        ])  # fmt: skip
+        train_features, train_labels = train_features[keep], train_labels[keep]
+    scaler = StandardScaler().fit(train_features)
+    probe = LogisticRegression(max_iter=500, C=1.0).fit(scaler.transform(train_features), train_labels)
+    return float(np.mean(probe.predict(scaler.transform(forget_features)) == forget_labels))
+
+
 def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """The rows of several `(logits, labels)` parts as one; parts without rows are skipped (their logits may have
     no class dimension)."""
@@ -193,10 +229,12 @@ def unlearning_metrics(
     eval_unlearned_before: tuple[np.ndarray, np.ndarray] | None = None,
     id2label: dict | None = None,
     seed: int = 0,
+    features: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """All metrics from `(logits, labels)` pairs of the four parts of the train and eval splits (and of the eval rows
     of classes unlearned in earlier requests, which only count in `per_class_accuracy` and
-    `unlearned_before_accuracy`)."""
+    `unlearned_before_accuracy`). `features`: the head inputs of the same rows by part name (`forget_train`,
+    `retain_train`, `eval_forget`), for `feature_probe` (class-level requests)."""
     probs = {
         name: (softmax(part[0]) if len(part[1]) else np.zeros((0, 1)), part[1])
         for name, part in {
@@ -226,6 +264,14 @@ def unlearning_metrics(
         metrics["unlearned_before_accuracy"] = accuracy(*eval_unlearned_before)
     if not class_level:
         metrics["mia_auc"] = mia_auc(*probs["forget_train"], *probs["eval_retain"])
+    elif features is not None:
+        metrics["feature_probe"] = feature_probe(
+            np.concatenate([features["forget_train"], features["retain_train"]]),
+            np.concatenate([forget_train[1], retain_train[1]]),
+            features["eval_forget"],
+            eval_forget[1],
+            seed=seed,
+        )
     return metrics
 
 

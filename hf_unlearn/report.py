@@ -8,7 +8,7 @@ from .checks import measured_values
 # (metric, shown as a percentage): classifiers' and generators' headline metrics.
 HEADLINE_METRICS = {
     "per_class_accuracy": (("forget_accuracy", True), ("retain_accuracy", True), ("forget_train_accuracy", True),
-                           ("mia_entropy", True), ("mia_efficacy", True)),
+                           ("mia_entropy", True), ("mia_efficacy", True), ("feature_probe", True)),
     "class_shares": (("forget_share", True), ("retain_judge_accuracy", True), ("frechet_distance", False),
                      ("discriminator_attack_auc", False)),
 }  # fmt: skip

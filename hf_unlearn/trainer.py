@@ -16,6 +16,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
+from .activations import capturing, pooled_rows
 from .checks import FORGET_KEYS, measured_values, unlearning_check
 from .config import UnlearnConfig
 from .data import (
@@ -519,25 +520,30 @@ class UnlearningTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------- measuring
     @torch.no_grad()
-    def predict_logits(self, dataset, model=None, description: str = "Scoring") -> tuple[np.ndarray, np.ndarray]:
-        """Logits and labels of `model` (default: `self.model`) on every row of `dataset`, gathered over processes."""
+    def predict_logits(
+        self, dataset, model=None, description: str = "Scoring", head: torch.nn.Module | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """Logits and labels of `model` (default: `self.model`) on every row of `dataset`, gathered over processes;
+        with `head` (a module of `model`), also the rows' inputs to it (pooled over tokens), as a third array."""
         model = self.model if model is None else model
         if len(dataset) == 0:
-            return np.zeros((0, self.num_labels), dtype=np.float32), np.zeros(0, dtype=np.int64)
+            empty = (np.zeros((0, self.num_labels), dtype=np.float32), np.zeros(0, dtype=np.int64))
+            return empty if head is None else (*empty, np.zeros((0, head.in_features), dtype=np.float32))
         was_training = model.training
         model.eval()
-        all_logits, all_labels = [], []
+        parts = ([], [], [])
         loader = self.get_test_dataloader(dataset)
         show = self.is_local_process_zero() and not self.args.disable_tqdm and len(loader) > 20
         for batch in tqdm(loader, desc=description, disable=not show, leave=False):
             batch = self._prepare_inputs(batch)
             labels = batch.pop("labels")
-            logits = model(**batch).logits.float()
-            logits, labels = self.accelerator.gather_for_metrics((logits, labels))
-            all_logits.append(logits.cpu().numpy())
-            all_labels.append(labels.cpu().numpy())
+            with capturing(head) if head is not None else contextlib.nullcontext() as captured:
+                logits = model(**batch).logits.float()
+            outputs = (logits, labels) if head is None else (logits, labels, pooled_rows(captured.value).float())
+            for part, values in zip(parts, self.accelerator.gather_for_metrics(outputs)):
+                part.append(values.cpu().numpy())
         model.train(was_training)
-        return np.concatenate(all_logits), np.concatenate(all_labels)
+        return tuple(np.concatenate(part) for part in parts if part)
 
     def shard_batches(self, dataset, description: str = "Forward pass", batch_size: int | None = None):
         """This process's contiguous share of `dataset` (a `datasets.Dataset`) in batches on the device, each row
@@ -642,14 +648,22 @@ class UnlearningTrainer(Trainer):
         kind = model_kind(self.model)
         if kind != "classifier":
             return self._measure_generator(self.model if model is None else model, kind)
+        head = None
+        if self.split.is_class_level:  # the feature probe reads the head's inputs in the same pass
+            try:
+                head = classification_head(self.model if model is None else model)[1]
+            except (ValueError, AttributeError):
+                logger.info("No classification head found: the feature probe is not measured.")
         parts = {
-            name: self.predict_logits(view, model, f"Scoring {name}") for name, view in self._metric_views().items()
+            name: self.predict_logits(view, model, f"Scoring {name}", head=head)
+            for name, view in self._metric_views().items()
         }
         return unlearning_metrics(
-            **parts,
+            **{name: part[:2] for name, part in parts.items()},
             class_level=self.split.is_class_level,
             id2label=getattr(self.model.config, "id2label", None),
             seed=self.args.seed,
+            features=None if head is None else {name: part[2] for name, part in parts.items()},
         )
 
     def _measure_generator(self, generator, kind: str) -> dict:

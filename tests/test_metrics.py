@@ -5,6 +5,7 @@ import pytest
 
 from hf_unlearn.metrics import (
     accuracy,
+    feature_probe,
     gap_to_reference,
     mia_auc,
     mia_efficacy,
@@ -129,3 +130,23 @@ def test_library_import_does_not_import_evaluate():
 
     code = "import sys, hf_unlearn, hf_unlearn.trainer, hf_unlearn.metrics; print('evaluate' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_feature_probe_finds_a_class_the_features_separate():
+    """Features where the forget class has its own cluster: the probe recalls it; features where its rows sit on
+    another class's cluster: the probe cannot tell them apart (recall about half or less)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 5, (4, 16))
+
+    def rows(classes, per_class, forget_centre=None):
+        labels = np.repeat(classes, per_class)
+        means = np.stack([centres[c] if c != 3 or forget_centre is None else centres[forget_centre] for c in labels])
+        return means + rng.normal(0, 1, means.shape), labels
+
+    train, train_labels = rows([0, 1, 2, 3], 100)
+    test, test_labels = rows([3], 50)
+    assert feature_probe(train, train_labels, test, test_labels) > 0.95
+    hidden, hidden_labels = rows([0, 1, 2, 3], 100, forget_centre=0)
+    hidden_test, _ = rows([3], 50, forget_centre=0)
+    assert feature_probe(hidden, hidden_labels, hidden_test, test_labels) < 0.7
+    assert feature_probe(train, train_labels, test[:0], test_labels[:0]) is None
