@@ -317,7 +317,8 @@ def evaluate_command(argv: list[str]) -> dict:
 
 
 def methods_command(argv: list[str]) -> list[str]:
-    """`hf-unlearn methods`: one line per registered method, with its paper."""
+    """`hf-unlearn methods`: one line per registered method, with its paper and its training defaults (the budget an
+    `UnlearnConfig` gets for the fields you leave unset)."""
     from .registry import available_methods, get_method
 
     parser = argparse.ArgumentParser(prog="hf-unlearn methods", description="List the unlearning methods.")
@@ -326,6 +327,9 @@ def methods_command(argv: list[str]) -> list[str]:
     for name in available_methods():
         spec = get_method(name)
         lines.append(f"{name:<16} {spec.description}" + (f"\n{'':<16} {spec.paper}" if spec.paper else ""))
+        defaults = spec.method_class.training_defaults
+        if defaults:
+            lines.append(f"{'':<16} defaults: " + ", ".join(f"{key}={value}" for key, value in defaults.items()))
     print("\n".join(lines))
     return lines
 

@@ -151,6 +151,36 @@ class UnlearnConfig(TrainingArguments):
         default=False,
         metadata={"help": "Allow custom modelling code from the Hub when `model` is given as a Hub ID."},
     )
+    # The training budget. None: the chosen method's own default (`training_defaults` of its class, listed by
+    # `hf-unlearn methods`), else TrainingArguments' default. A value you set always wins.
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "AdamW learning rate. None: the method's default (`hf-unlearn methods`)."}
+    )
+    num_train_epochs: float | None = field(
+        default=None,
+        metadata={"help": "Training epochs. None: the method's default budget (set this or `max_steps`, not both)."},
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "Optimizer steps (overrides `num_train_epochs` when > 0). None: the method's default budget."},
+    )
+    per_device_train_batch_size: int | None = field(
+        default=None, metadata={"help": "Training batch size per device. None: the method's default."}
+    )
+    per_device_eval_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of the measuring passes per device. None: 64."}
+    )
+    lr_scheduler_type: str | None = field(
+        default=None, metadata={"help": "Learning-rate schedule (see TrainingArguments). None: the method's default."}
+    )
+    max_grad_norm: float | None = field(
+        default=None, metadata={"help": "Gradient clipping (0: none). None: the method's default."}
+    )
+    optim: str | None = field(default=None, metadata={"help": "Optimizer (see TrainingArguments). None: the method's default."})
+    weight_decay: float | None = field(default=None, metadata={"help": "Weight decay. None: the method's default."})
+    warmup_steps: float | None = field(
+        default=None, metadata={"help": "Warm-up steps (below 1: a fraction of the run). None: the method's default."}
+    )
     # Defaults that differ from TrainingArguments: unlearning datasets carry raw or extra columns the collator
     # needs, and a short unlearning run should not leave checkpoints behind unless asked.
     remove_unused_columns: bool = field(
@@ -169,6 +199,7 @@ class UnlearnConfig(TrainingArguments):
             self.use_cpu = True
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinned memory is for copies to a GPU; on a CPU it only warns
+        self.method_training_defaults = self._apply_training_defaults()
         super().__post_init__()
         for name in ("max_forget_samples", "max_retain_samples", "max_metric_train_samples"):
             value = getattr(self, name)
@@ -218,6 +249,25 @@ class UnlearnConfig(TrainingArguments):
                     f"Method '{self.method}' does not train the model's weights by gradient, so `peft_config` does "
                     "not apply to it; leave it None or use a gradient method (e.g. 'neggrad_plus', 'remain_geometry')."
                 )
+
+    def _apply_training_defaults(self) -> dict[str, Any]:
+        """Fill the budget fields left None with the method's `training_defaults` (then TrainingArguments' defaults);
+        returns what the method's defaults set. `max_steps` and `num_train_epochs` are one budget: setting either
+        keeps the method's values of both out."""
+        method_defaults = dict(get_method(self.method).method_class.training_defaults)
+        if self.max_steps is not None or self.num_train_epochs is not None:
+            method_defaults.pop("max_steps", None)
+            method_defaults.pop("num_train_epochs", None)
+        applied = {}
+        for name in BUDGET_FIELDS:
+            if getattr(self, name) is not None:
+                continue
+            if name in method_defaults:
+                applied[name] = method_defaults[name]
+                setattr(self, name, method_defaults[name])
+            else:
+                setattr(self, name, _LIBRARY_DEFAULTS.get(name, TrainingArguments.__dataclass_fields__[name].default))
+        return applied
 
     def _resolve_method_config(self):
         spec = get_method(self.method)
@@ -287,6 +337,15 @@ class UnlearnConfig(TrainingArguments):
         # Read as the command line reads them, field by field in __post_init__ (`learning_rate: 1e-3`, which YAML
         # reads as a string, is a float; `eval_before_unlearn: 'no'` is False), with errors that name the field.
         return cls(**values)
+
+
+#: The training-budget fields a method's `training_defaults` may set (None in an `UnlearnConfig` until resolved).
+BUDGET_FIELDS = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+    "lr_scheduler_type", "max_grad_norm", "optim", "weight_decay", "warmup_steps",
+)  # fmt: skip
+# Where no method sets a field, this library's default where it differs from TrainingArguments'.
+_LIBRARY_DEFAULTS = {"per_device_eval_batch_size": 64}
 
 
 def _secret_fields(state: dict) -> list[str]:

@@ -155,6 +155,37 @@ def classification_head(model, name: str | None = None) -> tuple[str, torch.nn.L
     return heads[-1]
 
 
+@torch.enable_grad()
+def refit_head(
+    head: torch.nn.Linear,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    learning_rate: float,
+    weight_decay: float = 0.0,
+    transform=None,
+) -> None:
+    """Refit the classification `head` in place on head inputs already computed (`features`, `(rows, d)`) with the
+    cross-entropy to `labels`: `steps` full-batch AdamW steps. The head's input does not depend on the head, so this is
+    exact fine-tuning of the head at the cost of a linear model, with no forward pass through the network.
+    `transform` (e.g. a projection of the weight) is applied to the weight throughout and folded in at the end."""
+    transform = transform or (lambda weight: weight)
+    weight = head.weight.detach().float().clone().requires_grad_()
+    bias = None if head.bias is None else head.bias.detach().float().clone().requires_grad_()
+    parameters = [weight] + ([bias] if bias is not None else [])
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
+    features, labels = features.float().to(weight.device), labels.to(weight.device)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(torch.nn.functional.linear(features, transform(weight), bias), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        head.weight.copy_(transform(weight))
+        if bias is not None:
+            head.bias.copy_(bias)
+
+
 @torch.no_grad()
 def model_tail(model, batch: dict, num_blocks: int = 1) -> tuple[list[str], list[str]]:
     """The last `num_blocks` blocks of `model` and everything that runs after them (final norm, pooler, projector,

@@ -72,6 +72,7 @@ def test_methods_lists_every_method_with_its_paper(capsys):
     for name in available_methods():
         assert f"\n{name} " in f"\n{listed}", name
     assert "https://arxiv.org/abs/2409.19732" in listed and "reconstruction" in listed
+    assert "defaults: optim=adamw_torch, learning_rate=0.0003, max_steps=300" in listed  # remain_geometry's budget
 
 
 def parquet_files(digits, folder) -> dict:
@@ -219,7 +220,11 @@ def test_card_fields_come_from_the_job_and_a_card_shows_only_what_ran(trained, d
     assert "Training budget (`UnlearnConfig`)" not in card.text
     assert main(["unlearn", *common, "--method", "gppu", "--output_dir", str(tmp_path / "gppu")]) == 0
     card = (tmp_path / "gppu" / "README.md").read_text()
-    assert "Stages that ran: head projection, head refit" in card and "Training budget" not in card
+    assert "Stages that ran: head projection, head refit, tail fine-tuning (" in card and "Training budget" in card
+    assert main(["unlearn", *common, "--method", "gppu", "--output_dir", str(tmp_path / "gppu-head"),
+                 "--method_kwargs", '{"forget_objective": "projection"}']) == 0  # fmt: skip
+    head_only = (tmp_path / "gppu-head" / "README.md").read_text()
+    assert "Stages that ran: head projection, head refit" in head_only and "Training budget" not in head_only
     from hf_unlearn.hub import escape_markdown
 
     # A builder's data is named by its files' folder, not "parquet" (escaped as every name from data is).

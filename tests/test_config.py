@@ -119,3 +119,57 @@ def test_every_recipe_parses():
         assert job.forget_classes and job.dataset_name and job.model_name_or_path, recipe
         assert args.method in available_methods(), recipe
         assert UnlearnConfig.from_yaml(str(recipe)).method_config == args.method_config, recipe
+
+
+def test_each_method_trains_with_its_own_defaults(tmp_path):
+    """A method's `training_defaults` fill what the user left unset; TrainingArguments' defaults fill the rest."""
+    from hf_unlearn.methods.remain_geometry import RemainGeometry
+
+    args = UnlearnConfig(output_dir=str(tmp_path), method="remain_geometry")
+    for name, value in RemainGeometry.training_defaults.items():
+        assert getattr(args, name) == value or str(getattr(args, name)).endswith(str(value)), name
+    assert args.method_training_defaults == RemainGeometry.training_defaults
+    assert args.num_train_epochs == 3.0  # not set by the method: TrainingArguments' default
+    assert args.per_device_eval_batch_size == 64  # the library's measuring batch
+
+
+def test_what_the_user_sets_wins_over_the_method_defaults(tmp_path):
+    args = UnlearnConfig(output_dir=str(tmp_path), method="remain_geometry", learning_rate=0.01, optim="sgd")
+    assert args.learning_rate == 0.01 and args.optim == "sgd"
+    assert "learning_rate" not in args.method_training_defaults and args.max_steps == 300
+
+
+def test_epochs_and_steps_are_one_budget(tmp_path):
+    """Setting epochs keeps the method's `max_steps` out (it would silently override the epochs)."""
+    args = UnlearnConfig(output_dir=str(tmp_path), method="remain_geometry", num_train_epochs=2)
+    assert args.num_train_epochs == 2 and args.max_steps == -1
+    args = UnlearnConfig(output_dir=str(tmp_path), method="finetune", max_steps=7)
+    assert args.max_steps == 7 and "num_train_epochs" not in args.method_training_defaults
+
+
+def test_every_method_has_defaults_the_config_accepts(tmp_path):
+    from hf_unlearn.config import BUDGET_FIELDS
+    from hf_unlearn.registry import get_method
+
+    for method in available_methods():
+        defaults = get_method(method).method_class.training_defaults
+        assert set(defaults) <= set(BUDGET_FIELDS), method
+        args = UnlearnConfig(output_dir=str(tmp_path), method=method)
+        assert args.method_training_defaults == defaults
+
+
+def test_the_readme_states_each_methods_defaults():
+    """The README's table of defaults is what `UnlearnConfig` applies."""
+    import re
+    from pathlib import Path
+
+    from hf_unlearn.registry import get_method
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("### Each method's defaults", 1)[1].split("\n\n")[2]
+    stated = dict(re.findall(r"^\| `(\w+)` \| (optim=.*?) \|$", table, flags=re.M))
+    documented = {name for name in available_methods() if get_method(name).method_class.training_defaults}
+    assert set(stated) == documented
+    for name, text in stated.items():
+        defaults = get_method(name).method_class.training_defaults
+        assert text == ", ".join(f"{key}={value}" for key, value in defaults.items()), name

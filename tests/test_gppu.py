@@ -80,6 +80,27 @@ def test_forget_directions_point_where_the_forget_classes_stand_out():
     assert one.shape == (8, 1) and abs(float(one[:, 0] @ e1)) > 0.98
 
 
+def test_the_unique_direction_leaves_the_retained_classes_where_they_were():
+    """A forget class offset along e1 and partly along a retained class's own offset: 'contrast' keeps that shared
+    part (removing it moves the retained class), 'unique' removes only e1."""
+    generator = torch.Generator().manual_seed(1)
+    shared = torch.randn(4, 8, generator=generator)
+    shared[:, 6:] = 0.0
+    e1 = torch.eye(8)[6]
+    retain, retain_labels = clusters(shared, 40)
+    middle = shared.mean(0)
+    forget, forget_labels = clusters([middle + 4 * e1 + 2 * (shared[0] - middle)], 30, seed=2)
+    features = torch.cat([forget, retain])
+    labels = torch.cat([forget_labels + 7, retain_labels])
+    is_forget = torch.arange(len(features)) < len(forget)
+    unique = forget_directions(features, labels, is_forget, GPPUConfig(direction="unique"))[:, 0]
+    contrast = forget_directions(features, labels, is_forget, GPPUConfig(direction="contrast"))[:, 0]
+    assert abs(float(unique @ e1)) > 0.98
+    offsets = shared - middle
+    assert (offsets @ unique).abs().max() < 0.05 * offsets.norm(dim=1).max()
+    assert abs(float(contrast @ e1)) < 0.95 and (offsets @ contrast).abs().max() > 0.2 * offsets.norm(dim=1).max()
+
+
 def unlearn(model, digits, make_args, forget_classes, **kwargs):
     method_kwargs = kwargs.pop("method_kwargs", {})
     args = make_args("gppu", method_kwargs=method_kwargs, **kwargs)
@@ -93,7 +114,7 @@ def unlearn(model, digits, make_args, forget_classes, **kwargs):
 def test_the_head_no_longer_sees_the_forget_direction(architecture, trained, digits, make_args):
     model = trained(architecture)
     _, original_head = classification_head(model)
-    trainer, result = unlearn(model, digits, make_args, [3])
+    trainer, result = unlearn(model, digits, make_args, [3], method_kwargs={"forget_objective": "projection"})
     directions = trainer.method.directions
     _, head = classification_head(result.model)
     assert directions.shape[1] == 1
@@ -105,6 +126,25 @@ def test_the_head_no_longer_sees_the_forget_direction(architecture, trained, dig
     stages = metrics["sampled_accuracy"]
     assert stages["projection"]["forget"] <= 0.05 < stages["original"]["forget"]
     assert metrics["finetune_steps"] == 0  # the stopping rule held after the head refit
+
+
+def test_relabelling_makes_the_forget_rows_as_certain_as_an_unseen_class(trained, digits, make_args):
+    """The default forget objective ("relabel") always fine-tunes the tail, pulling the forget rows to the model's own
+    most likely retained class: they end up predicted with confidence (as a retrained model predicts an unseen class),
+    where the head-only edit leaves them near-uniform, which a membership attack on confidence picks out."""
+    model = trained("resnet")
+    trainer, relabelled = unlearn(model, digits, make_args, [3])
+    _, projected = unlearn(model, digits, make_args, [3], method_kwargs={"forget_objective": "projection"})
+    assert relabelled.metrics["finetune_steps"] >= GPPUConfig().check_steps and projected.metrics["finetune_steps"] == 0
+    for result in (relabelled, projected):
+        assert result.metrics["forget_accuracy"] <= 0.01
+        assert result.metrics["retain_accuracy"] >= result.original_metrics["retain_accuracy"] - 0.02
+
+    def confidence(model):
+        logits, _ = trainer.predict_logits(trainer.forget_view, model)
+        return float(torch.softmax(torch.tensor(logits), -1).max(-1).values.mean())
+
+    assert confidence(relabelled.model) > confidence(projected.model)
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,20 @@ def test_class_forgetting_drops_the_forget_accuracy_and_keeps_the_retain_accurac
     assert metrics["iterations"] <= 30
 
 
+def test_the_guard_pauses_forgetting_and_stops_once_the_retain_rows_recovered(trained, digits, tmp_path):
+    """Class request: the guard scores sampled training rows every `check_steps`; forget steps pause once the forget
+    rows are at 0 and training stops once the retain rows are back within tolerance, well before the budget."""
+    budget = {"max_steps": 120, "learning_rate": 3e-3, "optim": "adamw_torch", "weight_decay": 0.0,
+              "max_grad_norm": 0.0, "method_kwargs": {"mask_samples": 128, "check_steps": 3}}  # fmt: skip
+    result = build(trained("resnet"), digits, tmp_path, **budget).unlearn()
+    metrics = result.metrics
+    assert metrics["iterations"] < 120 and metrics["iterations"] % 3 == 0
+    assert metrics["guard_forget_accuracy"] == 0.0
+    assert metrics["guard_retain_accuracy"] >= metrics["guard_retain_before"] - 0.01
+    assert metrics["forget_steps"] <= (metrics["iterations"] + 1) // 2
+    assert metrics["forget_accuracy"] <= 0.05 and result.forgotten
+
+
 def test_sample_level_forgetting_uses_the_paper_defaults(trained, digits, tmp_path):
     rows = np.sort(np.random.default_rng(0).choice(len(digits["train"]), len(digits["train"]) // 10, replace=False))
     budget = {**SAMPLE_BUDGETS["remain_geometry"], "max_steps": 40}

@@ -8,7 +8,7 @@ import torch
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.digits import digits_classifier
-from hf_unlearn.methods.svd_projection import LayerProjection, scaled_importance
+from hf_unlearn.methods.svd_projection import LayerProjection, best_grid_point, scaled_importance
 
 ALPHA = 1e4  # large: every direction with a real share of the energy counts fully
 
@@ -119,8 +119,11 @@ def test_alpha_search_reports_the_grid_and_keeps_its_best_point(trained, digits,
         (100.0, 1.0),
         (100.0, 10.0),
     ]
-    best = max(metrics["alpha_grid"], key=lambda point: point["score"])
+    forgotten = [point for point in metrics["alpha_grid"] if point["forget_accuracy"] == 0.0]
+    assert forgotten  # on digits some grid point forgets every held-out row
+    best = max(forgotten, key=lambda point: point["retain_accuracy"])  # the default rule, "forget_first"
     assert (metrics["alpha_r"], metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
+    assert metrics["refit_head"] == "classifier.1"
     for point in metrics["alpha_grid"]:
         assert point["score"] == pytest.approx(point["retain_accuracy"] * (1 - point["forget_accuracy"]))
     # Held-out rows (taken from the training rows, never the eval set) are disjoint from the statistics rows.
@@ -135,6 +138,33 @@ def test_alpha_search_reports_the_grid_and_keeps_its_best_point(trained, digits,
     assert metrics["statistics_rows"] == {"forget": len(rows["forget"][0]), "retain": 300}
     assert metrics["forget_accuracy"] <= 0.05
     assert metrics["retain_accuracy"] >= result.original_metrics["retain_accuracy"] - 0.03
+
+
+def test_the_grid_point_each_score_keeps():
+    grid = [
+        {"alpha_r": 10, "retain_accuracy": 0.80, "forget_accuracy": 0.0, "score": 0.80},
+        {"alpha_r": 30, "retain_accuracy": 0.90, "forget_accuracy": 0.0, "score": 0.90},
+        {"alpha_r": 100, "retain_accuracy": 0.99, "forget_accuracy": 0.05, "score": 0.99 * 0.95},
+    ]
+    assert best_grid_point(grid, "forget_first", 0.0)["alpha_r"] == 30
+    assert best_grid_point(grid, "product", 0.0)["alpha_r"] == 100
+    assert best_grid_point(grid, "forget_first", 0.05)["alpha_r"] == 100  # a looser target admits it
+    nothing_forgets = [dict(point, forget_accuracy=0.5 - 0.1 * i) for i, point in enumerate(grid)]
+    assert best_grid_point(nothing_forgets, "forget_first", 0.0)["alpha_r"] == 100  # the lowest forget accuracy
+
+
+def test_the_head_refit_recovers_retain_accuracy_the_projection_cost(trained, digits, make_args):
+    """Same projection with and without the refit (the paper's method is `head_refit_steps=0`): the refit changes only
+    the head, and only upwards in retain accuracy, keeping the class forgotten."""
+    model = trained("vit")
+    _, paper = _unlearn(model, digits, make_args, [3], head_refit_steps=0, alpha_score="product")
+    _, refit = _unlearn(model, digits, make_args, [3], alpha_score="product")
+    assert (paper.metrics["alpha_r"], paper.metrics["alpha_f"]) == (refit.metrics["alpha_r"], refit.metrics["alpha_f"])
+    paper_weights, refit_weights = paper.model.state_dict(), refit.model.state_dict()
+    changed = {name for name in paper_weights if not torch.equal(paper_weights[name], refit_weights[name])}
+    assert changed == {"classifier.weight", "classifier.bias"}
+    assert refit.metrics["retain_accuracy"] >= paper.metrics["retain_accuracy"]
+    assert refit.metrics["forget_accuracy"] <= 0.05
 
 
 def test_several_classes_are_forgotten_at_once(trained, digits, make_args):

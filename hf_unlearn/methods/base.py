@@ -33,6 +33,10 @@ class UnlearningMethod:
     #: Whether the method works on sharded parameters (FSDP, DeepSpeed): False for methods that read or write whole
     #: weights or gradients themselves.
     supports_sharding: bool = True
+    #: The method's own training budget: `UnlearnConfig` fields (`BUDGET_FIELDS`: learning_rate, num_train_epochs or
+    #: max_steps, per_device_train_batch_size, lr_scheduler_type, max_grad_norm, optim, weight_decay, warmup_steps)
+    #: used when the user leaves them unset (None). Fields not named here get TrainingArguments' defaults.
+    training_defaults: dict = {}
     #: The kinds of model the method unlearns (`hf_unlearn.models.model_kind`): "classifier", "gan", "diffusion".
     model_kinds: tuple[str, ...] = ("classifier",)
 

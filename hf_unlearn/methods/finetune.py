@@ -27,6 +27,9 @@ class FinetuneConfig:
 
 
 class Finetune(TrainerLoopMethod):
+    # Fine-tuning forgets only by overwriting: a rate high enough to move the weights within two passes.
+    training_defaults = {"optim": "adamw_torch", "learning_rate": 1e-3, "num_train_epochs": 2,
+                         "per_device_train_batch_size": 32, "lr_scheduler_type": "cosine", "warmup_steps": 0}  # fmt: skip
     model_kinds = ("classifier", "diffusion")
 
     def training_dataset(self):

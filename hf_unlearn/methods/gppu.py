@@ -27,16 +27,19 @@ not the paper's code:
       fine-tuning of the head, at the cost of a linear model and with no forward pass.
    b. The last `num_trainable_blocks` block(s) and everything after them (final norm, pooler, head), found from the
       module structure (the last `nn.ModuleList` of blocks; `trainable_modules` overrides), trained with
-      lambda_proj * E_f[((h - mu_r) . G)^2] / sigma_r^2 + lambda_retain * CE(D_r) in the Trainer's loop (optimizer,
+      lambda_proj * L_f + lambda_retain * CE(D_r) in the Trainer's loop (optimizer,
       scheduler, accelerator, progress bar) with its budget (`learning_rate`, `num_train_epochs` / `max_steps`,
-      `weight_decay`). [R] The penalty is centred on the retain centroid mu_r and scaled by the retain feature
-      variance sigma_r^2; the head stays projected throughout (a parametrisation W (I - G G^T), folded in at the end);
+      `weight_decay`). [R] L_f (`forget_objective`): by default ("relabel") the cross-entropy of the forget rows
+      towards the model's own most likely retained class, so their features move where a retrained model puts an
+      unseen class (its gap to retrain was the smallest on the tune tasks, `benchmarks/results/ablation_gppu.md`; the
+      head-only edit left the forget rows far less certain than retrain does, which an MIA sees); with
+      "projection", E_f[((h - mu_r) . G)^2] / sigma_r^2, centred on the retain centroid mu_r and scaled by the
+      retain feature variance sigma_r^2. The head stays projected throughout (a parametrisation W (I - G G^T), folded in at the end);
       frozen modules run in eval mode (BatchNorm statistics untouched).
-   [R] Stopping rule, checked before 6b (after 6a, or after 5 when `head_steps` is 0) and every `check_steps` steps
-   of 6b: the forget accuracy is at
+   [R] Stopping rule, checked every `check_steps` steps of 6b (and, with `forget_objective="projection"`, also
+   before it: after 6a, or after 5 when `head_steps` is 0, so 6b may be skipped): the forget accuracy is at
    `UnlearnConfig.forget_accuracy_target` (0 when unset) and the retain accuracy is within `retain_tolerance` of the
-   original's, both on the rows of step 1. When it holds after 6a, 6b is skipped (`finetune_steps` = 0 in the
-   metrics; `sampled_accuracy` shows each stage).
+   original's, both on the rows of step 1 (`sampled_accuracy` shows each stage, `finetune_steps` the steps run).
 7. Requests compose: the trainer records forgotten classes in `model.config.unlearned_classes`, and a later request
    on that model keeps them out of its retain set, so forgetting class b after class a keeps a forgotten.
 
@@ -54,6 +57,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,12 +70,16 @@ from transformers import TrainerCallback
 
 from ..activations import capturing, collect_head_features, name_matches, pooled_rows
 from ..data import PairedDataset, subsample
-from ..models import classification_head, model_tail
+from ..models import classification_head, model_tail, refit_head
 from ..registry import register_method
 from ..validation import check_pattern
 from .base import UnlearningMethod, training_loss
 
 logger = get_logger(__name__)
+
+
+FORGET_OBJECTIVES = ("projection", "relabel", "both")
+DIRECTIONS = ("unique", "contrast")
 
 
 @dataclass
@@ -97,6 +105,25 @@ class GPPUConfig:
         default=1.0, metadata={"help": "Weight of the projection penalty E_f[(h . G)^2] (paper: 1.0)."}
     )
     lambda_retain: float = field(default=0.5, metadata={"help": "Weight of the retain cross-entropy (paper: 0.5)."})
+    forget_objective: str = field(
+        default="relabel",
+        metadata={
+            "help": "What the fine-tuning (6b) asks of the forget rows: 'projection' (the penalty on their features "
+            "along the forget directions), 'relabel' (cross-entropy towards the model's own most likely retained "
+            "class, so their features join retained classes as a retrained model's do [R]; the default: it came closest toretrain on the tune tasks, benchmarks/results/ablation_gppu.md) or 'both'. With "
+            "'relabel' or 'both' the fine-tuning always runs (its stopping rule is checked from `check_steps` on)."
+        },
+    )
+    direction: str = field(
+        default="contrast",
+        metadata={
+            "help": "Forget directions (step 4) [R]: 'contrast' (default) is each forget class's centroid minus the "
+            "retain centroid; 'unique' keeps only its part outside the span of the retained classes' own offsets, so "
+            "the projection leaves the retained centroids in place. Measured on the tune tasks "
+            "(benchmarks/results/ablation_gppu_direction.md): 'unique' was never better, and where the features are "
+            "low-rank (the Wav2Vec2) the forget centroid lies in the retained span and it falls back to 'contrast'."
+        },
+    )
     head_steps: int = field(
         default=100,
         metadata={
@@ -168,6 +195,10 @@ class GPPUConfig:
             )
         if not 0.0 <= self.retain_tolerance <= 1.0:
             raise ValueError(f"`retain_tolerance` is a fraction in [0, 1], got {self.retain_tolerance!r}.")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"`direction` must be one of {DIRECTIONS}, got {self.direction!r}.")
+        if self.forget_objective not in FORGET_OBJECTIVES:
+            raise ValueError(f"`forget_objective` must be one of {FORGET_OBJECTIVES}, got {self.forget_objective!r}.")
 
 
 # ------------------------------------------------------------------------------------------------ graph (steps 2-4)
@@ -208,15 +239,33 @@ def forget_directions(
     features: torch.Tensor, labels: torch.Tensor, is_forget: torch.Tensor, config: GPPUConfig
 ) -> torch.Tensor:
     """G (d x m, orthonormal columns): per forget class, the centroid of its propagated features minus the centroid
-    of the propagated retain features, orthonormalised over the classes."""
+    of the propagated retain features, orthonormalised over the classes. With `direction="unique"` each
+    offset first loses its part in the span of the retained classes' own offsets, so removing G leaves every retained
+    centroid where it was (up to a shift the head refit absorbs) [R]."""
     a_hat = knn_graph(features, config.num_neighbors, config.knn_batch_size)
     smoothed = propagate(a_hat, features, config.propagation_steps, config.teleport)
     retain_centroid = smoothed[~is_forget].mean(0)
     centroids = [smoothed[is_forget & (labels == c)].mean(0) for c in labels[is_forget].unique()]
-    directions = torch.stack(centroids) - retain_centroid  # (m, d)
-    basis, singular_values, _ = torch.linalg.svd(directions.T.double(), full_matrices=False)
-    keep = singular_values > singular_values.max() * 1e-6  # two classes with the same direction give one
-    return basis[:, keep].to(features.dtype)
+    directions = (torch.stack(centroids) - retain_centroid).double()  # (m, d)
+    if config.direction == "unique":
+        offsets = torch.stack(
+            [smoothed[~is_forget & (labels == c)].mean(0) for c in labels[~is_forget].unique()]
+        ).double() - retain_centroid.double()
+        retain_basis = _orthonormal_columns(offsets.T)
+        unique = directions - (directions @ retain_basis) @ retain_basis.T
+        if unique.norm() > 1e-3 * directions.norm():
+            directions = unique
+        else:
+            logging.getLogger(__name__).warning("GPPU: the forget classes' centroids lie in the span of the retained classes' offsets; "
+                           "using the plain offsets (direction='contrast').")  # fmt: skip
+    return _orthonormal_columns(directions.T).to(features.dtype)
+
+
+def _orthonormal_columns(matrix: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis (columns) of the span of `matrix`'s columns; columns within 1e-6 of the largest singular
+    value's scale of the others count once (two classes with the same direction give one)."""
+    basis, singular_values, _ = torch.linalg.svd(matrix.double(), full_matrices=False)
+    return basis[:, singular_values > singular_values.max() * 1e-6]
 
 
 class RemoveDirections(nn.Module):
@@ -236,6 +285,9 @@ class GPPU(UnlearningMethod):
     supports_peft = False  # its fine-tuning is already restricted to the tail it chooses
     supports_sharding = False  # it projects the head's whole weight
     stops_at_forget_target = False  # its own rule: forget target reached and retain accuracy recovered
+    # The tail fine-tuning's budget (6b), when it runs: the paper's AdamW and weight decay, one epoch at 1e-4.
+    training_defaults = {"optim": "adamw_torch", "learning_rate": 1e-4, "num_train_epochs": 1, "weight_decay": 0.01,
+                         "per_device_train_batch_size": 32, "lr_scheduler_type": "linear", "warmup_steps": 0}  # fmt: skip
 
     @classmethod
     def check_settings(cls, config, args, model) -> None:
@@ -285,8 +337,9 @@ class GPPU(UnlearningMethod):
             sampled_accuracy=stages,
             finetune_steps=0,
         )
-        if config.finetune and not (config.stop_when_recovered and self.recovered(stages[list(stages)[-1]])):
-            self.finetune()
+        relabel = config.forget_objective != "projection"
+        if config.finetune and (relabel or not (config.stop_when_recovered and self.recovered(stages[list(stages)[-1]]))):
+            self.finetune(stages[list(stages)[-1]])
             stages["finetune"] = self.measure_sampled_rows()
         names = {"projection": "head projection", "head_refit": "head refit", "finetune": "tail fine-tuning"}
         self.report["stages_run"] = [names[stage] for stage in stages if stage in names]
@@ -300,41 +353,30 @@ class GPPU(UnlearningMethod):
                 for split, part in sampled.items()
             }
 
+    @property
+    def target_forget_accuracy(self) -> float:
+        return self.trainer.args.forget_accuracy_target or 0.0
+
     def recovered(self, accuracy: dict) -> bool:
         """The stopping rule [R]: forget accuracy at its target and retain accuracy within `retain_tolerance` of the
         original's, on the sampled rows."""
-        target = self.trainer.args.forget_accuracy_target or 0.0
         return (
-            accuracy["forget"] <= target
+            accuracy["forget"] <= self.target_forget_accuracy
             and accuracy["retain"] >= self.original_accuracy["retain"] - self.config.retain_tolerance
         )
 
     # ----------------------------------------------------------------------------------------------- step 6
-    @torch.enable_grad()
     def refit_head(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """6a [R]: the head, projected, refitted with the retain cross-entropy on the retain features already
-        computed (full batch AdamW, `head_steps` steps). The head's input does not depend on the head, so this is
-        exact fine-tuning of the head at the cost of a linear model; the projection penalty is constant here."""
-        head, config = self.head, self.config
-        projection = RemoveDirections(self.directions.float())
-        weight = head.weight.detach().float().clone().requires_grad_()
-        bias = None if head.bias is None else head.bias.detach().float().clone().requires_grad_()
-        parameters = [weight] + ([bias] if bias is not None else [])
-        optimizer = torch.optim.AdamW(
-            parameters, lr=config.head_learning_rate, weight_decay=self.trainer.args.weight_decay
-        )
-        for _ in range(config.head_steps):
-            loss = F.cross_entropy(F.linear(features, projection(weight), bias), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            head.weight.copy_(projection(weight))
-            if bias is not None:
-                head.bias.copy_(bias)
+        computed (`models.refit_head`: full batch AdamW, `head_steps` steps); the projection penalty is constant
+        here."""
+        refit_head(self.head, features, labels, self.config.head_steps, self.config.head_learning_rate,
+                   self.trainer.args.weight_decay, transform=RemoveDirections(self.directions.float()))  # fmt: skip
 
-    def finetune(self) -> None:
-        """6b: the last block(s) and everything after them, in the Trainer's loop, with the head kept projected."""
+    def finetune(self, before: dict) -> None:
+        """6b: the last block(s) and everything after them, in the Trainer's loop, with the head kept projected. The
+        tail's weights at the best check (`RecoveryCallback`; `before`: the sampled rows' accuracy before it) are
+        the ones kept."""
         trainer, config = self.trainer, self.config
         model = trainer.model
         if config.trainable_modules is not None:
@@ -356,9 +398,8 @@ class GPPU(UnlearningMethod):
             for parameter in model.get_submodule(name).parameters()
         }
         flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
-        callback = RecoveryCallback(self) if config.stop_when_recovered else None
-        if callback is not None:
-            trainer.add_callback(callback)
+        callback = RecoveryCallback(self, before)
+        trainer.add_callback(callback)
         # Frozen modules run as at inference (no dropout, BatchNorm on and not updating its running statistics),
         # like the pass that computed the directions; the Trainer sets train mode before every step, so a hook
         # restores this right before each forward.
@@ -388,9 +429,9 @@ class GPPU(UnlearningMethod):
             parametrize.remove_parametrizations(self.head, "weight", leave_parametrized=True)
             for parameter, flag in flags.items():
                 parameter.requires_grad_(flag)
-            if callback is not None:
-                trainer.remove_callback(callback)
+            trainer.remove_callback(callback)
         self.report["finetune_steps"] = trainer.state.global_step
+        self.report["finetune_kept_step"] = callback.best_step
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
         """lambda_proj * E_f[((h - mu_r) . G)^2] / sigma_r^2 + lambda_retain * CE(retain batch). [R] The penalty is
@@ -398,12 +439,19 @@ class GPPU(UnlearningMethod):
         retained class there) and divided by the retain feature variance sigma_r^2, so lambda_proj is scale-free."""
         forget_inputs = {name: value for name, value in inputs["forget"].items() if name != "labels"}
         with capturing(self.head) as captured:
-            model(**forget_inputs)
-        features = pooled_rows(captured.value).float() - self.retain_centroid.to(captured.value.device)
-        directions = self.directions.to(features.device)
-        projection_loss = (features @ directions).pow(2).sum(-1).mean() / self.retain_variance.to(features.device)
+            logits = model(**forget_inputs).logits.float()
+        forget_loss = 0.0
+        if self.config.forget_objective in ("projection", "both"):
+            features = pooled_rows(captured.value).float() - self.retain_centroid.to(captured.value.device)
+            directions = self.directions.to(features.device)
+            forget_loss = (features @ directions).pow(2).sum(-1).mean() / self.retain_variance.to(features.device)
+        if self.config.forget_objective in ("relabel", "both"):
+            retained = torch.full_like(logits[0], -float("inf"))
+            retained[self.trainer.retained_classes] = 0.0
+            targets = (logits.detach() + retained).argmax(-1)  # the model's own most likely retained class [R]
+            forget_loss = forget_loss + F.cross_entropy(logits, targets)
         retain_loss = training_loss(model, inputs["retain"])
-        return self.config.lambda_proj * projection_loss + self.config.lambda_retain * retain_loss
+        return self.config.lambda_proj * forget_loss + self.config.lambda_retain * retain_loss
 
     def measure_sampled_rows(self) -> dict:
         trainer = self.trainer
@@ -414,16 +462,47 @@ class GPPU(UnlearningMethod):
 
 
 class RecoveryCallback(TrainerCallback):
-    """Stops GPPU's fine-tuning once `GPPU.recovered` holds on the sampled rows, checked every `check_steps`."""
+    """Checks the sampled rows every `check_steps` of GPPU's fine-tuning [R]: it stops once `GPPU.recovered` holds
+    (with `stop_when_recovered`), and at the end puts back the tail's weights of the best check, the one with the
+    best retain accuracy among those at the forget target. Fine-tuning for a whole epoch can cost a weak model retain
+    accuracy (measured on a Wav2Vec2 of the tune tasks, `benchmarks/results/ablation_gppu.md`); the weights before
+    fine-tuning are not a candidate, since the sampled retain rows always favour the head-only edit, which leaves the
+    forget rows far less certain than a retrained model does."""
 
-    def __init__(self, method: GPPU):
-        self.method = method
+    def __init__(self, method: GPPU, before: dict):
+        self.method, self.before = method, before
+        self.best_step, self.best_retain, self.snapshot = None, None, None
+
+    def consider(self, step: int, accuracy: dict, parameters: list) -> None:
+        if accuracy["forget"] > self.method.target_forget_accuracy:
+            return
+        if self.best_retain is None or accuracy["retain"] > self.best_retain:
+            self.best_step, self.best_retain = step, accuracy["retain"]
+            self.snapshot = [parameter.detach().clone() for parameter in parameters]
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.parameters = [parameter for parameter in self.method.trainer.model.parameters() if parameter.requires_grad]
 
     def on_step_end(self, args, state, control, **kwargs):
         method = self.method
-        if state.global_step % method.config.check_steps == 0 and method.recovered(method.measure_sampled_rows()):
+        if state.global_step % method.config.check_steps:
+            return control
+        accuracy = method.measure_sampled_rows()
+        self.consider(state.global_step, accuracy, self.parameters)
+        if method.config.stop_when_recovered and method.recovered(accuracy):
             logger.info(f"GPPU: forget target reached and retain accuracy recovered at step {state.global_step}.")
             control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.global_step % self.method.config.check_steps:  # the last steps since the last check
+            self.consider(state.global_step, self.method.measure_sampled_rows(), self.parameters)
+        if self.snapshot is not None and self.best_step != state.global_step:
+            with torch.no_grad():
+                for parameter, saved in zip(self.parameters, self.snapshot, strict=True):
+                    parameter.copy_(saved)
+            logger.info(f"GPPU: kept the tail's weights of step {self.best_step} (best on the sampled rows).")
+        self.snapshot = None
         return control
 
 

@@ -28,6 +28,9 @@ class GradientAscentConfig:
 
 
 class GradientAscent(TrainerLoopMethod):
+    # Unbounded ascent: a small rate and one pass over the forget rows; `forget_accuracy_target` stops it earlier.
+    training_defaults = {"optim": "adamw_torch", "learning_rate": 1e-4, "num_train_epochs": 1,
+                         "per_device_train_batch_size": 32, "lr_scheduler_type": "constant", "warmup_steps": 0}  # fmt: skip
     model_kinds = ("classifier", "diffusion")
 
     def training_dataset(self):

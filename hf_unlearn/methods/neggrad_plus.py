@@ -42,6 +42,8 @@ class NegGradPlusConfig:
 
 
 class NegGradPlus(TrainerLoopMethod):
+    training_defaults = {"optim": "adamw_torch", "learning_rate": 5e-4, "num_train_epochs": 1,
+                         "per_device_train_batch_size": 32, "lr_scheduler_type": "linear", "warmup_steps": 0}  # fmt: skip
     def training_dataset(self):
         return PairedDataset(self.trainer.retain_view, self.trainer.forget_view, seed=self.trainer.args.seed)
 

@@ -28,6 +28,8 @@ class RandomLabelConfig:
 
 
 class RandomLabel(TrainerLoopMethod):
+    training_defaults = {"optim": "adamw_torch", "learning_rate": 5e-4, "num_train_epochs": 1,
+                         "per_device_train_batch_size": 32, "lr_scheduler_type": "linear", "warmup_steps": 0}  # fmt: skip
     def training_dataset(self):
         trainer = self.trainer
         forget = trainer.forget_view

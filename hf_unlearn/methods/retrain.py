@@ -30,6 +30,7 @@ class RetrainConfig:
 class Retrain(Finetune):
     stops_at_forget_target = False
     supports_peft = False  # a fresh model trained from scratch: adapters on random weights make no reference
+    training_defaults = {}  # the reference is only exact with the original model's own recipe: give it
 
     def prepare_model(self) -> None:
         # Load fresh weights into the trainer's model object so every reference the Trainer holds stays valid.

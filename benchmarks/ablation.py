@@ -1,0 +1,72 @@
+"""Variants of one method's settings on the tune tasks of `benchmarks/transfer.py`, each beside its retrain (the
+measured ablations behind the defaults; validation tasks are never used here).
+
+    python benchmarks/ablation.py --method svd_projection --cache benchmarks/.cache \\
+        --variant defaults '{}' --variant 'no attention' '{"method_kwargs": {"exclude_modules": ".*attention.*"}}' \\
+        --output benchmarks/results/ablation_svd_projection.md
+
+Each variant is a JSON object of `UnlearnConfig` fields (`method_kwargs` for the method's own settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from common import write_results
+from tasks import TASKS, load_task
+from transfer import original_model, percent, retrain_metrics
+
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.metrics import gap_to_reference
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--models", nargs="*", default=["shapes/vit", "shapes/resnet", "chirps/ast", "chirps/wav2vec2"])
+    parser.add_argument("--classes", nargs="*", type=int, default=[3, 7])
+    parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
+    parser.add_argument("--cache", default=None)
+    parser.add_argument("--output", default=None)
+    options = parser.parse_args(argv)
+    cache = Path(options.cache) if options.cache else None
+    lines = [f"# {options.method}: ablation on the tune tasks", "",
+             f"`python benchmarks/ablation.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
+             "| model | class | variant | forget | retain (original) | MIA (retrain) | probe (retrain) | mean gap | "
+             "time / retrain |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    results = []
+    for name in options.models:
+        task, architecture = name.split("/")
+        if TASKS[task]["role"] != "tune":
+            raise ValueError(f"{task} is a validation task: ablations choose settings, so they run on tune tasks only.")
+        data = load_task(task, architecture)
+        model, _ = original_model(task, architecture, data, 0, cache)
+        for forget_class in options.classes:
+            reference = retrain_metrics(task, architecture, model, data, forget_class, 0, cache)
+            original, retrain = reference["original"], reference["retrain"]
+            for variant, fields in options.variant:
+                args = UnlearnConfig(output_dir=tempfile.mkdtemp(), method=options.method, report_to="none",
+                                     disable_tqdm=True, eval_before_unlearn=False, **json.loads(fields))  # fmt: skip
+                result = UnlearningTrainer(model, args, train_dataset=data["train"], eval_dataset=data["test"],
+                                           forget_classes=[forget_class]).unlearn()  # fmt: skip
+                m = result.metrics
+                gap = gap_to_reference(m, retrain)["mean_gap"]
+                line = (f"| {name} | {forget_class} | {variant} | {percent(m['forget_accuracy'])} | "
+                        f"{percent(m['retain_accuracy'])} ({percent(original['retain_accuracy'])}) | "
+                        f"{percent(m['mia_entropy'])} ({percent(retrain['mia_entropy'])}) | "
+                        f"{percent(m.get('feature_probe'))} ({percent(retrain.get('feature_probe'))}) | "
+                        f"{100 * gap:.1f} | {m['unlearn_seconds'] / retrain['unlearn_seconds']:.3f} |")  # fmt: skip
+                print(line, flush=True)
+                lines.append(line)
+                results.append({"model": name, "class": forget_class, "variant": variant, "fields": fields,
+                                "metrics": m, "retrain": retrain, "original": original})  # fmt: skip
+    if options.output:
+        write_results(options.output, "\n".join(lines) + "\n", results)
+
+
+if __name__ == "__main__":
+    main()
