@@ -188,7 +188,7 @@ def _raw_rows(task: str, split: str, seed: int):
         return [chirps_clip(int(k), rng) for k in labels], labels
     # voices: train and test speakers differ (voices 0-5 train, 6-8 test)
     voices = rng.integers(0, 6, len(labels)) if split == "train" else rng.integers(6, 9, len(labels))
-    return [voices_clip(int(k), rng, int(v)) for k, v in zip(labels, voices)], labels
+    return [voices_clip(int(k), rng, int(v)) for k, v in zip(labels, voices, strict=True)], labels
 
 
 def load_task(task: str, architecture: str, seed: int = 0):

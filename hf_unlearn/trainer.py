@@ -540,7 +540,7 @@ class UnlearningTrainer(Trainer):
             with capturing(head) if head is not None else contextlib.nullcontext() as captured:
                 logits = model(**batch).logits.float()
             outputs = (logits, labels) if head is None else (logits, labels, pooled_rows(captured.value).float())
-            for part, values in zip(parts, self.accelerator.gather_for_metrics(outputs)):
+            for part, values in zip(parts[: len(outputs)], self.accelerator.gather_for_metrics(outputs), strict=True):
                 part.append(values.cpu().numpy())
         model.train(was_training)
         return tuple(np.concatenate(part) for part in parts if part)

@@ -67,6 +67,11 @@ def svd_statistics_and_projection(trainer: UnlearningTrainer, result_path: str) 
         )
 
 
+# The head edit (projection and refit) is what must agree over processes; the tail fine-tuning that follows by default
+# draws its batches per process, as any training does.
+GPPU_HEAD_ONLY = {"forget_objective": "projection"}
+
+
 def gppu_features_and_head(trainer: UnlearningTrainer, result_path: str) -> None:
     """The head features of the forget rows (gathered over processes), the forget directions and the unlearned head
     of `gppu`."""
@@ -141,7 +146,7 @@ if __name__ == "__main__":
     elif mode == "gan":
         trainer = gan_cascade_in_step(model_dir, output_dir, result_path)
     elif mode == "gppu":
-        trainer = make_trainer(model_dir, output_dir, "gppu")
+        trainer = make_trainer(model_dir, output_dir, "gppu", GPPU_HEAD_ONLY)
         gppu_features_and_head(trainer, result_path)
     else:
         trainer = make_trainer(model_dir, output_dir, "svd_projection", SVD_KWARGS)

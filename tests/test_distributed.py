@@ -70,7 +70,7 @@ def test_svd_statistics_and_projection_over_two_processes_equal_one(trained, tmp
 
 def test_gppu_features_directions_and_head_over_two_processes_equal_one(trained, digits, tmp_path):
     trained("vit").save_pretrained(tmp_path / "model")
-    single_trainer = worker.make_trainer(str(tmp_path / "model"), str(tmp_path), "gppu")
+    single_trainer = worker.make_trainer(str(tmp_path / "model"), str(tmp_path), "gppu", worker.GPPU_HEAD_ONLY)
     worker.gppu_features_and_head(single_trainer, str(tmp_path / "one.pt"))
     single = torch.load(tmp_path / "one.pt")
 
