@@ -539,7 +539,8 @@ class UnlearningTrainer(Trainer):
             labels = batch.pop("labels")
             with capturing(head) if head is not None else contextlib.nullcontext() as captured:
                 logits = model(**batch).logits.float()
-            outputs = (logits, labels) if head is None else (logits, labels, pooled_rows(captured.value).float())
+            # `.clone()`: a head's input can be a view of the whole hidden state (ViT's CLS token), which would stay alive
+            outputs = (logits, labels) if head is None else (logits, labels, pooled_rows(captured.value).float().clone())
             for part, values in zip(parts[: len(outputs)], self.accelerator.gather_for_metrics(outputs), strict=True):
                 part.append(values.cpu().numpy())
         model.train(was_training)

@@ -84,6 +84,16 @@ def test_the_guard_pauses_forgetting_and_stops_once_the_retain_rows_recovered(tr
     assert metrics["forget_accuracy"] <= 0.05 and result.forgotten
 
 
+def test_the_guard_never_cancels_the_budgets_own_stop(trained, digits, tmp_path):
+    """A guard that does not stop (nothing forgets at this rate) checking at every step must leave the Trainer's
+    `max_steps` stop alone: the run ends at the budget, not at the end of the epoch."""
+    budget = {"max_steps": 6, "learning_rate": 1e-8, "optim": "adamw_torch",
+              "method_kwargs": {"mask_samples": 64, "check_steps": 1}}  # fmt: skip
+    result = build(trained("resnet"), digits, tmp_path, eval_before_unlearn=False, **budget).unlearn()
+    assert result.metrics["iterations"] == 6 and result.metrics["guard_checks"] == 6
+    assert result.metrics["guard_forget_accuracy"] > 0.5  # it did not forget, so the guard never asked to stop
+
+
 def test_sample_level_forgetting_uses_the_paper_defaults(trained, digits, tmp_path):
     rows = np.sort(np.random.default_rng(0).choice(len(digits["train"]), len(digits["train"]) // 10, replace=False))
     budget = {**SAMPLE_BUDGETS["remain_geometry"], "max_steps": 40}

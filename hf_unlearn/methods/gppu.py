@@ -102,7 +102,8 @@ class GPPUConfig:
         metadata={"help": "Rows of the similarity matrix computed at once (memory: knn_batch_size x graph size)."},
     )
     lambda_proj: float = field(
-        default=1.0, metadata={"help": "Weight of the projection penalty E_f[(h . G)^2] (paper: 1.0)."}
+        default=1.0,
+        metadata={"help": "Weight of the forget objective (paper: 1.0 for its projection penalty E_f[(h . G)^2])."},
     )
     lambda_retain: float = field(default=0.5, metadata={"help": "Weight of the retain cross-entropy (paper: 0.5)."})
     forget_objective: str = field(
@@ -339,7 +340,7 @@ class GPPU(UnlearningMethod):
         )
         relabel = config.forget_objective != "projection"
         if config.finetune and (relabel or not (config.stop_when_recovered and self.recovered(stages[list(stages)[-1]]))):
-            self.finetune(stages[list(stages)[-1]])
+            self.finetune()
             stages["finetune"] = self.measure_sampled_rows()
         names = {"projection": "head projection", "head_refit": "head refit", "finetune": "tail fine-tuning"}
         self.report["stages_run"] = [names[stage] for stage in stages if stage in names]
@@ -373,10 +374,9 @@ class GPPU(UnlearningMethod):
         refit_head(self.head, features, labels, self.config.head_steps, self.config.head_learning_rate,
                    self.trainer.args.weight_decay, transform=RemoveDirections(self.directions.float()))  # fmt: skip
 
-    def finetune(self, before: dict) -> None:
+    def finetune(self) -> None:
         """6b: the last block(s) and everything after them, in the Trainer's loop, with the head kept projected. The
-        tail's weights at the best check (`RecoveryCallback`; `before`: the sampled rows' accuracy before it) are
-        the ones kept."""
+        tail's weights (and buffers) at the best check are the ones kept (`RecoveryCallback`)."""
         trainer, config = self.trainer, self.config
         model = trainer.model
         if config.trainable_modules is not None:
@@ -398,7 +398,7 @@ class GPPU(UnlearningMethod):
             for parameter in model.get_submodule(name).parameters()
         }
         flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
-        callback = RecoveryCallback(self, before)
+        callback = RecoveryCallback(self, [model.get_submodule(name) for name in trainable + [self.head_name]])
         trainer.add_callback(callback)
         # Frozen modules run as at inference (no dropout, BatchNorm on and not updating its running statistics),
         # like the pass that computed the directions; the Trainer sets train mode before every step, so a hook
@@ -469,8 +469,8 @@ class RecoveryCallback(TrainerCallback):
     fine-tuning are not a candidate, since the sampled retain rows always favour the head-only edit, which leaves the
     forget rows far less certain than a retrained model does."""
 
-    def __init__(self, method: GPPU, before: dict):
-        self.method, self.before = method, before
+    def __init__(self, method: GPPU, modules: list[nn.Module]):
+        self.method, self.modules = method, modules
         self.best_step, self.best_retain, self.snapshot = None, None, None
 
     def consider(self, step: int, accuracy: dict, parameters: list) -> None:
@@ -478,7 +478,11 @@ class RecoveryCallback(TrainerCallback):
             return
         if self.best_retain is None or accuracy["retain"] > self.best_retain:
             self.best_step, self.best_retain = step, accuracy["retain"]
-            self.snapshot = [parameter.detach().clone() for parameter in parameters]
+            self.snapshot = [tensor.detach().clone() for tensor in self.state(parameters)]
+
+    def state(self, parameters: list) -> list[torch.Tensor]:
+        """The trained parameters and the buffers of the trained modules (BatchNorm running statistics)."""
+        return [*parameters, *(buffer for module in self.modules for buffer in module.buffers())]
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.parameters = [parameter for parameter in self.method.trainer.model.parameters() if parameter.requires_grad]
@@ -499,8 +503,8 @@ class RecoveryCallback(TrainerCallback):
             self.consider(state.global_step, self.method.measure_sampled_rows(), self.parameters)
         if self.snapshot is not None and self.best_step != state.global_step:
             with torch.no_grad():
-                for parameter, saved in zip(self.parameters, self.snapshot, strict=True):
-                    parameter.copy_(saved)
+                for tensor, saved in zip(self.state(self.parameters), self.snapshot, strict=True):
+                    tensor.copy_(saved)
             logger.info(f"GPPU: kept the tail's weights of step {self.best_step} (best on the sampled rows).")
         self.snapshot = None
         return control

@@ -16,17 +16,22 @@ implemented here from `../shared/design/METHODS.md` section 3, no code copied).
    gradients multiplied by the mask and clipped to `forget_max_grad_norm`; optimizer step. Then, every iteration, the
    retain step: plain cross-entropy on a retain batch, unmasked, finished by the Trainer (its `max_grad_norm` clips
    it: the paper does not, so the recipes set `max_grad_norm=0`).
-4. Paper defaults are for random 10 % forgetting on CIFAR-10 (T = 1500, K = 5, alpha = 25, max norm 7, lambda = 0.5,
-   batch 128): they are this method's defaults for `forget_indices`. Whole classes need gentler, more frequent forget
-   steps: with `forget_classes` the defaults are K = 2 and alpha = 1. The training budget (`training_defaults`:
-   AdamW at a constant rate, at most 300 iterations, batch 32, no clipping of the retain step) was chosen on the
-   tune tasks of `benchmarks/transfer.py`; the paper's SGD (lr 0.01, momentum 0.9) destabilised small models trained
-   from scratch. `alpha` / `forget_every` set explicitly always win.
+4. The paper's settings are for random 10 % forgetting on CIFAR-10 (T = 1500, K = 5, alpha = 25, max norm 7,
+   lambda = 0.5, batch 128): K, alpha, the norm and lambda are this method's defaults for `forget_indices` (T and the
+   batch are the training budget below: set `max_steps=1500, per_device_train_batch_size=128` for the paper's).
+   Whole classes need gentler, more frequent forget steps: with `forget_classes` the defaults are K = 2 and
+   alpha = 1. The training budget (`training_defaults`: AdamW at a constant 3e-4, at most 300 iterations, batch 32,
+   no clipping of the retain step) was chosen for classifiers on the tune tasks of `benchmarks/transfer.py`; the
+   paper's SGD (lr 0.01, momentum 0.9) destabilised small models trained from scratch. For diffusion models give the
+   budget yourself (below). `alpha` / `forget_every` set explicitly always win.
    The guard (classifiers; `guard_samples`, `check_steps`, `retain_tolerance`): every `check_steps` iterations
    sampled forget and retain training rows are scored; for classes, forget steps pause while the forget rows are at
    `forget_accuracy_target` (0 when unset) and training stops once the retain rows are also back within
-   `retain_tolerance` of their accuracy before training, so the retain steps repair what forgetting cost. A run
-   whose held-out retain accuracy still fell too far fails the trainer's unlearning check.
+   `retain_tolerance` of their accuracy before training, so the retain steps repair what forgetting cost; for
+   samples, with `forget_accuracy_target` set, training stops once the sampled forget rows are at it. Without a guard
+   (diffusion models, `guard_samples=0`) the trainer checks `forget_accuracy_target` on every forget row every
+   `forget_check_steps`. A run whose held-out retain accuracy still fell too far fails the trainer's unlearning
+   check.
 5. With `UnlearnConfig.peft_config` (LoRA, like every gradient method) only the adapters and the head's copy train,
    and the mask is computed on (and applied to) exactly those parameters.
 6. Diffusion models (`hf_unlearn.diffusion.DiffusionModel`, class forgetting; the paper's `DDPM/` and `DiT/` code as
@@ -205,7 +210,7 @@ def fisher_diagonal(trainer, dataset, parameters: dict, description: str) -> dic
 class RemainGeometry(UnlearningMethod):
     supports_sharding = False  # its masks are whole-parameter tensors and it steps the optimizer itself
     model_kinds = ("classifier", "diffusion")
-    stops_at_forget_target = False  # its guard reads `forget_accuracy_target` on sampled rows
+    stops_at_forget_target = False  # its guard reads `forget_accuracy_target` on sampled rows (see `run`)
     uses_training_budget = True
     # Chosen on the tune tasks of `benchmarks/transfer.py` (never on its validation tasks): AdamW at a constant rate
     # (3e-4: at 1e-3 the shapes ViT lost 5 points, at 1e-4 the ResNet did not forget; ablation_remain_geometry.md),
@@ -235,6 +240,8 @@ class RemainGeometry(UnlearningMethod):
         self.prepare()
         self.forget_steps, self.forget_paused = 0, False
         guard = self.guard()
+        # Without a guard (diffusion models, `guard_samples=0`), a `forget_accuracy_target` is the trainer's to check.
+        self.stops_at_forget_target = guard is None
         if guard is not None:
             trainer.add_callback(guard)
         try:
@@ -369,14 +376,14 @@ class RetainGuard(TrainerCallback):
         forget = trainer.shard_accuracy(self.batches["forget"])
         method.forget_paused = self.repair and forget <= self.target
         if not self.repair:
-            control.should_training_stop = forget <= self.target
+            stop = forget <= self.target
         else:
             retain = trainer.shard_accuracy(self.batches["retain"])
-            recovered = retain >= self.original_retain - method.config.retain_tolerance
-            control.should_training_stop = method.forget_paused and recovered
+            stop = method.forget_paused and retain >= self.original_retain - method.config.retain_tolerance
             method.report.update(guard_forget_accuracy=forget, guard_retain_accuracy=retain,
                                  guard_retain_before=self.original_retain)  # fmt: skip
-        if control.should_training_stop:
+        if stop:  # never written False: the budget's own stop (or another callback's) stands
+            control.should_training_stop = True
             logger.info(f"remain_geometry: the guard stops training at step {state.global_step}.")
         method.report["guard_checks"] = self.checks
         return control
