@@ -263,7 +263,9 @@ class UnlearningTrainer(Trainer):
         )
         if again:
             logger.warning(f"`forget_classes` {again} were unlearned by this model before; unlearning them again.")
+        started = time.perf_counter()
         original_metrics = self.evaluate_unlearning() if args.eval_before_unlearn else None
+        evaluation_seconds = time.perf_counter() - started
         self.accelerator.wait_for_everyone()
         start = time.perf_counter()
         with self._no_hub_pushes_while_running(), self._lora_if_asked():
@@ -271,9 +273,12 @@ class UnlearningTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         seconds = time.perf_counter() - start
         self._raise_on_every_process(check_finite, self.model, f"After '{args.method}'")
+        started = time.perf_counter()
         metrics = self.evaluate_unlearning() if args.eval_after_unlearn else {}
         metrics.update(self.method.report)
         metrics["unlearn_seconds"] = seconds
+        # The measuring passes before and after, apart from the method's own time.
+        metrics["evaluation_seconds"] = evaluation_seconds + time.perf_counter() - started
         kind = model_kind(self.model)
         if self.split.is_class_level and kind == "classifier" and all(
             metrics.get(key) is None for key in FORGET_KEYS[kind]
