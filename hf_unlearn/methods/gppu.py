@@ -76,6 +76,7 @@ from ..validation import check_pattern
 from .base import UnlearningMethod, training_loss
 
 logger = get_logger(__name__)
+_plain_logger = logging.getLogger(__name__)  # for helpers that also run outside an accelerate run
 
 
 FORGET_OBJECTIVES = ("projection", "relabel", "both")
@@ -111,7 +112,8 @@ class GPPUConfig:
         metadata={
             "help": "What the fine-tuning (6b) asks of the forget rows: 'projection' (the penalty on their features "
             "along the forget directions), 'relabel' (cross-entropy towards the model's own most likely retained "
-            "class, so their features join retained classes as a retrained model's do [R]; the default: it came closest toretrain on the tune tasks, benchmarks/results/ablation_gppu.md) or 'both'. With "
+            "class, so their features join retained classes as a retrained model's do [R]; the default: it came closest to "
+            "retrain on the tune tasks, benchmarks/results/ablation_gppu.md) or 'both'. With "
             "'relabel' or 'both' the fine-tuning always runs (its stopping rule is checked from `check_steps` on)."
         },
     )
@@ -257,8 +259,10 @@ def forget_directions(
         if unique.norm() > 1e-3 * directions.norm():
             directions = unique
         else:
-            logging.getLogger(__name__).warning("GPPU: the forget classes' centroids lie in the span of the retained classes' offsets; "
-                           "using the plain offsets (direction='contrast').")  # fmt: skip
+            _plain_logger.warning(
+                "GPPU: the forget classes' centroids lie in the span of the retained classes' offsets; using the "
+                "plain offsets (direction='contrast')."
+            )
     return _orthonormal_columns(directions.T).to(features.dtype)
 
 
@@ -434,9 +438,11 @@ class GPPU(UnlearningMethod):
         self.report["finetune_kept_step"] = callback.best_step
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
-        """lambda_proj * E_f[((h - mu_r) . G)^2] / sigma_r^2 + lambda_retain * CE(retain batch). [R] The penalty is
-        centred on the retain centroid mu_r (forcing forget features to 0 along G would set them apart from every
-        retained class there) and divided by the retain feature variance sigma_r^2, so lambda_proj is scale-free."""
+        """lambda_proj * L_f + lambda_retain * CE(retain batch), L_f by `forget_objective` [R]: "relabel", the forget
+        batch's cross-entropy towards each row's own most likely retained class; "projection", E_f[((h - mu_r) .
+        G)^2] / sigma_r^2, centred on the retain centroid mu_r (forcing forget features to 0 along G would set them
+        apart from every retained class there) and divided by the retain feature variance sigma_r^2, so lambda_proj
+        is scale-free; "both", their sum."""
         forget_inputs = {name: value for name, value in inputs["forget"].items() if name != "labels"}
         with capturing(self.head) as captured:
             logits = model(**forget_inputs).logits.float()
@@ -473,18 +479,19 @@ class RecoveryCallback(TrainerCallback):
         self.method, self.modules = method, modules
         self.best_step, self.best_retain, self.snapshot = None, None, None
 
-    def consider(self, step: int, accuracy: dict, parameters: list) -> None:
+    def consider(self, step: int, accuracy: dict) -> None:
         if accuracy["forget"] > self.method.target_forget_accuracy:
             return
         if self.best_retain is None or accuracy["retain"] > self.best_retain:
             self.best_step, self.best_retain = step, accuracy["retain"]
-            self.snapshot = [tensor.detach().clone() for tensor in self.state(parameters)]
+            self.snapshot = [tensor.detach().clone() for tensor in self.state()]
 
-    def state(self, parameters: list) -> list[torch.Tensor]:
+    def state(self) -> list[torch.Tensor]:
         """The trained parameters and the buffers of the trained modules (BatchNorm running statistics)."""
-        return [*parameters, *(buffer for module in self.modules for buffer in module.buffers())]
+        return [*self.parameters, *(buffer for module in self.modules for buffer in module.buffers())]
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Taken here, not in __init__: the head's weight is parametrised (a new Parameter holder) just before training.
         self.parameters = [parameter for parameter in self.method.trainer.model.parameters() if parameter.requires_grad]
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -492,7 +499,7 @@ class RecoveryCallback(TrainerCallback):
         if state.global_step % method.config.check_steps:
             return control
         accuracy = method.measure_sampled_rows()
-        self.consider(state.global_step, accuracy, self.parameters)
+        self.consider(state.global_step, accuracy)
         if method.config.stop_when_recovered and method.recovered(accuracy):
             logger.info(f"GPPU: forget target reached and retain accuracy recovered at step {state.global_step}.")
             control.should_training_stop = True
@@ -500,10 +507,10 @@ class RecoveryCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.global_step % self.method.config.check_steps:  # the last steps since the last check
-            self.consider(state.global_step, self.method.measure_sampled_rows(), self.parameters)
+            self.consider(state.global_step, self.method.measure_sampled_rows())
         if self.snapshot is not None and self.best_step != state.global_step:
             with torch.no_grad():
-                for tensor, saved in zip(self.state(self.parameters), self.snapshot, strict=True):
+                for tensor, saved in zip(self.state(), self.snapshot, strict=True):
                     tensor.copy_(saved)
             logger.info(f"GPPU: kept the tail's weights of step {self.best_step} (best on the sampled rows).")
         self.snapshot = None
