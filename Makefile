@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(PYTHON) -m hf_unlearn.demo
+	HF_HUB_OFFLINE=1 $(PYTHON) -m hf_unlearn.examples.demo
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q

@@ -7,7 +7,7 @@ installed, so `datasets` cannot decode it), a small AST trained by the benchmark
 The model inputs come from the library's own audio path (FLAC bytes decoded with soundfile, resampled if needed,
 ASTFeatureExtractor), computed once per split with `cache_features` (a `datasets.map`, cached on disk). The original
 model is trained on those same inputs. Budgets: `retrain` uses the original's recipe, the other methods their
-`hf_unlearn.digits.UNLEARN_BUDGETS` entry (chosen on image digits, used unchanged here).
+`hf_unlearn.examples.digits.unlearn_budgets()` entry (chosen on image digits, used unchanged here).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from digits import compare_methods, markdown_table
 
 from hf_unlearn import available_methods, spoken_digits
 from hf_unlearn.data import UnlearningCollator, with_model_inputs, without_audio_decoding
-from hf_unlearn.digits import UNLEARN_BUDGETS, train_classifier
+from hf_unlearn.examples.digits import train_classifier, unlearn_budgets
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "spoken_digits"
 
@@ -91,7 +91,7 @@ def main(argv=None):
         f"Audio path: FLAC bytes decoded with soundfile and turned into AST inputs (64 mel bins x 100 frames) for "
         f"{clips} clips in {feature_seconds:.1f} s ({1000 * feature_seconds / clips:.1f} ms a clip), once per split "
         "(`cache_features`).  ",
-        "Budgets: " + json.dumps({method: UNLEARN_BUDGETS[method] for method in methods}),
+        "Budgets: " + json.dumps({method: unlearn_budgets()[method] for method in methods}),
         "",
         markdown_table("spoken digits, small AST (2 layers, 64 wide)", result, options.forget_class),
         "",

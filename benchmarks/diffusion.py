@@ -30,7 +30,7 @@ from common import write_results
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.diffusion import DiffusionModel, small_ddpm, small_dit, train_diffusion, train_vae
-from hf_unlearn.digits import digits_classifier, load_digits_dataset, train_classifier
+from hf_unlearn.examples.digits import DIGIT_NAMES, digits_classifier, load_digits_dataset, train_classifier
 
 FORGET_CLASS = "three"
 JUDGE_EPOCHS = 15
@@ -59,9 +59,9 @@ def trained_model(kind, data, seed, cache):
         return model
     start = time.perf_counter()
     if kind == "ddpm":
-        model = small_ddpm(seed=seed)
+        model = small_ddpm(seed=seed, labels=DIGIT_NAMES)
     else:
-        model = small_dit(seed=seed)
+        model = small_dit(seed=seed, labels=DIGIT_NAMES)
         train_vae(model.vae, data["train"], steps=VAE_STEPS, seed=seed)
     train_diffusion(model, data["train"], seed=seed, **TRAINING[kind])
     model.training_seconds = time.perf_counter() - start

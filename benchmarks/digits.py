@@ -4,8 +4,8 @@ retrain) to a results file.
 
     python benchmarks/digits.py --output benchmarks/results/digits.md [--architectures vit resnet] [--forget-class 3]
 
-Budgets: `retrain` uses the original model's recipe (hf_unlearn.digits.DEFAULT_TRAINING); the other methods use
-hf_unlearn.digits.UNLEARN_BUDGETS, chosen once on seed 0 and kept fixed.
+Budgets: `retrain` uses the original model's recipe (hf_unlearn.examples.digits.DEFAULT_TRAINING); the other methods use
+hf_unlearn.examples.digits.unlearn_budgets(), chosen once on seed 0 and kept fixed.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import torch
 from common import write_results
 
 from hf_unlearn import available_methods
-from hf_unlearn.digits import (
+from hf_unlearn.examples.digits import (
     DEFAULT_TRAINING,
-    UNLEARN_BUDGETS,
     digits_classifier,
     load_digits_dataset,
     train_classifier,
+    unlearn_budgets,
     unlearn_digits,
 )
 from hf_unlearn.metrics import gap_to_reference
@@ -42,7 +42,7 @@ COLUMNS = [
 
 
 def compare_methods(
-    model, data, recipe, forget_class, seed, methods, label="", processing_class=None, budgets=UNLEARN_BUDGETS,
+    model, data, recipe, forget_class, seed, methods, label="", processing_class=None, budgets=None,
     forget_indices=None, **common,
 ):  # fmt: skip
     """`retrain` (with the original's `recipe`) and each of `methods` on `model`, in one run; rows keyed by method,
@@ -51,6 +51,7 @@ def compare_methods(
     splits (raw columns with `processing_class`); `common` are UnlearnConfig fields for every run."""
     workdir = tempfile.mkdtemp(prefix="bench_")
     if not isinstance(methods, dict):
+        budgets = unlearn_budgets() if budgets is None else budgets
         methods = {method: (method, budgets[method]) for method in methods}
     forget_classes = None if forget_indices is not None else [forget_class]
 
@@ -123,9 +124,9 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method but retrain")
     options = parser.parse_args(argv)
     methods = options.methods or [m for m in available_methods() if m != "retrain"]
-    unknown = [m for m in methods if m not in UNLEARN_BUDGETS]
+    unknown = [m for m in methods if m not in unlearn_budgets()]
     if unknown:
-        parser.error(f"no digits budget for {unknown}; add one to UNLEARN_BUDGETS")
+        parser.error(f"no digits budget for {unknown}; add its recipe to hf_unlearn.examples.digits.BUDGET_RECIPES")
 
     data = load_digits_dataset(seed=options.seed)
     forget_name = data["train"].features["label"].names[options.forget_class]
@@ -146,7 +147,7 @@ def main(argv=None):
             "unless marked train; MIA rates on the forget training rows. Time = `unlearn_seconds` (the method "
             "only, not the evaluation), measured in this run.",
             "",
-            "Budgets: " + json.dumps(UNLEARN_BUDGETS),
+            "Budgets: " + json.dumps(unlearn_budgets()),
             "",
             *[section + "\n" for section in sections],
         ]

@@ -29,7 +29,7 @@ import torch
 from common import write_results
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
-from hf_unlearn.digits import digits_classifier, load_digits_dataset, train_classifier
+from hf_unlearn.examples.digits import DIGIT_NAMES, digits_classifier, load_digits_dataset, train_classifier
 from hf_unlearn.gan import dcgan_pair, train_gan
 
 GAN_STEPS = 3000
@@ -48,7 +48,7 @@ def unlearn(gan, judge, data, output_dir, seed, **target):
 
 def retrain(trainer, data, rows, seed, conditional):
     """A GAN trained from scratch with the original's recipe on `rows` of the training split, measured by `trainer`."""
-    fresh = train_gan(dcgan_pair(seed=seed, conditional=conditional), data["train"].select(rows), steps=GAN_STEPS,
+    fresh = train_gan(dcgan_pair(seed=seed, conditional=conditional, labels=DIGIT_NAMES), data["train"].select(rows), steps=GAN_STEPS,
                       seed=seed, progress=False)  # fmt: skip
     return trainer.evaluate_unlearning(model=fresh), fresh.training_seconds
 
@@ -92,7 +92,7 @@ def main(argv=None):
     torch.manual_seed(options.seed)
     data = load_digits_dataset(image_size=16, seed=options.seed)
     judge = train_classifier(digits_classifier("resnet", seed=options.seed), data["train"], epochs=JUDGE_EPOCHS)
-    pair = dcgan_pair(seed=options.seed, conditional=options.conditional)
+    pair = dcgan_pair(seed=options.seed, conditional=options.conditional, labels=DIGIT_NAMES)
     original = train_gan(pair, data["train"], steps=GAN_STEPS, seed=options.seed,
                          progress=False)  # fmt: skip
     labels = np.asarray(data["train"]["label"])

@@ -5,9 +5,9 @@ the number of feature vectors grows to 20,000 (ViT-Base width, 768).
 
     python benchmarks/gppu.py --output benchmarks/results/gppu.md [--audio-dir ../shared/data/spoken_digits]
 
-Models: the small digits ViT and ResNet of `hf_unlearn.digits`; the small AST of `hf_unlearn.spoken_digits` on spoken
+Models: the small digits ViT and ResNet of `hf_unlearn.examples.digits`; the small AST of `hf_unlearn.examples.spoken_digits` on spoken
 digits (when `--audio-dir` exists). Budgets: `retrain` uses each original model's recipe, every other method its
-`hf_unlearn.digits.UNLEARN_BUDGETS` entry (chosen on digits, used unchanged on audio).
+`hf_unlearn.examples.digits.unlearn_budgets()` entry (chosen on digits, used unchanged on audio).
 Targets (the gppu issue): forget test accuracy <= 1 %, retain test accuracy within 1 point of the original, time <= 10 %
 of retrain.
 """
@@ -26,12 +26,12 @@ import torch
 from common import with_peak_memory, write_results
 from digits import compare_methods, markdown_table
 
-from hf_unlearn.digits import (
+from hf_unlearn.examples.digits import (
     DEFAULT_TRAINING,
-    UNLEARN_BUDGETS,
     digits_classifier,
     load_digits_dataset,
     train_classifier,
+    unlearn_budgets,
 )
 from hf_unlearn.methods.gppu import knn_graph, propagate
 
@@ -129,7 +129,7 @@ def main(argv=None):
             )
         )
     if Path(options.audio_dir).is_dir():
-        from hf_unlearn import spoken_digits
+        from hf_unlearn.examples import spoken_digits
 
         audio = spoken_digits.load_spoken_digits(options.audio_dir)
         names = audio["train"].features["label"].names
@@ -164,7 +164,7 @@ def main(argv=None):
         f"Seed {options.seed}. Test-split accuracies; MIA rates on the forget training rows; time = `unlearn_seconds` "
         "(the method alone), every method measured in the same run as its retrain.  ",
         "Targets: forget <= 1 %, retain within 1 point of the original, time <= 10 % of retrain.  ",
-        "Budgets: " + json.dumps({method: UNLEARN_BUDGETS[method] for method in METHODS}),
+        "Budgets: " + json.dumps({method: unlearn_budgets()[method] for method in METHODS}),
         "",
     ]
     for name, result in results.items():

@@ -1,5 +1,5 @@
 """The digits recipes' numbers as ranges over seeds: each seed prepares its own original models (data split and
-initialisation follow the seed, as `python -m hf_unlearn.digits --seed N` does) and runs every digits classifier recipe
+initialisation follow the seed, as `python -m hf_unlearn.examples.digits --seed N` does) and runs every digits classifier recipe
 through `hf-unlearn unlearn` with that seed. `recipes/README.md` quotes the ranges this writes.
 
     python benchmarks/recipes.py --output benchmarks/results/recipes.md [--seeds 0 1 2]
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from hf_unlearn.cli import main as hf_unlearn
-from hf_unlearn.digits import prepare_digits
+from hf_unlearn.examples.digits import prepare_digits
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "digits"
 # recipe -> the prepared architecture it reads

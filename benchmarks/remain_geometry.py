@@ -10,7 +10,7 @@ retrain reference:
 
     python benchmarks/remain_geometry.py --output benchmarks/results/remain_geometry.md
 
-Budgets: `hf_unlearn.digits.UNLEARN_BUDGETS` (classes) and `SAMPLE_BUDGETS` (samples), chosen on the seed-0 draw;
+Budgets: `hf_unlearn.examples.digits.unlearn_budgets()` (classes) and `SAMPLE_BUDGETS` (samples), chosen on the seed-0 draw;
 retrain uses each original model's recipe.
 """
 
@@ -28,13 +28,13 @@ import torch
 from common import write_results
 from digits import compare_methods, markdown_table
 
-from hf_unlearn.digits import (
+from hf_unlearn.examples.digits import (
     DEFAULT_TRAINING,
     SAMPLE_BUDGETS,
-    UNLEARN_BUDGETS,
     digits_classifier,
     load_digits_dataset,
     train_classifier,
+    unlearn_budgets,
 )
 
 BASELINES = ["finetune", "gradient_ascent", "neggrad_plus", "random_label"]
@@ -42,8 +42,8 @@ GAP_METRICS = ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy"
 
 
 def class_methods():
-    budget = UNLEARN_BUDGETS["remain_geometry"]
-    methods = {name: (name, UNLEARN_BUDGETS[name]) for name in ["remain_geometry", *BASELINES]}
+    budget = unlearn_budgets()["remain_geometry"]
+    methods = {name: (name, unlearn_budgets()[name]) for name in ["remain_geometry", *BASELINES]}
     for rows in (256, 1000):
         methods[f"remain_geometry (mask {rows})"] = (
             "remain_geometry",
@@ -134,7 +134,7 @@ def main(argv=None):
         "time = `unlearn_seconds` (the method alone, mask included), each method in the same run as its retrain. For "
         "sample-level forgetting the 'forget acc (test)' column is the accuracy on the forgotten training rows.  ",
         "Class budgets: "
-        + json.dumps({name: UNLEARN_BUDGETS[name] for name in ["remain_geometry", *BASELINES]})
+        + json.dumps({name: unlearn_budgets()[name] for name in ["remain_geometry", *BASELINES]})
         + "  ",
         "Sample budgets: " + json.dumps(SAMPLE_BUDGETS),
         "",

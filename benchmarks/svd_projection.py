@@ -5,9 +5,9 @@ statistics pass as the number of samples grows (peak extra resident memory and s
     python benchmarks/svd_projection.py --output benchmarks/results/svd_projection.md \
         [--audio-dir ../shared/data/spoken_digits]
 
-Vision: digits with the small ViT and ResNet of `hf_unlearn.digits`, forget classes 3 and 7 separately.
-Audio (when `--audio-dir` exists): spoken digits with the small AST of `hf_unlearn.spoken_digits`, forget class 3.
-Budgets: `retrain` uses each original model's recipe; `svd_projection` uses UNLEARN_BUDGETS["svd_projection"].
+Vision: digits with the small ViT and ResNet of `hf_unlearn.examples.digits`, forget classes 3 and 7 separately.
+Audio (when `--audio-dir` exists): spoken digits with the small AST of `hf_unlearn.examples.spoken_digits`, forget class 3.
+Budgets: `retrain` uses each original model's recipe; `svd_projection` uses unlearn_budgets()["svd_projection"].
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from common import with_peak_memory, write_results
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.activations import collect_input_grams, find_target_modules
-from hf_unlearn.digits import (
+from hf_unlearn.examples.digits import (
     DEFAULT_TRAINING,
-    UNLEARN_BUDGETS,
     digits_classifier,
     load_digits_dataset,
     train_classifier,
     training_arguments,
+    unlearn_budgets,
     unlearn_digits,
 )
 
@@ -42,7 +42,7 @@ def compare(name, model, data, recipe, forget_classes, seed):
     rows = []
     workdir = tempfile.mkdtemp(prefix=f"svd_{name}_")
     for forget_class in forget_classes:
-        runs = {"retrain": recipe, "svd_projection": UNLEARN_BUDGETS["svd_projection"]}
+        runs = {"retrain": recipe, "svd_projection": unlearn_budgets()["svd_projection"]}
         (_, retrained), (_, projected) = (
             unlearn_digits(
                 model, data, method, [forget_class], f"{workdir}/{method}", seed, disable_tqdm=True, **budget
@@ -133,7 +133,7 @@ def main(argv=None):
             options.seed,
         )
     if Path(options.audio_dir).is_dir():
-        from hf_unlearn import spoken_digits
+        from hf_unlearn.examples import spoken_digits
 
         print("Training ast", flush=True)
         audio = spoken_digits.load_spoken_digits(options.audio_dir)
@@ -153,7 +153,7 @@ def main(argv=None):
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU. "
         f"Seed {options.seed}. Test-split accuracies (%); time = `unlearn_seconds` of each method, same run.  ",
         "Targets: forget <= 1 %, retain within 2 points of the original, time <= 5 % of retrain.  ",
-        "Budget: " + json.dumps(UNLEARN_BUDGETS["svd_projection"]),
+        "Budget: " + json.dumps(unlearn_budgets()["svd_projection"]),
         "",
         "| model | forget class | original forget / retain | retrain forget / retain | retrain s | svd forget / retain | svd s | svd / retrain time | chosen (alpha_r, alpha_f) | targets met |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -29,7 +29,7 @@ from common import write_results
 from tasks import TASKS, TRAINING, build_model, load_task
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
-from hf_unlearn.digits import train_classifier, training_arguments
+from hf_unlearn.examples.digits import train_classifier, training_arguments
 from hf_unlearn.metrics import gap_to_reference
 
 METHODS = ("gppu", "svd_projection", "remain_geometry", "finetune", "gradient_ascent", "neggrad_plus", "random_label")

@@ -191,7 +191,7 @@ def load_job_data(job: JobArguments, model, seed: int) -> dict:
     if missing:
         raise FileNotFoundError(
             f"`data_files` names files that do not exist: {missing[:3]}. Prepare the data first: a recipe's header "
-            "names the command (e.g. `python -m hf_unlearn.digits --output_dir outputs/digits-vit`)."
+            "names the command (e.g. `python -m hf_unlearn.examples.digits --output_dir outputs/digits-vit`)."
         )
     data = datasets.load_dataset(
         job.dataset_name, job.dataset_config, data_files=job.data_files, revision=job.dataset_revision

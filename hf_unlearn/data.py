@@ -18,6 +18,17 @@ from transformers.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
+
+def label_maps(names) -> dict:
+    """`id2label` / `label2id` config fields for class `names` (in id order)."""
+    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def label_names(labels: Sequence[str] | int) -> list[str]:
+    """Class names from `labels`: the names themselves, or a count (`LABEL_0`, `LABEL_1`, ... as transformers
+    names them)."""
+    return [f"LABEL_{i}" for i in range(labels)] if isinstance(labels, int) else [str(name) for name in labels]
+
 LABEL_COLUMNS = ("label", "labels")
 # Columns that already hold model inputs and pass through the collator unchanged.
 MODEL_INPUT_COLUMNS = ("pixel_values", "input_values", "input_features", "attention_mask")

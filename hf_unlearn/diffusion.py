@@ -21,7 +21,7 @@ Needs diffusers: `pip install 'hf-unlearn[diffusion]'`.
 >>> unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64),
 ...                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
 ...                    layers_per_block=1, norm_num_groups=8, num_class_embeds=11)   # 10 digits + the null class
->>> model = DiffusionModel.wrap(unet, DDPMScheduler(), labels=DIGIT_NAMES)
+>>> model = DiffusionModel.wrap(unet, DDPMScheduler(), labels=["zero", "one", ...])
 >>> train_diffusion(model, data["train"], steps=1500)
 >>> images = model.sample([3] * 16, num_inference_steps=25, guidance_scale=2.0, seed=0)
 >>> model.save_pretrained("digits-ddpm")
@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
-from .digits import DIGIT_NAMES, label_maps
+from .data import label_maps, label_names
 from .outputs import public_reference, write_atomic
 
 logger = logging.get_logger(__name__)
@@ -182,7 +182,7 @@ class DiffusionModel(PreTrainedModel):
             raise ValueError(
                 f"`null_class` {null_class} must be an embedding row after the {count} named classes (< {table})."
             )
-        names = [f"LABEL_{i}" for i in range(count)] if labels is None or isinstance(labels, int) else list(labels)
+        names = label_names(count if labels is None else labels)
         if label_dropout is None:
             label_dropout = 0.1 if null_class is not None else 0.0
         config = DiffusionConfig(denoiser=kind, null_class=null_class, label_dropout=label_dropout,
@@ -453,7 +453,7 @@ def is_pipeline_folder(model_id: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- small models
-def small_ddpm(image_size: int = 16, channels: int = 1, widths: tuple[int, ...] = (32, 64), labels=DIGIT_NAMES,
+def small_ddpm(image_size: int = 16, channels: int = 1, widths: tuple[int, ...] = (32, 64), labels: list[str] | int = 10,
                num_train_timesteps: int = 1000, seed: int = 0) -> DiffusionModel:  # fmt: skip
     """A randomly initialised (seeded) small class-conditional pixel-space DDPM: a `UNet2DModel` (one ResNet layer per
     block, `widths` channels) with a class embedding per label plus a null class for classifier-free guidance, and a
@@ -463,15 +463,15 @@ def small_ddpm(image_size: int = 16, channels: int = 1, widths: tuple[int, ...] 
     unet = diffusers.UNet2DModel(
         sample_size=image_size, in_channels=channels, out_channels=channels, block_out_channels=widths,
         down_block_types=("DownBlock2D",) * len(widths), up_block_types=("UpBlock2D",) * len(widths),
-        layers_per_block=1, norm_num_groups=min(8, widths[0]), num_class_embeds=len(labels) + 1,
+        layers_per_block=1, norm_num_groups=min(8, widths[0]), num_class_embeds=len(label_names(labels)) + 1,
     )  # fmt: skip
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=num_train_timesteps)
-    return DiffusionModel.wrap(unet, scheduler, labels=list(labels))
+    return DiffusionModel.wrap(unet, scheduler, labels=label_names(labels))
 
 
 def small_dit(image_size: int = 16, channels: int = 1, vae_widths: tuple[int, ...] = (16, 32),
               latent_channels: int = 4, heads: int = 4, head_dim: int = 32, layers: int = 4, patch_size: int = 2,
-              labels=DIGIT_NAMES, num_train_timesteps: int = 1000, seed: int = 0) -> DiffusionModel:  # fmt: skip
+              labels: list[str] | int = 10, num_train_timesteps: int = 1000, seed: int = 0) -> DiffusionModel:  # fmt: skip
     """A randomly initialised (seeded) small latent DiT: an `AutoencoderKL` (downsampling by 2 per extra entry of
     `vae_widths`; train it with [`train_vae`] first) and a `DiTTransformer2DModel` over its latents (`layers` blocks
     of `heads` x `head_dim`, `patch_size` patches, diffusers' null class row, 10 % label dropout)."""
@@ -485,11 +485,11 @@ def small_dit(image_size: int = 16, channels: int = 1, vae_widths: tuple[int, ..
     )  # fmt: skip
     transformer = diffusers.DiTTransformer2DModel(
         num_attention_heads=heads, attention_head_dim=head_dim, in_channels=latent_channels, num_layers=layers,
-        sample_size=image_size // 2 ** (len(vae_widths) - 1), patch_size=patch_size, num_embeds_ada_norm=len(labels),
+        sample_size=image_size // 2 ** (len(vae_widths) - 1), patch_size=patch_size, num_embeds_ada_norm=len(label_names(labels)),
         norm_num_groups=groups,
     )  # fmt: skip
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=num_train_timesteps, clip_sample=False)
-    return DiffusionModel.wrap(transformer, scheduler, vae, labels=list(labels))
+    return DiffusionModel.wrap(transformer, scheduler, vae, labels=label_names(labels))
 
 
 # ------------------------------------------------------------------------------------------------- training

@@ -14,7 +14,7 @@ it names runs their code), and `UnlearningTrainer` unlearns, saves and pushes it
 
 ```python
 >>> from hf_unlearn.gan import GANPair, dcgan_pair, train_gan
->>> from hf_unlearn.digits import load_digits_dataset
+>>> from hf_unlearn.examples.digits import load_digits_dataset
 >>> data = load_digits_dataset()
 >>> gan = train_gan(dcgan_pair(image_size=16), data["train"], steps=3000)
 >>> images = gan.sample(16, seed=0)
@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
-from .digits import DIGIT_NAMES, label_maps
+from .data import label_maps, label_names
 
 logger = get_logger(__name__)
 
@@ -292,7 +292,7 @@ AutoConfig.register(GANConfig.model_type, GANConfig, exist_ok=True)
 # ---------------------------------------------------------------------------------------------- DCGAN pair
 class DCGANGenerator(nn.Module):
     """A small DCGAN generator: latent vector -> `width x 4 x 4`... -> `channels x image_size x image_size` in
-    [0, 1] (the range of `hf_unlearn.digits` pixel values). `num_classes` makes it class-conditional (a label
+    [0, 1] (the range of `hf_unlearn.examples.digits` pixel values). `num_classes` makes it class-conditional (a label
     embedding is added to the latent vector)."""
 
     def __init__(self, latent_dim: int = 64, image_size: int = 16, channels: int = 1, width: int = 64,
@@ -351,16 +351,12 @@ class DCGANDiscriminator(nn.Module):
 def dcgan_pair(image_size: int = 16, channels: int = 1, latent_dim: int = 64, width: int = 64,
                labels: list[str] | int = 10, conditional: bool = False, seed: int = 0) -> GANPair:  # fmt: skip
     """A randomly initialised (seeded) small DCGAN pair for `image_size` x `image_size` images with `channels`."""
-    names = labels if not isinstance(labels, int) else _default_names(labels)
+    names = label_names(labels)
     num_classes = len(names) if conditional else None
     torch.manual_seed(seed)
     generator = DCGANGenerator(latent_dim, image_size, channels, width, num_classes)
     discriminator = DCGANDiscriminator(image_size, channels, width, num_classes)
     return GANPair.wrap(generator, discriminator, latent_dim=latent_dim, labels=names, conditional=conditional)
-
-
-def _default_names(count: int) -> list[str]:
-    return DIGIT_NAMES if count == len(DIGIT_NAMES) else [f"LABEL_{i}" for i in range(count)]
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -371,7 +367,7 @@ def image_tensors(dataset, image_column: str = "pixel_values", label_column: str
         raise ValueError(
             f"Training or measuring a generator (GAN, diffusion model) reads images from a '{image_column}' column of "
             f"float pixel values (shaped like the generated images); the dataset has {dataset.column_names}. Map your "
-            "images to that column first, e.g. as `hf_unlearn.digits.load_digits_dataset` does."
+            "images to that column first, e.g. as `hf_unlearn.examples.digits.load_digits_dataset` does."
         )
     columns = dataset.with_format("torch", columns=[image_column, label_column])[:]
     return columns[image_column].float(), columns[label_column].long()

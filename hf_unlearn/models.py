@@ -41,7 +41,7 @@ def load_model(model_id: str, *, trust_remote_code: bool = False):
     if not Path(model_id).exists() and (model_id.count("/") > 1 or model_id.startswith((".", "/", "~"))):
         raise FileNotFoundError(
             f"`model` '{model_id}' is a local path that does not exist (and not a Hub ID, which is 'org/name'). "
-            "Prepare the model first: a recipe's header names the command (e.g. `python -m hf_unlearn.digits "
+            "Prepare the model first: a recipe's header names the command (e.g. `python -m hf_unlearn.examples.digits "
             "--output_dir outputs/digits-vit` for the digits recipes)."
         )
     if Path(model_id).is_dir() and not (Path(model_id) / "config.json").is_file() and is_pipeline_folder(model_id):

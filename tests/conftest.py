@@ -7,7 +7,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
-from hf_unlearn.digits import (
+from hf_unlearn.examples.digits import (
     DEFAULT_TRAINING,
     digits_classifier,
     load_digits_dataset,
@@ -70,7 +70,7 @@ def spoken_digits_dir(tmp_path_factory) -> Path:
 def _trained_tiny_ast(spoken_digits_dir, tmp_path_factory):
     """A 1-layer, 32-wide AST trained 20 epochs on the spoken words' features (about 15 s; learns "three" to 100 %
     on the test split), and its feature extractor."""
-    from hf_unlearn import spoken_digits
+    from hf_unlearn.examples import spoken_digits
 
     features = spoken_digits.load_spoken_digits(spoken_digits_dir)
     names = features["train"].features["label"].names

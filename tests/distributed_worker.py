@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
-from hf_unlearn.digits import load_digits_dataset
+from hf_unlearn.examples.digits import load_digits_dataset
 
 SVD_KWARGS = {"num_samples": 200, "alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [1.0, 10.0]}
 

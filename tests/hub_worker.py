@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
-from hf_unlearn.digits import load_digits_dataset, training_arguments
+from hf_unlearn.examples.digits import load_digits_dataset, training_arguments
 
 
 def push_gan(path, output_dir, hub_model_id, data):

@@ -18,7 +18,7 @@ from tiny_models import tiny_classifier
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.data import UnlearningCollator, align_labels, decode_audio, with_model_inputs
-from hf_unlearn.spoken_digits import feature_extractor
+from hf_unlearn.examples.spoken_digits import feature_extractor
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "speech_commands" / "ast_gppu.yaml"
 HUB_ID = "hf-unlearn-test/tiny-ast-spoken-digits"

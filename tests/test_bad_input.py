@@ -3,7 +3,7 @@
 import pytest
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
-from hf_unlearn.digits import digits_classifier
+from hf_unlearn.examples.digits import digits_classifier
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_dataset_without_label_column(model, args, digits):
 def test_model_without_classification_head(args, digits):
     from transformers import ViTModel
 
-    from hf_unlearn.digits import tiny_vit_config
+    from hf_unlearn.examples.digits import tiny_vit_config
 
     backbone = ViTModel(tiny_vit_config())
     with pytest.raises(TypeError, match="ViTModel, which has no classification head"):

@@ -61,7 +61,7 @@ def test_every_baseline_runs_and_changes_the_model(method, architecture, trained
 
 
 def test_retrain_is_the_exact_reference(trained, digits, make_args):
-    from hf_unlearn.digits import DEFAULT_TRAINING
+    from hf_unlearn.examples.digits import DEFAULT_TRAINING
 
     recipe = DEFAULT_TRAINING["resnet"]
     args = make_args("retrain", epochs=recipe["epochs"], learning_rate=recipe["learning_rate"])

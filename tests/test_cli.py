@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from hf_unlearn.cli import main, parse_job
+from hf_unlearn.examples.digits import DIGIT_NAMES
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -112,7 +113,7 @@ def test_the_gan_recipe_runs_a_gan_job_with_its_judge(trained, digits, tmp_path,
     card, and the report shows the share of each class among the samples."""
     from hf_unlearn.gan import GANPair, dcgan_pair
 
-    dcgan_pair(latent_dim=8, width=4).save_pretrained(tmp_path / "gan")
+    dcgan_pair(latent_dim=8, width=4, labels=DIGIT_NAMES).save_pretrained(tmp_path / "gan")
     trained("resnet").save_pretrained(tmp_path / "judge")
     files = parquet_files(digits, tmp_path)
     main(["unlearn", "--config", str(RECIPES / "digits" / "gan_cascade.yaml"), "--model_name_or_path",
@@ -134,7 +135,7 @@ def test_the_ddpm_recipe_runs_a_diffusion_job_with_its_judge(trained, digits, tm
     pytest.importorskip("diffusers")
     from hf_unlearn.diffusion import DiffusionModel, small_ddpm
 
-    small_ddpm(widths=(8, 16), num_train_timesteps=50).save_pretrained(tmp_path / "ddpm")
+    small_ddpm(widths=(8, 16), num_train_timesteps=50, labels=DIGIT_NAMES).save_pretrained(tmp_path / "ddpm")
     trained("resnet").save_pretrained(tmp_path / "judge")
     files = parquet_files(digits, tmp_path)
     main(["unlearn", "--config", str(RECIPES / "digits" / "ddpm_remain_geometry.yaml"), "--model_name_or_path",
@@ -199,7 +200,7 @@ def test_a_recipe_run_before_its_model_is_prepared_says_how_to_prepare_it(tmp_pa
     assert main(["unlearn", "--config", str(RECIPES / "digits" / "vit_gppu.yaml")]) == 1
     error = capsys.readouterr().err
     assert "'outputs/digits-vit/model' is a local path that does not exist" in error
-    assert "python -m hf_unlearn.digits --output_dir outputs/digits-vit" in error
+    assert "python -m hf_unlearn.examples.digits --output_dir outputs/digits-vit" in error
 
 
 def test_card_fields_come_from_the_job_and_a_card_shows_only_what_ran(trained, digits, tmp_path):

@@ -74,7 +74,7 @@ def test_forget_classes_by_name_id_and_digit_string():
 def tiny_rgb_vit_and_processor():
     from transformers import ViTForImageClassification, ViTImageProcessor
 
-    from hf_unlearn.digits import tiny_vit_config
+    from hf_unlearn.examples.digits import tiny_vit_config
 
     names = [str(i) for i in range(10)]
     config = tiny_vit_config(
@@ -169,7 +169,7 @@ def test_audio_bytes_decode_without_torchcodec_and_collate(spoken_digits_dir):
 def test_spoken_digits_become_ast_features_that_a_small_ast_accepts(spoken_digits_dir, tmp_path):
     import pyarrow.parquet as pq
 
-    from hf_unlearn.spoken_digits import FEATURES, ast_classifier, feature_extractor, load_spoken_digits
+    from hf_unlearn.examples.spoken_digits import FEATURES, ast_classifier, feature_extractor, load_spoken_digits
 
     for split in ("train", "test"):  # a few rows of each split, same layout
         pq.write_table(pq.read_table(spoken_digits_dir / f"{split}.parquet").slice(0, 4),

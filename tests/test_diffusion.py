@@ -10,6 +10,7 @@ from tiny_models import ConstantJudge
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.diffusion import DiffusionModel, diffusers_module, small_ddpm, small_dit, train_diffusion
+from hf_unlearn.examples.digits import DIGIT_NAMES
 from hf_unlearn.methods.base import training_loss
 from hf_unlearn.models import load_model
 
@@ -18,17 +19,18 @@ diffusers = pytest.importorskip("diffusers")
 
 @pytest.fixture(scope="module")
 def tiny_digits():
-    from hf_unlearn.digits import load_digits_dataset
+    from hf_unlearn.examples.digits import load_digits_dataset
 
     return load_digits_dataset(image_size=8)
 
 
 def tiny_ddpm():
-    return small_ddpm(image_size=8, widths=(8, 16), num_train_timesteps=50)
+    return small_ddpm(image_size=8, widths=(8, 16), num_train_timesteps=50, labels=DIGIT_NAMES)
 
 
 def tiny_dit():
-    return small_dit(image_size=8, vae_widths=(8, 8), heads=2, head_dim=8, layers=1, num_train_timesteps=50)
+    return small_dit(image_size=8, vae_widths=(8, 8), heads=2, head_dim=8, layers=1, num_train_timesteps=50,
+                     labels=DIGIT_NAMES)
 
 
 def diffusion_args(tmp_path, method="remain_geometry", name="out", **overrides):
@@ -199,7 +201,7 @@ def test_rl_forget_loss_maps_the_class_onto_retained_classes(tmp_path, tiny_digi
 
 
 def test_rl_is_refused_for_classifiers(tmp_path, tiny_digits):
-    from hf_unlearn.digits import digits_classifier
+    from hf_unlearn.examples.digits import digits_classifier
 
     model = digits_classifier("vit", image_size=8)
     args = diffusion_args(tmp_path, method_kwargs={"forget_loss": "rl"}, eval_after_unlearn=False,

@@ -107,9 +107,10 @@ def test_fisher_diagonals_over_two_processes_equal_one(trained, tmp_path):
 def test_gan_cascade_processes_stay_in_step(tmp_path):
     """Two processes draw different rows, noise and check samples: the networks stay identical (their gradients are
     all-reduced by the accelerator's wrappers) and every check is agreed, so both stop at the same iteration."""
+    from hf_unlearn.examples.digits import DIGIT_NAMES
     from hf_unlearn.gan import dcgan_pair
 
-    dcgan_pair(image_size=8, latent_dim=8, width=4).save_pretrained(tmp_path / "gan")
+    dcgan_pair(image_size=8, latent_dim=8, width=4, labels=DIGIT_NAMES).save_pretrained(tmp_path / "gan")
     run_two_processes("gan", tmp_path / "gan", tmp_path / "run.pt", 29517)
     first, second = (torch.load(tmp_path / f"run.pt.{rank}") for rank in (0, 1))
     assert first["num_processes"] == second["num_processes"] == 2

@@ -10,6 +10,7 @@ from tiny_models import ConstantJudge
 from torch import nn
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.examples.digits import DIGIT_NAMES
 from hf_unlearn.gan import GANPair, dcgan_pair, image_tensors, judge_outputs, train_gan
 from hf_unlearn.methods import gan_cascade
 from hf_unlearn.methods.gan_cascade import GANCascadeConfig, substitute_pools
@@ -18,13 +19,13 @@ from hf_unlearn.metrics import frechet_distance
 
 @pytest.fixture(scope="module")
 def tiny_digits():
-    from hf_unlearn.digits import load_digits_dataset
+    from hf_unlearn.examples.digits import load_digits_dataset
 
     return load_digits_dataset(image_size=8)
 
 
 def tiny_gan(conditional=False):
-    return dcgan_pair(image_size=8, latent_dim=8, width=4, conditional=conditional, seed=0)
+    return dcgan_pair(image_size=8, latent_dim=8, width=4, conditional=conditional, seed=0, labels=DIGIT_NAMES)
 
 
 def gan_args(tmp_path, **method_kwargs):

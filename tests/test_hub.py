@@ -96,9 +96,10 @@ def test_the_original_models_repository_is_never_the_target(hub, original, tmp_p
 def test_an_unlearned_gan_is_pushed_with_its_card_and_loads_back(hub, tmp_path):
     from huggingface_hub import ModelCard
 
+    from hf_unlearn.examples.digits import DIGIT_NAMES
     from hf_unlearn.gan import dcgan_pair
 
-    dcgan_pair(latent_dim=8, width=4).save_pretrained(tmp_path / "gan")
+    dcgan_pair(latent_dim=8, width=4, labels=DIGIT_NAMES).save_pretrained(tmp_path / "gan")
     result = push(hub, tmp_path / "gan", tmp_path / "out", f"{USER}/digits-gan-unlearned")
     assert result == {"pushed": f"{USER}/digits-gan-unlearned", "same_samples": True}
     files = hub.state.commits[0].files

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
-from hf_unlearn.digits import training_arguments
+from hf_unlearn.examples.digits import training_arguments
 
 LORA = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
 

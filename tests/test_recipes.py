@@ -24,7 +24,7 @@ def test_accelerate_configs_are_well_formed():
 
 @pytest.fixture(scope="module")
 def digits_job(_trained_models, digits, tmp_path_factory):
-    """What `python -m hf_unlearn.digits --output_dir ...` writes: the trained ViT and the data as parquet."""
+    """What `python -m hf_unlearn.examples.digits --output_dir ...` writes: the trained ViT and the data as parquet."""
     folder = tmp_path_factory.mktemp("digits_job")
     _trained_models["vit"].save_pretrained(folder / "model")
     files = {split: str(folder / f"{split}.parquet") for split in ("train", "test")}

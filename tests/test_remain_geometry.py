@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
-from hf_unlearn.digits import SAMPLE_BUDGETS, UNLEARN_BUDGETS, training_arguments
+from hf_unlearn.examples.digits import SAMPLE_BUDGETS, training_arguments, unlearn_budgets
 from hf_unlearn.methods.remain_geometry import fisher_diagonal
 
 
@@ -62,7 +62,7 @@ def test_the_mask_keeps_masked_parameters_unchanged_by_a_forget_step(trained, di
 
 
 def test_class_forgetting_drops_the_forget_accuracy_and_keeps_the_retain_accuracy(trained, digits, tmp_path):
-    result = build(trained("resnet"), digits, tmp_path, **UNLEARN_BUDGETS["remain_geometry"]).unlearn()
+    result = build(trained("resnet"), digits, tmp_path, **unlearn_budgets()["remain_geometry"]).unlearn()
     metrics, original = result.metrics, result.original_metrics
     assert original["forget_accuracy"] > 0.9 and metrics["forget_accuracy"] <= 0.05
     assert metrics["retain_accuracy"] >= original["retain_accuracy"] - 0.03

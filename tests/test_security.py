@@ -6,6 +6,7 @@ import json
 import pytest
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.examples.digits import DIGIT_NAMES
 from hf_unlearn.gan import GANPair, dcgan_pair
 from hf_unlearn.models import load_model
 
@@ -15,7 +16,7 @@ def hostile_gan(tmp_path):
     """A saved GAN folder whose config.json names `subprocess:getoutput` as its generator, with a command that writes
     a file: `(folder, file)`. The file exists afterwards only if something ran the command."""
     folder, witness = tmp_path / "hostile", tmp_path / "pwned"
-    dcgan_pair(image_size=8, latent_dim=4, width=8).save_pretrained(folder)
+    dcgan_pair(image_size=8, latent_dim=4, width=8, labels=DIGIT_NAMES).save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
     config.update(generator_class="subprocess:getoutput", generator_kwargs={"cmd": f"id > {witness}"})
     (folder / "config.json").write_text(json.dumps(config))
@@ -42,7 +43,7 @@ def test_the_cli_does_not_run_code_named_by_a_model_folder(hostile_gan, trained,
     from hf_unlearn.cli import main
 
     folder, witness = hostile_gan
-    dcgan_pair(image_size=8, latent_dim=4, width=8).save_pretrained(tmp_path / "gan")
+    dcgan_pair(image_size=8, latent_dim=4, width=8, labels=DIGIT_NAMES).save_pretrained(tmp_path / "gan")
     trained("resnet").save_pretrained(tmp_path / "judge")
     files = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "test")}
     for split, path in files.items():
@@ -76,7 +77,7 @@ def test_a_diffusers_folder_cannot_name_a_module_to_import(tmp_path):
 
     folder, witness = tmp_path / "pipe", tmp_path / "pwned"
     (witness.parent / "evil_module_hf_unlearn.py").write_text(f"open({str(witness)!r}, 'w').write('ran')\n")
-    small_ddpm(image_size=8, widths=(8, 16), num_train_timesteps=50).save_pretrained(folder)
+    small_ddpm(image_size=8, widths=(8, 16), num_train_timesteps=50, labels=DIGIT_NAMES).save_pretrained(folder)
     index = json.loads((folder / "model_index.json").read_text())
     index["unet"] = ["evil_module_hf_unlearn", "UNet"]
     (folder / "model_index.json").write_text(json.dumps(index))
@@ -94,7 +95,7 @@ def test_a_diffusers_folder_cannot_name_a_module_to_import(tmp_path):
 def test_eval_sampler_names_only_scheduler_classes():
     from hf_unlearn.diffusion import small_ddpm
 
-    model = small_ddpm(image_size=8, widths=(8, 16), num_train_timesteps=50)
+    model = small_ddpm(image_size=8, widths=(8, 16), num_train_timesteps=50, labels=DIGIT_NAMES)
     assert type(model.sampler("DDIMScheduler")).__name__ == "DDIMScheduler"
     with pytest.raises(ValueError, match="not a diffusers scheduler class"):
         model.sampler("UNet2DModel")
@@ -156,7 +157,7 @@ def test_forget_indices_as_a_boolean_mask_forget_the_true_rows(kind, digits, tmp
     import numpy as np
     import torch
 
-    from hf_unlearn.digits import digits_classifier
+    from hf_unlearn.examples.digits import digits_classifier
 
     mask = np.zeros(len(digits["train"]), dtype=bool)
     mask[[5, 17, 40]] = True
@@ -190,7 +191,7 @@ def test_bad_forget_indices_are_refused_naming_the_argument(value, message):
 
 
 def test_a_bare_int_reaches_the_user_as_a_clear_error(digits, tmp_path):
-    from hf_unlearn.digits import digits_classifier
+    from hf_unlearn.examples.digits import digits_classifier
 
     args = UnlearnConfig(output_dir=str(tmp_path), method="finetune", max_steps=1)
     with pytest.raises(ValueError, match="`forget_indices` must be a sequence"):
@@ -300,7 +301,7 @@ def test_a_folder_that_is_not_a_saved_model_is_not_replaced(trained, digits, mak
 def test_nan_inputs_are_refused_naming_the_column(digits, tmp_path):
     import numpy as np
 
-    from hf_unlearn.digits import digits_classifier
+    from hf_unlearn.examples.digits import digits_classifier
 
     def poison(row, index):
         if index == 3:
@@ -382,7 +383,7 @@ HOSTILE_NAMES = ["<script>alert(1)</script>", "cat\n## Injected heading", "a|b",
 def test_label_names_are_escaped_in_the_card_and_drawn_as_text(trained, digits, make_args, tmp_path):
     """Label names come from data: rendered as literal text (no HTML, no heading, no table cell split, no remote
     image), and a `$` does not send the plot into matplotlib's math mode (which failed after the model was saved)."""
-    from hf_unlearn.digits import label_maps
+    from hf_unlearn.data import label_maps
 
     model = trained("resnet")
     names = HOSTILE_NAMES + [f"digit {i}" for i in range(len(HOSTILE_NAMES), 10)]
@@ -436,7 +437,7 @@ def test_an_eval_split_without_the_forget_class_is_said_in_the_card(trained, dig
 # ------------------------------------------------------------------------------------------ labels and audio
 @pytest.mark.parametrize("labels, dtype", [(["three", "four"], "str"), ([3.0, 4.5], "float64")])
 def test_labels_that_are_not_integer_ids_are_refused(labels, dtype, digits, tmp_path):
-    from hf_unlearn.digits import digits_classifier
+    from hf_unlearn.examples.digits import digits_classifier
 
     train = digits["train"].select(range(2)).remove_columns("label").add_column("label", labels)
     args = UnlearnConfig(output_dir=str(tmp_path), method="finetune", max_steps=1)
@@ -473,7 +474,7 @@ def test_too_short_audio_names_the_row(length):
     ],
 )
 def test_method_settings_are_checked_before_any_work(method, overrides, message, digits, tmp_path, monkeypatch):
-    from hf_unlearn.digits import digits_classifier
+    from hf_unlearn.examples.digits import digits_classifier
 
     def no_evaluation(*args, **kwargs):
         raise AssertionError("evaluated before the settings were checked")
@@ -572,7 +573,7 @@ def test_regenerating_skips_folders_that_link_elsewhere(trained, digits, make_ar
 def test_saved_diffusion_components_record_no_local_path(tmp_path):
     from hf_unlearn.diffusion import DiffusionModel, small_ddpm
 
-    small_ddpm(image_size=8, widths=(8, 16), num_train_timesteps=50).save_pretrained(tmp_path / "first")
+    small_ddpm(image_size=8, widths=(8, 16), num_train_timesteps=50, labels=DIGIT_NAMES).save_pretrained(tmp_path / "first")
     DiffusionModel.from_pretrained(tmp_path / "first").save_pretrained(tmp_path / "second")
     for path in (tmp_path / "second").rglob("*.json"):
         assert str(tmp_path) not in path.read_text(), path

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
-from hf_unlearn.digits import digits_classifier
+from hf_unlearn.examples.digits import digits_classifier
 from hf_unlearn.methods.svd_projection import LayerProjection, best_grid_point, scaled_importance
 
 ALPHA = 1e4  # large: every direction with a real share of the energy counts fully

@@ -1,12 +1,12 @@
 """Spoken digits (an audio benchmark in the Hub's parquet layout) as log-mel features, with a small Audio
-Spectrogram Transformer built from a config: the audio counterpart of `hf_unlearn.digits`.
+Spectrogram Transformer built from a config: the audio counterpart of `hf_unlearn.examples.digits`.
 
 The clips (1 s, 16 kHz, 10 words "zero".."nine") are read from parquet through the library's own audio path
 (`Audio` column read undecoded, decoded with soundfile: no torchcodec) and turned into `input_values` once by
 `ASTFeatureExtractor` (numpy filter banks, no torchaudio), so training and unlearning never touch the audio again.
 
 ```python
->>> from hf_unlearn.spoken_digits import load_spoken_digits, ast_classifier
+>>> from hf_unlearn.examples.spoken_digits import load_spoken_digits, ast_classifier
 >>> data = load_spoken_digits("path/to/spoken_digits")   # train.parquet / test.parquet
 >>> model = ast_classifier(data["train"].features["label"].names)
 ```
@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import UnlearningCollator, with_model_inputs, without_audio_decoding
-from .digits import label_maps
+from ..data import UnlearningCollator, label_maps, with_model_inputs, without_audio_decoding
 
 SAMPLING_RATE = 16_000
 # 64 mel bins x 100 frames (10 ms hop: the whole 1 s clip); 16 x 16 patches, stride 16 in frequency and 8 in
@@ -85,7 +84,7 @@ def prepare_spoken_digits(output_dir: str | Path, data_dir: str | Path, seed: in
 
 
 def main(argv=None) -> None:
-    """`python -m hf_unlearn.spoken_digits --output_dir outputs/spoken-digits-ast --data_dir DIR`: prepare the AST job."""
+    """`python -m hf_unlearn.examples.spoken_digits --output_dir outputs/spoken-digits-ast --data_dir DIR`: prepare the AST job."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -5,7 +5,7 @@ benchmarks run offline. Images are upsampled to `image_size` pixels, scaled to [
 `pixel_values` (1 x size x size); the split is stratified and seeded.
 
 ```python
->>> from hf_unlearn.digits import load_digits_dataset, digits_classifier, train_classifier
+>>> from hf_unlearn.examples.digits import load_digits_dataset, digits_classifier, train_classifier
 >>> data = load_digits_dataset()
 >>> model = train_classifier(digits_classifier("vit"), data["train"], epochs=30)
 ```
@@ -13,8 +13,14 @@ benchmarks run offline. Images are upsampled to `image_size` pixels, scaled to [
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import numpy as np
 import torch
+import yaml
+
+from ..data import label_maps
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ARCHITECTURES = ("vit", "resnet")
@@ -63,11 +69,6 @@ def tiny_vit_config(image_size: int = 16, num_channels: int = 1, **overrides):
     return ViTConfig(image_size=image_size, num_channels=num_channels, **{**shape, **overrides})
 
 
-def label_maps(names) -> dict:
-    """`id2label` / `label2id` config fields for class `names` (in id order)."""
-    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
-
-
 def digits_classifier(architecture: str = "vit", image_size: int = 16, seed: int = 0):
     """A small, randomly initialised transformers classifier for digits: `"vit"` (ViTForImageClassification,
     2 layers, 32 wide, 4x4 patches) or `"resnet"` (ResNetForImageClassification, 2 basic stages of 16/32 channels)."""
@@ -90,42 +91,50 @@ def digits_classifier(architecture: str = "vit", image_size: int = 16, seed: int
     raise ValueError(f"`architecture` must be one of {ARCHITECTURES}, got {architecture!r}.")
 
 
-# Unlearning budgets on digits (UnlearnConfig fields), chosen once on seed 0 and kept fixed for the demo and the
-# benchmark. gradient_ascent has no natural end: it stops once the forget training accuracy reaches 1 % (checked
-# every step). `retrain` always uses DEFAULT_TRAINING, the original model's recipe.
-UNLEARN_BUDGETS = {
-    "finetune": {"epochs": 3, "learning_rate": 3e-3},
-    "gradient_ascent": {"epochs": 10, "learning_rate": 5e-4, "forget_accuracy_target": 0.01, "forget_check_steps": 1},
-    "neggrad_plus": {"epochs": 3, "learning_rate": 1e-3},
-    "random_label": {"epochs": 2, "learning_rate": 1e-3},
-    # GPPU's defaults (500 forget / 1,000 retain rows in the graph, head refit); the block fine-tuning budget applies
-    # only when its stopping rule does not hold after the head refit.
-    "gppu": {"epochs": 1, "learning_rate": 1e-4},
-    # SFR-on for a whole class: its class defaults (K = 2, alpha = 1), AdamW, stopped at forget accuracy 0; a lean
-    # Fisher estimate (128 rows of each set) keeps it within a tenth of the retraining time.
-    "remain_geometry": {
-        "max_steps": 30,
-        "learning_rate": 3e-3,
-        "optim": "adamw_torch",
-        "weight_decay": 0.0,
-        "max_grad_norm": 0.0,
-        "forget_accuracy_target": 0.0,
-        "forget_check_steps": 3,
-        "method_kwargs": {"mask_samples": 128},
-    },
-    # Gradient-free: a lean statistics pass (S = 300 of the ~1,300 retain rows) and a 3 x 3 alpha grid.
-    "svd_projection": {
-        "method_kwargs": {"num_samples": 300, "alpha_r_grid": [10.0, 30.0, 100.0], "alpha_f_grid": [1.0, 3.0, 10.0]}
-    },
+#: The recipe (`recipes/digits/NAME.yaml`) that holds each method's budget on digits: the demo and the benchmarks read
+#: their budgets from these files (`unlearn_budgets`), so a recipe and the numbers measured with it cannot drift apart.
+#: `retrain` always uses DEFAULT_TRAINING, the original model's recipe.
+BUDGET_RECIPES = {
+    "finetune": "vit_finetune",
+    "gradient_ascent": "vit_gradient_ascent",
+    "neggrad_plus": "vit_neggrad_plus",
+    "random_label": "vit_random_label",
+    "gppu": "vit_gppu",
+    "remain_geometry": "vit_remain_geometry",
+    "svd_projection": "resnet_svd_projection",
 }
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "digits"
+#: Keys of a recipe that describe the job (model, data, output, seed), not the unlearning budget.
+_JOB_KEYS = {"model_name_or_path", "dataset_name", "dataset_config_name", "data_files", "forget_classes", "judge_model",
+             "output_dir", "method", "seed"}  # fmt: skip
+
+
+def recipe_budget(path: str | Path) -> dict:
+    """The unlearning budget of a recipe (its `UnlearnConfig` fields but the output folder and the method), as
+    keyword arguments of `unlearn_digits` / `training_arguments`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Recipe {path} not found: the digits budgets are read from the repository's `recipes/digits/` (run from "
+            "a clone of hf-unlearn, or pass your own budget)."
+        )
+    values = yaml.safe_load(path.read_text()) or {}
+    return {key: value for key, value in values.items() if key not in _JOB_KEYS}
+
+
+@functools.cache
+def unlearn_budgets() -> dict[str, dict]:
+    """Each method's budget on digits, read from its recipe (`BUDGET_RECIPES`)."""
+    return {method: recipe_budget(RECIPES / f"{name}.yaml") for method, name in BUDGET_RECIPES.items()}
+
 
 # Budgets for sample-level forgetting (a random 10 % of the training rows), where "forgotten" means "as a model that
 # never saw the rows", not accuracy 0: no forget-accuracy stop; gradient_ascent takes one gentle epoch.
 SAMPLE_BUDGETS = {
-    "finetune": UNLEARN_BUDGETS["finetune"],
+    "finetune": {"epochs": 3, "learning_rate": 3e-3},
     "gradient_ascent": {"epochs": 1, "learning_rate": 1e-4},
-    "neggrad_plus": UNLEARN_BUDGETS["neggrad_plus"],
-    "random_label": UNLEARN_BUDGETS["random_label"],
+    "neggrad_plus": {"epochs": 3, "learning_rate": 1e-3},
+    "random_label": {"epochs": 2, "learning_rate": 1e-3},
     # SFR-on with the paper's random-forgetting K = 5, alpha = 25; AdamW instead of the paper's SGD (see its docs).
     "remain_geometry": {
         "max_steps": 150,
@@ -182,10 +191,10 @@ def unlearn_digits(
     **budget,
 ):
     """Run `method` on a model trained on `data["train"]` (digits, or any `train` / `test` splits; raw columns need
-    `processing_class`) with a budget from `UNLEARN_BUDGETS` / `DEFAULT_TRAINING` (or your own), forgetting
+    `processing_class`) with a budget from `unlearn_budgets()` / `DEFAULT_TRAINING` (or your own), forgetting
     `forget_classes`, or the training rows `forget_indices` when given (then `forget_classes` is None).
     Returns `(trainer, UnlearningOutput)`."""
-    from . import UnlearnConfig, UnlearningTrainer
+    from .. import UnlearnConfig, UnlearningTrainer
 
     args = UnlearnConfig(**training_arguments(output_dir, seed=seed, **budget), method=method)
     trainer = UnlearningTrainer(
@@ -211,7 +220,6 @@ def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0, ga
     `architecture="gan"`: the model is the small DCGAN of `hf_unlearn.gan` (`gan_steps` steps, about 2 minutes on
     2 CPU cores); `"ddpm"`: the small class-conditional DDPM of `hf_unlearn.diffusion` (`ddpm_steps` steps, about 6
     minutes; needs diffusers; the DDPM of `benchmarks/diffusion.py`). Either way the ResNet classifier is saved as its judge in `OUTPUT_DIR/judge`."""
-    from pathlib import Path
 
     output = Path(output_dir)
     data = load_digits_dataset(seed=seed)
@@ -225,13 +233,13 @@ def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0, ga
         model.save_pretrained(output / "judge")
         written["judge"] = str(output / "judge")
     if architecture == "gan":
-        from .gan import dcgan_pair, train_gan
+        from ..gan import dcgan_pair, train_gan
 
-        model = train_gan(dcgan_pair(seed=seed), data["train"], steps=gan_steps, seed=seed)
+        model = train_gan(dcgan_pair(seed=seed, labels=DIGIT_NAMES), data["train"], steps=gan_steps, seed=seed)
     elif architecture == "ddpm":
-        from .diffusion import small_ddpm, train_diffusion
+        from ..diffusion import small_ddpm, train_diffusion
 
-        model = train_diffusion(small_ddpm(seed=seed), data["train"], steps=ddpm_steps, seed=seed)
+        model = train_diffusion(small_ddpm(seed=seed, labels=DIGIT_NAMES), data["train"], steps=ddpm_steps, seed=seed)
     model.save_pretrained(output / "model")
     files = {split: str(output / f"{split}.parquet") for split in data}
     for split, path in files.items():
@@ -240,7 +248,7 @@ def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0, ga
 
 
 def main(argv=None) -> None:
-    """`python -m hf_unlearn.digits --output_dir outputs/digits-vit [--architecture resnet|gan|ddpm]`: prepare a
+    """`python -m hf_unlearn.examples.digits --output_dir outputs/digits-vit [--architecture resnet|gan|ddpm]`: prepare a
     digits job (`gan`: a small DCGAN, `ddpm`: a small class-conditional DDPM, each with its ResNet judge)."""
     import argparse
 
