@@ -36,9 +36,10 @@ from hf_unlearn.examples.digits import (
     train_classifier,
     unlearn_budgets,
 )
+from hf_unlearn.metric_registry import mean_gap_keys
 
 BASELINES = ["finetune", "gradient_ascent", "neggrad_plus", "random_label"]
-GAP_METRICS = ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy", "mia_entropy")
+GAP_METRICS = mean_gap_keys()
 
 
 def class_methods():

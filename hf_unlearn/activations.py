@@ -222,16 +222,12 @@ def collect_input_grams(
     accumulating the input Gram matrix of every layer in `modules`, summed over processes."""
     model = trainer.model
     statistics = GramStatistics(modules, num_samples=len(dataset), conv_window=conv_window, seed=trainer.args.seed)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         with statistics.recording():
             for sample_ids, batch in trainer.shard_batches(dataset, description):
                 statistics.sample_ids = sample_ids
                 batch.pop("labels", None)
                 model(**batch)
-    finally:
-        model.train(was_training)
     statistics.all_reduce()
     return statistics
 
@@ -240,6 +236,17 @@ class InputCapture:
     """The latest input of one module, recorded while `capturing(module)` is active (`value`, with its graph)."""
 
     value: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """`module` in eval mode for the block, its own mode restored after (also on an error)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @contextlib.contextmanager
@@ -279,9 +286,7 @@ def collect_head_features(trainer, dataset, head: nn.Linear, description: str = 
     process."""
     model = trainer.model
     parts = {"features": [], "logits": [], "labels": []}
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for _, batch in trainer.shard_batches(dataset, description):
             labels = batch.pop("labels")
             with capturing(head) as captured:
@@ -289,8 +294,6 @@ def collect_head_features(trainer, dataset, head: nn.Linear, description: str = 
             parts["features"].append(pooled_rows(captured.value).float())
             parts["logits"].append(logits.float())
             parts["labels"].append(labels)
-    finally:
-        model.train(was_training)
     empty = {
         "features": torch.zeros(0, head.in_features),
         "logits": torch.zeros(0, trainer.num_labels),

@@ -2,21 +2,19 @@
 were the retained ones kept? A run that fails it records nothing as unlearned, and its output, log and card say so.
 
 ```python
->>> unlearning_check({"forget_accuracy": 0.0, "retain_accuracy": 0.5}, {"retain_accuracy": 0.75}, kind="classifier",
-...                  class_level=True, forget_success_threshold=0.05, max_retain_drop=0.10)
+>>> from hf_unlearn.kinds import get_kind
+>>> unlearning_check({"forget_accuracy": 0.0, "retain_accuracy": 0.5}, {"retain_accuracy": 0.75},
+...                  kind=get_kind("classifier"), class_level=True, forget_success_threshold=0.05, max_retain_drop=0.10)
 {'passed': False, 'threshold': 0.05, 'forget_accuracy': 0.0, 'retain_drop': 0.25, 'max_retain_drop': 0.1}
 ```
 """
 
 from __future__ import annotations
 
-#: What shows a forget class is still there, per model kind (classifier: its training and held-out rows; generator:
-#: the judge's share of it among samples).
-FORGET_KEYS = {"classifier": ("forget_train_accuracy", "forget_accuracy"), "gan": ("forget_share",),
-               "diffusion": ("forget_share",)}  # fmt: skip
-#: What shows the retained classes are kept, per model kind (compared with the original's value).
-RETAIN_KEYS = {"classifier": "retain_accuracy", "diffusion": "retain_judge_accuracy"}
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from .kinds import ModelKind
 
 #: The keys of a check that state its verdict and limits rather than a measured value.
 LIMIT_KEYS = ("passed", "threshold", "max_retain_drop")
@@ -27,17 +25,18 @@ def measured_values(check: dict) -> dict:
     return {key: value for key, value in check.items() if key not in LIMIT_KEYS}
 
 
-def unlearning_check(metrics: dict, original: dict | None, *, kind: str, class_level: bool,
+def unlearning_check(metrics: dict, original: dict | None, *, kind: ModelKind, class_level: bool,
                      forget_success_threshold: float, max_retain_drop: float) -> dict:  # fmt: skip
-    """`{"passed": True | False | None, "threshold": ..., <the measured values>}`.
+    """`{"passed": True | False | None, "threshold": ..., <the measured values>}`, from the values `kind` (a
+    `hf_unlearn.kinds.ModelKind`) names: its `forget_keys` and `retain_key`.
 
     Forget part (class requests): every measured forget value at most `forget_success_threshold`. Rows (sample-level
     requests) have none: they should look like held-out rows, which the gap to a retrain measures. Retain part (when
     the original was measured): the retain value fell by at most `max_retain_drop`; a collapsed model fails whatever
     it forgot. `passed` is None when neither part could be checked."""
-    measured = {key: metrics[key] for key in FORGET_KEYS[kind] if metrics.get(key) is not None} if class_level else {}
+    measured = {key: metrics[key] for key in kind.forget_keys if metrics.get(key) is not None} if class_level else {}
     forgotten = all(value <= forget_success_threshold for value in measured.values()) if measured else None
-    key = RETAIN_KEYS.get(kind)
+    key = kind.retain_key
     retained = None
     if key is not None and original and original.get(key) is not None and metrics.get(key) is not None:
         measured.update(retain_drop=original[key] - metrics[key], max_retain_drop=max_retain_drop)

@@ -6,11 +6,16 @@
 
 `unlearn` runs one unlearning job. Its YAML config holds `JobArguments` fields (which model, which data, which
 classes) and `UnlearnConfig` fields (which method, its hyperparameters, the training budget); any of them can be
-overridden on the command line. The job loads the classifier by Hub ID or local path with its processor (or a saved
-GAN, `hf_unlearn.gan.GANPair`, with the classifier named by `judge_model` to judge its samples), loads the
+overridden on the command line. The job loads the model by Hub ID or local path: a classifier with its processor,
+or a generator (a saved GAN, `hf_unlearn.gan.GANPair`, or a class-conditional diffusers pipeline, loaded as
+`hf_unlearn.diffusion.DiffusionModel`) with the classifier named by `judge_model` to judge its samples. It loads the
 dataset with `datasets.load_dataset` (audio is decoded with soundfile, so torchcodec is not needed), renumbers the
 dataset's labels to the model's (`align_labels`), unlearns, prints the report and saves the unlearned model, its
-processor, its model card (README.md, with the per-class plot) and `unlearning_results.json` to `output_dir`.
+processor (if it has one), its model card (README.md, with the per-class plot) and `unlearning_results.json` to
+`output_dir`.
+
+This is the one module that imports inside functions: each command imports what it runs, so that `hf-unlearn --help`
+answers without loading torch (a test keeps it so).
 """
 
 from __future__ import annotations
@@ -21,96 +26,16 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import yaml
+
+from .jobs import JobArguments
+from .report import format_report
+
 COMMANDS = {
     "unlearn": "run one unlearning job from a YAML config (with command-line overrides)",
     "evaluate": "measure a saved model: forget / retain / per-class accuracy, membership attacks, gap to a reference",
     "methods": "list the unlearning methods with a line on each and their papers",
 }
-
-
-@dataclass
-class JobArguments:
-    """What an unlearning job works on. Every other key of a job's config is an `UnlearnConfig` field."""
-
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub ID or local path of the image or audio classifier to unlearn from."}
-    )
-    forget_classes: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Label names (from the model's config) or ids of the classes to forget. `evaluate` defaults to the "
-            "classes the model records as unlearned."
-        },
-    )
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Hub ID or local path of the dataset the model was trained on, or a builder such as 'parquet' "
-            "with `data_files`."
-        },
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration, e.g. 'v0.02'."})
-    dataset_revision: str | None = field(default=None, metadata={"help": "Dataset revision (branch, tag or commit)."})
-    data_files: dict | str | None = field(
-        default=None,
-        metadata={"help": "For a builder: {split: path(s)}; a JSON object on the command line."},
-    )
-    judge_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "GANs: Hub ID or path of an image classifier of the same data that judges the generated samples "
-            "(which classes they show; the features of the Frechet distance)."
-        },
-    )
-    train_split: str = field(default="train", metadata={"help": "Split the model was trained on (forget/retain)."})
-    eval_split: str = field(default="test", metadata={"help": "Held-out split for the metrics."})
-    label_column: str = field(default="label", metadata={"help": "Name of the dataset's label column."})
-    align_labels: bool = field(
-        default=True,
-        metadata={
-            "help": "Renumber the dataset's label ids to the model's label2id by name and drop rows of labels the "
-            "model lacks (e.g. Speech Commands' '_silence_')."
-        },
-    )
-    card_dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "The dataset's name in the model card (a Hub ID fills its `datasets` field). Default: "
-            "`dataset_name` when it is a Hub ID, else the folder of the data files (for a builder such as 'parquet')."
-        },
-    )
-    license: str | None = field(default=None, metadata={"help": "The model card's `license`, e.g. 'apache-2.0'."})
-    base_model: str | None = field(
-        default=None,
-        metadata={"help": "The card's `base_model` (Hub ID). Default: `model_name_or_path` when it is a Hub ID."},
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use at most this many training rows (class-balanced, seeded): quick runs."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use at most this many eval rows (class-balanced, seeded)."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Replace an `output_dir` that already holds files: the whole folder is replaced by the new one "
-            "(atomically, when everything is written)."
-        },
-    )
-
-    def __post_init__(self):
-        for name in ("model_name_or_path", "dataset_name"):
-            if not getattr(self, name):
-                raise ValueError(f"`{name}` is required: set it in the job's YAML or pass --{name}.")
-        if isinstance(self.data_files, str):
-            try:
-                self.data_files = json.loads(self.data_files)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"`data_files` must be a JSON object, got {self.data_files!r} ({error}).") from None
-        for name in ("max_train_samples", "max_eval_samples"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
 
 
 @dataclass
@@ -126,7 +51,6 @@ class EvaluateArguments:
 
 def parse_job(argv: list[str], extra=(), command: str = "unlearn"):
     """`(JobArguments, *extra, UnlearnConfig)` from `--config FILE.yaml` (optional) and command-line overrides."""
-    import yaml
     from transformers import HfArgumentParser
 
     from .config import UnlearnConfig
@@ -221,7 +145,7 @@ def job_trainer(job: JobArguments, args, forget_classes):
     and its data, aligned to the model.
     `forget_classes="recorded"` takes the classes the model records as unlearned (`config.unlearned_classes`)."""
     from . import UnlearningTrainer
-    from .models import load_model
+    from .kinds import load_model
 
     model, processor = load_model(job.model_name_or_path, trust_remote_code=args.trust_remote_code)
     if forget_classes == "recorded":
@@ -260,8 +184,6 @@ def card_dataset_name(job: JobArguments) -> str:
 def unlearn_command(argv: list[str]):
     """`hf-unlearn unlearn`: returns the `UnlearningOutput`."""
     from .outputs import check_replaceable, public_reference
-    from .report import format_report
-
     job, args = parse_job(argv)
     if not job.forget_classes:
         raise ValueError("`forget_classes` is required: set it in the job's YAML or pass --forget_classes.")
@@ -293,10 +215,8 @@ def unlearn_command(argv: list[str]):
 
 def evaluate_command(argv: list[str]) -> dict:
     """`hf-unlearn evaluate`: the unlearning metrics of a saved model (and of a reference, with the gaps)."""
-    from .models import load_model
+    from .kinds import load_model
     from .outputs import public_reference, write_atomic
-    from .report import format_report
-
     job, options, args = parse_job(argv, extra=(EvaluateArguments,), command="evaluate")
     trainer = job_trainer(job, args, job.forget_classes or "recorded")
     reference = None
@@ -319,7 +239,7 @@ def evaluate_command(argv: list[str]) -> dict:
 def methods_command(argv: list[str]) -> list[str]:
     """`hf-unlearn methods`: one line per registered method, with its paper and its training defaults (the budget an
     `UnlearnConfig` gets for the fields you leave unset)."""
-    from .registry import available_methods, get_method
+    from .methods import available_methods, get_method
 
     parser = argparse.ArgumentParser(prog="hf-unlearn methods", description="List the unlearning methods.")
     parser.parse_args(argv)
@@ -350,8 +270,6 @@ def main(argv=None) -> int:
     debug = "--debug" in rest
     rest = [argument for i, argument in enumerate(rest)
             if argument != "--debug" or (i + 1 < len(rest) and not rest[i + 1].startswith("--"))]  # fmt: skip
-    import yaml
-
     run = {"unlearn": unlearn_command, "evaluate": evaluate_command, "methods": methods_command}[command]
     try:
         outcome = run(rest)

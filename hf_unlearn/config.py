@@ -10,9 +10,11 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
+import yaml
 from transformers import TrainingArguments
 
-from .registry import get_method
+from .jobs import JobArguments
+from .methods import get_method
 from .validation import check_pattern, coerce, coerce_fields
 
 
@@ -320,10 +322,6 @@ class UnlearnConfig(TrainingArguments):
         """Read a config from a YAML file (keys are field names); keyword `overrides` win over the file. A job file
         for `hf-unlearn unlearn` works too: its job keys (model, dataset, forget classes: `JobArguments`) are not
         part of the config and are left out."""
-        import yaml
-
-        from .cli import JobArguments
-
         with open(path) as handle:
             values = yaml.safe_load(handle) or {}
         if not isinstance(values, dict):

@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import gcd
 
+import datasets
 import numpy as np
+import soundfile
 import torch
+from scipy.signal import resample_poly
 from transformers.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -52,8 +55,6 @@ def find_label_column(dataset, argument: str = "train_dataset") -> str:
 
 def check_dataset(dataset, argument: str) -> None:
     """Raise a `TypeError` unless `dataset` is a map-style `datasets.Dataset`."""
-    import datasets
-
     if not isinstance(dataset, datasets.Dataset):
         hint = ""
         if isinstance(dataset, datasets.DatasetDict):
@@ -286,8 +287,6 @@ class PairedDataset(torch.utils.data.Dataset):
 
 def _rows(dataset, indices: list[int]) -> list[dict]:
     """Rows of `dataset` at `indices`: one columnar read for a `datasets.Dataset`, row by row otherwise."""
-    import datasets
-
     if not isinstance(dataset, datasets.Dataset):
         return [dataset[i] for i in indices]
     columns = dataset[indices]
@@ -313,8 +312,6 @@ def without_audio_decoding(dataset):
     """`dataset` with every `datasets.Audio` column left undecoded (`{"bytes", "path"}` rows), so reading a row never
     needs torchcodec (which `datasets` 5 decodes with and which cannot be installed everywhere); `decode_audio` reads
     the bytes with soundfile instead. Other datasets are returned as they are."""
-    import datasets
-
     for name, feature in dataset.features.items():
         if isinstance(feature, datasets.Audio) and feature.decode:
             dataset = dataset.cast_column(name, datasets.Audio(sampling_rate=feature.sampling_rate, decode=False))
@@ -353,18 +350,12 @@ def decode_audio(value, target_rate: int | None, sampling_rate: int | None = Non
     if waveform.ndim > 1:
         waveform = waveform.mean(axis=-1 if waveform.shape[-1] < waveform.shape[0] else 0)
     if target_rate and rate and int(rate) != int(target_rate):
-        from scipy.signal import resample_poly
-
         common = gcd(int(rate), int(target_rate))
         waveform = resample_poly(waveform, int(target_rate) // common, int(rate) // common).astype(np.float32)
     return waveform
 
 
 def _read_with_soundfile(value: dict) -> tuple[np.ndarray, int]:
-    try:
-        import soundfile
-    except ImportError as error:  # pragma: no cover - soundfile is a core dependency
-        raise ImportError("Decoding audio bytes needs soundfile: pip install soundfile") from error
     source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
     try:
         waveform, rate = soundfile.read(source, dtype="float32", always_2d=True)
@@ -387,8 +378,6 @@ def align_labels(dataset, label2id: dict, label_column: str = "label"):
     >>> train = align_labels(train, model.config.label2id)
     ```
     """
-    import datasets
-
     feature = dataset.features.get(label_column)
     if not isinstance(feature, datasets.ClassLabel):
         raise ValueError(
@@ -448,8 +437,6 @@ def with_model_inputs(dataset, collator, description: str = "Computing model inp
     """`dataset` with its raw `image` / `audio` column replaced by model inputs computed once with `datasets.map`
     (the collator's own processing, one row at a time so nothing is padded; written to the cache files of a
     file-backed dataset, so a large set is never held in memory). A dataset without raw columns is returned as is."""
-    import datasets
-
     raw = [name for name in RAW_IMAGE_COLUMNS + RAW_AUDIO_COLUMNS if name in dataset.column_names]
     if not raw or any(name in dataset.column_names for name in MODEL_INPUT_COLUMNS) or len(dataset) == 0:
         return dataset

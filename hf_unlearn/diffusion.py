@@ -39,12 +39,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import file_exists
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
+from .activations import evaluating
 from .data import label_maps, label_names
+from .generative import cycled, image_tensors, judge_outputs
+from .metrics import generative_metrics
 from .outputs import public_reference, write_atomic
 
 logger = logging.get_logger(__name__)
@@ -360,10 +364,8 @@ class DiffusionModel(PreTrainedModel):
         shape = self.sample_shape()
         # Stochastic samplers take the generator; deterministic ones (PNDM, Heun, ...) have no such argument.
         step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        was_training = self.training
-        self.eval()
         images = []
-        try:
+        with evaluating(self):
             for start in tqdm(range(0, len(labels), batch_size), desc="Sampling", disable=not progress, leave=False):
                 batch = labels[start : start + batch_size].to(self.device)
                 x = torch.randn((len(batch), *shape), generator=generator).to(self.device)
@@ -382,8 +384,6 @@ class DiffusionModel(PreTrainedModel):
                         prediction = unconditional + guidance_scale * (conditional - unconditional)
                     x = scheduler.step(prediction, t, x, **step_options).prev_sample
                 images.append(self.to_data_space(x).float().cpu())
-        finally:
-            self.train(was_training)
         return torch.cat(images) if images else torch.zeros((0, *shape))
 
     def default_guidance(self) -> float:
@@ -445,8 +445,6 @@ def is_pipeline_folder(model_id: str) -> bool:
     if Path(model_id).is_dir():
         return (Path(model_id) / "model_index.json").is_file()
     try:
-        from huggingface_hub import file_exists
-
         return file_exists(model_id, "model_index.json")
     except Exception:  # offline, or not a repository id: not a pipeline we can find
         return False
@@ -499,8 +497,6 @@ def train_diffusion(model: DiffusionModel, dataset, steps: int = 1500, batch_siz
     loss (only the denoiser: a DiT's VAE is frozen, train it first with [`train_vae`]): AdamW, the rate warmed up linearly over the first 5 % of `steps` and then decayed to 0 by a cosine, gradients
     clipped to norm 1, labels dropped to the null class at `config.label_dropout`. `model.training_seconds` holds the
     wall time (what a retrain costs)."""
-    from .gan import image_tensors
-
     start = time.perf_counter()
     images, labels = (t.to(model.device) for t in image_tensors(dataset))
     torch.manual_seed(seed)
@@ -529,8 +525,6 @@ def train_vae(vae: nn.Module, dataset, steps: int = 1000, batch_size: int = 64, 
     """Train an `AutoencoderKL` (in place, and returned) to reconstruct the `pixel_values` of `dataset` (mapped to
     [-1, 1]): mean squared error plus `kl_weight` times the KL term. Its `scaling_factor` is then set to 1 / the
     standard deviation of the latents, as Stable Diffusion's VAE is, so that latents have unit variance."""
-    from .gan import image_tensors
-
     images = image_tensors(dataset)[0].to(vae.device)
     vae.requires_grad_(True)
     images = to_signed_range(images, data_range)
@@ -560,9 +554,6 @@ def measure_diffusion(model: DiffusionModel, judge: nn.Module, *, forget_classes
     """`hf_unlearn.metrics.generative_metrics` of `model`: `num_samples` generated for the forget classes and as many
     for the retained classes (in turn; seeded), judged by `judge`, with the Frechet distance in the judge's features
     against `real_retain_rows` (`(images, labels)`). The sampling settings are recorded with the numbers."""
-    from .gan import cycled, judge_outputs
-    from .metrics import generative_metrics
-
     guidance_scale = model.default_guidance() if guidance_scale is None else guidance_scale
     settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "sampler": sampler}
     retain_labels = cycled(retained_classes, num_samples)

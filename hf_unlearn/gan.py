@@ -39,7 +39,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
+from .activations import evaluating
 from .data import label_maps, label_names
+from .generative import cycled, image_tensors, judge_outputs
+from .metrics import generative_metrics
 
 logger = get_logger(__name__)
 
@@ -273,16 +276,12 @@ class GANPair(PreTrainedModel):
             if labels is None:
                 raise ValueError("This GAN is class-conditional: pass `labels` (class ids) to `sample`.")
             labels = torch.as_tensor(labels, dtype=torch.long).expand(n).to(self.device)
-        was_training = self.training
-        self.eval()
         noise = self.noise(n, seed)
-        try:
+        with evaluating(self):
             images = [
                 self.generate_images(noise[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
                 for i in range(0, n, batch_size)
             ]
-        finally:
-            self.train(was_training)
         return torch.cat(images)
 
 
@@ -360,19 +359,6 @@ def dcgan_pair(image_size: int = 16, channels: int = 1, latent_dim: int = 64, wi
 
 
 # ------------------------------------------------------------------------------------------------- training
-def image_tensors(dataset, image_column: str = "pixel_values", label_column: str = "label"):
-    """`(images, labels)` of every row of a `datasets.Dataset` as tensors (generators are trained and measured from
-    memory: one row lookup per sample would cost more than a step of a small GAN)."""
-    if image_column not in dataset.column_names:
-        raise ValueError(
-            f"Training or measuring a generator (GAN, diffusion model) reads images from a '{image_column}' column of "
-            f"float pixel values (shaped like the generated images); the dataset has {dataset.column_names}. Map your "
-            "images to that column first, e.g. as `hf_unlearn.examples.digits.load_digits_dataset` does."
-        )
-    columns = dataset.with_format("torch", columns=[image_column, label_column])[:]
-    return columns[image_column].float(), columns[label_column].long()
-
-
 def discriminator_loss(players: Players, real, real_labels, fake, fake_labels) -> torch.Tensor:
     """The non-saturating GAN loss of the discriminator: real images scored 1, generated ones 0 (one forward pass
     over both, as a DistributedDataParallel discriminator needs)."""
@@ -434,63 +420,17 @@ def train_gan(pair: GANPair, dataset, steps: int = 3000, batch_size: int = 64, l
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def judge_head(judge: nn.Module) -> nn.Linear:
-    """The judge's last `nn.Linear` (its classification head): its input is the feature space of the Frechet
-    distance."""
-    linears = [module for module in judge.modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ValueError(
-            f"`judge` ({type(judge).__name__}) has no nn.Linear classification head, whose input features the Frechet "
-            "distance uses: pass an image classifier (e.g. a ResNetForImageClassification)."
-        )
-    return linears[-1]
-
-
-@torch.no_grad()
-def judge_outputs(judge: nn.Module, images: torch.Tensor, batch_size: int = 500):
-    """`(logits, features)` of the judge (eval mode) on `images`, as numpy arrays; features are the input of its
-    head, averaged over any token dimensions. A transformers classifier is called with `pixel_values=`, any other
-    module with the images."""
-    from .activations import capturing, pooled_rows
-
-    head = judge_head(judge)
-    device = next(judge.parameters()).device
-    was_training = judge.training
-    judge.eval()
-    logits, features = [], []
-    try:
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device)
-            with capturing(head) as captured:
-                output = judge(pixel_values=batch) if isinstance(judge, PreTrainedModel) else judge(batch)
-            logits.append(getattr(output, "logits", output).float().cpu())
-            features.append(pooled_rows(captured.value).float().cpu())
-    finally:
-        judge.train(was_training)
-    return torch.cat(logits).numpy(), torch.cat(features).numpy()
-
-
 @torch.no_grad()
 def discriminator_probabilities(pair: GANPair, images: torch.Tensor, labels: torch.Tensor | None,
                                 batch_size: int = 500):  # fmt: skip
     """The discriminator's probability "real" per image (eval mode), as a numpy array."""
-    was_training = pair.training
-    pair.eval()
-    try:
+    with evaluating(pair):
         scores = [
             torch.sigmoid(pair.discriminate(images[i : i + batch_size].to(pair.device),
                                             None if labels is None else labels[i : i + batch_size].to(pair.device)))
             for i in range(0, len(images), batch_size)
         ]  # fmt: skip
-    finally:
-        pair.train(was_training)
     return torch.cat(scores).float().cpu().numpy() if scores else np.zeros(0, dtype=np.float32)
-
-
-def cycled(classes, n: int) -> torch.Tensor:
-    """`n` class ids going round `classes` (equal numbers of samples per class)."""
-    classes = torch.as_tensor(list(classes), dtype=torch.long)
-    return classes.repeat(-(-n // len(classes)))[:n]
 
 
 def measure_generator(pair: GANPair, judge: nn.Module, *, forget_classes, retained_classes, forget_rows,
@@ -499,8 +439,6 @@ def measure_generator(pair: GANPair, judge: nn.Module, *, forget_classes, retain
     conditional pair, as many for the forget classes and for the retained classes, in turn), judged by `judge`;
     `forget_rows` / `held_out_rows` / `real_retain_rows` are `(images, labels)` tensors. The sampling settings are
     recorded with the numbers."""
-    from .metrics import generative_metrics
-
     conditional = pair.config.conditional
     retain_sample_labels = cycled(retained_classes, num_samples) if conditional else None
     retain_samples = pair.sample(num_samples, retain_sample_labels, seed=seed)

@@ -19,17 +19,23 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 
+import huggingface_hub
+import jinja2
 import numpy as np
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from markupsafe import Markup
 from transformers.utils.logging import get_logger
 
 from .checks import measured_values
+from .kinds import ModelKind, get_kind, kind_of
+from .methods import available_methods, get_method
+from .metric_registry import metrics_for
 from .outputs import public_reference, write_atomic
-from .registry import available_methods, get_method
 
 logger = get_logger(__name__)
 
@@ -39,75 +45,6 @@ TRAINING_FIELDS = (
     "learning_rate", "num_train_epochs", "max_steps", "optim", "weight_decay", "per_device_train_batch_size",
     "lr_scheduler_type", "max_grad_norm", "forget_accuracy_target", "max_forget_samples", "max_retain_samples", "seed",
 )  # fmt: skip
-# (label, metric key, eval split suffix, model-index metric type), forget and retain results on distinct splits.
-INDEX_METRICS = {
-    "classifier": (
-        ("forget accuracy", "forget_accuracy", "forget", "accuracy"),
-        ("retain accuracy", "retain_accuracy", "retain", "accuracy"),
-        ("forget accuracy (training rows)", "forget_train_accuracy", "train-forget", "accuracy"),
-        ("entropy MIA, share called member", "mia_entropy", "train-forget", "mia_entropy"),
-        ("confidence MIA, share called non-member", "mia_efficacy", "train-forget", "mia_efficacy"),
-    ),
-    "gan": (
-        ("judge share of the forget class among samples", "forget_share", "generated-forget", "forget_share"),
-        ("Frechet distance to retained rows (judge features)", "frechet_distance", "retain", "frechet_distance"),
-        ("discriminator attack AUC", "discriminator_attack_auc", "train-forget", "roc_auc"),
-    ),
-    "diffusion": (
-        (
-            "judge share of the forget class among samples generated for it",
-            "forget_share",
-            "generated-forget",
-            "forget_share",
-        ),
-        (
-            "judge accuracy on samples generated for retained classes",
-            "retain_judge_accuracy",
-            "generated-retain",
-            "accuracy",
-        ),
-        ("Frechet distance to retained rows (judge features)", "frechet_distance", "retain", "frechet_distance"),
-    ),
-}
-# (label, metric key, good value, shown as "percent" or "number")
-REPORT_METRICS = {
-    "classifier": (
-        ("forget accuracy (eval)", "forget_accuracy", "low", "percent"),
-        ("retain accuracy (eval)", "retain_accuracy", "unchanged", "percent"),
-        ("forget accuracy (training rows)", "forget_train_accuracy", "low (classes) / as retrain (rows)", "percent"),
-        ("retain accuracy (training rows)", "retain_train_accuracy", "unchanged", "percent"),
-        ("entropy MIA: forget rows called member", "mia_entropy", "close to retrain", "percent"),
-        ("confidence MIA: forget rows called non-member", "mia_efficacy", "close to retrain", "percent"),
-        ("MIA AUC, forget vs held-out rows", "mia_auc", "close to retrain (~0.5)", "percent"),
-        ("accuracy on classes unlearned earlier", "unlearned_before_accuracy", "low", "percent"),
-        ("linear probe on the features: forget rows recalled", "feature_probe", "close to retrain", "percent"),
-    ),
-    "gan": (
-        ("judge: samples showing a forget class", "forget_share", "about 0", "percent"),
-        ("judge: samples showing the class they were generated for", "retain_judge_accuracy", "unchanged", "percent"),
-        ("Frechet distance to real retained rows (judge features)", "frechet_distance", "close to the original",
-         "number"),
-        ("discriminator attack AUC, forget vs held-out rows", "discriminator_attack_auc", "close to retrain (~0.5)",
-         "number"),
-        ("discriminator score on the forget rows", "forget_discriminator_score", "like held-out rows", "number"),
-        ("discriminator score on generated samples", "generated_discriminator_score", "-", "number"),
-    ),
-    "diffusion": (
-        ("judge: samples generated for a forget class showing it (FA)", "forget_share", "about 0", "percent"),
-        ("judge: samples showing the retained class they were generated for", "retain_judge_accuracy", "unchanged",
-         "percent"),
-        ("Frechet distance to real retained rows (judge features)", "frechet_distance", "close to the original",
-         "number"),
-    ),
-}  # fmt: skip
-# What the per-class table and plot show: (metric key, what the value is, the plot's title).
-PER_CLASS = {
-    "classifier": ("per_class_accuracy", "accuracy", "per-class accuracy"),
-    "gan": ("class_shares", "share of generated samples", "samples per class"),
-    "diffusion": ("class_shares", "share of samples generated for retained classes", "samples per judged class"),
-}
-
-
 def _hub_id(name: str | None) -> str | None:
     """`name` if it looks like a Hub ID (`org/name`, not an existing local path)."""
     if not name or name.count("/") != 1 or Path(name).exists() or name.startswith((".", "/")):
@@ -124,23 +61,15 @@ def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config
     info = trainer.source_train_dataset.info
     id2label = model.config.id2label or {}
     names = [str(id2label.get(c, c)) for c in (result.forget_classes or [])]
-    from .models import model_kind
-
-    kind = model_kind(model)
-    if kind != "classifier":
-        # The Hub has no class-conditional generation task: the closest one.
-        modality, pipeline_tag = kind, "unconditional-image-generation"
-    else:
-        modality = "audio" if "input_values" in getattr(model, "main_input_name", "") else "image"
-        kind, pipeline_tag = "classifier", f"{modality}-classification"
+    kind = kind_of(model)
     peft = result.metrics.get("peft")
     metrics = {key: value for key, value in result.metrics.items() if key != "peft"}
     context = {
         "model_id": model_id or Path(args.output_dir).name,
         "base_model": base_model or _hub_id(getattr(model.config, "_name_or_path", None)),
-        "modality": modality,
-        "kind": kind,
-        "pipeline_tag": pipeline_tag,
+        "modality": kind.card_template(model),
+        "kind": kind.name,
+        "pipeline_tag": kind.pipeline_tag(model),
         "model_class": type(model).__name__,
         "method": result.method,
         "description": spec.description,
@@ -211,8 +140,8 @@ def _number(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _kind(context: dict) -> str:
-    return context.get("kind", "classifier")  # contexts saved before GANs were supported are classifiers
+def _kind(context: dict) -> ModelKind:
+    return get_kind(context.get("kind", "classifier"))  # contexts saved before GANs were supported are classifiers
 
 
 def _has_reference(context: dict) -> bool:
@@ -223,17 +152,18 @@ def _has_reference(context: dict) -> bool:
 def _report_rows(context: dict) -> list[dict]:
     metrics, original = context["metrics"], context["original_metrics"]
     rows = []
-    for label, key, good, shown in REPORT_METRICS[_kind(context)]:
+    for metric in metrics_for(_kind(context).name):
+        key = metric.key
         if metrics.get(key) is None and original.get(key) is None:
             continue
-        show = _percent if shown == "percent" else _number
-        rows.append({"label": label, "original": show(original.get(key)), "unlearned": show(metrics.get(key)),
-                     "reference": show(metrics.get(f"reference_{key}")), "good": good})  # fmt: skip
+        show = _percent if metric.percent else _number
+        rows.append({"label": metric.label, "original": show(original.get(key)), "unlearned": show(metrics.get(key)),
+                     "reference": show(metrics.get(f"reference_{key}")), "good": metric.good})  # fmt: skip
     return rows
 
 
 def _per_class_rows(context: dict) -> list[dict]:
-    key = PER_CLASS[_kind(context)][0]
+    key = _kind(context).per_class[0]
     after = context["metrics"].get(key) or {}
     before = context["original_metrics"].get(key) or {}
     forgotten = set(context["forget"]["classes"]) | set(context["forget"]["unlearned_before"])
@@ -244,16 +174,15 @@ def _per_class_rows(context: dict) -> list[dict]:
 def card_data(context: dict):
     """`huggingface_hub.ModelCardData` with the measured results in `model-index`; forget and retain results carry
     distinct dataset splits (results with the same task, dataset and split would be merged into one)."""
-    from huggingface_hub import EvalResult, ModelCardData
-
     dataset, metrics = context["dataset"], context["metrics"]
     dataset_id = dataset["name"] or "custom"
     # YAML quotes these strings; names from data are kept on one line all the same.
     what = " ".join(", ".join(context["forget"]["classes"]).split()) or f"{context['forget']['num_rows']} training rows"
     results = []
-    for label, key, part, metric_type in INDEX_METRICS[_kind(context)]:
-        if metrics.get(key) is None:
+    for metric in metrics_for(_kind(context).name):
+        if metric.model_index is None or metrics.get(metric.key) is None:
             continue
+        (part, metric_type), label, key = metric.model_index, metric.label, metric.key
         split = part if part.startswith("train") else f"{dataset['eval_split']}-{part}"
         results.append(
             EvalResult(
@@ -274,7 +203,7 @@ def card_data(context: dict):
         base_model=context["base_model"],
         language=extras.get("language"),
         license=extras.get("license"),
-        library_name={"classifier": "transformers", "diffusion": "diffusers"}.get(_kind(context), "hf-unlearn"),
+        library_name=_kind(context).library_name,
         pipeline_tag=context["pipeline_tag"],
         tags=["hf-unlearn", "machine-unlearning", context["method"], *(extras.get("tags") or [])],
         datasets=[dataset["name"]] if _hub_id(dataset["name"]) else None,
@@ -285,9 +214,6 @@ def card_data(context: dict):
 
 def render_card(context: dict):
     """The `huggingface_hub.ModelCard` of a run, rendered from `context` alone (deterministic)."""
-    import jinja2
-    from huggingface_hub import ModelCard
-
     # Every `{{ value }}` is escaped for Markdown (`finalize`) unless it is Markup built here (YAML, JSON blocks).
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True, trim_blocks=True,
@@ -308,7 +234,7 @@ def render_card(context: dict):
         "limits": limits,
     }
     not_measured = (
-        _kind(context) == "classifier" and context["forget"]["class_level"]
+        not _kind(context).generator and context["forget"]["class_level"]
         and "forget_accuracy" in context["metrics"] and context["metrics"]["forget_accuracy"] is None
     )  # fmt: skip
     # The method's own texts (registry, in this package) keep their Markdown when the context holds them unchanged.
@@ -321,7 +247,7 @@ def render_card(context: dict):
         forget_not_measured=not_measured,
         card_data=Markup(card_data(context).to_yaml()),
         report=_report_rows(context),
-        per_class_value=PER_CLASS[_kind(context)][1],
+        per_class_value=_kind(context).per_class[1],
         per_class=_per_class_rows(context),
         has_reference=_has_reference(context),
         method_config_json=Markup(json.dumps(context["method_config"], indent=1)),
@@ -394,7 +320,7 @@ def plot_per_class(context: dict, path: str | Path) -> bool:
 
 
 def _draw_per_class(plt, context: dict, path: Path) -> None:
-    key, value_name, title = PER_CLASS[_kind(context)]
+    key, value_name, title = _kind(context).per_class
     after = context["metrics"].get(key) or {}
     before = context["original_metrics"].get(key) or {}
     names = list(after)
@@ -467,8 +393,6 @@ def push_folder(folder: Path, target: str, *, token: str, private: bool | None =
     Any failure raises a `RuntimeError` that says at which step, the cause, what is local, what reached the Hub and
     the command that retries. A repository this call created is deleted again when its commit failed and it holds no
     file; one that holds files (a commit whose answer was lost) is kept."""
-    import huggingface_hub
-
     api = huggingface_hub.HfApi(token=token)
     repo_id, created, step = target, False, "resolving the account"
     try:
@@ -532,7 +456,5 @@ def _push_failure(api, repo_id: str, created: bool, step: str, error: Exception,
 
 
 if __name__ == "__main__":
-    import sys
-
     for card in regenerate(sys.argv[1] if len(sys.argv) > 1 else "model_cards"):
         print(card)

@@ -11,11 +11,15 @@ reference to it stay valid, and after `merge_lora` its state dict has exactly th
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
+from safetensors.torch import save_file
 from torch import nn
 
 from .activations import find_target_modules
+from .models import classification_head
 
 ADAPTER = "default"
 
@@ -88,8 +92,6 @@ def save_adapter(model: nn.Module, output_dir: str | Path) -> None:
     """The adapters (and the head's trained copy) as a peft checkpoint in `output_dir`: `adapter_config.json` and
     `adapter_model.safetensors`, loadable with `peft.PeftModel.from_pretrained(base_model, output_dir)`."""
     peft = _peft()
-    from safetensors.torch import save_file
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     weights = peft.get_peft_model_state_dict(model, adapter_name=ADAPTER)
@@ -100,3 +102,23 @@ def save_adapter(model: nn.Module, output_dir: str | Path) -> None:
     config = model.peft_config[ADAPTER]
     config.base_model_name_or_path = getattr(model.config, "_name_or_path", None) or None
     config.save_pretrained(str(output_dir))
+
+
+@contextlib.contextmanager
+def lora_if_asked(model: nn.Module, settings: dict | None, merge: bool, report: dict) -> Iterator[None]:
+    """With `settings` (`UnlearnConfig.peft_config`): LoRA adapters (and a trainable copy of the head) on `model` for
+    the block, then merged into plain layers (`merge`), or kept for the trainer to save as a peft adapter. What was
+    adapted goes in `report["peft"]`. Without settings, nothing changes."""
+    if not settings:
+        yield
+        return
+    flags = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+    adapted = add_lora(model, settings, classification_head(model)[0])
+    report["peft"] = {"adapted_layers": len(adapted), "merged": merge, **settings}
+    try:
+        yield
+    finally:
+        if merge:
+            merge_lora(model)
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(flags.get(name, True))

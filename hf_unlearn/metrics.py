@@ -1,4 +1,5 @@
-"""Unlearning metrics (METHODS.md section 6), as plain functions of logits and labels.
+"""Unlearning metrics, as plain functions of logits and labels (their labels, directions and formats for reports
+and cards: `hf_unlearn.metric_registry`).
 
 Directions, for a class-forgetting request:
 
@@ -43,29 +44,12 @@ Generators (GANs, diffusion models) are measured with a judge classifier on gene
 from __future__ import annotations
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 
-SCALAR_METRICS = (
-    "forget_accuracy",
-    "retain_accuracy",
-    "test_accuracy",
-    "forget_train_accuracy",
-    "retain_train_accuracy",
-    "mia_entropy",
-    "mia_efficacy",
-    "mia_auc",
-    "unlearned_before_accuracy",
-    "feature_probe",
-)
-GENERATIVE_SCALAR_METRICS = (
-    "forget_share",
-    "retain_judge_accuracy",
-    "frechet_distance",
-    "discriminator_attack_auc",
-    "forget_discriminator_score",
-    "generated_discriminator_score",
-)
-# METHODS.md section 6: the mean gap to retrain is taken over forget, retain and test accuracy and the MIA.
-GAP_METRICS = ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy", "mia_entropy")
+from .metric_registry import computed_metrics, mean_gap_keys, scalar_metric_keys
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -123,8 +107,6 @@ def mia_entropy(
     members vs non-members, calls "member". None when a part is empty."""
     if min(len(member_probs), len(non_member_probs), len(target_probs)) == 0:
         return None
-    from sklearn.linear_model import LogisticRegression
-
     features, targets = _attack_training_set(
         prediction_entropy(member_probs), prediction_entropy(non_member_probs), max_attack_samples, seed
     )
@@ -147,8 +129,6 @@ def mia_efficacy(
     fitted members vs non-members; the share of `target` rows it calls "non-member". None when a part is empty."""
     if min(len(member_probs), len(non_member_probs), len(target_probs)) == 0:
         return None
-    from sklearn.svm import SVC
-
     features, targets = _attack_training_set(
         true_class_confidence(member_probs, member_labels),
         true_class_confidence(non_member_probs, non_member_labels),
@@ -170,8 +150,6 @@ def mia_auc(
     keep = np.isin(held_out_labels, np.unique(target_labels))
     if len(target_labels) == 0 or not keep.any():
         return None
-    from sklearn.metrics import roc_auc_score
-
     scores = np.concatenate(
         [
             true_class_confidence(target_probs, target_labels),
@@ -194,9 +172,6 @@ def feature_probe(
     fitted on `train_features` / `train_labels` (training rows of every class, forget classes included; at most
     `max_samples`, class-balanced, seeded), then the share of `forget_features` (held-out rows of the forget classes)
     it assigns to their own class `forget_labels`. None without rows to fit or score."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
     if not len(forget_labels) or len(np.unique(train_labels)) < 2:
         return None
     if len(train_labels) > max_samples:
@@ -272,15 +247,19 @@ def unlearning_metrics(
             eval_forget[1],
             seed=seed,
         )
+    # Metrics registered with their own `compute` (hf_unlearn.metric_registry), from the same rows.
+    parts = {"forget_train": forget_train, "retain_train": retain_train, "eval_forget": eval_forget,
+             "eval_retain": eval_retain}  # fmt: skip
+    metrics.update(computed_metrics("classifier", parts, class_level))
     return metrics
 
 
 def gap_to_reference(metrics: dict, reference: dict) -> dict:
     """`gap_<name>` = |metric - reference metric| for every scalar metric both have, `reference_<name>` for the
-    reference values, and `mean_gap` over the metrics METHODS.md averages (forget/retain/test accuracy and the
-    entropy MIA). Smaller is closer to the retrained model."""
+    reference values, and `mean_gap` over the metrics registered `in_mean_gap` (forget/retain/test accuracy and the
+    entropy MIA, as SFR-on averages them). Smaller is closer to the retrained model."""
     result = {}
-    for name in SCALAR_METRICS + GENERATIVE_SCALAR_METRICS:
+    for name in scalar_metric_keys():
         if metrics.get(name) is None or reference.get(name) is None:
             continue
         result[f"reference_{name}"] = reference[name]
@@ -288,7 +267,7 @@ def gap_to_reference(metrics: dict, reference: dict) -> dict:
     for name in ("per_class_accuracy", "class_shares"):  # the reference's per-class values, for reports and cards
         if reference.get(name) is not None:
             result[f"reference_{name}"] = reference[name]
-    gaps = [result[f"gap_{name}"] for name in GAP_METRICS if f"gap_{name}" in result]
+    gaps = [result[f"gap_{name}"] for name in mean_gap_keys() if f"gap_{name}" in result]
     result["mean_gap"] = float(np.mean(gaps)) if gaps else None
     return result
 
@@ -317,8 +296,6 @@ def attack_auc(member_scores: np.ndarray, non_member_scores: np.ndarray) -> floa
     """ROC AUC of a score separating members (higher expected) from non-members; 0.5 = indistinguishable."""
     if len(member_scores) == 0 or len(non_member_scores) == 0:
         return None
-    from sklearn.metrics import roc_auc_score
-
     membership = np.concatenate([np.ones(len(member_scores)), np.zeros(len(non_member_scores))])
     return float(roc_auc_score(membership, np.concatenate([member_scores, non_member_scores])))
 

@@ -3,6 +3,7 @@
 import pytest
 
 from hf_unlearn.checks import unlearning_check
+from hf_unlearn.kinds import get_kind
 
 LIMITS = {"forget_success_threshold": 0.05, "max_retain_drop": 0.10}
 
@@ -26,7 +27,7 @@ LIMITS = {"forget_success_threshold": 0.05, "max_retain_drop": 0.10}
     ],
 )  # fmt: skip
 def test_the_verdict(metrics, original, kind, class_level, passed):
-    check = unlearning_check(metrics, original, kind=kind, class_level=class_level, **LIMITS)
+    check = unlearning_check(metrics, original, kind=get_kind(kind), class_level=class_level, **LIMITS)
     assert check["passed"] is passed, check
     assert check["threshold"] == 0.05
     if original and "retain_drop" in check:

@@ -101,7 +101,7 @@ def test_evaluate_measures_a_saved_unlearned_model_against_a_reference(trained, 
           "--output_dir", str(tmp_path / "evaluate")])  # fmt: skip
     report = capsys.readouterr().out
     assert "retrain |" in report.splitlines()[0]  # the reference's column is printed, per class too
-    assert re.search(r"forget_accuracy: unlearned +[\d.]+ %  retrain 100\.0 %", report), report
+    assert re.search(r"forget accuracy \(eval\): unlearned +[\d.]+ %  retrain 100\.0 %", report), report
     metrics = json.loads(results.read_text())["metrics"]
     assert metrics["forget_accuracy"] <= 0.05 and metrics["retain_accuracy"] >= 0.95
     assert metrics["reference_forget_accuracy"] == 1.0  # the original model as the "reference"
@@ -121,7 +121,7 @@ def test_the_gan_recipe_runs_a_gan_job_with_its_judge(trained, digits, tmp_path,
           "--output_dir", str(tmp_path / "out"), "--method_kwargs", '{"max_iterations": 2}',
           "--eval_generated_samples", "64", "--disable_tqdm", "true"])  # fmt: skip
     report = capsys.readouterr().out
-    assert "three |" in report and "<- forgotten" in report and "frechet_distance: original" in report
+    assert "three |" in report and "<- forgotten" in report and "Frechet distance to real retained rows (judge features): original" in report
     assert "retain_judge_accuracy" not in report  # an unconditional GAN has no per-class target
     reloaded = GANPair.from_pretrained(tmp_path / "out")
     assert reloaded.config.unlearned_classes == [3]
@@ -143,7 +143,8 @@ def test_the_ddpm_recipe_runs_a_diffusion_job_with_its_judge(trained, digits, tm
           "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--eval_generated_samples", "8",
           "--eval_inference_steps", "2", "--disable_tqdm", "true"])  # fmt: skip
     report = capsys.readouterr().out
-    assert "<- forgotten" in report and "forget_share: original" in report and "retain_judge_accuracy" in report
+    assert "<- forgotten" in report and "judge: samples showing a forget class (conditional: of those generated for it): original" in report
+    assert "judge: samples showing the retained class they were generated for: original" in report
     reloaded = DiffusionModel.from_pretrained(tmp_path / "out")
     assert reloaded.config.unlearned_classes == [3]
     results = json.loads((tmp_path / "out" / "unlearning_results.json").read_text())

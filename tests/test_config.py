@@ -148,8 +148,8 @@ def test_epochs_and_steps_are_one_budget(tmp_path):
 
 
 def test_every_method_has_defaults_the_config_accepts(tmp_path):
+    from hf_unlearn import get_method
     from hf_unlearn.config import BUDGET_FIELDS
-    from hf_unlearn.registry import get_method
 
     for method in available_methods():
         defaults = get_method(method).method_class.training_defaults
@@ -163,7 +163,7 @@ def test_the_readme_states_each_methods_defaults():
     import re
     from pathlib import Path
 
-    from hf_unlearn.registry import get_method
+    from hf_unlearn import get_method
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     table = readme.split("### Each method's defaults", 1)[1].split("\n\n")[2]

@@ -1,5 +1,7 @@
 """Diffusion models (DDPM and DiT through diffusers): wrapping, the denoising loss, sampling, remain_geometry's
-diffusion variants and the baselines through `unlearn()`, the judge's metrics, and saving / reloading."""
+diffusion variants and the baselines through `unlearn()`, the judge's metrics, and saving / reloading. The runs here
+are a few steps on tiny models, judged by a `ConstantJudge`: they check the mechanics and the plumbing of the metrics,
+not that a class is forgotten (`benchmarks/diffusion.py` measures that)."""
 
 import sys
 
@@ -9,10 +11,10 @@ from conftest import QUIET
 from tiny_models import ConstantJudge
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.contract import training_loss
 from hf_unlearn.diffusion import DiffusionModel, diffusers_module, small_ddpm, small_dit, train_diffusion
 from hf_unlearn.examples.digits import DIGIT_NAMES
-from hf_unlearn.methods.base import training_loss
-from hf_unlearn.models import load_model
+from hf_unlearn.kinds import load_model
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -41,6 +43,7 @@ def diffusion_args(tmp_path, method="remain_geometry", name="out", **overrides):
 
 
 def unlearn(model, tmp_path, data, method="remain_geometry", judge=None, **overrides):
+    """A few steps of `method` forgetting "three"; the default judge calls every image "zero" (no real measurement)."""
     args = diffusion_args(tmp_path, method, **overrides)
     trainer = UnlearningTrainer(model, args, train_dataset=data["train"], eval_dataset=data["test"],
                                 judge=judge or ConstantJudge(0), forget_classes=["three"])  # fmt: skip
@@ -80,7 +83,9 @@ def prepared_trainer(tmp_path, data, model, forget_classes=("three",), **method_
 @pytest.mark.parametrize("method, method_kwargs", [
     ("remain_geometry", {}), ("remain_geometry", {"forget_loss": "ascent"}), ("finetune", {}), ("gradient_ascent", {}),
 ])  # fmt: skip
-def test_tiny_ddpm_unlearns_saves_and_reloads(tmp_path, tiny_digits, method, method_kwargs):
+def test_tiny_ddpm_runs_each_method_saves_and_reloads(tmp_path, tiny_digits, method, method_kwargs):
+    """Mechanics: the run moves the denoiser's weights (not the caller's copy), records the sampling and the metric
+    names, marks the class in the config, and saves a folder that reloads (also as a diffusers UNet)."""
     model = tiny_ddpm()
     before = {name: p.detach().clone() for name, p in model.denoiser.named_parameters()}
     trainer, output = unlearn(model, tmp_path, tiny_digits, method, method_kwargs=method_kwargs)
@@ -106,7 +111,9 @@ def test_tiny_ddpm_unlearns_saves_and_reloads(tmp_path, tiny_digits, method, met
 
 
 @pytest.mark.parametrize("method", ["remain_geometry", "finetune", "gradient_ascent"])
-def test_tiny_dit_from_a_pipeline_unlearns_and_reloads(tmp_path, tiny_digits, method):
+def test_tiny_dit_from_a_pipeline_runs_each_method_and_reloads(tmp_path, tiny_digits, method):
+    """Mechanics: a DiTPipeline is taken as the model, its VAE stays frozen, and the result reloads as a
+    DiffusionModel, a DiTPipeline and a model argument of its own."""
     model = tiny_dit()
     pipeline = diffusers.DiTPipeline(transformer=model.denoiser, vae=model.vae, scheduler=model.noise_scheduler,
                                      id2label=dict(enumerate(model.config.id2label.values())))  # fmt: skip
@@ -231,7 +238,7 @@ def test_sampling_is_seeded_guided_and_takes_any_scheduler():
 def test_judge_metrics_follow_the_judge_and_record_the_sampling(tiny_digits):
     """FA and retained accuracy are the judge's calls on samples generated for the forget / retained classes."""
     from hf_unlearn.diffusion import measure_diffusion
-    from hf_unlearn.gan import image_tensors
+    from hf_unlearn.generative import image_tensors
 
     model = train_diffusion(tiny_ddpm(), tiny_digits["train"], steps=1, progress=False)
     rows = image_tensors(tiny_digits["train"])
@@ -315,7 +322,7 @@ def test_missing_diffusers_gives_the_install_hint(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- the card
-def test_the_card_of_an_unlearned_diffusion_model(tmp_path, tiny_digits):
+def test_diffusion_card_renders_the_sampling_and_judge_metrics(tmp_path, tiny_digits):
     trainer, output = unlearn(tiny_ddpm(), tmp_path, tiny_digits, "finetune")
     files = trainer.create_model_card(dataset="sklearn/digits")
     assert "README.md" in files

@@ -59,8 +59,8 @@ def test_push_is_one_commit_that_loads_back_with_a_parsable_card(hub, original, 
     splits = {result.dataset_split: result for result in card.data.eval_results if result.metric_type == "accuracy"}
     assert splits["eval-forget"].dataset_name != splits["eval-retain"].dataset_name
     assert (
-        splits["eval-forget"].metric_name == "forget accuracy"
-        and splits["eval-retain"].metric_name == "retain accuracy"
+        splits["eval-forget"].metric_name == "forget accuracy (eval)"
+        and splits["eval-retain"].metric_name == "retain accuracy (eval)"
     )
     recorded = json.loads(files["unlearning_results.json"])
     assert splits["eval-retain"].metric_value == pytest.approx(recorded["metrics"]["retain_accuracy"], abs=1e-4)

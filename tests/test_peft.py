@@ -76,14 +76,24 @@ def test_kept_adapters_save_as_a_peft_adapter_that_reloads(trained, digits, tmp_
 @pytest.mark.parametrize("method", ["finetune", "random_label", "remain_geometry"])
 def test_every_gradient_method_takes_lora(method, trained, digits, tmp_path):
     model = trained("resnet")  # convolutions get the adapters here
+    convolutions = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
+    norms = [name for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert len(convolutions) == 6 and len(norms) == 6  # the digits ResNet: stem, 2 stages, 1 shortcut
     before = {name: value.clone() for name, value in model.state_dict().items()}
     _, result = unlearn(model, digits, tmp_path, method=method, peft_config={"r": 2})
     after = result.model.state_dict()
     assert set(after) == set(before)
     changed = {name for name in before if not torch.equal(before[name], after[name])}
-    assert changed and all(name.endswith("weight") or name.startswith("classifier.") or "normalization" in name
-                           for name in changed)  # fmt: skip
-    assert result.metrics["peft"]["adapted_layers"] > 5
+    # Every convolution got an adapter (merged into its weight) and the head trained in full ...
+    adapted = {f"{name}.weight" for name in convolutions} | {"classifier.1.weight", "classifier.1.bias"}
+    # ... BatchNorm's running statistics are buffers, updated by any forward pass in training mode ...
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    statistics = {f"{name}.{buffer}" for name in norms for buffer in buffers}
+    # ... and BatchNorm's affine parameters, neither adapted nor the head, stayed frozen.
+    frozen = {f"{name}.{parameter}" for name in norms for parameter in ("weight", "bias")}
+    assert adapted | statistics | frozen == set(before)
+    assert changed == adapted | statistics  # so nothing in `frozen` moved
+    assert result.metrics["peft"]["adapted_layers"] == len(convolutions)
 
 
 @pytest.mark.parametrize("method", ["svd_projection", "gppu", "retrain"])

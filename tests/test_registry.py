@@ -1,12 +1,13 @@
 """A new method is one module, one config and one `register_method` call; the trainer then serves it."""
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
 import torch
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer, available_methods, get_method, register_method
-from hf_unlearn.methods.base import UnlearningMethod
+from hf_unlearn.contract import UnlearningMethod
 
 
 @dataclass
@@ -26,13 +27,22 @@ class ZeroHead(UnlearningMethod):
                 head.bias[class_id] = -1e4
 
 
-@pytest.fixture
-def registry_copy(monkeypatch):
-    """Registrations made by a test go into a copy of the registry, so no toy method leaks into later tests."""
+@contextmanager
+def isolated_registry():
+    """Registrations made inside go into a copy of the registry, dropped on exit, so no toy method leaks."""
     from hf_unlearn import registry
 
     available_methods()  # the built-in methods are in the copy
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(registry, "_METHODS", dict(registry._METHODS))
+        yield
+
+
+@pytest.fixture
+def registry_copy():
+    """The test's registrations are removed after it (`isolated_registry`)."""
+    with isolated_registry():
+        yield
 
 
 def test_registered_method_runs_through_the_trainer(trained, digits, tmp_path, registry_copy):
@@ -49,13 +59,18 @@ def test_registered_method_runs_through_the_trainer(trained, digits, tmp_path, r
     assert result.metrics["per_class_accuracy"]["one"] == result.original_metrics["per_class_accuracy"]["one"]
 
 
-def test_a_test_registration_does_not_leak(registry_copy):
-    register_method("leak_probe", ZeroHeadConfig, ZeroHead, description="toy")
-    assert "leak_probe" in available_methods()
+def test_a_test_registration_does_not_leak():
+    builtin = available_methods()
+    with isolated_registry():
+        register_method("leak_probe", ZeroHeadConfig, ZeroHead, description="toy")
+        assert "leak_probe" in available_methods() and get_method("leak_probe").method_class is ZeroHead
+    assert available_methods() == builtin  # the probe is gone, every built-in method still there
+    with pytest.raises(ValueError, match="Unknown unlearning method 'leak_probe'"):
+        get_method("leak_probe")
 
 
-def test_the_previous_registration_did_not_leak():
-    assert "leak_probe" not in available_methods() and "zero_head" not in available_methods()
+def test_the_earlier_tests_left_no_toy_method_registered():
+    assert "zero_head" not in available_methods() and "leak_probe" not in available_methods()
 
 
 def test_registry_rejects_a_non_dataclass_config_and_name_clashes():

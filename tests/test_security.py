@@ -8,7 +8,7 @@ import pytest
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.examples.digits import DIGIT_NAMES
 from hf_unlearn.gan import GANPair, dcgan_pair
-from hf_unlearn.models import load_model
+from hf_unlearn.kinds import load_model
 
 
 @pytest.fixture
@@ -262,7 +262,7 @@ def test_a_save_replaces_the_whole_folder(trained, digits, make_args, tmp_path):
 
 
 def test_a_save_killed_midway_leaves_the_old_folder_whole(trained, digits, make_args, tmp_path, monkeypatch):
-    import hf_unlearn.hub
+    import hf_unlearn.saving
 
     trainer = unlearned_trainer(trained, digits, make_args)
     out = tmp_path / "out"
@@ -272,7 +272,7 @@ def test_a_save_killed_midway_leaves_the_old_folder_whole(trained, digits, make_
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hf_unlearn.hub, "write_card_files", killed)
+    monkeypatch.setattr(hf_unlearn.saving, "write_card_files", killed)
     with pytest.raises(KeyboardInterrupt):
         trainer.save_unlearned(str(out))
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before

@@ -13,14 +13,31 @@ benchmarks run offline. Images are upsampled to `image_size` pixels, scaled to [
 
 from __future__ import annotations
 
+import argparse
 import functools
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 import yaml
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from transformers import (
+    ResNetConfig,
+    ResNetForImageClassification,
+    Trainer,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+    set_seed,
+)
 
+from ..config import UnlearnConfig
 from ..data import label_maps
+from ..diffusion import small_ddpm, train_diffusion
+from ..gan import dcgan_pair, train_gan
+from ..trainer import UnlearningTrainer
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ARCHITECTURES = ("vit", "resnet")
@@ -29,10 +46,6 @@ ARCHITECTURES = ("vit", "resnet")
 def load_digits_dataset(image_size: int = 16, test_size: float = 0.2, seed: int = 0):
     """`DatasetDict` with `train` / `test` splits: `pixel_values` (float32, 1 x size x size) and `label`
     (`ClassLabel` with names "zero".."nine")."""
-    import datasets
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     digits = load_digits()
     images = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
     if image_size != images.shape[-1]:
@@ -57,8 +70,6 @@ def load_digits_dataset(image_size: int = 16, test_size: float = 0.2, seed: int 
 
 def tiny_vit_config(image_size: int = 16, num_channels: int = 1, **overrides):
     """The small ViT shape used for digits (2 layers, 32 wide, 4x4 patches); `overrides` are ViTConfig fields."""
-    from transformers import ViTConfig
-
     shape = {
         "patch_size": 4,
         "hidden_size": 32,
@@ -72,13 +83,6 @@ def tiny_vit_config(image_size: int = 16, num_channels: int = 1, **overrides):
 def digits_classifier(architecture: str = "vit", image_size: int = 16, seed: int = 0):
     """A small, randomly initialised transformers classifier for digits: `"vit"` (ViTForImageClassification,
     2 layers, 32 wide, 4x4 patches) or `"resnet"` (ResNetForImageClassification, 2 basic stages of 16/32 channels)."""
-    from transformers import (
-        ResNetConfig,
-        ResNetForImageClassification,
-        ViTForImageClassification,
-        set_seed,
-    )
-
     labels = label_maps(DIGIT_NAMES)
     set_seed(seed)
     if architecture == "vit":
@@ -172,8 +176,6 @@ def training_arguments(
 
 def train_classifier(model, train_dataset, output_dir: str = "digits_original", seed: int = 0, **recipe):
     """Train `model` on `train_dataset` with a plain `transformers.Trainer` (the "original" model to unlearn from)."""
-    from transformers import Trainer, TrainingArguments
-
     args = TrainingArguments(**training_arguments(output_dir, seed=seed, **recipe))
     Trainer(model=model, args=args, train_dataset=train_dataset).train()
     return model.eval()
@@ -194,8 +196,6 @@ def unlearn_digits(
     `processing_class`) with a budget from `unlearn_budgets()` / `DEFAULT_TRAINING` (or your own), forgetting
     `forget_classes`, or the training rows `forget_indices` when given (then `forget_classes` is None).
     Returns `(trainer, UnlearningOutput)`."""
-    from .. import UnlearnConfig, UnlearningTrainer
-
     args = UnlearnConfig(**training_arguments(output_dir, seed=seed, **budget), method=method)
     trainer = UnlearningTrainer(
         model,
@@ -233,12 +233,8 @@ def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0, ga
         model.save_pretrained(output / "judge")
         written["judge"] = str(output / "judge")
     if architecture == "gan":
-        from ..gan import dcgan_pair, train_gan
-
         model = train_gan(dcgan_pair(seed=seed, labels=DIGIT_NAMES), data["train"], steps=gan_steps, seed=seed)
     elif architecture == "ddpm":
-        from ..diffusion import small_ddpm, train_diffusion
-
         model = train_diffusion(small_ddpm(seed=seed, labels=DIGIT_NAMES), data["train"], steps=ddpm_steps, seed=seed)
     model.save_pretrained(output / "model")
     files = {split: str(output / f"{split}.parquet") for split in data}
@@ -250,8 +246,6 @@ def prepare_digits(output_dir: str, architecture: str = "vit", seed: int = 0, ga
 def main(argv=None) -> None:
     """`python -m hf_unlearn.examples.digits --output_dir outputs/digits-vit [--architecture resnet|gan|ddpm]`: prepare a
     digits job (`gan`: a small DCGAN, `ddpm`: a small class-conditional DDPM, each with its ResNet judge)."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--architecture", choices=(*ARCHITECTURES, *GENERATORS), default="vit")

@@ -14,9 +14,14 @@ The clips (1 s, 16 kHz, 10 words "zero".."nine") are read from parquet through t
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+import datasets
+from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification, set_seed
+
 from ..data import UnlearningCollator, label_maps, with_model_inputs, without_audio_decoding
+from .digits import train_classifier
 
 SAMPLING_RATE = 16_000
 # 64 mel bins x 100 frames (10 ms hop: the whole 1 s clip); 16 x 16 patches, stride 16 in frequency and 8 in
@@ -26,16 +31,12 @@ DEFAULT_TRAINING = {"epochs": 30, "learning_rate": 3e-3}
 
 
 def feature_extractor():
-    from transformers import ASTFeatureExtractor
-
     return ASTFeatureExtractor(sampling_rate=SAMPLING_RATE, **FEATURES)
 
 
 def load_spoken_digits(data_dir: str | Path):
     """`DatasetDict` (`train` / `test`) with `input_values` (float32, frames x mel bins) and `label` (`ClassLabel`)
     from the `train.parquet` / `test.parquet` in `data_dir`."""
-    import datasets
-
     data_dir = Path(data_dir)
     files = {split: str(data_dir / f"{split}.parquet") for split in ("train", "test")}
     missing = [path for path in files.values() if not Path(path).is_file()]
@@ -52,8 +53,6 @@ def load_spoken_digits(data_dir: str | Path):
 
 def ast_classifier(label_names, seed: int = 0, **overrides):
     """A small, randomly initialised `ASTForAudioClassification` (2 layers, 64 wide) for `FEATURES`-sized inputs."""
-    from transformers import ASTConfig, ASTForAudioClassification, set_seed
-
     shape = {
         "hidden_size": 64,
         "num_hidden_layers": 2,
@@ -72,8 +71,6 @@ def ast_classifier(label_names, seed: int = 0, **overrides):
 def prepare_spoken_digits(output_dir: str | Path, data_dir: str | Path, seed: int = 0) -> str:
     """Train the small AST on the spoken digits in `data_dir` and save it with its feature extractor to
     `OUTPUT_DIR/model`, for a `hf-unlearn unlearn` job that reads the parquet files themselves. Returns the path."""
-    from .digits import train_classifier
-
     output = Path(output_dir)
     data = load_spoken_digits(data_dir)
     model = ast_classifier(data["train"].features["label"].names, seed=seed)
@@ -85,8 +82,6 @@ def prepare_spoken_digits(output_dir: str | Path, data_dir: str | Path, seed: in
 
 def main(argv=None) -> None:
     """`python -m hf_unlearn.examples.spoken_digits --output_dir outputs/spoken-digits-ast --data_dir DIR`: prepare the AST job."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--data_dir", required=True, help="folder with train.parquet and test.parquet")

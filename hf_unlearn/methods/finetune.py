@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..contract import TrainerLoopMethod, training_loss
 from ..registry import register_method
-from .base import TrainerLoopMethod, training_loss
 
 
 @dataclass

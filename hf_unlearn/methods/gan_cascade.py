@@ -1,11 +1,11 @@
 """`gan_cascade`: item and class unlearning for GANs by cascaded discriminator and generator updates.
 
-Source: Hui Sun, Tianqing Zhu, Wenhan Chang, Wanlei Zhou: "Generative Adversarial Networks Unlearning", arXiv 2308.09881 (IEEE TDSC
-2025). Only the abstract is public (no full text, no code): a fake label for the unlearning samples, a substitution
-mechanism, and unlearning and learning run in cascade; item and class unlearning; 185x (MNIST) faster than
-retraining. What is built here follows `METHODS.md` section 4; the steps marked [R] are our reconstruction, grounded
-in Kong & Chaudhuri, "Data Redaction from Pre-trained GANs" (SaTML 2023), which treats removed samples as extra
-fakes for the discriminator:
+Source: Hui Sun, Tianqing Zhu, Wenhan Chang, Wanlei Zhou: "Generative Adversarial Networks Unlearning", arXiv
+2308.09881 (IEEE TDSC 2025). Only the abstract is public (no full text, no code): a fake label for the unlearning
+samples, a substitution mechanism, and unlearning and learning run in cascade; item and class unlearning; 185x (MNIST)
+faster than retraining. What is built here follows that abstract; the steps marked [R] are our
+reconstruction, grounded in Kong & Chaudhuri, "Data Redaction from Pre-trained GANs" (SaTML 2023), which treats
+removed samples as extra fakes for the discriminator:
 
 1. [R] Fake label: the discriminator's target for an unlearning sample is "fake": 0 (`fake_label="zero"`), or the
    discriminator's current mean probability on generated samples (`fake_label="generated"`).
@@ -46,20 +46,18 @@ from accelerate.logging import get_logger
 from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
+from ..contract import UnlearningMethod
 from ..gan import (
     GANPair,
     Players,
-    cycled,
     discriminator_loss,
     discriminator_probabilities,
     gan_optimizers,
     generator_loss,
-    image_tensors,
-    judge_outputs,
     random_labels,
 )
+from ..generative import cycled, image_tensors, judge_outputs
 from ..registry import register_method
-from .base import UnlearningMethod
 
 logger = get_logger(__name__)
 
@@ -306,8 +304,8 @@ register_method(
     description="GANs: cascaded discriminator unlearning / learning and generator steps, with a fake label and "
     "substitutes (items or classes).",
     paper="https://arxiv.org/abs/2308.09881",
-    citation='Hui Sun, Tianqing Zhu, Wenhan Chang, Wanlei Zhou: "Generative Adversarial Networks Unlearning", IEEE TDSC 2025 '
-    "(arXiv 2308.09881).",
+    citation='Hui Sun, Tianqing Zhu, Wenhan Chang, Wanlei Zhou: "Generative Adversarial Networks Unlearning", '
+    "IEEE TDSC 2025 (arXiv 2308.09881).",
     limitations="The paper's full text and code are not public: the fake label target, the substitution, the learning "
     "step and the stopping rules are our reconstruction (marked [R] in `hf_unlearn/methods/gan_cascade.py`), "
     'grounded in Kong & Chaudhuri, "Data Redaction from Pre-trained GANs" (2023).',

@@ -7,8 +7,7 @@ propagation to find class-specific directions; projection of the representations
 targeted fine-tuning of the last layers with L = lambda_proj * L_proj + lambda_retain * L_retain (lambda_proj = 1.0,
 lambda_retain = 0.5, lr 1e-5, weight decay 1e-2, 3 epochs); 10-20x faster than Fisher forgetting or gradient ascent.
 
-Everything marked [R] below is OUR reconstruction from that description (`../shared/design/METHODS.md` section 2),
-not the paper's code:
+Everything marked [R] below is OUR reconstruction from that description, not the paper's code:
 
 1. Features h: the input of the classification head (the CLS / pooled token of a transformer, the pooled features of
    a CNN, Wav2Vec2's pooled projector output), for up to `num_forget_samples` forget rows and a class-balanced set of
@@ -69,11 +68,11 @@ from torch.nn.utils import parametrize
 from transformers import TrainerCallback
 
 from ..activations import capturing, collect_head_features, name_matches, pooled_rows
+from ..contract import UnlearningMethod, training_loss
 from ..data import PairedDataset, subsample
 from ..models import classification_head, model_tail, refit_head
 from ..registry import register_method
 from ..validation import check_pattern
-from .base import UnlearningMethod, training_loss
 
 logger = get_logger(__name__)
 _plain_logger = logging.getLogger(__name__)  # for helpers that also run outside an accelerate run
@@ -393,7 +392,7 @@ class GPPU(UnlearningMethod):
                 )
             trainable = blocks
         else:
-            sample = trainer._prepare_inputs(trainer.data_collator([self.sampled_rows["retain"][0]]))
+            sample = trainer.prepare_inputs(trainer.data_collator([self.sampled_rows["retain"][0]]))
             sample.pop("labels")
             blocks, trainable = model_tail(model, sample, config.num_trainable_blocks)
         trainable_parameters = {
@@ -500,6 +499,8 @@ class RecoveryCallback(TrainerCallback):
             return control
         accuracy = method.measure_sampled_rows()
         self.consider(state.global_step, accuracy)
+        # Every `report_to` integration sees the checks beside the loop's loss.
+        method.trainer.log({f"check/{part}_accuracy": value for part, value in accuracy.items() if value is not None})
         if method.config.stop_when_recovered and method.recovered(accuracy):
             logger.info(f"GPPU: forget target reached and retain accuracy recovered at step {state.global_step}.")
             control.should_training_stop = True

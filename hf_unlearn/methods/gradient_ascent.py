@@ -2,9 +2,10 @@
 denoising loss on the forget classes, with their labels kept).
 
 Baseline from Thudi et al., "Unrolling SGD" (EuroS&P 2022) and Graves et al., "Amnesiac Machine Learning"
-(AAAI 2021). The loss is unbounded: without a stopping rule it destroys the model. Set
+(AAAI 2021). The loss is unbounded: without a stopping rule it destroys the model. For a classifier, set
 `UnlearnConfig.forget_accuracy_target` (e.g. 0.0 for class forgetting) so it stops once the forget set is
-forgotten, and keep the learning rate small.
+forgotten; a diffusion model has no accuracy to stop on, so its budget (`max_steps`) is the only bound. Either way
+keep the learning rate small.
 
 Example:
 
@@ -18,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..contract import TrainerLoopMethod, training_loss
 from ..registry import register_method
-from .base import TrainerLoopMethod, training_loss
 
 
 @dataclass
@@ -44,7 +45,7 @@ register_method(
     "gradient_ascent",
     GradientAscentConfig,
     GradientAscent,
-    description="Gradient ascent on the forget set (stop it with `forget_accuracy_target`).",
+    description="Gradient ascent on the forget set (stop a classifier's run with `forget_accuracy_target`).",
     paper="https://arxiv.org/abs/2109.13398",
     citation='Thudi, Deza, Chandrasekaran, Papernot: "Unrolling SGD: Understanding Factors Influencing Machine Unlearning", EuroS&P 2022 (arXiv 2109.13398).',
 )

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..contract import TrainerLoopMethod, training_loss
 from ..data import PairedDataset
 from ..registry import register_method
-from .base import TrainerLoopMethod, training_loss
 
 
 @dataclass

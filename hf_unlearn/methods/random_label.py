@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..contract import TrainerLoopMethod, training_loss
 from ..data import ConcatRows, RelabeledDataset
 from ..registry import register_method
-from .base import TrainerLoopMethod, training_loss
 
 
 @dataclass

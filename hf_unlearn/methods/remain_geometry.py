@@ -3,7 +3,7 @@ sample-level unlearning) and class-conditional diffusion models (class forgettin
 
 Source: Huang et al., "Unified Gradient-Based Machine Unlearning with Remain Geometry Enhancement", NeurIPS 2024,
 arXiv 2409.19732 (official code: github K1nght/Unified-Unlearning-w-Remain-Geometry, `Classification/unlearn/sfron.py`;
-implemented here from `../shared/design/METHODS.md` section 3, no code copied).
+implemented here from the paper, no code copied).
 
 1. Saliency mask: the diagonal empirical Fisher of the forget set F_f (mean over batches of the squared gradient of
    the batch cross-entropy) and of the retain set F_r (both on up to `mask_samples` rows, summed over processes);
@@ -34,8 +34,8 @@ implemented here from `../shared/design/METHODS.md` section 3, no code copied).
    check.
 5. With `UnlearnConfig.peft_config` (LoRA, like every gradient method) only the adapters and the head's copy train,
    and the mask is computed on (and applied to) exactly those parameters.
-6. Diffusion models (`hf_unlearn.diffusion.DiffusionModel`, class forgetting; the paper's `DDPM/` and `DiT/` code as
-   METHODS.md describes it): the loss is the denoising loss, the mask the Fisher ratio of that loss, a forget step
+6. Diffusion models (`hf_unlearn.diffusion.DiffusionModel`, class forgetting; the paper's `DDPM/` and
+   `DiT/` code): the loss is the denoising loss, the mask the Fisher ratio of that loss, a forget step
    every iteration, clipped to norm 1. DDPM (a UNet): the forget batch's timesteps are antithetic (t and T-1-t), the
    weighted negative with lambda = 0.5 and alpha = 10 (cosine decay); DiT: plain gradient ascent (lambda = 0) with
    alpha = 1e-3 in the paper, 1 here (see `DEFAULTS`). Forget steps keep the class labels (no classifier-free-guidance
@@ -71,10 +71,11 @@ import torch
 from accelerate.logging import get_logger
 from transformers import TrainerCallback
 
+from ..activations import evaluating
+from ..contract import UnlearningMethod, training_loss
 from ..data import PairedDataset, subsample
 from ..diffusion import is_diffusion
 from ..registry import register_method
-from .base import UnlearningMethod, training_loss
 
 logger = get_logger(__name__)
 
@@ -188,19 +189,17 @@ def fisher_diagonal(trainer, dataset, parameters: dict, description: str) -> dic
     model = trainer.model
     sums = {name: torch.zeros_like(parameter) for name, parameter in parameters.items()}
     batches = torch.zeros((), dtype=torch.float64, device=trainer.args.device)
-    was_training = model.training
-    model.eval()
-    try:
-        for _, batch in trainer.shard_batches(dataset, description, trainer.args.per_device_train_batch_size):
+    with evaluating(model):
+        try:
+            for _, batch in trainer.shard_batches(dataset, description, trainer.args.per_device_train_batch_size):
+                model.zero_grad(set_to_none=True)
+                training_loss(model, batch).backward()
+                for name, parameter in parameters.items():
+                    if parameter.grad is not None:
+                        sums[name] += parameter.grad.detach().pow(2)
+                batches += 1
+        finally:
             model.zero_grad(set_to_none=True)
-            training_loss(model, batch).backward()
-            for name, parameter in parameters.items():
-                if parameter.grad is not None:
-                    sums[name] += parameter.grad.detach().pow(2)
-            batches += 1
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         for value in [*sums.values(), batches]:
             torch.distributed.all_reduce(value)
@@ -273,7 +272,7 @@ class RemainGeometry(UnlearningMethod):
         schedule)."""
         trainer = self.trainer
         model.train()
-        inputs = trainer._prepare_inputs(inputs)
+        inputs = trainer.prepare_inputs(inputs)
         t, total = trainer.state.global_step, max(1, trainer.state.max_steps)
         if t % self.forget_every == 0 and not self.forget_paused:
             alpha_t = self.alpha * (1.0 + math.cos(math.pi * t / total)) / 2.0
@@ -373,7 +372,7 @@ class RetainGuard(TrainerCallback):
         if state.global_step % method.config.check_steps:
             return control
         trainer, self.checks = method.trainer, self.checks + 1
-        forget = trainer.shard_accuracy(self.batches["forget"])
+        forget, retain = trainer.shard_accuracy(self.batches["forget"]), None
         method.forget_paused = self.repair and forget <= self.target
         if not self.repair:
             stop = forget <= self.target
@@ -386,6 +385,9 @@ class RetainGuard(TrainerCallback):
             control.should_training_stop = True
             logger.info(f"remain_geometry: the guard stops training at step {state.global_step}.")
         method.report["guard_checks"] = self.checks
+        # Every `report_to` integration sees the guard's checks beside the loop's loss.
+        checked = {"guard/forget_accuracy": forget, "guard/retain_accuracy": retain if self.repair else None}
+        trainer.log({key: value for key, value in checked.items() if value is not None})
         return control
 
 

@@ -46,11 +46,11 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from ..activations import collect_head_features, collect_input_grams, find_target_modules
+from ..contract import UnlearningMethod
 from ..data import subsample
 from ..models import classification_head, refit_head
 from ..registry import register_method
 from ..validation import check_pattern
-from .base import UnlearningMethod
 
 logger = get_logger(__name__)
 _plain_logger = logging.getLogger(__name__)  # for helpers that also run outside an accelerate run

@@ -1,0 +1,59 @@
+"""Helpers shared by the generators (GANs and diffusion models): their training images as tensors, the judge
+classifier's logits and features on generated samples, and class ids in turn for class-conditional sampling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from .activations import capturing, evaluating, pooled_rows
+
+
+def image_tensors(dataset, image_column: str = "pixel_values", label_column: str = "label"):
+    """`(images, labels)` of every row of a `datasets.Dataset` as tensors (generators are trained and measured from
+    memory: one row lookup per sample would cost more than a step of a small GAN)."""
+    if image_column not in dataset.column_names:
+        raise ValueError(
+            f"Training or measuring a generator (GAN, diffusion model) reads images from a '{image_column}' column of "
+            f"float pixel values (shaped like the generated images); the dataset has {dataset.column_names}. Map your "
+            "images to that column first, e.g. as `hf_unlearn.examples.digits.load_digits_dataset` does."
+        )
+    columns = dataset.with_format("torch", columns=[image_column, label_column])[:]
+    return columns[image_column].float(), columns[label_column].long()
+
+
+def cycled(classes, n: int) -> torch.Tensor:
+    """`n` class ids going round `classes` (equal numbers of samples per class)."""
+    classes = torch.as_tensor(list(classes), dtype=torch.long)
+    return classes.repeat(-(-n // len(classes)))[:n]
+
+
+def judge_head(judge: nn.Module) -> nn.Linear:
+    """The judge's last `nn.Linear` (its classification head): its input is the feature space of the Frechet
+    distance."""
+    linears = [module for module in judge.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ValueError(
+            f"`judge` ({type(judge).__name__}) has no nn.Linear classification head, whose input features the Frechet "
+            "distance uses: pass an image classifier (e.g. a ResNetForImageClassification)."
+        )
+    return linears[-1]
+
+
+@torch.no_grad()
+def judge_outputs(judge: nn.Module, images: torch.Tensor, batch_size: int = 500):
+    """`(logits, features)` of the judge (eval mode) on `images`, as numpy arrays; features are the input of its
+    head, averaged over any token dimensions. A transformers classifier is called with `pixel_values=`, any other
+    module with the images."""
+    head = judge_head(judge)
+    device = next(judge.parameters()).device
+    logits, features = [], []
+    with evaluating(judge):
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].to(device)
+            with capturing(head) as captured:
+                output = judge(pixel_values=batch) if isinstance(judge, PreTrainedModel) else judge(batch)
+            logits.append(getattr(output, "logits", output).float().cpu())
+            features.append(pooled_rows(captured.value).float().cpu())
+    return torch.cat(logits).numpy(), torch.cat(features).numpy()

@@ -1,0 +1,176 @@
+"""The model-kind protocol and its registry.
+
+A *kind* is everything the library does differently for one family of models: how a folder or Hub ID is loaded,
+which models belong to it, what it refuses, its training loss, how it is measured, what the per-class table shows, and
+how its card is labelled on the Hub. The trainer, the report and the card ask the model's kind (`kind_of(model)`);
+nothing else tells kinds apart. The built-in kinds are `classifier`, `gan` and `diffusion`; a new one is a subclass
+registered with `register_kind` (its metrics registered in the same module, `hf_unlearn.metric_registry`):
+
+```python
+>>> class Regressor(ModelKind):
+...     name = "regressor"
+...     def matches(self, model): return isinstance(model, MyRegressor)
+...     def training_loss(self, model, batch, reduction="mean", forget=False, **options): ...
+...     def measure(self, trainer, model): return {"forget_mse": ...}
+>>> register_kind(Regressor())
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import AutoConfig
+
+if TYPE_CHECKING:  # annotations only: the trainer module imports the kinds
+    from ..trainer import UnlearningTrainer
+
+
+class ModelKind:
+    """One family of models the library unlearns. Subclasses set the class attributes and override `matches`,
+    `training_loss` and `measure` (and `load`, `check_model`, `pipeline_tag`, `card_template` where the defaults do
+    not fit)."""
+
+    #: The kind's name: what methods list in `UnlearningMethod.model_kinds` and cards record.
+    name: str = ""
+    #: Whether the kind is a generator, measured by a judge classifier on its samples (`UnlearningTrainer(judge=)`).
+    generator: bool = False
+    #: The per-class table and plot: `(results key, what a value is, the plot's title)`.
+    per_class: tuple[str, str, str] = ("per_class_accuracy", "accuracy", "per-class accuracy")
+    #: Results that show a forget class is still there (the forget check: each at most the threshold).
+    forget_keys: tuple[str, ...] = ()
+    #: The result that shows the retained classes are kept (compared with the original's; None: not checked).
+    retain_key: str | None = None
+    #: The card's `library_name` (the library that loads the saved folder).
+    library_name: str = "hf-unlearn"
+    #: Whether a request may name training rows (`forget_indices`) instead of classes.
+    supports_forget_indices: bool = True
+    #: Whether `UnlearnConfig.peft_config` (LoRA) applies.
+    supports_peft: bool = False
+    #: Whether FSDP / DeepSpeed may shard the model (False when it is saved whole by its own code).
+    supports_sharding: bool = True
+    #: Whether `UnlearnConfig.forget_accuracy_target` can stop a run (it needs a classifier's accuracy).
+    supports_forget_accuracy_target: bool = False
+
+    def matches(self, model: torch.nn.Module) -> bool:
+        """Whether `model` (unwrapped) is of this kind."""
+        raise NotImplementedError
+
+    def load(self, model_id: str, config: Any, trust_remote_code: bool = False) -> tuple[Any, Any] | None:
+        """`(model, processor)` when `model_id` holds a model of this kind (`config`: its `AutoConfig`, or None when
+        the folder has no `config.json`); None when it does not."""
+        return None
+
+    def check_model(self, model: torch.nn.Module, judge: torch.nn.Module | None) -> None:
+        """Raise a clear error when `model` or `judge` cannot be unlearned as this kind."""
+        if self.generator:
+            if judge is not None and not isinstance(judge, torch.nn.Module):
+                raise TypeError(f"`judge` must be an image classifier (an nn.Module), got {type(judge).__name__}.")
+        elif judge is not None:
+            raise ValueError(
+                f"`judge` measures the samples of a generator; this model is a {self.name}, which is measured on the "
+                "data itself: drop `judge`."
+            )
+
+    def training_loss(self, model, batch: dict, reduction: str = "mean", forget: bool = False,
+                      **options) -> torch.Tensor:  # fmt: skip
+        """The loss that trained `model` on `batch` (model inputs plus `labels`), reduced by `reduction` ("mean",
+        "sum" or "none": one value per row). `forget`: the rows are being forgotten."""
+        raise NotImplementedError
+
+    def measure(self, trainer: UnlearningTrainer, model: torch.nn.Module) -> dict:
+        """The metrics of `model` for the trainer's request (its `metric_views`, `judge`, `args`)."""
+        raise NotImplementedError
+
+    def forget_check_metrics(self, trainer: UnlearningTrainer) -> dict:
+        """When evaluation is off: the cheapest measurement the forget check can use (may be empty)."""
+        return {}
+
+    def pipeline_tag(self, model: torch.nn.Module) -> str:
+        """The Hub task of the unlearned model."""
+        return "unconditional-image-generation" if self.generator else "other"
+
+    def card_template(self, model: torch.nn.Module) -> str:
+        """The card template (`hf_unlearn/templates/NAME.md`) for `model`: the generic one unless the kind has its
+        own (with a quick start for its models)."""
+        return "base"
+
+
+_KINDS: dict[str, ModelKind] = {}
+
+
+def register_kind(kind: ModelKind) -> ModelKind:
+    """Register `kind` (a `ModelKind` instance). Kinds registered later are asked first by `kind_of`."""
+    if not isinstance(kind, ModelKind) or not kind.name:
+        raise TypeError(f"`register_kind` takes a named ModelKind instance, got {kind!r}.")
+    if type(kind).matches is ModelKind.matches:
+        raise TypeError(f"Model kind '{kind.name}' ({type(kind).__name__}) must define `matches(model)`.")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def unregister_kind(name: str) -> None:
+    """Remove the kind `name` (e.g. one a test registered)."""
+    _KINDS.pop(name, None)
+
+
+def available_kinds() -> list[str]:
+    """The registered kinds' names."""
+    return list(_KINDS)
+
+
+def get_kind(name: str) -> ModelKind:
+    """The registered kind `name`."""
+    if name not in _KINDS:
+        raise ValueError(f"Unknown model kind '{name}'. Registered: {', '.join(_KINDS)}.")
+    return _KINDS[name]
+
+
+def kind_of(model: torch.nn.Module) -> ModelKind:
+    """The kind of `model` (possibly wrapped by accelerate / DistributedDataParallel); a `TypeError` naming what the
+    library unlearns when no kind claims it."""
+    inner = getattr(model, "module", model)
+    for kind in reversed(_KINDS.values()):
+        if kind.matches(inner):
+            return kind
+    raise TypeError(
+        f"`model` is a {type(model).__name__}, which has no classification head and is of no other model kind "
+        f"hf-unlearn takes ({', '.join(_KINDS)}). "
+        "Unlearning a class needs a classifier: load it with AutoModelForImageClassification or "
+        "AutoModelForAudioClassification (e.g. ViTForImageClassification), with `num_labels` set; or a GAN wrapped "
+        "in `hf_unlearn.gan.GANPair`, or a diffusion model (a diffusers pipeline, or "
+        "`hf_unlearn.diffusion.DiffusionModel`)."
+    )
+
+
+def load_model(model_id: str, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """Load `(model, processor)` from a Hub ID or local path with the kind that recognises it (the processor is None
+    when there is none): an image or audio classifier with its processor, a saved `hf_unlearn.gan.GANPair`, or a
+    diffusers pipeline with a class-conditional UNet or a DiT (as a `hf_unlearn.diffusion.DiffusionModel`). Code
+    named by the folder runs only with `trust_remote_code=True`."""
+    path = Path(model_id)
+    if not path.exists() and (model_id.count("/") > 1 or model_id.startswith((".", "/", "~"))):
+        raise FileNotFoundError(
+            f"`model` '{model_id}' is a local path that does not exist (and not a Hub ID, which is 'org/name'). "
+            "Prepare the model first: a recipe's header names the command (e.g. `python -m hf_unlearn.examples.digits "
+            "--output_dir outputs/digits-vit` for the digits recipes)."
+        )
+    config, error = None, None
+    if not (path.is_dir() and not (path / "config.json").is_file()):
+        try:
+            config = AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+        except OSError as raised:  # no config.json: a diffusers pipeline has model_index.json instead
+            error = raised
+    for kind in reversed(_KINDS.values()):
+        loaded = kind.load(model_id, config, trust_remote_code)
+        if loaded is not None:
+            return loaded
+    if error is not None:
+        raise error
+    raise ValueError(
+        f"`model` '{model_id}' (model type '{getattr(config, 'model_type', None)}') is none of the kinds hf-unlearn "
+        f"loads ({', '.join(_KINDS)}): an image or audio classification class in transformers, a saved GANPair, or a "
+        "diffusers pipeline. Load the model yourself and pass the object."
+    )

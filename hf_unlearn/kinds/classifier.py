@@ -1,0 +1,95 @@
+"""Classifiers (transformers `...ForImageClassification` / `...ForAudioClassification` and any model with a
+classification head and `config.num_labels`): trained by cross-entropy, measured on the data itself."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate.logging import get_logger
+from transformers import (
+    AutoFeatureExtractor,
+    AutoImageProcessor,
+    AutoModelForAudioClassification,
+    AutoModelForImageClassification,
+)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+)
+
+from ..metrics import accuracy, unlearning_metrics
+from ..models import classification_head
+from .base import ModelKind, register_kind
+
+logger = get_logger(__name__)
+
+_CLASSIFIER_CLASS = re.compile(r"For(Image|Audio|Sequence)Classification")
+
+
+class Classifier(ModelKind):
+    name = "classifier"
+    forget_keys = ("forget_train_accuracy", "forget_accuracy")
+    retain_key = "retain_accuracy"
+    library_name = "transformers"
+    supports_peft = True
+    supports_forget_accuracy_target = True
+
+    def matches(self, model) -> bool:
+        num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+        return bool(_CLASSIFIER_CLASS.search(type(model).__name__) and num_labels)
+
+    def load(self, model_id: str, config: Any, trust_remote_code: bool = False):
+        model_type = getattr(config, "model_type", None)
+        if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+            model_class, processor_class = AutoModelForImageClassification, AutoImageProcessor
+        elif model_type in MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES:
+            model_class, processor_class = AutoModelForAudioClassification, AutoFeatureExtractor
+        else:
+            return None
+        model = model_class.from_pretrained(model_id, config=config, trust_remote_code=trust_remote_code)
+        try:
+            processor = processor_class.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            logger.info(f"No processor could be loaded for '{model_id}' ({error}); datasets must hold model inputs.")
+            processor = None
+        return model, processor
+
+    def training_loss(self, model, batch, reduction="mean", forget=False, **options) -> torch.Tensor:
+        inputs = {name: value for name, value in batch.items() if name != "labels"}
+        logits = model(**inputs).logits
+        return F.cross_entropy(logits.float(), batch["labels"], reduction=reduction)
+
+    def measure(self, trainer, model) -> dict:
+        head = None
+        if trainer.split.is_class_level:  # the feature probe reads the head's inputs in the same pass
+            try:
+                head = classification_head(model)[1]
+            except (ValueError, AttributeError):
+                logger.info("No classification head found: the feature probe is not measured.")
+        parts = {
+            name: trainer.predict_logits(view, model, f"Scoring {name}", head=head)
+            for name, view in trainer.metric_views.items()
+        }
+        return unlearning_metrics(
+            **{name: part[:2] for name, part in parts.items()},
+            class_level=trainer.split.is_class_level,
+            id2label=getattr(model.config, "id2label", None),
+            seed=trainer.args.seed,
+            features=None if head is None else {name: part[2] for name, part in parts.items()},
+        )
+
+    def forget_check_metrics(self, trainer) -> dict:
+        # Evaluation off: the forget training rows alone (a short pass), so the record is never a guess.
+        return {"forget_train_accuracy": accuracy(*trainer.predict_logits(trainer.forget_view, description="Forget check"))}
+
+    def pipeline_tag(self, model) -> str:
+        return f"{self.card_template(model)}-classification"
+
+    def card_template(self, model) -> str:
+        return "audio" if "input_values" in getattr(model, "main_input_name", "") else "image"
+
+
+register_kind(Classifier())

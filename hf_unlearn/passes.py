@@ -1,0 +1,111 @@
+"""Forward passes over a dataset split across processes: each process reads its own contiguous share of the rows,
+exactly once (no padding duplicates, unlike a prepared dataloader), for statistics summed over processes afterwards.
+They need an `accelerate.Accelerator`, a collator and a device, not a Trainer; `UnlearningTrainer.shard_batches` and
+friends call them with the trainer's."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .activations import capturing, evaluating, pooled_rows
+
+
+def shard_bounds(total: int, num_processes: int) -> list[tuple[int, int]]:
+    """`(start, stop)` of each process's contiguous share of `total` rows (the layout of `shard_batches`)."""
+    share = math.ceil(total / num_processes)
+    return [(min(total, rank * share), min(total, (rank + 1) * share)) for rank in range(num_processes)]
+
+
+def shard_batches(dataset, accelerator: Accelerator, collate: Callable, prepare: Callable, batch_size: int,
+                  description: str = "Forward pass", show: bool = True) -> Iterator[tuple[torch.Tensor, dict]]:  # fmt: skip
+    """This process's contiguous share of `dataset` (a `datasets.Dataset`) in batches of `batch_size` rows:
+    `(sample_ids, batch)`, the rows' positions in `dataset` and `prepare(collate(rows))` (inputs with `labels`).
+
+    The share is read in contiguous in-memory chunks of 16 batches: reading a selection row by row decodes every row
+    separately, ten times slower than slicing (measured on digits), and chunks keep memory flat."""
+    start, stop = shard_bounds(len(dataset), accelerator.num_processes)[accelerator.process_index]
+    chunk_size = 16 * batch_size
+    batches = math.ceil((stop - start) / batch_size)
+    progress = tqdm(total=batches, desc=description, disable=not (show and batches > 20), leave=False)
+    for chunk_start in range(start, stop, chunk_size):
+        with quiet_datasets():
+            chunk_rows = range(chunk_start, min(stop, chunk_start + chunk_size))
+            chunk = dataset.select(chunk_rows).flatten_indices(keep_in_memory=True)
+        for offset in range(0, len(chunk), batch_size):
+            columns = chunk[offset : offset + batch_size]
+            rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+            first = chunk_start + offset
+            yield torch.arange(first, first + len(rows)), prepare(collate(rows))
+            progress.update()
+    progress.close()
+
+
+def gather_shards(local: torch.Tensor, total: int, accelerator: Accelerator) -> torch.Tensor:
+    """Per-row results of this process's share from `shard_batches` (`(rows, ...)`, possibly 0 rows), joined over
+    processes into all `total` rows in dataset order, on every process."""
+    if accelerator.num_processes == 1:
+        return local
+    bounds = shard_bounds(total, accelerator.num_processes)
+    share = max(stop - start for start, stop in bounds)  # gather needs one shape on every process
+    padded = local.new_zeros((share, *local.shape[1:]))
+    padded[: len(local)] = local
+    everything = accelerator.gather(padded)
+    return torch.cat([everything[rank * share : rank * share + stop - start] for rank, (start, stop) in enumerate(bounds)])
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, loader: Iterable[dict] | None, accelerator: Accelerator, prepare: Callable,
+                   num_labels: int, head: torch.nn.Module | None = None, description: str = "Scoring",
+                   show: bool = True) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """Logits and labels of `model` on every batch of `loader` (a prepared dataloader; None: no rows), gathered over
+    processes; with `head` (a module of `model`), also the rows' inputs to it (pooled over tokens), a third array."""
+    if loader is None:
+        empty = (np.zeros((0, num_labels), dtype=np.float32), np.zeros(0, dtype=np.int64))
+        return empty if head is None else (*empty, np.zeros((0, head.in_features), dtype=np.float32))
+    parts = ([], [], [])
+    with evaluating(model):
+        for batch in tqdm(loader, desc=description, disable=not (show and len(loader) > 20), leave=False):
+            batch = prepare(batch)
+            labels = batch.pop("labels")
+            with capturing(head) if head is not None else contextlib.nullcontext() as captured:
+                logits = model(**batch).logits.float()
+            # `.clone()`: a head's input can be a view of the whole hidden state (ViT's CLS token), kept alive otherwise
+            outputs = (logits, labels) if head is None else (logits, labels, pooled_rows(captured.value).float().clone())
+            for part, values in zip(parts[: len(outputs)], accelerator.gather_for_metrics(outputs), strict=True):
+                part.append(values.cpu().numpy())
+    return tuple(np.concatenate(part) for part in parts if part)
+
+
+@torch.no_grad()
+def shard_accuracy(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, dict]],
+                   accelerator: Accelerator) -> float | None:  # fmt: skip
+    """Accuracy of `model` on batches from `shard_batches` (kept, e.g. to score many candidate weights on the same
+    rows without decoding them again), summed over processes; None for no rows."""
+    counts = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    with evaluating(model):
+        for _, batch in batches:
+            inputs = {name: value for name, value in batch.items() if name != "labels"}
+            predictions = model(**inputs).logits.argmax(-1)
+            counts += torch.stack([(predictions == batch["labels"]).sum(), torch.tensor(len(predictions))]).to(counts)
+    correct, total = accelerator.reduce(counts, reduction="sum").tolist()
+    return correct / total if total else None
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """No `datasets` progress bar inside the block (for quick internal copies); the user's setting is restored."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
