@@ -7,6 +7,9 @@ A method is one module under `hf_unlearn/methods/`: a config dataclass, an `Unle
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
@@ -15,8 +18,6 @@ import torch
 from .kinds import kind_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from accelerate import Accelerator
     from transformers import TrainerCallback, TrainerState
 
@@ -128,6 +129,20 @@ class UnlearningMethod:
         """One Trainer step when it is more than one backward pass (e.g. remain_geometry's masked forget step then
         the retain step); returns the detached loss. Methods that do not override it get the Trainer's own."""
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time one stage of the run (wall seconds, the device synchronised at both ends), added up under
+        `report["stage_seconds"][name]`: what a stage costs shows in the results and in `benchmarks/scale.py`."""
+        synchronize = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+        synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize()
+            seconds = self.report.setdefault("stage_seconds", {})
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
 
     @classmethod
     def has_own_training_step(cls) -> bool:

@@ -15,6 +15,7 @@ from transformers import Trainer
 from .checks import measured_values, unlearning_check
 from .config import UnlearnConfig
 from .lora import lora_if_asked
+from .measure_cache import original_metrics as original_metrics_of
 from .metrics import gap_to_reference
 from .outputs import check_finite
 from .passes import gather_shards, predict_logits, shard_accuracy, shard_batches
@@ -124,7 +125,8 @@ class UnlearningTrainer(SavingMixin, Trainer):
         if again:
             logger.warning(f"`forget_classes` {again} were unlearned by this model before; unlearning them again.")
         started = time.perf_counter()
-        original_metrics = self.evaluate_unlearning() if args.eval_before_unlearn else None
+        # The original's measurement is reused when this model and these rows were measured before in this process.
+        original_metrics, reused = original_metrics_of(self) if args.eval_before_unlearn else (None, False)
         evaluation_seconds = time.perf_counter() - started
         self.accelerator.wait_for_everyone()
         start = time.perf_counter()
@@ -137,7 +139,8 @@ class UnlearningTrainer(SavingMixin, Trainer):
         metrics = self.evaluate_unlearning() if args.eval_after_unlearn else {}
         metrics.update(self.method.report)
         # The method's own time, and the measuring passes before and after apart from it.
-        metrics.update(unlearn_seconds=seconds, evaluation_seconds=evaluation_seconds + time.perf_counter() - started)
+        metrics.update(unlearn_seconds=seconds, evaluation_seconds=evaluation_seconds + time.perf_counter() - started,
+                       original_measurement_reused=reused)
         if split.is_class_level and all(metrics.get(key) is None for key in self.kind.forget_keys):
             metrics.update(self.kind.forget_check_metrics(self))
         check = unlearning_check(

@@ -188,3 +188,22 @@ def test_a_request_is_resolved_and_checked_without_a_trainer(trained, digits, tm
 def test_register_method_checks_what_it_registers(method_class, message):
     with pytest.raises(TypeError, match=message):
         register_method("checked", RetainOnlyConfig, method_class, description="a method")
+
+
+def test_the_originals_measurement_is_reused_only_for_the_same_model_and_rows(trained, digits, tmp_path):
+    model = trained("resnet")
+
+    def run(model, **overrides):
+        args = UnlearnConfig(output_dir=str(tmp_path), method="svd_projection", report_to="none", disable_tqdm=True,
+                             method_kwargs={"num_samples": 60, "alpha_r_grid": [30.0], "alpha_f_grid": [3.0]},
+                             **overrides)  # fmt: skip
+        return UnlearningTrainer(model, args, train_dataset=digits["train"], eval_dataset=digits["test"],
+                                 forget_classes=[3]).unlearn()  # fmt: skip
+
+    first, again = run(model, seed=11), run(model, seed=11)
+    assert again.metrics["original_measurement_reused"] and again.original_metrics == first.original_metrics
+    assert not run(model, seed=12).metrics["original_measurement_reused"]  # other sampled rows: measured again
+    changed = first.model  # another model (the unlearned one): measured, not taken from the cache
+    result = run(changed, seed=11)
+    assert not result.metrics["original_measurement_reused"]
+    assert result.original_metrics["forget_accuracy"] == pytest.approx(first.metrics["forget_accuracy"])

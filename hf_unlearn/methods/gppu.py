@@ -310,10 +310,11 @@ class GPPU(UnlearningMethod):
             "forget": trainer.forget_view.select(forget_rows),
             "retain": trainer.retain_view.select(retain_rows),
         }
-        sampled = {
-            split: collect_head_features(trainer, rows, self.head, f"Features ({split})")
-            for split, rows in self.sampled_rows.items()
-        }
+        with self.stage("features"):
+            sampled = {
+                split: collect_head_features(trainer, rows, self.head, f"Features ({split})")
+                for split, rows in self.sampled_rows.items()
+            }
         self.original_accuracy = {split: _accuracy(part.logits, part.labels) for split, part in sampled.items()}
         stages = {"original": self.original_accuracy}
 
@@ -321,18 +322,20 @@ class GPPU(UnlearningMethod):
         features = torch.cat([sampled["forget"].features, sampled["retain"].features])
         labels = torch.cat([sampled["forget"].labels, sampled["retain"].labels])
         is_forget = torch.arange(len(features), device=features.device) < len(sampled["forget"].features)
-        self.directions = forget_directions(features, labels, is_forget, config)
+        with self.stage("graph"):
+            self.directions = forget_directions(features, labels, is_forget, config)
         retain_features = sampled["retain"].features
         self.retain_centroid = retain_features.mean(0)
         self.retain_variance = (retain_features - self.retain_centroid).pow(2).sum(-1).mean().clamp_min(1e-12)
 
         # Step 5: hard projection of the head. Steps 5 and 6a change the head only, so their effect on the sampled
         # rows comes from the features already computed, without a forward pass.
-        with torch.no_grad():
+        with self.stage("projection"), torch.no_grad():
             self.head.weight.copy_(RemoveDirections(self.directions)(self.head.weight))
         stages["projection"] = self.head_accuracy(sampled)
         if config.head_steps:
-            self.refit_head(retain_features, sampled["retain"].labels)
+            with self.stage("head_refit"):
+                self.refit_head(retain_features, sampled["retain"].labels)
             stages["head_refit"] = self.head_accuracy(sampled)
         self.report.update(
             head_module=self.head_name,
@@ -343,7 +346,8 @@ class GPPU(UnlearningMethod):
         )
         relabel = config.forget_objective != "projection"
         if config.finetune and (relabel or not (config.stop_when_recovered and self.recovered(stages[list(stages)[-1]]))):
-            self.finetune()
+            with self.stage("finetune"):
+                self.finetune()
             stages["finetune"] = self.measure_sampled_rows()
         names = {"projection": "head projection", "head_refit": "head refit", "finetune": "tail fine-tuning"}
         self.report["stages_run"] = [names[stage] for stage in stages if stage in names]

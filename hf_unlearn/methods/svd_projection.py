@@ -234,15 +234,17 @@ class SVDProjection(UnlearningMethod):
         modules = find_target_modules(model, config.target_modules, config.exclude_modules)
         views = {"forget": trainer.forget_view, "retain": trainer.retain_view}
         rows = {split: [views[split].select(part) for part in parts] for split, parts in self.split_rows().items()}
-        grams = {
-            split: collect_input_grams(trainer, rows[split][0], modules, config.conv_window, f"Statistics ({split})")
-            for split in ("retain", "forget")
-        }
-        spaces = {
-            name: LayerProjection(module.weight, grams["retain"].grams[name], grams["forget"].grams[name])
-            for name, module in modules.items()
-            if grams["retain"].rows[name] and grams["forget"].rows[name]
-        }
+        with self.stage("statistics"):
+            grams = {
+                split: collect_input_grams(trainer, rows[split][0], modules, config.conv_window, f"Statistics ({split})")
+                for split in ("retain", "forget")
+            }
+        with self.stage("eigendecompositions"):
+            spaces = {
+                name: LayerProjection(module.weight, grams["retain"].grams[name], grams["forget"].grams[name])
+                for name, module in modules.items()
+                if grams["retain"].rows[name] and grams["forget"].rows[name]
+            }
         if len(spaces) < len(modules):
             logger.warning(f"Not projected (no input on one split): {sorted(set(modules) - set(spaces))}")
         self.report["projected_layers"] = len(spaces)
@@ -258,13 +260,16 @@ class SVDProjection(UnlearningMethod):
                         "statistics came from (no held-out rows are left), which favours strong projections."
                     )
                     scored[split] = statistics_rows
-            alpha_r, alpha_f = self.search(modules, spaces, scored["forget"], scored["retain"])
+            with self.stage("alpha_search"):
+                alpha_r, alpha_f = self.search(modules, spaces, scored["forget"], scored["retain"])
         else:
             alpha_r, alpha_f = config.alpha_r, config.alpha_f
-        self.apply(modules, spaces, alpha_r, alpha_f)
+        with self.stage("projection"):
+            self.apply(modules, spaces, alpha_r, alpha_f)
         self.report.update(alpha_r=alpha_r, alpha_f=alpha_f)
         if config.head_refit_steps:
-            self.refit_head(rows["retain"][0])
+            with self.stage("head_refit"):
+                self.refit_head(rows["retain"][0])
 
     def refit_head(self, retain_rows) -> None:
         """Refit the head on the projected model's features of `retain_rows` (`models.refit_head`)."""

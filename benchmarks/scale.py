@@ -1,0 +1,187 @@
+"""Cost of the projection methods at real model sizes (issue: performance at real model sizes).
+
+Each architecture is built from its transformers config at the published size with random weights (cost does not
+depend on the weights): ViT-base/16 at 224, DeiT-small/16 at 224, ResNet-50 at 224, AST-base on 1024 x 128 log-mel
+frames, Wav2Vec2-base on 1 s of 16 kHz audio. The data are random inputs of 10 classes (class 0 is forgotten). For each
+model and method, in one process (so the peak memory is this run's):
+
+- `forward`: one forward pass over the rows the method may read (its forget and retain views), timed in the same
+  process: the physical floor of these methods;
+- the method's stages (`stage_seconds` of the run: statistics / eigendecompositions / alpha search / projection /
+  head refit for svd_projection; features / graph / projection / head refit / fine-tuning for gppu), their sum
+  (`unlearn_seconds`) and its ratio to the forward pass;
+- `evaluation_seconds`: the default measuring passes before and after (original and unlearned model), and its
+  ratio to the method's own time;
+- the process's peak resident memory.
+
+    python benchmarks/scale.py --output benchmarks/results/scale.md [--models vit-base deit-small] [--rows 128 512]
+
+Each (model, method, rows) runs in a fresh subprocess. CPU threads: what torch uses by default on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from transformers import (
+    ASTConfig,
+    ASTForAudioClassification,
+    DeiTConfig,
+    DeiTForImageClassification,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    Wav2Vec2Config,
+    Wav2Vec2ForSequenceClassification,
+)
+
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+
+NUM_LABELS = 10
+#: name -> (build, input name, one row's input shape)
+MODELS = {
+    "vit-base": (lambda: ViTForImageClassification(ViTConfig(num_labels=NUM_LABELS)), "pixel_values", (3, 224, 224)),
+    "deit-small": (
+        lambda: DeiTForImageClassification(DeiTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                                      intermediate_size=1536, num_labels=NUM_LABELS)),  # fmt: skip
+        "pixel_values",
+        (3, 224, 224),
+    ),
+    "resnet-50": (
+        lambda: ResNetForImageClassification(ResNetConfig(num_labels=NUM_LABELS)),  # ResNetConfig() is ResNet-50
+        "pixel_values",
+        (3, 224, 224),
+    ),
+    "ast-base": (lambda: ASTForAudioClassification(ASTConfig(num_labels=NUM_LABELS)), "input_values", (1024, 128)),
+    "wav2vec2-base": (
+        lambda: Wav2Vec2ForSequenceClassification(Wav2Vec2Config(num_labels=NUM_LABELS)),
+        "input_values",
+        (16000,),
+    ),
+}
+METHODS = {
+    # The statistics and the alpha grid read at most the rows given; a 2 x 2 grid keeps the search visible.
+    "svd_projection": {"alpha_r_grid": [30.0, 100.0], "alpha_f_grid": [3.0, 10.0]},
+    "gppu": {},
+}
+
+
+def random_rows(rows: int, input_name: str, shape: tuple, seed: int) -> datasets.Dataset:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(rows) % NUM_LABELS
+    inputs = rng.standard_normal((rows, *shape), dtype=np.float32)
+    feature = {1: datasets.Sequence(datasets.Value("float32")), 2: datasets.Array2D(shape, "float32"),
+               3: datasets.Array3D(shape, "float32")}[len(shape)]  # fmt: skip
+    features = datasets.Features({input_name: feature, "label": datasets.ClassLabel(num_classes=NUM_LABELS)})
+    return datasets.Dataset.from_dict({input_name: list(inputs), "label": labels}, features=features)
+
+
+def run_one(model_name: str, method: str, rows: int, batch: int) -> dict:
+    """One measurement (in this process)."""
+    torch.manual_seed(0)
+    build, input_name, shape = MODELS[model_name]
+    model = build().eval()
+    train, test = random_rows(rows, input_name, shape, 0), random_rows(max(rows // 4, NUM_LABELS), input_name, shape, 1)
+    forget_rows = rows // NUM_LABELS
+    args = UnlearnConfig(
+        output_dir=tempfile.mkdtemp(), method=method, method_kwargs=METHODS[method], report_to="none",
+        disable_tqdm=True, per_device_eval_batch_size=batch, per_device_train_batch_size=batch, seed=0,
+        max_retain_samples=rows - forget_rows, max_metric_train_samples=rows,
+    )  # fmt: skip
+    trainer = UnlearningTrainer(model, args, train_dataset=train, eval_dataset=test, forget_classes=[0])
+    read = len(trainer.forget_view) + len(trainer.retain_view)
+    start = time.perf_counter()
+    trainer.predict_logits(trainer.forget_view)
+    trainer.predict_logits(trainer.retain_view)
+    forward = time.perf_counter() - start
+    result = trainer.unlearn()
+    metrics = result.metrics
+    return {
+        "model": model_name,
+        "method": method,
+        "rows": rows,
+        "rows_read": read,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "forward_seconds": forward,
+        "unlearn_seconds": metrics["unlearn_seconds"],
+        "stage_seconds": metrics.get("stage_seconds", {}),
+        "evaluation_seconds": metrics["evaluation_seconds"],
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "forget_accuracy": metrics.get("forget_accuracy"),
+    }
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| model | params (M) | method | rows read | forward (s) | method (s) | x forward | stages (s) | evaluation (s) "
+        "| evaluation / method | peak RSS (GB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in r["stage_seconds"].items())
+        lines.append(
+            f"| {r['model']} | {r['parameters_m']:.1f} | {r['method']} | {r['rows_read']} | {r['forward_seconds']:.1f} "
+            f"| {r['unlearn_seconds']:.1f} | {r['unlearn_seconds'] / r['forward_seconds']:.2f} | {stages} "
+            f"| {r['evaluation_seconds']:.1f} | {r['evaluation_seconds'] / r['unlearn_seconds']:.2f} "
+            f"| {r['peak_rss_gb']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=sorted(METHODS))
+    parser.add_argument("--rows", nargs="+", type=int, default=[128], help="training rows (a tenth is forgotten)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--output", default="benchmarks/results/scale.md")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one measurement, print it as JSON
+    options = parser.parse_args(argv)
+    if options.one:
+        model_name, method, rows = options.one.split(",")
+        print("RESULT " + json.dumps(run_one(model_name, method, int(rows), options.batch)))
+        return
+    results = []
+    for rows in options.rows:
+        for model_name in options.models:
+            for method in options.methods:
+                command = [sys.executable, __file__, "--one", f"{model_name},{method},{rows}", "--batch",
+                           str(options.batch)]  # fmt: skip
+                completed = subprocess.run(command, capture_output=True, text=True)
+                found = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+                if completed.returncode or not found:
+                    print(f"{model_name} {method} {rows}: failed\n{completed.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                results.append(json.loads(found[0][len("RESULT ") :]))
+                print(table(results[-1:]).splitlines()[-1], flush=True)
+    text = "\n".join([
+        "# Projection methods at real model sizes (CPU)",
+        "",
+        f"`python benchmarks/scale.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; random weights and inputs, 10 classes, "
+        "class 0 forgotten; default evaluation (original and unlearned, eval split a quarter of the rows). "
+        "`x forward`: the method's time over one forward pass over the rows it may read, measured in the same "
+        "process.",
+        "",
+        table(results),
+        "",
+        "Raw results: " + json.dumps(results),
+    ])  # fmt: skip
+    Path(options.output).write_text(text + "\n")
+    print(f"written {options.output}")
+
+
+if __name__ == "__main__":
+    main()
