@@ -3,8 +3,9 @@
 Comparing methods (or running several requests) on one trained model measures the same original on the same rows
 each time: a measuring pass costs as much as a fast method itself. `original_metrics(trainer)` keys a measurement
 by a fingerprint of the model's weights and buffers and by everything that decides the measured rows and metrics (the
-data's fingerprints, the request's split, the judge, the seed and the measuring settings), and returns a copy of the
-earlier result when all of them match. Any change to the model (training, an in-place edit) changes its fingerprint.
+data's fingerprints, the request's split, the judge, the label names, the processor's settings, the collator, the
+seed and the measuring settings), and returns a copy of the earlier result when all of them match. Single-process
+runs only. Any change to the model (training, an in-place edit) changes its fingerprint.
 """
 
 from __future__ import annotations
@@ -49,12 +50,21 @@ def request_fingerprint(trainer) -> str:
         split.unlearned_before,
         {name: getattr(args, name, None) for name in _MEASURING_FIELDS},
         model_fingerprint(trainer.judge),
+        getattr(trainer.model.config, "id2label", None),
+        # How rows become inputs: the processor's settings, and the collator (another collator object: no reuse).
+        trainer.processing_class.to_dict() if hasattr(trainer.processing_class, "to_dict") else None,
+        (getattr(trainer.data_collator, "label_column", None), type(trainer.data_collator).__name__,
+         None if type(trainer.data_collator).__name__ == "UnlearningCollator" else id(trainer.data_collator)),
     ]
     return hashlib.sha1(repr(parts).encode()).hexdigest()
 
 
 def original_metrics(trainer) -> tuple[dict, bool]:
-    """`(metrics of trainer.model before unlearning, whether they were reused)`."""
+    """`(metrics of trainer.model before unlearning, whether they were reused)`. Only on one process: with several,
+    a hit on one and a miss on another would leave the others waiting in the measuring pass's gather, and sharded
+    weights differ by process."""
+    if trainer.accelerator.num_processes > 1:
+        return trainer.evaluate_unlearning(), False
     key = model_fingerprint(trainer.model) + request_fingerprint(trainer)
     if key in _CACHE:
         _CACHE.move_to_end(key)

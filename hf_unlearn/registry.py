@@ -130,5 +130,9 @@ def get_method(name: Any) -> MethodSpec:
     if name not in _METHODS:
         close = difflib.get_close_matches(str(name), list(_METHODS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"Unknown unlearning method '{name}'.{hint} Available: {', '.join(sorted(_METHODS))}.")
+        raise ValueError(
+            f"Unknown unlearning method '{name}'.{hint} Available: {', '.join(sorted(_METHODS)) or 'none yet'}."
+            + ("" if _METHODS else " The built-in methods register when `hf_unlearn.methods` is imported: use "
+               "`hf_unlearn.get_method` (or import hf_unlearn.methods first).")
+        )
     return _METHODS[name]

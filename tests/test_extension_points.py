@@ -207,3 +207,14 @@ def test_the_originals_measurement_is_reused_only_for_the_same_model_and_rows(tr
     result = run(changed, seed=11)
     assert not result.metrics["original_measurement_reused"]
     assert result.original_metrics["forget_accuracy"] == pytest.approx(first.metrics["forget_accuracy"])
+
+
+def test_kind_of_sees_through_wrappers_and_a_folder_without_config_is_named(tmp_path):
+    from hf_unlearn.examples.digits import digits_classifier
+    from hf_unlearn.kinds import load_model
+
+    model = digits_classifier("resnet")
+    assert kind_of(torch.compile(model)).name == "classifier"  # the wrapper torch_compile=True trains through
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither a config.json"):
+        load_model(str(tmp_path / "empty"))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import AutoConfig
 
 if TYPE_CHECKING:  # annotations only: the trainer module imports the kinds
@@ -107,6 +108,7 @@ def register_kind(kind: ModelKind) -> ModelKind:
         raise TypeError(f"`register_kind` takes a named ModelKind instance, got {kind!r}.")
     if type(kind).matches is ModelKind.matches:
         raise TypeError(f"Model kind '{kind.name}' ({type(kind).__name__}) must define `matches(model)`.")
+    _KINDS.pop(kind.name, None)  # a replacement is asked first too
     _KINDS[kind.name] = kind
     return kind
 
@@ -131,7 +133,7 @@ def get_kind(name: str) -> ModelKind:
 def kind_of(model: torch.nn.Module) -> ModelKind:
     """The kind of `model` (possibly wrapped by accelerate / DistributedDataParallel); a `TypeError` naming what the
     library unlearns when no kind claims it."""
-    inner = getattr(model, "module", model)
+    inner = extract_model_from_parallel(model, keep_torch_compile=False)  # DDP, DeepSpeed, torch.compile wrappers
     for kind in reversed(_KINDS.values()):
         if kind.matches(inner):
             return kind
@@ -158,7 +160,12 @@ def load_model(model_id: str, *, trust_remote_code: bool = False) -> tuple[Any, 
             "--output_dir outputs/digits-vit` for the digits recipes)."
         )
     config, error = None, None
-    if not (path.is_dir() and not (path / "config.json").is_file()):
+    if path.is_dir() and not (path / "config.json").is_file():
+        error = FileNotFoundError(
+            f"`model` '{model_id}' is a folder with neither a config.json (transformers, a saved GANPair) nor a "
+            "model_index.json (a diffusers pipeline): point it at the folder `save_pretrained` wrote."
+        )
+    else:
         try:
             config = AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
         except OSError as raised:  # no config.json: a diffusers pipeline has model_index.json instead

@@ -76,7 +76,8 @@ class Classifier(ModelKind):
         return unlearning_metrics(
             **{name: part[:2] for name, part in parts.items()},
             class_level=trainer.split.is_class_level,
-            id2label=getattr(model.config, "id2label", None),
+            # The request's names (a reference model may name its classes LABEL_i): one key per class in every column.
+            id2label=getattr(trainer.model.config, "id2label", None),
             seed=trainer.args.seed,
             features=None if head is None else {name: part[2] for name, part in parts.items()},
         )
