@@ -13,7 +13,7 @@ import torch
 import yaml
 from transformers import TrainingArguments
 
-from .jobs import JobArguments
+from .jobs import JOB_KEYS
 from .methods import get_method
 from .validation import check_pattern, coerce, coerce_fields
 
@@ -327,8 +327,7 @@ class UnlearnConfig(TrainingArguments):
             values = yaml.safe_load(handle) or {}
         if not isinstance(values, dict):
             raise ValueError(f"`{path}` must hold a mapping of UnlearnConfig fields, got {type(values).__name__}.")
-        job_keys = {f.name for f in fields(JobArguments)}
-        values = {key: value for key, value in values.items() if key not in job_keys}
+        values = {key: value for key, value in values.items() if key not in JOB_KEYS}
         values.update(overrides)
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:

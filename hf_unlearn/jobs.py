@@ -4,7 +4,7 @@ these and `UnlearnConfig` fields; this module is light (no torch) so the command
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -94,3 +94,7 @@ class JobArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
+
+
+#: The keys of a job's YAML that describe the job (model, data, classes, card), not the `UnlearnConfig`.
+JOB_KEYS = frozenset(f.name for f in fields(JobArguments))

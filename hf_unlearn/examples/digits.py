@@ -37,6 +37,7 @@ from ..config import UnlearnConfig
 from ..data import label_maps
 from ..diffusion import small_ddpm, train_diffusion
 from ..gan import dcgan_pair, train_gan
+from ..jobs import JOB_KEYS
 from ..trainer import UnlearningTrainer
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -108,9 +109,8 @@ BUDGET_RECIPES = {
     "svd_projection": "resnet_svd_projection",
 }
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "digits"
-#: Keys of a recipe that describe the job (model, data, output, seed), not the unlearning budget.
-_JOB_KEYS = {"model_name_or_path", "dataset_name", "dataset_config_name", "data_files", "forget_classes", "judge_model",
-             "output_dir", "method", "seed"}  # fmt: skip
+#: Keys of a recipe that are not the unlearning budget: the job's (model, data, classes), the output, method and seed.
+_NOT_BUDGET = JOB_KEYS | {"output_dir", "method", "seed"}
 
 
 def recipe_budget(path: str | Path) -> dict:
@@ -123,7 +123,7 @@ def recipe_budget(path: str | Path) -> dict:
             "a clone of hf-unlearn, or pass your own budget)."
         )
     values = yaml.safe_load(path.read_text()) or {}
-    return {key: value for key, value in values.items() if key not in _JOB_KEYS}
+    return {key: value for key, value in values.items() if key not in _NOT_BUDGET}
 
 
 @functools.cache
