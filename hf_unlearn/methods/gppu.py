@@ -18,8 +18,16 @@ Everything marked [R] below is OUR reconstruction from that description, not the
 3. [R] Personalised-PageRank smoothing of the raw features: H <- (1 - beta) A_hat H + beta H0, `propagation_steps`
    (T = 10) times with `teleport` beta = 0.1, so each feature moves towards its neighbourhood.
 4. [R] One forget direction per forget class: the centroid of its propagated features minus the centroid of the
-   propagated retain features (the part every class shares), orthonormalised over the forget classes: G (d x m).
-5. [R] Hard projection folded into the head: W_head <- W_head (I - G G^T). The model already forgets here.
+   propagated retain features (the part every class shares), by default whitened by the retain features' covariance,
+   g_c = (Sigma_r + s I)^-1 (mu_c - mu_r) (`direction="whitened"`, shrinkage s = `whitening_shrinkage` times the
+   mean retain variance): the direction that separates the forget class from the retained ones relative to how much
+   the retained features vary along it, so removing it costs the retained classes least (the plain offset,
+   "contrast", is the direction of largest retained spread on low-rank features: on a Wav2Vec2 of the tune tasks its
+   removal took the sampled retain rows from 91 to 22 % and the head refit back to 64 % only; whitened, to 92 %;
+   `benchmarks/results/ablation_gppu_whitened.md`). Orthonormalised over the forget classes: G (d x m).
+5. [R] Hard projection folded into the head: W_head <- W_head (I - G G^T). With "contrast" directions the model
+   usually forgets here already; a whitened direction removes less of what the forget rows share with retained ones,
+   and the head refit (6a), where the forget class is never a target, completes the forgetting.
 6. Targeted fine-tuning, head first:
    a. [R] The projected head is refitted with the retain cross-entropy on the retain features of step 1 (`head_steps`
       full-batch AdamW steps, `head_learning_rate`). The head's input does not depend on the head, so this is exact
@@ -79,7 +87,7 @@ _plain_logger = logging.getLogger(__name__)  # for helpers that also run outside
 
 
 FORGET_OBJECTIVES = ("projection", "relabel", "both")
-DIRECTIONS = ("unique", "contrast")
+DIRECTIONS = ("whitened", "contrast", "unique")
 
 
 @dataclass
@@ -117,13 +125,23 @@ class GPPUConfig:
         },
     )
     direction: str = field(
-        default="contrast",
+        default="whitened",
         metadata={
-            "help": "Forget directions (step 4) [R]: 'contrast' (default) is each forget class's centroid minus the "
-            "retain centroid; 'unique' keeps only its part outside the span of the retained classes' own offsets, so "
-            "the projection leaves the retained centroids in place. Measured on the tune tasks "
-            "(benchmarks/results/ablation_gppu_direction.md): 'unique' was never better, and where the features are "
-            "low-rank (the Wav2Vec2) the forget centroid lies in the retained span and it falls back to 'contrast'."
+            "help": "Forget directions (step 4) [R]: 'whitened' (default), each forget class's centroid minus the "
+            "retain centroid, multiplied by the inverse of the (shrunk) retain feature covariance, so the direction "
+            "removed is the one the retained classes vary least along; 'contrast', the plain centroid offset (the "
+            "default before: on low-rank features it removes what the retained classes need, "
+            "benchmarks/results/ablation_gppu_whitened.md); 'unique', the offset's part outside the span of the "
+            "retained classes' own offsets (never better on the tune tasks, "
+            "benchmarks/results/ablation_gppu_direction.md; where that part vanishes it falls back to 'contrast')."
+        },
+    )
+    whitening_shrinkage: float = field(
+        default=0.1,
+        metadata={
+            "help": "direction='whitened': s in (Sigma_r + s * mean variance * I)^-1, which keeps directions the "
+            "retain rows never vary along from dominating (chosen on the tune tasks among 0.1 and 1, "
+            "benchmarks/results/ablation_gppu_whitened.md)."
         },
     )
     head_steps: int = field(
@@ -186,6 +204,8 @@ class GPPUConfig:
         for name in ("propagation_steps", "num_trainable_blocks", "head_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
+        if self.whitening_shrinkage <= 0:
+            raise ValueError(f"`whitening_shrinkage` must be > 0, got {self.whitening_shrinkage!r}.")
         if self.head_learning_rate <= 0:
             raise ValueError(f"`head_learning_rate` must be > 0, got {self.head_learning_rate!r}.")
         if not 0.0 < self.teleport <= 1.0:
@@ -241,7 +261,8 @@ def forget_directions(
     features: torch.Tensor, labels: torch.Tensor, is_forget: torch.Tensor, config: GPPUConfig
 ) -> torch.Tensor:
     """G (d x m, orthonormal columns): per forget class, the centroid of its propagated features minus the centroid
-    of the propagated retain features, orthonormalised over the classes. With `direction="unique"` each
+    of the propagated retain features (with `direction="whitened"`, times the inverse of the shrunk covariance of the
+    propagated retain features), orthonormalised over the classes. With `direction="unique"` each
     offset first loses its part in the span of the retained classes' own offsets, so removing G leaves every retained
     centroid where it was (up to a shift the head refit absorbs) [R]."""
     a_hat = knn_graph(features, config.num_neighbors, config.knn_batch_size)
@@ -262,7 +283,21 @@ def forget_directions(
                 "GPPU: the forget classes' centroids lie in the span of the retained classes' offsets; using the "
                 "plain offsets (direction='contrast')."
             )
+    if config.direction == "whitened":
+        directions = whitened(directions, smoothed[~is_forget], config.whitening_shrinkage)
     return _orthonormal_columns(directions.T).to(features.dtype)
+
+
+def whitened(offsets: torch.Tensor, retain_features: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """Rows (Sigma_r + s I)^-1 offset of `offsets` (m x d), in float64: Sigma_r the covariance of `retain_features`
+    (n x d), s = `shrinkage` times its mean diagonal (at least the smallest positive float, so a constant feature
+    space is no error)."""
+    retained = retain_features.double()
+    centred = retained - retained.mean(0)
+    covariance = centred.T @ centred / max(len(retained) - 1, 1)
+    shrink = (shrinkage * covariance.diagonal().mean()).clamp_min(torch.finfo(torch.float64).tiny)
+    eye = torch.eye(len(covariance), dtype=covariance.dtype, device=covariance.device)
+    return torch.linalg.solve(covariance + shrink * eye, offsets.double().T).T
 
 
 def _orthonormal_columns(matrix: torch.Tensor) -> torch.Tensor:
