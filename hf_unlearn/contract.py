@@ -61,8 +61,9 @@ class TrainerSurface(Protocol):
                       batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, dict]]:  # fmt: skip
         """This process's share of `dataset` in batches, each row once (`hf_unlearn.passes.shard_batches`)."""
 
-    def shard_accuracy(self, batches, model=None) -> float | None:
-        """Accuracy on batches from `shard_batches`, summed over processes."""
+    def shard_accuracy(self, batches, model=None, plausible_at: float | None = None) -> float | None:
+        """Accuracy on batches from `shard_batches`, summed over processes (`plausible_at`: rows whose label keeps
+        that probability count too)."""
 
     def gather_shards(self, local: torch.Tensor, total: int) -> torch.Tensor:
         """Per-row results of this process's share joined over processes, in dataset order."""

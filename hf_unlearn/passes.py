@@ -85,16 +85,24 @@ def predict_logits(model: torch.nn.Module, loader: Iterable[dict] | None, accele
 
 
 @torch.no_grad()
-def shard_accuracy(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, dict]],
-                   accelerator: Accelerator) -> float | None:  # fmt: skip
+def shard_accuracy(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, dict]], accelerator: Accelerator,
+                   plausible_at: float | None = None) -> float | None:  # fmt: skip
     """Accuracy of `model` on batches from `shard_batches` (kept, e.g. to score many candidate weights on the same
-    rows without decoding them again), summed over processes; None for no rows."""
+    rows without decoding them again), summed over processes; None for no rows.
+
+    With `plausible_at` (a probability), a row also counts when its label keeps at least that probability without
+    being the top prediction: an upper bound of the accuracy that reaches 0 only once the label is implausible
+    everywhere, the margin a forget check needs so that rows it never saw are forgotten too."""
     counts = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     with evaluating(model):
         for _, batch in batches:
             inputs = {name: value for name, value in batch.items() if name != "labels"}
-            predictions = model(**inputs).logits.argmax(-1)
-            counts += torch.stack([(predictions == batch["labels"]).sum(), torch.tensor(len(predictions))]).to(counts)
+            logits, labels = model(**inputs).logits.float(), batch["labels"]
+            counted = logits.argmax(-1) == labels
+            if plausible_at is not None:
+                label_probability = logits.softmax(-1).gather(-1, labels[:, None])[:, 0]
+                counted |= label_probability >= plausible_at
+            counts += torch.stack([counted.sum(), torch.tensor(len(labels))]).to(counts)
     correct, total = accelerator.reduce(counts, reduction="sum").tolist()
     return correct / total if total else None
 

@@ -211,9 +211,10 @@ class UnlearningTrainer(SavingMixin, Trainer):
         """Per-row results of this process's share joined over processes, in dataset order, on every process."""
         return gather_shards(local, total, self.accelerator)
 
-    def shard_accuracy(self, batches, model=None) -> float | None:
-        """Accuracy of `model` (default: `self.model`) on batches from `shard_batches`, summed over processes."""
-        return shard_accuracy(self.model if model is None else model, batches, self.accelerator)
+    def shard_accuracy(self, batches, model=None, plausible_at: float | None = None) -> float | None:
+        """Accuracy of `model` (default: `self.model`) on batches from `shard_batches`, summed over processes
+        (`plausible_at`: see `hf_unlearn.passes.shard_accuracy`)."""
+        return shard_accuracy(self.model if model is None else model, batches, self.accelerator, plausible_at)
 
     def evaluate_unlearning(self, reference_model=None, model=None) -> dict:
         """Unlearning metrics of `model` (default: the trainer's current model), measured by its kind (see

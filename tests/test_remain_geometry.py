@@ -1,6 +1,8 @@
 """`remain_geometry` (SFR-on): the Fisher diagonals and the saliency mask; masked parameters do not move in a forget
 step; class and sample-level forgetting on digits; with LoRA the mask covers the adapters and the head."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,19 @@ def test_the_guard_pauses_forgetting_and_stops_once_the_retain_rows_recovered(tr
     assert metrics["forget_accuracy"] <= 0.05 and result.forgotten
 
 
+def test_the_plausible_guard_pauses_forgetting_only_once_the_class_is_implausible(trained, digits, tmp_path):
+    """`guard_forget_check="plausible"`: the guard counts forget rows whose class keeps chance probability, and reports
+    that share under its own name; the run still stops once it is 0 and the retain rows recovered."""
+    budget = {"max_steps": 120, "learning_rate": 3e-3, "optim": "adamw_torch", "weight_decay": 0.0,
+              "max_grad_norm": 0.0,
+              "method_kwargs": {"mask_samples": 128, "check_steps": 3, "guard_forget_check": "plausible"}}  # fmt: skip
+    result = build(trained("resnet"), digits, tmp_path, **budget).unlearn()
+    metrics = result.metrics
+    assert "guard_forget_accuracy" not in metrics
+    assert metrics["guard_forget_plausible"] == 0.0 and metrics["iterations"] < 120
+    assert metrics["forget_accuracy"] <= 0.05 and result.forgotten
+
+
 def test_the_guard_never_cancels_the_budgets_own_stop(trained, digits, tmp_path):
     """A guard that does not stop (nothing forgets at this rate) checking at every step must leave the Trainer's
     `max_steps` stop alone: the run ends at the budget, not at the end of the epoch."""
@@ -146,3 +161,26 @@ def test_gradient_accumulation_is_refused(trained, digits, tmp_path):
 def test_bad_method_kwargs_are_named(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         UnlearnConfig(output_dir=str(tmp_path), method="remain_geometry", method_kwargs=kwargs)
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose logits are its input (`x`): the accuracy and plausibility counts are known by hand."""
+
+    def forward(self, x):
+        return SimpleNamespace(logits=x)
+
+
+def test_the_plausible_count_bounds_the_accuracy_and_reaches_zero_only_with_a_margin():
+    """Four rows of class 0 out of 4 classes (chance 0.25): one predicted (counted by both), one second with 0.4
+    (plausible, not accurate), one at 0.2 and one at 0.01 (neither)."""
+    from accelerate import Accelerator
+
+    from hf_unlearn.passes import shard_accuracy
+
+    probabilities = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.4, 0.5, 0.05, 0.05], [0.2, 0.6, 0.1, 0.1],
+                                  [0.01, 0.97, 0.01, 0.01]])  # fmt: skip
+    batches = [(torch.arange(4), {"x": probabilities.log(), "labels": torch.zeros(4, dtype=torch.long)})]
+    accelerator = Accelerator(cpu=True)
+    assert shard_accuracy(FixedLogits(), batches, accelerator) == 0.25
+    assert shard_accuracy(FixedLogits(), batches, accelerator, plausible_at=0.25) == 0.5
+    assert shard_accuracy(FixedLogits(), batches, accelerator, plausible_at=0.1) == 0.75
