@@ -280,17 +280,20 @@ class HeadFeatures:
 
 
 @torch.no_grad()
-def collect_head_features(trainer, dataset, head: nn.Linear, description: str = "Features") -> HeadFeatures:
+def collect_head_features(trainer, dataset, head: nn.Linear, description: str = "Features",
+                          batches=None) -> HeadFeatures:  # fmt: skip
     """One forward pass of `trainer.model` (eval mode) over `dataset`, shared between processes without duplicates,
     recording the input of `head` for every row; the result holds every row of `dataset`, in order, on every
-    process."""
+    process. `batches`: this process's batches of `dataset` already decoded (`trainer.shard_batches`, kept in a list
+    to score many weights on the same rows), used instead of decoding them again."""
     model = trainer.model
     parts = {"features": [], "logits": [], "labels": []}
     with evaluating(model):
-        for _, batch in trainer.shard_batches(dataset, description):
-            labels = batch.pop("labels")
+        for _, batch in trainer.shard_batches(dataset, description) if batches is None else batches:
+            labels = batch["labels"]
+            inputs = {name: value for name, value in batch.items() if name != "labels"}
             with capturing(head) as captured:
-                logits = model(**batch).logits
+                logits = model(**inputs).logits
             parts["features"].append(pooled_rows(captured.value).float())
             parts["logits"].append(logits.float())
             parts["labels"].append(labels)

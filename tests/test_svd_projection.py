@@ -8,7 +8,12 @@ import torch
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.examples.digits import digits_classifier
-from hf_unlearn.methods.svd_projection import LayerProjection, best_grid_point, scaled_importance
+from hf_unlearn.methods.svd_projection import (
+    LayerProjection,
+    best_grid_point,
+    cross_fitted_refit_accuracy,
+    scaled_importance,
+)
 
 ALPHA = 1e4  # large: every direction with a real share of the energy counts fully
 
@@ -151,6 +156,44 @@ def test_the_grid_point_each_score_keeps():
     assert best_grid_point(grid, "forget_first", 0.05)["alpha_r"] == 100  # a looser target admits it
     nothing_forgets = [dict(point, forget_accuracy=0.5 - 0.1 * i) for i, point in enumerate(grid)]
     assert best_grid_point(nothing_forgets, "forget_first", 0.0)["alpha_r"] == 100  # the lowest forget accuracy
+
+
+def test_scored_after_a_trial_refit_the_grid_keeps_its_best_refitted_point(trained, digits, make_args):
+    grid = {"alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [1.0, 10.0], "score_after_refit": True}
+    _, result = _unlearn(trained("resnet"), digits, make_args, [3], **grid)
+    metrics = result.metrics
+    assert all(0.0 <= point["retain_after_refit"] <= 1.0 for point in metrics["alpha_grid"])
+    forgotten = [point for point in metrics["alpha_grid"] if point["forget_accuracy"] == 0.0]
+    best = max(forgotten, key=lambda point: point["retain_after_refit"])
+    assert (metrics["alpha_r"], metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
+
+
+def test_the_retain_accuracy_after_the_refit_decides_where_the_grid_has_it():
+    grid = [
+        {"alpha_r": 10, "retain_accuracy": 0.80, "retain_after_refit": 0.97, "forget_accuracy": 0.0, "score": 0.80},
+        {"alpha_r": 30, "retain_accuracy": 0.90, "retain_after_refit": 0.91, "forget_accuracy": 0.0, "score": 0.90},
+        {"alpha_r": 100, "retain_accuracy": 0.99, "retain_after_refit": 0.99, "forget_accuracy": 0.05, "score": 0.94},
+    ]
+    assert best_grid_point(grid, "forget_first", 0.0)["alpha_r"] == 10
+    assert best_grid_point(grid, "product", 0.0)["alpha_r"] == 100  # the product stays the projection's own
+    without = [dict(point, retain_after_refit=None) for point in grid]  # no head to refit
+    assert best_grid_point(without, "forget_first", 0.0)["alpha_r"] == 30
+
+
+def test_the_cross_fitted_refit_accuracy_is_measured_on_rows_the_refit_did_not_see():
+    """Two classes separated along the first feature: a refitted head scores ~1 on the other half of the rows. With
+    labels that are noise, it scores near chance on the other half, though fitting them alone would score higher."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    features = torch.randn(200, 16, generator=generator)
+    features[:, 0] += 4.0 * (2 * labels - 1)
+    head = torch.nn.Linear(16, 2)
+    before = head.weight.detach().clone()
+    assert cross_fitted_refit_accuracy(head, features, labels, 100, 1e-2) >= 0.97
+    torch.testing.assert_close(head.weight, before)  # trial copies only
+    noise = torch.randint(0, 2, (200,), generator=generator)
+    assert cross_fitted_refit_accuracy(head, torch.randn(200, 16, generator=generator), noise, 300, 5e-2) < 0.65
+    assert cross_fitted_refit_accuracy(head, features[:1], labels[:1], 10, 1e-2) is None
 
 
 def test_the_head_refit_recovers_retain_accuracy_the_projection_cost(trained, digits, make_args):
