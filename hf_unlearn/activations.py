@@ -12,8 +12,11 @@ What counts as one input row `x`:
 - `nn.Conv1d` / `nn.Conv2d`: one im2col patch per output position (the layer's kernel, stride, dilation and padding),
   laid out like the flattened weight `W.reshape(out_channels, -1)`. Grouped convolutions (depthwise ones included)
   get one Gram matrix per group, since each group of output channels only sees its own input channels.
-  Following Kodge et al. (2024), each sample contributes only the patches of one random spatial crop of 3k x 3k input
-  pixels (k the kernel size; `conv_window`), which bounds the cost on large feature maps. The crop of a sample is
+  After Kodge et al. (2024), each sample contributes only the patches of one random spatial crop about 3k input
+  pixels wide (k the kernel size; `conv_window`), which bounds the cost on large feature maps. By default the crop
+  is 3 whole kernel windows of the padded input (the patches the layer computes: 49 for a 3x3 kernel); the official
+  code's crop of the unpadded input, padded again (81 patches, the border ones partly zeros), is
+  `conv_crop="official"`. The crop of a sample is
   drawn from its position in the pass and the seed alone, so the statistics do not depend on the batch size or
   the number of processes.
 
@@ -118,6 +121,10 @@ def _as_2d(module: nn.Module, value: tuple, conv1d_height: int) -> tuple[int, in
     return (conv1d_height, value[0]) if isinstance(module, nn.Conv1d) else tuple(value)
 
 
+#: How conv inputs are cropped (`GramStatistics`'s `conv_crop`).
+CONV_CROPS = ("windows", "official")
+
+
 class GramStatistics:
     """Streams the input Gram matrix of each layer in `modules` (name -> module) over forward passes.
 
@@ -126,15 +133,23 @@ class GramStatistics:
         num_samples: the number of samples of the whole pass (all processes); fixes each sample's conv crop.
         conv_window: crop side in kernel sizes for conv inputs (3 as in Kodge et al.); `None` keeps every patch.
         seed: seeds the crops.
+        conv_crop: "windows" (default): the crop is `conv_window` whole kernel windows per side of the padded input,
+            so every patch is one the layer computes ((3 - 1) * k + 1 positions per side at stride 1: 49 patches
+            for a 3x3 kernel); "official": as the official code of Kodge et al., a `conv_window * k` square of the
+            unpadded input, padded again as the layer pads and unfolded (81 patches for 3x3), so the patches on
+            the crop's border see zeros where the image has pixels.
 
     Set `sample_ids` (the pass-wide position of each row of the next batch) before each forward pass while
     `recording()`. After the pass, `grams[name]` is a float32 `(groups, d, d)` tensor and `rows[name]` the number
     of input rows that went into it; call `all_reduce()` to sum them over processes.
     """
 
-    def __init__(self, modules: dict[str, nn.Module], num_samples: int, conv_window: int | None = 3, seed: int = 0):
+    def __init__(self, modules: dict[str, nn.Module], num_samples: int, conv_window: int | None = 3, seed: int = 0,
+                 conv_crop: str = "windows"):  # fmt: skip
+        if conv_crop not in CONV_CROPS:
+            raise ValueError(f"`conv_crop` must be one of {CONV_CROPS}, got {conv_crop!r}.")
         self.modules = modules
-        self.conv_window = conv_window
+        self.conv_window, self.conv_crop = conv_window, conv_crop
         self.sample_ids: torch.Tensor | None = None
         self.grams, self.rows, self._crop_draws = {}, {}, {}
         for index, (name, module) in enumerate(modules.items()):
@@ -173,11 +188,13 @@ class GramStatistics:
             return x.reshape(-1, 1, size).float()
         if isinstance(module, nn.Conv1d):
             x = x.unsqueeze(2)
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, _padding(module), mode=mode)
         kernel, stride = _as_2d(module, module.kernel_size, 1), _as_2d(module, module.stride, 1)
         dilation = _as_2d(module, module.dilation, 1)
-        if self.conv_window is not None:
+        if self.conv_window is not None and self.conv_crop == "official":
+            x = self._crop_input(name, x, [self.conv_window * k for k in kernel])
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, _padding(module), mode=mode)
+        if self.conv_window is not None and self.conv_crop == "windows":
             x = self._crop(name, x, kernel, stride, dilation)
         patches = F.unfold(x.float(), kernel, dilation=dilation, stride=stride)  # (batch, groups * d, positions)
         return patches.transpose(1, 2).reshape(-1, groups, size)
@@ -200,6 +217,21 @@ class GramStatistics:
         ]
         return torch.stack(crops)
 
+    def _crop_input(self, name, x, sides):
+        """Each sample's random `sides` square of the unpadded input (the whole input where it is smaller)."""
+        sides = [min(side, x.shape[2 + i]) for i, side in enumerate(sides)]
+        if sides == list(x.shape[2:]):
+            return x
+        if self.sample_ids is None or len(self.sample_ids) != x.shape[0]:
+            raise RuntimeError("Set `GramStatistics.sample_ids` to the batch's sample positions before each forward.")
+        draws = self._crop_draws[name][self.sample_ids.cpu()]
+        starts = [(draws[:, i] * (x.shape[2 + i] - sides[i] + 1)).long().tolist() for i in range(2)]
+        crops = [
+            sample[:, top : top + sides[0], left : left + sides[1]]
+            for sample, top, left in zip(x, starts[0], starts[1], strict=True)
+        ]
+        return torch.stack(crops)
+
     def all_reduce(self) -> None:
         """Sum the statistics over processes (no-op outside a distributed run): one all_reduce per layer."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -216,12 +248,14 @@ class GramStatistics:
 
 @torch.no_grad()
 def collect_input_grams(
-    trainer, dataset, modules: dict[str, nn.Module], conv_window: int | None = 3, description: str = "Statistics"
+    trainer, dataset, modules: dict[str, nn.Module], conv_window: int | None = 3, description: str = "Statistics",
+    conv_crop: str = "windows",
 ) -> GramStatistics:
     """One forward pass of `trainer.model` (eval mode) over `dataset`, shared between processes without duplicates,
     accumulating the input Gram matrix of every layer in `modules`, summed over processes."""
     model = trainer.model
-    statistics = GramStatistics(modules, num_samples=len(dataset), conv_window=conv_window, seed=trainer.args.seed)
+    statistics = GramStatistics(modules, num_samples=len(dataset), conv_window=conv_window, seed=trainer.args.seed,
+                                conv_crop=conv_crop)  # fmt: skip
     with evaluating(model):
         with statistics.recording():
             for sample_ids, batch in trainer.shard_batches(dataset, description):

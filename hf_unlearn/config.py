@@ -49,6 +49,21 @@ class UnlearnConfig(TrainingArguments):
             "Resolved to the method's config dataclass; unknown keys are an error."
         },
     )
+    preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "'paper': the method's settings from its paper (and official code) for `preset_dataset`, listed "
+            "in the method's module and the README; values you set still win. None: the library's defaults, "
+            "chosen to work on data nobody tuned them on."
+        },
+    )
+    preset_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "With `preset='paper'`: the paper's dataset whose settings to use (e.g. 'cifar10', 'cifar100', "
+            "'imagenet', 'ddpm-cifar10'); None: the first the method lists."
+        },
+    )
     eval_generated_samples: int = field(
         default=1000,
         metadata={
@@ -66,8 +81,17 @@ class UnlearnConfig(TrainingArguments):
     eval_guidance_scale: float | None = field(
         default=None,
         metadata={
-            "help": "Diffusion models: classifier-free guidance of the metrics' samples (None: 2 for a model trained "
-            "with a null class, else 1)."
+            "help": "Diffusion models: classifier-free guidance s of the metrics' samples, in the convention "
+            "eps = eps_uncond + s (eps_cond - eps_uncond) (1: no guidance; None: 2 for a model trained with a null "
+            "class, else 1). Papers that write (1 + w) eps_cond - w eps_uncond (SFR-on's `cond_scale` w, Ho & "
+            "Salimans) mean s = w + 1: `hf_unlearn.diffusion.guidance_scale_from_paper(w)`."
+        },
+    )
+    eval_sampler_eta: float = field(
+        default=0.0,
+        metadata={
+            "help": "Diffusion models: eta of the sampler where it takes one (DDIM: 0 deterministic, 1 the ancestral "
+            "variance; SFR-on samples with eta 1 and 1000 steps)."
         },
     )
     max_forget_samples: int | None = field(
@@ -202,7 +226,9 @@ class UnlearnConfig(TrainingArguments):
             self.use_cpu = True
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinned memory is for copies to a GPU; on a CPU it only warns
-        self.method_training_defaults = self._apply_training_defaults()
+        preset = self._resolve_preset()
+        self.preset_applied = _preset_record(preset)
+        self.method_training_defaults = self._apply_training_defaults(preset)
         super().__post_init__()
         for name in ("max_forget_samples", "max_retain_samples", "max_metric_train_samples"):
             value = getattr(self, name)
@@ -224,7 +250,7 @@ class UnlearnConfig(TrainingArguments):
             raise ValueError(
                 f"`forget_success_threshold` is a fraction in [0, 1], got {self.forget_success_threshold!r}."
             )
-        self.method_config = self._resolve_method_config()
+        self.method_config = self._resolve_method_config(preset)
         method_class = get_method(self.method).method_class
         if method_class.uses_training_budget and self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError(
@@ -253,11 +279,48 @@ class UnlearnConfig(TrainingArguments):
                     "not apply to it; leave it None or use a gradient method (e.g. 'neggrad_plus', 'remain_geometry')."
                 )
 
-    def _apply_training_defaults(self) -> dict[str, Any]:
-        """Fill the budget fields left None with the method's `training_defaults` (then TrainingArguments' defaults);
-        returns what the method's defaults set. `max_steps` and `num_train_epochs` are one budget: setting either
-        keeps the method's values of both out."""
+    def _resolve_preset(self):
+        """The `PaperPreset` that `preset` / `preset_dataset` name for this method, or None."""
+        if self.preset is None:
+            if self.preset_dataset is not None:
+                raise ValueError(
+                    f"`preset_dataset={self.preset_dataset!r}` needs `preset='paper'` (the dataset picks among the "
+                    "paper's settings)."
+                )
+            return None
+        if self.preset != "paper":
+            raise ValueError(f"`preset` must be 'paper' or None, got {self.preset!r}.")
+        presets = get_method(self.method).method_class.paper_presets
+        if not presets:
+            raise ValueError(
+                f"Method '{self.method}' has no paper settings to reproduce (`preset='paper'`); its defaults are "
+                "hf-unlearn's. Leave `preset` None."
+            )
+        if self.preset_dataset is None:
+            return presets[0]
+        for preset in presets:
+            if preset.dataset == self.preset_dataset:
+                return preset
+        raise ValueError(
+            f"Method '{self.method}' has paper settings for {[preset.dataset for preset in presets]}, not "
+            f"`preset_dataset={self.preset_dataset!r}`."
+        )
+
+    def _apply_training_defaults(self, preset=None) -> dict[str, Any]:
+        """Fill the budget fields left None with the preset's values, then the method's `training_defaults` (then
+        TrainingArguments' defaults); returns what the preset and the method's defaults set. `max_steps` and
+        `num_train_epochs` are one budget: setting either keeps the defaults' values of both out, and a preset's
+        budget replaces the method's. A preset's other `UnlearnConfig` fields (e.g. `optim_args`) apply where the
+        field still has its default value."""
         method_defaults = dict(get_method(self.method).method_class.training_defaults)
+        if preset is not None:
+            if {"max_steps", "num_train_epochs"} & set(preset.training):
+                method_defaults.pop("max_steps", None)
+                method_defaults.pop("num_train_epochs", None)
+            method_defaults.update({name: value for name, value in preset.training.items() if name in BUDGET_FIELDS})
+            for name, value in preset.training.items():
+                if name not in BUDGET_FIELDS and getattr(self, name) == type(self).__dataclass_fields__[name].default:
+                    setattr(self, name, value)
         if self.max_steps is not None or self.num_train_epochs is not None:
             method_defaults.pop("max_steps", None)
             method_defaults.pop("num_train_epochs", None)
@@ -272,10 +335,15 @@ class UnlearnConfig(TrainingArguments):
                 setattr(self, name, _LIBRARY_DEFAULTS.get(name, TrainingArguments.__dataclass_fields__[name].default))
         return applied
 
-    def _resolve_method_config(self):
+    def _resolve_method_config(self, preset=None):
         spec = get_method(self.method)
         kwargs = self.method_kwargs
         if isinstance(kwargs, spec.config_class):
+            if preset is not None:
+                raise ValueError(
+                    "With `preset='paper'` give `method_kwargs` as a dict of the settings you change: a "
+                    f"{spec.config_class.__name__} object sets every field, leaving nothing for the preset."
+                )
             coerce_fields(kwargs, "method_kwargs")
             self.method_kwargs = asdict(kwargs)
             return kwargs
@@ -286,7 +354,7 @@ class UnlearnConfig(TrainingArguments):
                 raise ValueError(
                     f"`method_kwargs` must be a JSON object when given as a string, got {kwargs!r} ({error})."
                 ) from None
-        kwargs = dict(kwargs or {})
+        kwargs = {**(preset.method if preset is not None else {}), **(kwargs or {})}
         valid = [f.name for f in fields(spec.config_class)]
         unknown = sorted(set(kwargs) - set(valid))
         if unknown:
@@ -344,6 +412,14 @@ BUDGET_FIELDS = (
 )  # fmt: skip
 # Where no method sets a field, this library's default where it differs from TrainingArguments'.
 _LIBRARY_DEFAULTS = {"per_device_eval_batch_size": 64}
+
+
+def _preset_record(preset) -> dict | None:
+    """What the results and the card record of the preset that ran."""
+    if preset is None:
+        return None
+    return {"preset": "paper", "dataset": preset.dataset, "kind": preset.kind, "source": preset.source,
+            "training": dict(preset.training), "method_kwargs": dict(preset.method)}  # fmt: skip
 
 
 def _secret_fields(state: dict) -> list[str]:

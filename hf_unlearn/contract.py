@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
@@ -80,6 +81,23 @@ class TrainerSurface(Protocol):
     def is_local_process_zero(self) -> bool: ...
 
 
+@dataclass(frozen=True)
+class PaperPreset:
+    """One paper's settings for a method (`UnlearnConfig(preset="paper", preset_dataset=...)`): what the paper or its
+    official code used on `dataset`, for models of `kind`. Values a user sets always win."""
+
+    #: The dataset the paper used these settings on ("cifar10", "imagenet", ...): `UnlearnConfig.preset_dataset`.
+    dataset: str
+    #: The model kind they are for (`hf_unlearn.kinds`): "classifier", "diffusion", ...
+    kind: str
+    #: `UnlearnConfig` fields (the training budget and the optimizer's arguments).
+    training: dict = field(default_factory=dict)
+    #: The method's own settings (`method_kwargs`).
+    method: dict = field(default_factory=dict)
+    #: Where the values come from (paper section, table or official script).
+    source: str = ""
+
+
 class UnlearningMethod:
     """One unlearning method. `UnlearningTrainer` builds it with itself and the method's config, then calls `run()`,
     which changes `trainer.model` in place. A method uses only the `TrainerSurface`; whatever the run chooses or
@@ -106,12 +124,18 @@ class UnlearningMethod:
     training_defaults: ClassVar[dict] = {}
     #: The model kinds the method unlearns (`hf_unlearn.kinds`): "classifier", "gan", "diffusion".
     model_kinds: ClassVar[tuple[str, ...]] = ("classifier",)
+    #: The paper's settings per dataset (`UnlearnConfig(preset="paper")`); the first is used when no
+    #: `preset_dataset` is given. Empty: the method has no paper settings to reproduce (the baselines).
+    paper_presets: ClassVar[tuple[PaperPreset, ...]] = ()
 
     def __init__(self, trainer: TrainerSurface, config: Any):
         self.trainer = trainer
         self.config = config
         #: What the run chose or measured on its own (e.g. a hyperparameter search), added to the returned metrics.
         self.report: dict = {}
+        preset = getattr(trainer.args, "preset_applied", None)
+        if preset:  # which paper settings ran, in the results and the card
+            self.report["preset"] = preset
 
     @classmethod
     def check_settings(cls, config: Any, args: UnlearnConfig, model: torch.nn.Module) -> None:

@@ -341,13 +341,15 @@ class DiffusionModel(PreTrainedModel):
     @torch.no_grad()
     def sample(self, labels, num_inference_steps: int = 25, guidance_scale: float | None = None,
                sampler=DEFAULT_SAMPLER, seed: int | None = None, batch_size: int = 250,
-               progress: bool = False) -> torch.Tensor:  # fmt: skip
+               progress: bool = False, eta: float = 0.0) -> torch.Tensor:  # fmt: skip
         """Images (in `config.data_range`) generated for class `labels` (`(n,)` ids).
 
         Args:
             num_inference_steps: denoising steps of the sampler.
-            guidance_scale: classifier-free guidance (1: none; needs a model trained with a null class). Default:
-                2 with a null class, else 1.
+            guidance_scale: classifier-free guidance s in eps_uncond + s (eps_cond - eps_uncond) (1: none; needs a
+                model trained with a null class). Default: 2 with a null class, else 1. A paper's w in
+                (1 + w) eps_cond - w eps_uncond is s = w + 1 (`guidance_scale_from_paper`).
+            eta: the sampler's eta where its `step` takes one (DDIM), else ignored.
             sampler: a diffusers scheduler (instance or class name, e.g. "DDIMScheduler", "DDPMScheduler",
                 "DPMSolverMultistepScheduler"), configured from the training scheduler's config.
             seed: seeds the starting noise (and stochastic samplers) for repeatable samples.
@@ -363,7 +365,10 @@ class DiffusionModel(PreTrainedModel):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         shape = self.sample_shape()
         # Stochastic samplers take the generator; deterministic ones (PNDM, Heun, ...) have no such argument.
-        step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        step_parameters = inspect.signature(scheduler.step).parameters
+        step_options = {"generator": generator} if "generator" in step_parameters else {}
+        if "eta" in step_parameters:
+            step_options["eta"] = eta
         images = []
         with evaluating(self):
             for start in tqdm(range(0, len(labels), batch_size), desc="Sampling", disable=not progress, leave=False):
@@ -387,6 +392,7 @@ class DiffusionModel(PreTrainedModel):
         return torch.cat(images) if images else torch.zeros((0, *shape))
 
     def default_guidance(self) -> float:
+        """s = 2 (a paper's w = 1) for a model trained with a null class, else 1 (no guidance)."""
         return 2.0 if self.config.null_class is not None else 1.0
 
     def sampler(self, sampler=DEFAULT_SAMPLER):
@@ -548,14 +554,26 @@ def train_vae(vae: nn.Module, dataset, steps: int = 1000, batch_size: int = 64, 
 
 
 # ------------------------------------------------------------------------------------------------ measuring
+def guidance_scale_from_paper(w: float) -> float:
+    """The `guidance_scale` s (eps_uncond + s (eps_cond - eps_uncond)) that equals a paper's w in
+    (1 + w) eps_cond - w eps_uncond (Ho & Salimans; SFR-on's `cond_scale`): s = w + 1."""
+    return w + 1.0
+
+
+def guidance_scale_to_paper(s: float) -> float:
+    """The inverse of `guidance_scale_from_paper`: w = s - 1."""
+    return s - 1.0
+
+
 def measure_diffusion(model: DiffusionModel, judge: nn.Module, *, forget_classes, retained_classes,
                       real_retain_rows, num_samples: int, seed: int, num_inference_steps: int,
-                      guidance_scale: float | None, sampler: str, id2label=None) -> dict:  # fmt: skip
+                      guidance_scale: float | None, sampler: str, id2label=None, eta: float = 0.0) -> dict:  # fmt: skip
     """`hf_unlearn.metrics.generative_metrics` of `model`: `num_samples` generated for the forget classes and as many
     for the retained classes (in turn; seeded), judged by `judge`, with the Frechet distance in the judge's features
     against `real_retain_rows` (`(images, labels)`). The sampling settings are recorded with the numbers."""
     guidance_scale = model.default_guidance() if guidance_scale is None else guidance_scale
-    settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "sampler": sampler}
+    settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "sampler": sampler,
+                "eta": eta}  # fmt: skip
     retain_labels = cycled(retained_classes, num_samples)
     retain_logits, retain_features = judge_outputs(judge, model.sample(retain_labels, seed=seed, **settings))
     forget_logits = None
@@ -571,6 +589,7 @@ def measure_diffusion(model: DiffusionModel, judge: nn.Module, *, forget_classes
         real_retain_features=judge_outputs(judge, real_retain_rows[0])[1],
         id2label=id2label,
     )
-    metrics["sampling"] = {"samples": num_samples, "seed": seed, "sampler": sampler,
-                           "steps": num_inference_steps, "guidance_scale": guidance_scale}  # fmt: skip
+    metrics["sampling"] = {"samples": num_samples, "seed": seed, "sampler": sampler, "eta": eta,
+                           "steps": num_inference_steps, "guidance_scale": guidance_scale,
+                           "guidance_scale_paper_w": guidance_scale_to_paper(guidance_scale)}  # fmt: skip
     return metrics

@@ -80,6 +80,7 @@ def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config
         # The budget only when the run trained (gppu's fine-tuning may take no step; svd_projection never does).
         "training": {name: getattr(args, name) for name in TRAINING_FIELDS} if _trained(spec, result.metrics) else {},
         "stages": list(result.metrics.get("stages_run") or []),
+        "preset": result.metrics.get("preset"),
         "inputs": _model_inputs(trainer),
         "peft": peft,
         "forget": {

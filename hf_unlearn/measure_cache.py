@@ -22,7 +22,7 @@ CACHE_SIZE = 8
 _CACHE: OrderedDict[str, dict] = OrderedDict()
 #: `UnlearnConfig` fields that change what is measured.
 _MEASURING_FIELDS = ("seed", "max_metric_train_samples", "eval_generated_samples", "eval_inference_steps",
-                     "eval_guidance_scale", "eval_sampler")  # fmt: skip
+                     "eval_guidance_scale", "eval_sampler", "eval_sampler_eta")  # fmt: skip
 
 
 @torch.no_grad()

@@ -49,7 +49,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from .metric_registry import computed_metrics, mean_gap_keys, scalar_metric_keys
+from .metric_registry import Metric, computed_metrics, mean_gap_keys, scalar_metric_keys
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -124,9 +124,11 @@ def mia_efficacy(
     *,
     max_attack_samples: int = 2000,
     seed: int = 0,
+    balanced: bool = True,
 ) -> float | None:
     """Confidence attack (SalUn / l1-sparse "MIA-efficacy"): an RBF SVC on the true-class softmax confidence,
-    fitted members vs non-members; the share of `target` rows it calls "non-member". None when a part is empty."""
+    fitted members vs non-members (class-weighted unless `balanced=False`); the share of `target` rows it calls
+    "non-member". None when a part is empty."""
     if min(len(member_probs), len(non_member_probs), len(target_probs)) == 0:
         return None
     features, targets = _attack_training_set(
@@ -137,9 +139,32 @@ def mia_efficacy(
     )
     if len(np.unique(targets)) < 2:
         return None
-    attack = SVC(C=3.0, gamma="auto", kernel="rbf", class_weight="balanced").fit(features, targets)
+    attack = SVC(C=3.0, gamma="auto", kernel="rbf", class_weight="balanced" if balanced else None)
+    attack.fit(features, targets)
     target_features = true_class_confidence(target_probs, target_labels).reshape(-1, 1)
     return float(1.0 - attack.predict(target_features).mean())
+
+
+def deep_unlearning_mia(parts: dict, class_level: bool) -> float | None:
+    """The membership attack of Deep Unlearning (Kodge et al. 2024; official code `SVC_MIA` with shadow members the
+    retain training rows, shadow non-members the forget training rows, target the forget class's eval rows): an RBF
+    SVC (C = 3, no class weights, as there) on the true-class confidence, and the share of the forget class's eval
+    rows it calls non-member, i.e. as forgotten as the forget training rows look. About 100 % after class
+    forgetting; near 0 for the original, whose forget rows look like the retained ones. Fitted on the rows the
+    metrics score (`max_metric_train_samples`, each side capped at 2000). Class requests only (None otherwise).
+    Not measured by default: `register_metric(DEEP_UNLEARNING_MIA)` adds it to every classifier request."""
+    if not class_level:
+        return None
+    (retain_logits, retain_labels), (forget_logits, forget_labels) = parts["retain_train"], parts["forget_train"]
+    test_logits, test_labels = parts["eval_forget"]
+    return mia_efficacy(softmax(retain_logits), retain_labels, softmax(forget_logits), forget_labels,
+                        softmax(test_logits), test_labels, balanced=False)  # fmt: skip
+
+
+#: The optional Deep Unlearning MIA (`deep_unlearning_mia`): `register_metric(DEEP_UNLEARNING_MIA)` to measure it.
+DEEP_UNLEARNING_MIA = Metric("mia_deep_unlearning", ("classifier",),
+                             "Deep Unlearning MIA: forget eval rows called non-member", "close to retrain (~100 %)",
+                             compute=deep_unlearning_mia)  # fmt: skip
 
 
 def mia_auc(

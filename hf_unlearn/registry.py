@@ -48,6 +48,13 @@ class MethodSpec:
                 f"Method '{self.name}' does not unlearn {kind.name} models (it works on: "
                 f"{', '.join(method.model_kinds)}). Methods for this model: {', '.join(fitting)}."
             )
+        preset = getattr(args, "preset_applied", None)
+        if preset and preset["kind"] != kind.name:
+            fitting = [p.dataset for p in method.paper_presets if p.kind == kind.name]
+            raise ValueError(
+                f"`preset_dataset={preset['dataset']!r}` holds the paper's settings for {preset['kind']} models, and "
+                f"this is a {kind.name} model. Paper settings of '{self.name}' for it: {fitting or 'none'}."
+            )
         method.check_settings(args.method_config, args, model)
         if method.class_level_only and not class_level:
             raise ValueError(

@@ -94,8 +94,8 @@ def test_tiny_ddpm_runs_each_method_saves_and_reloads(tmp_path, tiny_digits, met
     assert changed, "no denoiser weight changed"
     assert all(torch.equal(p, before[name]) for name, p in model.denoiser.named_parameters())  # the caller's copy
     metrics = output.metrics
-    assert metrics["sampling"] == {"samples": 8, "seed": 42, "sampler": "DDIMScheduler", "steps": 2,
-                                   "guidance_scale": 2.0}  # fmt: skip
+    assert metrics["sampling"] == {"samples": 8, "seed": 42, "sampler": "DDIMScheduler", "steps": 2, "eta": 0.0,
+                                   "guidance_scale": 2.0, "guidance_scale_paper_w": 1.0}  # fmt: skip
     assert {"forget_share", "retain_judge_accuracy", "frechet_distance"} <= set(metrics)
     assert unlearned.config.unlearned_classes == [3]
 
@@ -328,5 +328,5 @@ def test_diffusion_card_renders_the_sampling_and_judge_metrics(tmp_path, tiny_di
     assert "README.md" in files
     text = (tmp_path / "out" / "README.md").read_text()
     assert "library_name: diffusers" in text and "DiffusionModel.from_pretrained" in text
-    assert "DDIMScheduler, 2 steps, guidance 2.0" in text
+    assert "DDIMScheduler, 2 steps, eta 0.0, guidance scale 2.0 in eps_uncond + s (eps_cond - eps_uncond), a paper's w = 1.0" in text
     assert f"{100 * output.metrics['forget_share']:.1f} %" in text

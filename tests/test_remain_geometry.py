@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.examples.digits import SAMPLE_BUDGETS, training_arguments, unlearn_budgets
-from hf_unlearn.methods.remain_geometry import fisher_diagonal
+from hf_unlearn.methods.remain_geometry import fisher_diagonal, relabelled
 
 
 def build(model, digits, tmp_path, forget_classes=(3,), forget_indices=None, **budget):
@@ -38,6 +38,45 @@ def test_fisher_diagonal_is_the_mean_squared_batch_gradient(trained, digits, tmp
             expected[name] += gradient.pow(2) / 3
     for name in parameters:
         torch.testing.assert_close(fisher[name], expected[name], rtol=1e-4, atol=1e-12)
+
+
+def test_the_per_batch_clipped_fisher_clips_each_batch_gradient_before_squaring(trained, digits, tmp_path):
+    """`fisher_clip_norm` (the official DDPM code's Fisher): each batch's whole gradient g is scaled to
+    g * min(1, c / ||g||) before squaring, by hand here; with c far below the gradients' norms every batch is clipped,
+    so the result differs from the unclipped Fisher."""
+    trainer = build(trained("resnet"), digits, tmp_path, per_device_train_batch_size=16)
+    rows = trainer.forget_view.select(range(40))
+    parameters = dict(trainer.model.named_parameters())
+    clip = 0.05
+    fisher = fisher_diagonal(trainer, rows, parameters, "test", clip_norm=clip)
+    model = trainer.model.eval()
+    expected = {name: torch.zeros_like(p) for name, p in parameters.items()}
+    norms = []
+    for start in (0, 16, 32):
+        batch = rows[start : start + 16]
+        pixels = torch.tensor(np.asarray(batch["pixel_values"]), dtype=torch.float32)
+        loss = F.cross_entropy(model(pixel_values=pixels).logits, torch.tensor(batch["label"]))
+        gradients = torch.autograd.grad(loss, list(parameters.values()))
+        norm = float(torch.sqrt(sum(gradient.pow(2).sum() for gradient in gradients)))
+        norms.append(norm)
+        for name, gradient in zip(parameters, gradients, strict=True):
+            expected[name] += (gradient * min(1.0, clip / norm)).pow(2) / 3
+    assert min(norms) > clip  # every batch was clipped
+    for name in parameters:
+        torch.testing.assert_close(fisher[name], expected[name], rtol=1e-4, atol=1e-12)
+    unclipped = fisher_diagonal(trainer, rows, parameters, "test")
+    assert sum(float(value.sum()) for value in unclipped.values()) > 2 * sum(float(v.sum()) for v in fisher.values())
+
+
+def test_the_rl_relabelling_maps_each_class_to_the_next_retained_one():
+    labels = torch.arange(10)
+    retained = torch.tensor([c for c in range(10) if c != 3])
+    nxt = relabelled(labels, retained, 10, "next")
+    assert nxt.tolist() == [1, 2, 4, 4, 5, 6, 7, 8, 9, 0]  # (c + 1) mod 10; class 2 skips the forgotten 3
+    assert relabelled(torch.tensor([3, 3]), retained, 10, "next").tolist() == [4, 4]  # the paper's c -> c + 1
+    assert relabelled(torch.tensor([9]), torch.tensor([1, 2]), 10, "next").tolist() == [1]  # wraps around
+    random = relabelled(torch.full((200,), 3), retained, 10, "random")
+    assert set(random.tolist()) <= set(retained.tolist()) and len(set(random.tolist())) > 5
 
 
 def test_the_mask_keeps_masked_parameters_unchanged_by_a_forget_step(trained, digits, tmp_path):

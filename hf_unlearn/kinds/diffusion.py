@@ -53,7 +53,7 @@ class Diffusion(ModelKind):
             retained_classes=trainer.retained_classes,
             real_retain_rows=image_tensors(trainer.metric_views["retain_train"], label_column=trainer.label_column),
             num_samples=args.eval_generated_samples, seed=args.seed, num_inference_steps=args.eval_inference_steps,
-            guidance_scale=args.eval_guidance_scale, sampler=args.eval_sampler,
+            guidance_scale=args.eval_guidance_scale, sampler=args.eval_sampler, eta=args.eval_sampler_eta,
             id2label=getattr(model.config, "id2label", None),
         )  # fmt: skip
 

@@ -76,7 +76,7 @@ from torch.nn.utils import parametrize
 from transformers import TrainerCallback
 
 from ..activations import capturing, collect_head_features, name_matches, pooled_rows
-from ..contract import UnlearningMethod, training_loss
+from ..contract import PaperPreset, UnlearningMethod, training_loss
 from ..data import PairedDataset, subsample
 from ..models import classification_head, model_tail, refit_head
 from ..registry import register_method
@@ -319,7 +319,24 @@ class RemoveDirections(nn.Module):
         return weight - (weight @ directions) @ directions.T
 
 
+#: The settings the GPPU abstract states (no dataset-specific values are known): AdamW at 1e-5 with weight decay
+#: 1e-2 for 3 epochs, lambda_proj = 1.0 and lambda_retain = 0.5 on the projection penalty, k = 8; the plain centroid
+#: offset (step 4) and no head refit (6a), both hf-unlearn's additions.
+PAPER_PRESETS = (
+    PaperPreset(
+        "any", "classifier",
+        training={"optim": "adamw_torch", "learning_rate": 1e-5, "weight_decay": 1e-2, "num_train_epochs": 3},
+        method={"forget_objective": "projection", "direction": "contrast", "head_steps": 0, "lambda_proj": 1.0,
+                "lambda_retain": 0.5, "num_neighbors": 8},
+        source="Pathak & Das 2026 (abstract; the paper was withdrawn): AdamW lr 1e-5, weight decay 1e-2, 3 epochs, "
+        "lambda_proj = 1.0, lambda_retain = 0.5, k = 8; steps the abstract does not give stay hf-unlearn's "
+        "reconstruction",
+    ),
+)  # fmt: skip
+
+
 class GPPU(UnlearningMethod):
+    paper_presets = PAPER_PRESETS
     class_level_only = True
     supports_peft = False  # its fine-tuning is already restricted to the tail it chooses
     supports_sharding = False  # it projects the head's whole weight

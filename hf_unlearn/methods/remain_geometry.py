@@ -46,6 +46,19 @@ implemented here from the paper, no code copied).
    for DDPM, AdamW 1e-4 without weight decay for DiT) is the `UnlearnConfig`'s: `learning_rate=1e-4,
    weight_decay=0`.
 
+The paper's settings, `UnlearnConfig(method="remain_geometry", preset="paper", preset_dataset=...)`
+(`PAPER_PRESETS`; values you set win):
+
+| `preset_dataset` | model | optimizer, schedule, budget | forget step | mask |
+|---|---|---|---|---|
+| "cifar10" (default) | classifier | SGD 0.01, momentum 0.9, wd 5e-4, cosine, T = 1500, batch 128, retain step unclipped | K = 5, alpha = 25 (cosine), clip 7, lambda = 0.5 | Fisher over all rows; no guard |
+| "ddpm-cifar10" | DDPM | Adam 1e-4, 150 steps, retain step clipped to 1 | "adaga" (`forget_loss="ascent"`), alpha = 10 (cosine), clip 1, lambda = 0.5, every step | all rows, each batch gradient clipped to 1 |
+| "dit-imagenet" | DiT | AdamW 1e-4, wd 0, 500 steps, retain step unclipped | plain ascent, constant alpha = 1e-3, clip 1, every step | all rows |
+
+Not reproduced: the DDPM Fisher on the guided output, the DiT's MSE+VLB loss (variance-learning DiTs; the denoising
+MSE is used), and batch sizes the paper does not state. The paper's "rl" variant maps class c to (c + 1) mod C:
+`rl_target="next"` (the library's "rl" default draws a random retained class).
+
 Example:
 
 ```python
@@ -72,7 +85,7 @@ from accelerate.logging import get_logger
 from transformers import TrainerCallback
 
 from ..activations import evaluating
-from ..contract import UnlearningMethod, training_loss
+from ..contract import PaperPreset, UnlearningMethod, training_loss
 from ..data import PairedDataset, subsample
 from ..diffusion import is_diffusion
 from ..registry import register_method
@@ -97,6 +110,8 @@ DEFAULTS = {
 }  # fmt: skip
 FORGET_LOSSES = ("ascent", "rl")
 GUARD_FORGET_CHECKS = ("plausible", "accuracy")
+RL_TARGETS = ("random", "next")
+ALPHA_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -142,8 +157,31 @@ class RemainGeometryConfig:
             "classifiers and DiTs, 'rl' for DDPMs (measured: benchmarks/results/diffusion.md)."
         },
     )
-    mask_samples: int = field(
-        default=1000, metadata={"help": "Rows of the forget and of the retain set for the Fisher estimates."}
+    mask_samples: int | None = field(
+        default=1000,
+        metadata={"help": "Rows of the forget and of the retain set for the Fisher estimates (None: all; paper)."},
+    )
+    fisher_clip_norm: float | None = field(
+        default=None,
+        metadata={
+            "help": "Clip each batch's gradient to this total norm before squaring it into the Fisher diagonal (the "
+            "official DDPM code: 1). None: unclipped."
+        },
+    )
+    alpha_schedule: str = field(
+        default="cosine",
+        metadata={
+            "help": "'cosine': alpha_t = alpha (1 + cos(pi t / T)) / 2 (the paper's classifiers and DDPM); 'constant': "
+            "alpha throughout (the paper's DiT)."
+        },
+    )
+    rl_target: str = field(
+        default="random",
+        metadata={
+            "help": "forget_loss='rl': the class whose prediction a forget row is pulled to. 'random': a random "
+            "retained class per row (default); 'next': the paper's fixed relabelling c -> (c + 1) mod C, skipping "
+            "classes that are not retained."
+        },
     )
     guard_samples: int = field(
         default=256,
@@ -193,16 +231,23 @@ class RemainGeometryConfig:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}.")
         if self.alpha is not None and self.alpha < 0:
             raise ValueError(f"`alpha` must be >= 0, got {self.alpha!r}.")
+        if self.alpha_schedule not in ALPHA_SCHEDULES:
+            raise ValueError(f"`alpha_schedule` must be one of {ALPHA_SCHEDULES}, got {self.alpha_schedule!r}.")
+        if self.rl_target not in RL_TARGETS:
+            raise ValueError(f"`rl_target` must be one of {RL_TARGETS}, got {self.rl_target!r}.")
+        if self.fisher_clip_norm is not None and self.fisher_clip_norm <= 0:
+            raise ValueError(f"`fisher_clip_norm` must be > 0 or None, got {self.fisher_clip_norm!r}.")
         if self.forget_loss is not None and self.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"`forget_loss` must be one of {FORGET_LOSSES}, got {self.forget_loss!r}.")
         if self.weight_exponent is not None and self.weight_exponent < 0:
             raise ValueError(f"`weight_exponent` must be >= 0 (0: plain mean), got {self.weight_exponent!r}.")
 
 
-def fisher_diagonal(trainer, dataset, parameters: dict, description: str) -> dict:
+def fisher_diagonal(trainer, dataset, parameters: dict, description: str, clip_norm: float | None = None) -> dict:
     """Mean over batches (of `per_device_train_batch_size` rows) of the squared gradient of the batch training loss
     (`training_loss`: a classifier's cross-entropy, a diffusion model's denoising loss),
-    for each of `parameters` (name -> parameter), summed over processes; the model runs in eval mode."""
+    for each of `parameters` (name -> parameter), summed over processes; the model runs in eval mode. With
+    `clip_norm`, each batch's gradient (over all of `parameters`) is first clipped to that total norm."""
     model = trainer.model
     sums = {name: torch.zeros_like(parameter) for name, parameter in parameters.items()}
     batches = torch.zeros((), dtype=torch.float64, device=trainer.args.device)
@@ -211,6 +256,8 @@ def fisher_diagonal(trainer, dataset, parameters: dict, description: str) -> dic
             for _, batch in trainer.shard_batches(dataset, description, trainer.args.per_device_train_batch_size):
                 model.zero_grad(set_to_none=True)
                 training_loss(model, batch).backward()
+                if clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(list(parameters.values()), clip_norm)
                 for name, parameter in parameters.items():
                     if parameter.grad is not None:
                         sums[name] += parameter.grad.detach().pow(2)
@@ -223,7 +270,47 @@ def fisher_diagonal(trainer, dataset, parameters: dict, description: str) -> dic
     return {name: total / batches.clamp_min(1).to(total.dtype) for name, total in sums.items()}
 
 
+#: The paper's settings (Huang et al., NeurIPS 2024, section 5 and appendix; official code
+#: K1nght/Unified-Unlearning-w-Remain-Geometry), per setting. Not reproduced: the DDPM Fisher on the guided output,
+#: the DiT's MSE+VLB loss for models that learn variances, and batch sizes the paper does not state (left to the
+#: library's default).
+PAPER_PRESETS = (
+    PaperPreset(
+        "cifar10", "classifier",
+        training={"optim": "sgd", "optim_args": "momentum=0.9", "learning_rate": 0.01, "weight_decay": 5e-4,
+                  "lr_scheduler_type": "cosine", "max_steps": 1500, "per_device_train_batch_size": 128,
+                  "max_grad_norm": 0.0, "warmup_steps": 0},
+        method={"forget_every": 5, "alpha": 25.0, "forget_max_grad_norm": 7.0, "weight_exponent": 0.5, "gamma": 1.0,
+                "mask_samples": None, "guard_samples": 0},
+        source="Huang et al. 2024, CIFAR-10 random 10 % forgetting: SGD lr 0.01, momentum 0.9, weight decay 5e-4, "
+        "cosine over T = 1500, batch 128, K = 5, alpha = 25, forget clip 7, lambda = 0.5, unclipped retain step, "
+        "Fisher mask over all forget and retain rows, no guard",
+    ),
+    PaperPreset(
+        "ddpm-cifar10", "diffusion",
+        training={"optim": "adamw_torch", "learning_rate": 1e-4, "weight_decay": 0.0, "lr_scheduler_type": "constant",
+                  "max_steps": 150, "max_grad_norm": 1.0, "warmup_steps": 0},
+        method={"forget_loss": "ascent", "alpha": 10.0, "forget_every": 1, "forget_max_grad_norm": 1.0,
+                "weight_exponent": 0.5, "gamma": 1.0, "mask_samples": None, "fisher_clip_norm": 1.0},
+        source="Huang et al. 2024, class-conditional DDPM on CIFAR-10 (official config): Adam lr 1e-4, 150 steps, "
+        "the adaptive weighted ascent ('adaga', alpha = 10, lambda = 0.5), both steps clipped to 1, Fisher over "
+        "all rows with each batch gradient clipped to 1",
+    ),
+    PaperPreset(
+        "dit-imagenet", "diffusion",
+        training={"optim": "adamw_torch", "learning_rate": 1e-4, "weight_decay": 0.0, "lr_scheduler_type": "constant",
+                  "max_steps": 500, "max_grad_norm": 0.0, "warmup_steps": 0},
+        method={"forget_loss": "ascent", "alpha": 1e-3, "alpha_schedule": "constant", "forget_every": 1,
+                "forget_max_grad_norm": 1.0, "weight_exponent": 0.0, "gamma": 1.0, "mask_samples": None},
+        source="Huang et al. 2024, DiT on ImageNet: AdamW lr 1e-4 without weight decay, 500 iterations, plain "
+        "gradient ascent with a constant alpha = 1e-3, forget step clipped to 1, unclipped retain step (the paper's "
+        "MSE+VLB loss for variance-learning DiTs is not implemented: the denoising MSE is used)",
+    ),
+)  # fmt: skip
+
+
 class RemainGeometry(UnlearningMethod):
+    paper_presets = PAPER_PRESETS
     supports_sharding = False  # its masks are whole-parameter tensors and it steps the optimizer itself
     model_kinds = ("classifier", "diffusion")
     stops_at_forget_target = False  # its guard reads `forget_accuracy_target` on sampled rows (see `run`)
@@ -292,7 +379,9 @@ class RemainGeometry(UnlearningMethod):
         inputs = trainer.prepare_inputs(inputs)
         t, total = trainer.state.global_step, max(1, trainer.state.max_steps)
         if t % self.forget_every == 0 and not self.forget_paused:
-            alpha_t = self.alpha * (1.0 + math.cos(math.pi * t / total)) / 2.0
+            alpha_t = self.alpha
+            if self.config.alpha_schedule == "cosine":
+                alpha_t *= (1.0 + math.cos(math.pi * t / total)) / 2.0
             self.forget_step(model, inputs["forget"], alpha_t)
             self.forget_steps += 1
         with trainer.compute_loss_context_manager():
@@ -333,8 +422,10 @@ class RemainGeometry(UnlearningMethod):
         seed = trainer.args.seed
         forget = trainer.forget_view.select(subsample(np.arange(len(trainer.forget_view)), config.mask_samples, seed))
         retain_rows = subsample(np.arange(len(trainer.retain_labels)), config.mask_samples, seed, trainer.retain_labels)
-        forget_fisher = fisher_diagonal(trainer, forget, parameters, "Fisher (forget)")
-        retain_fisher = fisher_diagonal(trainer, trainer.retain_view.select(retain_rows), parameters, "Fisher (retain)")
+        clip = config.fisher_clip_norm
+        forget_fisher = fisher_diagonal(trainer, forget, parameters, "Fisher (forget)", clip)
+        retain_fisher = fisher_diagonal(trainer, trainer.retain_view.select(retain_rows), parameters, "Fisher (retain)",
+                                        clip)  # fmt: skip
         masks = {
             id(parameter): ((forget_fisher[name] + 1e-15) / (retain_fisher[name] + 1e-15) >= config.gamma).to(
                 parameter.dtype
@@ -354,7 +445,8 @@ class RemainGeometry(UnlearningMethod):
         with trainer.compute_loss_context_manager():
             options = {"antithetic": True} if self.antithetic else {}
             if self.settings["forget_loss"] == "rl":
-                other = self.retained_classes[torch.randint(len(self.retained_classes), (len(batch["labels"]),))]
+                other = relabelled(batch["labels"], self.retained_classes, self.trainer.num_labels,
+                                   self.config.rl_target)  # fmt: skip
                 loss = alpha * training_loss(
                     model, batch, forget=True, remap_classes=other.to(batch["labels"].device), **options
                 )
@@ -371,6 +463,18 @@ class RemainGeometry(UnlearningMethod):
         trainer.optimizer.step()
         trainer.optimizer.zero_grad()
         return loss.detach()
+
+
+def relabelled(labels: torch.Tensor, retained: torch.Tensor, num_classes: int, target: str) -> torch.Tensor:
+    """The class each forget row's prediction is pulled to by the "rl" loss: a random retained class per row
+    (`target="random"`), or the paper's fixed c -> (c + 1) mod `num_classes`, moving on to the next class until a
+    retained one (`target="next"`; with one forget class, exactly (c + 1) mod C)."""
+    if target == "random":
+        return retained[torch.randint(len(retained), (len(labels),))].to(labels.device)
+    kept = set(retained.tolist())
+    following = [next((c + step) % num_classes for step in range(1, num_classes + 1) if (c + step) % num_classes in kept)
+                 for c in range(num_classes)]  # fmt: skip
+    return torch.tensor(following, device=labels.device)[labels]
 
 
 class RetainGuard(TrainerCallback):

@@ -3,8 +3,9 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
 
 1. One forward pass (eval mode) over `num_samples` retain rows balanced over the retained classes and up to
    `num_samples` forget rows records, for every Linear / Conv layer (patch embedding and head included), the Gram
-   matrix of the layer's inputs (`hf_unlearn.activations`: tokens flattened, conv inputs as im2col patches of a
-   random 3k x 3k crop per sample), all computed on the ORIGINAL model.
+   matrix of the layer's inputs (`hf_unlearn.activations`: tokens flattened, conv inputs as im2col patches of one
+   random crop per sample: 3 whole kernel windows of the padded input per side by default, the official code's
+   3k x 3k crop of the unpadded input with `conv_crop="official"`), all computed on the ORIGINAL model.
 2. Eigendecomposition G = U diag(s^2) U^T per layer and split; importance e_i = s_i^2 / sum_j s_j^2 scaled to
    lambda_i = alpha e_i / ((alpha - 1) e_i + 1), M = U diag(lambda) U^T, with `alpha_r` for the retain space and
    `alpha_f` for the forget space.
@@ -24,6 +25,18 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
    tune tasks of `benchmarks/transfer.py` that cost 4-37 points of retain accuracy on ViT, AST and Wav2Vec2 models
    whatever layers were projected, and the refit recovered most of it
    (`benchmarks/results/ablation_svd_projection*.md`).
+
+The paper's settings, `UnlearnConfig(method="svd_projection", preset="paper", preset_dataset=...)` (`PAPER_PRESETS`):
+
+| `preset_dataset` | S (`num_samples`) | `alpha_r` | `alpha_f` |
+|---|---|---|---|
+| "cifar10" (the default preset) | 900 | 100 | 3 |
+| "cifar100" | 990 | 1000 | 30 |
+| "imagenet" | 999 | 100 | 10 |
+
+each with `alpha_search=False`, `head_refit_steps=0` and `conv_crop="official"`. The library's defaults differ on
+purpose: the alphas are searched on held-out training rows and the head is refitted (measured in
+`benchmarks/results/`).
 
 Several forget classes are removed at once: their rows together make the forget space. The method is class-level
 (it removes input directions, not samples); for `forget_indices` use a gradient method.
@@ -48,8 +61,8 @@ import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from ..activations import collect_head_features, collect_input_grams, find_target_modules
-from ..contract import UnlearningMethod
+from ..activations import CONV_CROPS, collect_head_features, collect_input_grams, find_target_modules
+from ..contract import PaperPreset, UnlearningMethod
 from ..data import subsample
 from ..models import classification_head, refit_head
 from ..registry import register_method
@@ -71,9 +84,19 @@ class SVDProjectionConfig:
             "statistics. The paper uses 900 on CIFAR-10, 999 on ImageNet."
         },
     )
-    alpha_r: float = field(default=100.0, metadata={"help": "Retain-space importance scaling (paper: 100)."})
+    alpha_r: float = field(
+        default=100.0,
+        metadata={
+            "help": "Retain-space importance scaling when `alpha_search` is off (paper: 100 on CIFAR-10 and "
+            "ImageNet, 1000 on CIFAR-100)."
+        },
+    )
     alpha_f: float = field(
-        default=3.0, metadata={"help": "Forget-space importance scaling (paper: 3 on CIFAR-10, 10 on ImageNet)."}
+        default=3.0,
+        metadata={
+            "help": "Forget-space importance scaling when `alpha_search` is off (paper: 3 on CIFAR-10, 30 on "
+            "CIFAR-100, 10 on ImageNet)."
+        },
     )
     alpha_search: bool = field(
         default=True,
@@ -128,6 +151,14 @@ class SVDProjectionConfig:
     conv_window: int | None = field(
         default=3, metadata={"help": "Conv crop side in kernel sizes (paper: 3); None keeps every patch."}
     )
+    conv_crop: str = field(
+        default="windows",
+        metadata={
+            "help": "How conv inputs are cropped: 'windows' (default), `conv_window` whole kernel windows of the "
+            "padded input (49 patches for a 3x3 kernel, each one the layer computes); 'official', the official "
+            "code's crop of the unpadded input, padded again (81 patches, those on the crop's border partly zeros)."
+        },
+    )
 
     def __post_init__(self):
         for name in ('target_modules', 'exclude_modules'):
@@ -153,6 +184,8 @@ class SVDProjectionConfig:
             raise ValueError(f"`alpha_score` must be one of {ALPHA_SCORES}, got {self.alpha_score!r}.")
         if self.conv_window is not None and self.conv_window < 1:
             raise ValueError(f"`conv_window` must be >= 1 or None, got {self.conv_window!r}.")
+        if self.conv_crop not in CONV_CROPS:
+            raise ValueError(f"`conv_crop` must be one of {CONV_CROPS}, got {self.conv_crop!r}.")
 
 
 def symmetric_eigen(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +252,21 @@ class LayerProjection:
         return (self.blocks - removed).reshape(self.weight.shape).to(self.weight.dtype)
 
 
+#: The paper's settings (Kodge, Saha & Roy, TMLR 2024, section 5 and the official scripts `scripts/our_*.sh`): the
+#: sample count S and fixed alphas per dataset, no grid search, no head refit (ours), the official conv crop.
+_PAPER = {"alpha_search": False, "head_refit_steps": 0, "conv_crop": "official", "conv_window": 3}
+PAPER_PRESETS = (
+    PaperPreset("cifar10", "classifier", method={**_PAPER, "num_samples": 900, "alpha_r": 100.0, "alpha_f": 3.0},
+                source="Kodge et al. 2024, CIFAR-10: S = 900, alpha_r = 100, alpha_f = 3"),
+    PaperPreset("cifar100", "classifier", method={**_PAPER, "num_samples": 990, "alpha_r": 1000.0, "alpha_f": 30.0},
+                source="Kodge et al. 2024, CIFAR-100: S = 990, alpha_r = 1000, alpha_f = 30"),
+    PaperPreset("imagenet", "classifier", method={**_PAPER, "num_samples": 999, "alpha_r": 100.0, "alpha_f": 10.0},
+                source="Kodge et al. 2024, ImageNet: S = 999, alpha_r = 100, alpha_f = 10"),
+)  # fmt: skip
+
+
 class SVDProjection(UnlearningMethod):
+    paper_presets = PAPER_PRESETS
     stops_at_forget_target = False  # one projection, no steps to stop
     class_level_only = True  # it removes the input directions whole classes use
     supports_peft = False  # gradient-free
@@ -249,7 +296,8 @@ class SVDProjection(UnlearningMethod):
         rows = {split: [views[split].select(part) for part in parts] for split, parts in self.split_rows().items()}
         with self.stage("statistics"):
             grams = {
-                split: collect_input_grams(trainer, rows[split][0], modules, config.conv_window, f"Statistics ({split})")
+                split: collect_input_grams(trainer, rows[split][0], modules, config.conv_window,
+                                           f"Statistics ({split})", config.conv_crop)  # fmt: skip
                 for split in ("retain", "forget")
             }
         with self.stage("eigendecompositions"):
