@@ -76,6 +76,26 @@ def test_conv_crops_depend_on_the_sample_not_the_batching():
     assert full.rows["conv"] == 6 * 20 * 20
 
 
+def test_the_official_crop_takes_the_unpadded_input_and_pads_it_again():
+    """`conv_crop="official"`: a 9 x 9 crop of the unpadded 20 x 20 input, padded as the layer pads (11 x 11) and
+    unfolded: 81 patches of a 3x3 conv per sample, where the default windows give 49. A crop inside the image gets zero
+    borders where the image has pixels: its border patches differ from the layer's own patches there."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    x = torch.rand(4, 1, 20, 20) + 1.0  # no zeros in the image itself
+    statistics = GramStatistics({"conv": conv}, num_samples=4, conv_window=3, conv_crop="official")
+    statistics.sample_ids = torch.arange(4)
+    rows = statistics.input_rows("conv", conv, x)
+    assert rows.shape == (4 * 81, 1, 9)
+    zero_entries = (rows == 0).any(-1).reshape(4, 81).sum(1)
+    assert (zero_entries == 32).all()  # the 9 x 9 crop's border: 4 * 9 - 4 patches touch the padding
+    windows = GramStatistics({"conv": conv}, num_samples=4, conv_window=3)
+    windows.sample_ids = torch.arange(4)
+    assert windows.input_rows("conv", conv, x).shape == (4 * 49, 1, 9)
+    with pytest.raises(ValueError, match="conv_crop"):
+        GramStatistics({"conv": conv}, num_samples=4, conv_crop="centre")
+
+
 def test_sample_ids_are_required_when_cropping():
     conv = nn.Conv2d(1, 1, 3)
     statistics = GramStatistics({"conv": conv}, num_samples=2, conv_window=1)
