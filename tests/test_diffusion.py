@@ -5,6 +5,7 @@ not that a class is forgotten (`benchmarks/diffusion.py` measures that)."""
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import QUIET
@@ -205,6 +206,28 @@ def test_rl_forget_loss_maps_the_class_onto_retained_classes(tmp_path, tiny_digi
     assert not target_grad  # ... towards a detached prediction under retained classes
     assert not torch.isin(targets, torch.tensor([3, 5, 10])).any()
     assert trainer.method.settings["forget_loss"] == "rl"
+
+
+def test_the_rl_loss_with_the_papers_next_class_targets_c_plus_one(tmp_path, tiny_digits):
+    trainer, batch = prepared_trainer(tmp_path, tiny_digits, tiny_ddpm(), forget_loss="rl", rl_target="next")
+    recorder = LabelRecorder(trainer.model)
+    trainer.method.forget_step(trainer.model, batch, alpha=1.0)
+    (_, labels, _), (_, targets, _) = recorder.calls
+    assert labels.tolist() == [3] * 8 and targets.tolist() == [4] * 8  # class 3 -> (3 + 1) mod 10
+
+
+def test_a_pixel_sum_loss_scales_every_loss_by_the_sample_size(tmp_path, tiny_digits):
+    """`pixel_reduction="sum"` (the official code's loss): the forget step's loss is the mean-reduced one times the
+    number of values per sample, same timesteps and noise (seeded)."""
+    losses = {}
+    for reduction in ("mean", "sum"):
+        trainer, batch = prepared_trainer(tmp_path / reduction, tiny_digits, tiny_ddpm(), forget_loss="ascent",
+                                          pixel_reduction=reduction)  # fmt: skip
+        torch.manual_seed(0)
+        losses[reduction] = float(trainer.method.forget_step(trainer.model, batch, alpha=1.0))
+        size = float(np.prod(trainer.model.sample_shape()))
+        assert trainer.method.loss_scale == (size if reduction == "sum" else 1.0)
+    assert losses["sum"] == pytest.approx(losses["mean"] * size, rel=1e-4)
 
 
 def test_rl_is_refused_for_classifiers(tmp_path, tiny_digits):

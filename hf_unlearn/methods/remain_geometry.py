@@ -52,7 +52,7 @@ The paper's settings, `UnlearnConfig(method="remain_geometry", preset="paper", p
 | `preset_dataset` | model | optimizer, schedule, budget | forget step | mask |
 |---|---|---|---|---|
 | "cifar10" (default) | classifier | SGD 0.01, momentum 0.9, wd 5e-4, cosine, T = 1500, batch 128, retain step unclipped | K = 5, alpha = 25 (cosine), clip 7, lambda = 0.5 | Fisher over all rows; no guard |
-| "ddpm-cifar10" | DDPM | Adam 1e-4, 150 steps, retain step clipped to 1 | "adaga" (`forget_loss="ascent"`), alpha = 10 (cosine), clip 1, lambda = 0.5, every step | all rows, each batch gradient clipped to 1 |
+| "ddpm-cifar10" | DDPM | Adam 1e-4, 150 steps, retain step clipped to 1, loss summed over pixels | "adaga" (`forget_loss="ascent"`), alpha = 10 (cosine), clip 1, lambda = 0.5, every step | all rows, each batch gradient clipped to 1 |
 | "dit-imagenet" | DiT | AdamW 1e-4, wd 0, 500 steps, retain step unclipped | plain ascent, constant alpha = 1e-3, clip 1, every step | all rows |
 
 Not reproduced: the DDPM Fisher on the guided output, the DiT's MSE+VLB loss (variance-learning DiTs; the denoising
@@ -111,6 +111,7 @@ DEFAULTS = {
 FORGET_LOSSES = ("ascent", "rl")
 GUARD_FORGET_CHECKS = ("plausible", "accuracy")
 RL_TARGETS = ("random", "next")
+PIXEL_REDUCTIONS = ("mean", "sum")
 ALPHA_SCHEDULES = ("cosine", "constant")
 
 
@@ -175,6 +176,14 @@ class RemainGeometryConfig:
             "alpha throughout (the paper's DiT)."
         },
     )
+    pixel_reduction: str = field(
+        default="mean",
+        metadata={
+            "help": "Diffusion models: the denoising loss per sample as the 'mean' over its pixels (default) or their "
+            "'sum' (the official SFR-on code: alpha and the clipping norms then act on a loss as many times larger "
+            "as a sample has values). Every loss of the method, the Fisher's included, uses it."
+        },
+    )
     rl_target: str = field(
         default="random",
         metadata={
@@ -233,6 +242,8 @@ class RemainGeometryConfig:
             raise ValueError(f"`alpha` must be >= 0, got {self.alpha!r}.")
         if self.alpha_schedule not in ALPHA_SCHEDULES:
             raise ValueError(f"`alpha_schedule` must be one of {ALPHA_SCHEDULES}, got {self.alpha_schedule!r}.")
+        if self.pixel_reduction not in PIXEL_REDUCTIONS:
+            raise ValueError(f"`pixel_reduction` must be one of {PIXEL_REDUCTIONS}, got {self.pixel_reduction!r}.")
         if self.rl_target not in RL_TARGETS:
             raise ValueError(f"`rl_target` must be one of {RL_TARGETS}, got {self.rl_target!r}.")
         if self.fisher_clip_norm is not None and self.fisher_clip_norm <= 0:
@@ -243,11 +254,13 @@ class RemainGeometryConfig:
             raise ValueError(f"`weight_exponent` must be >= 0 (0: plain mean), got {self.weight_exponent!r}.")
 
 
-def fisher_diagonal(trainer, dataset, parameters: dict, description: str, clip_norm: float | None = None) -> dict:
+def fisher_diagonal(trainer, dataset, parameters: dict, description: str, clip_norm: float | None = None,
+                    loss_scale: float = 1.0) -> dict:  # fmt: skip
     """Mean over batches (of `per_device_train_batch_size` rows) of the squared gradient of the batch training loss
     (`training_loss`: a classifier's cross-entropy, a diffusion model's denoising loss),
     for each of `parameters` (name -> parameter), summed over processes; the model runs in eval mode. With
-    `clip_norm`, each batch's gradient (over all of `parameters`) is first clipped to that total norm."""
+    `clip_norm`, each batch's gradient (over all of `parameters`) is first clipped to that total norm; `loss_scale`
+    multiplies the loss first (a diffusion loss summed over pixels)."""
     model = trainer.model
     sums = {name: torch.zeros_like(parameter) for name, parameter in parameters.items()}
     batches = torch.zeros((), dtype=torch.float64, device=trainer.args.device)
@@ -255,7 +268,7 @@ def fisher_diagonal(trainer, dataset, parameters: dict, description: str, clip_n
         try:
             for _, batch in trainer.shard_batches(dataset, description, trainer.args.per_device_train_batch_size):
                 model.zero_grad(set_to_none=True)
-                training_loss(model, batch).backward()
+                (loss_scale * training_loss(model, batch)).backward()
                 if clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_(list(parameters.values()), clip_norm)
                 for name, parameter in parameters.items():
@@ -291,10 +304,11 @@ PAPER_PRESETS = (
         training={"optim": "adamw_torch", "learning_rate": 1e-4, "weight_decay": 0.0, "lr_scheduler_type": "constant",
                   "max_steps": 150, "max_grad_norm": 1.0, "warmup_steps": 0},
         method={"forget_loss": "ascent", "alpha": 10.0, "forget_every": 1, "forget_max_grad_norm": 1.0,
-                "weight_exponent": 0.5, "gamma": 1.0, "mask_samples": None, "fisher_clip_norm": 1.0},
+                "weight_exponent": 0.5, "gamma": 1.0, "mask_samples": None, "fisher_clip_norm": 1.0,
+                "pixel_reduction": "sum"},
         source="Huang et al. 2024, class-conditional DDPM on CIFAR-10 (official config): Adam lr 1e-4, 150 steps, "
-        "the adaptive weighted ascent ('adaga', alpha = 10, lambda = 0.5), both steps clipped to 1, Fisher over "
-        "all rows with each batch gradient clipped to 1",
+        "the adaptive weighted ascent ('adaga', alpha = 10, lambda = 0.5) on the loss summed over pixels, both steps "
+        "clipped to 1, Fisher over all rows with each batch gradient clipped to 1",
     ),
     PaperPreset(
         "dit-imagenet", "diffusion",
@@ -385,7 +399,7 @@ class RemainGeometry(UnlearningMethod):
             self.forget_step(model, inputs["forget"], alpha_t)
             self.forget_steps += 1
         with trainer.compute_loss_context_manager():
-            retain_loss = training_loss(model, inputs["retain"])
+            retain_loss = self.loss_scale * training_loss(model, inputs["retain"])
         trainer.accelerator.backward(retain_loss)
         return retain_loss.detach()
 
@@ -413,6 +427,11 @@ class RemainGeometry(UnlearningMethod):
         self.forget_every, self.alpha = settings["forget_every"], settings["alpha"]
         if settings["forget_loss"] == "rl":
             self.retained_classes = torch.tensor(trainer.retained_classes, device=trainer.args.device)
+        self.loss_scale = 1.0
+        if config.pixel_reduction == "sum":
+            if not is_diffusion(model):
+                raise ValueError("`pixel_reduction='sum'` is for diffusion models; a classifier's loss has no pixels.")
+            self.loss_scale = float(np.prod(model.sample_shape()))
         self.masks = self.saliency_mask()
 
     def saliency_mask(self) -> dict:
@@ -423,9 +442,9 @@ class RemainGeometry(UnlearningMethod):
         forget = trainer.forget_view.select(subsample(np.arange(len(trainer.forget_view)), config.mask_samples, seed))
         retain_rows = subsample(np.arange(len(trainer.retain_labels)), config.mask_samples, seed, trainer.retain_labels)
         clip = config.fisher_clip_norm
-        forget_fisher = fisher_diagonal(trainer, forget, parameters, "Fisher (forget)", clip)
+        forget_fisher = fisher_diagonal(trainer, forget, parameters, "Fisher (forget)", clip, self.loss_scale)
         retain_fisher = fisher_diagonal(trainer, trainer.retain_view.select(retain_rows), parameters, "Fisher (retain)",
-                                        clip)  # fmt: skip
+                                        clip, self.loss_scale)  # fmt: skip
         masks = {
             id(parameter): ((forget_fisher[name] + 1e-15) / (retain_fisher[name] + 1e-15) >= config.gamma).to(
                 parameter.dtype
@@ -447,11 +466,11 @@ class RemainGeometry(UnlearningMethod):
             if self.settings["forget_loss"] == "rl":
                 other = relabelled(batch["labels"], self.retained_classes, self.trainer.num_labels,
                                    self.config.rl_target)  # fmt: skip
-                loss = alpha * training_loss(
+                loss = alpha * self.loss_scale * training_loss(
                     model, batch, forget=True, remap_classes=other.to(batch["labels"].device), **options
                 )
             else:
-                losses = training_loss(model, batch, reduction="none", forget=True, **options)
+                losses = self.loss_scale * training_loss(model, batch, reduction="none", forget=True, **options)
                 weights = losses.detach().clamp_min(1e-12).pow(-self.settings["weight_exponent"])
                 loss = -alpha * (weights / weights.sum() * losses).sum()
         trainer.accelerator.backward(loss)
