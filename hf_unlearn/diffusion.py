@@ -316,13 +316,15 @@ class DiffusionModel(PreTrainedModel):
         return x_t, timesteps, target
 
     def forward(self, pixel_values=None, labels=None, antithetic: bool = False, class_dropout: float | None = None,
-                remap_classes=None) -> DiffusionOutput:  # fmt: skip
+                remap_classes=None, guidance_scale: float | None = None) -> DiffusionOutput:  # fmt: skip
         """The denoising loss (per-row mean squared error) of `pixel_values` under class `labels`.
 
         `antithetic`: antithetic timesteps (see [`noised`]). `class_dropout`: share of labels replaced by the null
         class (default: `config.label_dropout` in training mode, 0 in eval mode). `remap_classes`: instead of the
         noise, the target is the (detached) prediction under these classes, which maps `labels` onto them (SFR-on's
-        "rl" forget loss). (No argument but `labels` has "label" in its name: the Trainer takes those for labels.)"""
+        "rl" forget loss). `guidance_scale` s: the loss of the guided prediction eps_null + s (eps_label - eps_null)
+        (as sampling uses it; the official SFR-on DDPM Fisher), for a model trained with a null class. (No argument
+        but `labels` has "label" in its name: the Trainer takes those for labels.)"""
         if pixel_values is None or labels is None:
             raise ValueError("A DiffusionModel needs `pixel_values` and class `labels` to compute its loss.")
         x_t, timesteps, target = self.noised(self.to_model_space(pixel_values), antithetic)
@@ -331,6 +333,11 @@ class DiffusionModel(PreTrainedModel):
             dropped = torch.rand(len(labels), device=labels.device) < dropout
             labels = torch.where(dropped, torch.full_like(labels, self.config.null_class), labels)
         prediction = self.predict(x_t, timesteps, labels)
+        if guidance_scale is not None and guidance_scale != 1:
+            if self.config.null_class is None:
+                raise ValueError("A guided loss needs a model trained with a null class (`null_class`).")
+            unconditional = self.predict(x_t, timesteps, torch.full_like(labels, self.config.null_class))
+            prediction = unconditional + guidance_scale * (prediction - unconditional)
         if remap_classes is not None:
             with torch.no_grad():
                 target = self.predict(x_t, timesteps, remap_classes)

@@ -230,6 +230,26 @@ def test_a_pixel_sum_loss_scales_every_loss_by_the_sample_size(tmp_path, tiny_di
     assert losses["sum"] == pytest.approx(losses["mean"] * size, rel=1e-4)
 
 
+def test_the_guided_loss_is_the_error_of_the_guided_prediction(tiny_digits):
+    """`guidance_scale` s in the loss (the official SFR-on DDPM Fisher): the error of eps_null + s (eps_c - eps_null),
+    recomputed by hand from the same noise and timesteps; s = 1 is the plain conditional loss."""
+    model = tiny_ddpm().eval()
+    pixels = torch.tensor(np.asarray(tiny_digits["train"][:6]["pixel_values"]), dtype=torch.float32)
+    labels = torch.tensor(tiny_digits["train"][:6]["label"])
+    torch.manual_seed(0)
+    guided = model(pixel_values=pixels, labels=labels, guidance_scale=3.0).losses
+    torch.manual_seed(0)
+    x_t, timesteps, target = model.noised(model.to_model_space(pixels), False)
+    conditional = model.predict(x_t, timesteps, labels)
+    unconditional = model.predict(x_t, timesteps, torch.full_like(labels, model.config.null_class))
+    expected = (unconditional + 3.0 * (conditional - unconditional) - target).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(guided, expected, rtol=1e-4, atol=1e-6)
+    torch.manual_seed(0)
+    plain = model(pixel_values=pixels, labels=labels).losses
+    torch.manual_seed(0)
+    torch.testing.assert_close(model(pixel_values=pixels, labels=labels, guidance_scale=1.0).losses, plain)
+
+
 def test_rl_is_refused_for_classifiers(tmp_path, tiny_digits):
     from hf_unlearn.examples.digits import digits_classifier
 

@@ -42,6 +42,7 @@ def test_remain_geometry_paper_settings_for_classifiers_and_diffusion(tmp_path):
     assert (ddpm.learning_rate, ddpm.weight_decay, ddpm.max_steps, ddpm.max_grad_norm) == (1e-4, 0.0, 150, 1.0)
     config = ddpm.method_config
     assert (config.forget_loss, config.alpha, config.forget_every, config.fisher_clip_norm) == ("ascent", 10.0, 1, 1.0)
+    assert (config.pixel_reduction, config.fisher_guidance_scale, config.mask_samples) == ("sum", 2.0, None)
     dit = paper(tmp_path, "remain_geometry", "dit-imagenet")
     assert (dit.method_config.alpha, dit.method_config.alpha_schedule, dit.max_grad_norm) == (1e-3, "constant", 0.0)
 

@@ -52,10 +52,10 @@ The paper's settings, `UnlearnConfig(method="remain_geometry", preset="paper", p
 | `preset_dataset` | model | optimizer, schedule, budget | forget step | mask |
 |---|---|---|---|---|
 | "cifar10" (default) | classifier | SGD 0.01, momentum 0.9, wd 5e-4, cosine, T = 1500, batch 128, retain step unclipped | K = 5, alpha = 25 (cosine), clip 7, lambda = 0.5 | Fisher over all rows; no guard |
-| "ddpm-cifar10" | DDPM | Adam 1e-4, 150 steps, retain step clipped to 1, loss summed over pixels | "adaga" (`forget_loss="ascent"`), alpha = 10 (cosine), clip 1, lambda = 0.5, every step | all rows, each batch gradient clipped to 1 |
+| "ddpm-cifar10" | DDPM | Adam 1e-4, 150 steps, retain step clipped to 1, loss summed over pixels | "adaga" (`forget_loss="ascent"`), alpha = 10 (cosine), clip 1, lambda = 0.5, every step | all rows, guided prediction (s = 2), each batch gradient clipped to 1 |
 | "dit-imagenet" | DiT | AdamW 1e-4, wd 0, 500 steps, retain step unclipped | plain ascent, constant alpha = 1e-3, clip 1, every step | all rows |
 
-Not reproduced: the DDPM Fisher on the guided output, the DiT's MSE+VLB loss (variance-learning DiTs; the denoising
+Not reproduced: the DiT's MSE+VLB loss (variance-learning DiTs; the denoising
 MSE is used), and batch sizes the paper does not state. The paper's "rl" variant maps class c to (c + 1) mod C:
 `rl_target="next"` (the library's "rl" default draws a random retained class).
 
@@ -184,6 +184,15 @@ class RemainGeometryConfig:
             "as a sample has values). Every loss of the method, the Fisher's included, uses it."
         },
     )
+    fisher_guidance_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Diffusion models: the Fisher estimates use the loss of the guided prediction, eps_null + s "
+            "(eps_class - eps_null) with this s (the official SFR-on DDPM code guides with its sampling scale; "
+            "`hf_unlearn.diffusion.guidance_scale_from_paper` converts a paper's w). None: the plain conditional "
+            "prediction."
+        },
+    )
     rl_target: str = field(
         default="random",
         metadata={
@@ -255,12 +264,13 @@ class RemainGeometryConfig:
 
 
 def fisher_diagonal(trainer, dataset, parameters: dict, description: str, clip_norm: float | None = None,
-                    loss_scale: float = 1.0) -> dict:  # fmt: skip
+                    loss_scale: float = 1.0, **loss_options) -> dict:  # fmt: skip
     """Mean over batches (of `per_device_train_batch_size` rows) of the squared gradient of the batch training loss
     (`training_loss`: a classifier's cross-entropy, a diffusion model's denoising loss),
     for each of `parameters` (name -> parameter), summed over processes; the model runs in eval mode. With
     `clip_norm`, each batch's gradient (over all of `parameters`) is first clipped to that total norm; `loss_scale`
-    multiplies the loss first (a diffusion loss summed over pixels)."""
+    multiplies the loss first (a diffusion loss summed over pixels); `loss_options` go to `training_loss` (e.g. a
+    diffusion model's `guidance_scale`)."""
     model = trainer.model
     sums = {name: torch.zeros_like(parameter) for name, parameter in parameters.items()}
     batches = torch.zeros((), dtype=torch.float64, device=trainer.args.device)
@@ -268,7 +278,7 @@ def fisher_diagonal(trainer, dataset, parameters: dict, description: str, clip_n
         try:
             for _, batch in trainer.shard_batches(dataset, description, trainer.args.per_device_train_batch_size):
                 model.zero_grad(set_to_none=True)
-                (loss_scale * training_loss(model, batch)).backward()
+                (loss_scale * training_loss(model, batch, **loss_options)).backward()
                 if clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_(list(parameters.values()), clip_norm)
                 for name, parameter in parameters.items():
@@ -284,8 +294,7 @@ def fisher_diagonal(trainer, dataset, parameters: dict, description: str, clip_n
 
 
 #: The paper's settings (Huang et al., NeurIPS 2024, section 5 and appendix; official code
-#: K1nght/Unified-Unlearning-w-Remain-Geometry), per setting. Not reproduced: the DDPM Fisher on the guided output,
-#: the DiT's MSE+VLB loss for models that learn variances, and batch sizes the paper does not state (left to the
+#: K1nght/Unified-Unlearning-w-Remain-Geometry), per setting. Not reproduced: the DiT's MSE+VLB loss for models that learn variances, and batch sizes the paper does not state (left to the
 #: library's default).
 PAPER_PRESETS = (
     PaperPreset(
@@ -305,10 +314,11 @@ PAPER_PRESETS = (
                   "max_steps": 150, "max_grad_norm": 1.0, "warmup_steps": 0},
         method={"forget_loss": "ascent", "alpha": 10.0, "forget_every": 1, "forget_max_grad_norm": 1.0,
                 "weight_exponent": 0.5, "gamma": 1.0, "mask_samples": None, "fisher_clip_norm": 1.0,
-                "pixel_reduction": "sum"},
+                "pixel_reduction": "sum", "fisher_guidance_scale": 2.0},
         source="Huang et al. 2024, class-conditional DDPM on CIFAR-10 (official config): Adam lr 1e-4, 150 steps, "
         "the adaptive weighted ascent ('adaga', alpha = 10, lambda = 0.5) on the loss summed over pixels, both steps "
-        "clipped to 1, Fisher over all rows with each batch gradient clipped to 1",
+        "clipped to 1, Fisher over all rows on the guided prediction (cond_scale w = 1: s = 2) with each batch "
+        "gradient clipped to 1",
     ),
     PaperPreset(
         "dit-imagenet", "diffusion",
@@ -441,10 +451,15 @@ class RemainGeometry(UnlearningMethod):
         seed = trainer.args.seed
         forget = trainer.forget_view.select(subsample(np.arange(len(trainer.forget_view)), config.mask_samples, seed))
         retain_rows = subsample(np.arange(len(trainer.retain_labels)), config.mask_samples, seed, trainer.retain_labels)
-        clip = config.fisher_clip_norm
-        forget_fisher = fisher_diagonal(trainer, forget, parameters, "Fisher (forget)", clip, self.loss_scale)
+        clip, options = config.fisher_clip_norm, {}
+        if config.fisher_guidance_scale is not None:
+            if not is_diffusion(trainer.model):
+                raise ValueError("`fisher_guidance_scale` is for diffusion models (classifier-free guidance).")
+            options["guidance_scale"] = config.fisher_guidance_scale
+        forget_fisher = fisher_diagonal(trainer, forget, parameters, "Fisher (forget)", clip, self.loss_scale,
+                                        **options)  # fmt: skip
         retain_fisher = fisher_diagonal(trainer, trainer.retain_view.select(retain_rows), parameters, "Fisher (retain)",
-                                        clip, self.loss_scale)  # fmt: skip
+                                        clip, self.loss_scale, **options)  # fmt: skip
         masks = {
             id(parameter): ((forget_fisher[name] + 1e-15) / (retain_fisher[name] + 1e-15) >= config.gamma).to(
                 parameter.dtype
