@@ -268,3 +268,21 @@ def test_the_eigendecomposition_survives_eigh_failing(failures, monkeypatch):
     torch.testing.assert_close(values, expected_values, atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(vectors @ torch.diag(values) @ vectors.T, gram, atol=1e-9, rtol=1e-9)
     assert len(calls) == min(failures + 1, 2)
+
+
+def test_float32_eigendecompositions_give_the_float64_projection():
+    """`eigen_dtype="float32"` on a rank-deficient Gram matrix (most input rows exactly zero, as a conv at 1x1 spatial
+    size gives): the projected weight matches float64's to 1e-4 of what the projection changed."""
+    generator = torch.Generator().manual_seed(0)
+    retain_inputs, forget_inputs = torch.zeros(200, 48), torch.zeros(60, 48)
+    retain_inputs[:, :10] = torch.randn(200, 10, generator=generator)
+    forget_inputs[:, 5:14] = torch.randn(60, 9, generator=generator)
+    weight = torch.randn(16, 48, generator=generator)
+    grams = (gram_of(retain_inputs), gram_of(forget_inputs))
+    projected = {}
+    for dtype in (torch.float64, torch.float32):
+        layer = LayerProjection(weight, *grams, dtype=dtype)
+        projected[dtype] = layer.weight_for(layer.kept_on_forget(100.0), 3.0)
+    changed = (projected[torch.float64] - weight).norm()
+    assert changed > 0.05 * weight.norm()  # the forget-only inputs 10-13 were removed
+    assert (projected[torch.float32] - projected[torch.float64]).norm() < 1e-4 * changed
