@@ -279,14 +279,25 @@ class DiffusionModel(PreTrainedModel):
         low, high = self.config.data_range
         return ((x.clamp(-1, 1) + 1) / 2) * (high - low) + low
 
-    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The denoiser's prediction for `x_t` at `timesteps` under class `labels` (a DiT's learned-variance
-        channels are dropped)."""
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor,
+                with_variance: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """The denoiser's prediction for `x_t` at `timesteps` under class `labels`. A DiT that learns its variances
+        also outputs their interpolation values v in [-1, 1] (Nichol & Dhariwal's learned range): dropped, or
+        returned as `(prediction, v)` with `with_variance`."""
         if self.config.denoiser == "unet":
             output = self.denoiser(x_t, timesteps, class_labels=labels).sample
         else:
             output = self.denoiser(x_t, timestep=timesteps, class_labels=labels).sample
-        return output[:, : x_t.shape[1]]
+        channels = x_t.shape[1]
+        if with_variance:
+            return output[:, :channels], output[:, channels : 2 * channels]
+        return output[:, :channels]
+
+    @property
+    def learns_variance(self) -> bool:
+        """Whether the denoiser also predicts its variances (a DiT with twice its input channels out)."""
+        config = self.denoiser.config
+        return self.config.denoiser != "unet" and getattr(config, "out_channels", None) == 2 * config.in_channels
 
     def noised(self, x0: torch.Tensor, antithetic: bool = False):
         """`(x_t, timesteps, target)`: `x0` noised at random timesteps (`antithetic`: the second half of the batch at
@@ -316,15 +327,17 @@ class DiffusionModel(PreTrainedModel):
         return x_t, timesteps, target
 
     def forward(self, pixel_values=None, labels=None, antithetic: bool = False, class_dropout: float | None = None,
-                remap_classes=None, guidance_scale: float | None = None) -> DiffusionOutput:  # fmt: skip
+                remap_classes=None, guidance_scale: float | None = None, vlb: bool = False) -> DiffusionOutput:  # fmt: skip
         """The denoising loss (per-row mean squared error) of `pixel_values` under class `labels`.
 
         `antithetic`: antithetic timesteps (see [`noised`]). `class_dropout`: share of labels replaced by the null
         class (default: `config.label_dropout` in training mode, 0 in eval mode). `remap_classes`: instead of the
         noise, the target is the (detached) prediction under these classes, which maps `labels` onto them (SFR-on's
         "rl" forget loss). `guidance_scale` s: the loss of the guided prediction eps_null + s (eps_label - eps_null)
-        (as sampling uses it; the official SFR-on DDPM Fisher), for a model trained with a null class. (No argument
-        but `labels` has "label" in its name: the Trainer takes those for labels.)"""
+        (as sampling uses it; the official SFR-on DDPM Fisher), for a model trained with a null class. `vlb`: add
+        the variational bound term of the learned variances (`vlb_terms`; DiT's training loss, MSE + VLB), for a
+        model that `learns_variance` and predicts the noise. (No argument but `labels` has "label" in its name: the
+        Trainer takes those for labels.)"""
         if pixel_values is None or labels is None:
             raise ValueError("A DiffusionModel needs `pixel_values` and class `labels` to compute its loss.")
         x_t, timesteps, target = self.noised(self.to_model_space(pixel_values), antithetic)
@@ -332,6 +345,18 @@ class DiffusionModel(PreTrainedModel):
         if dropout > 0 and self.config.null_class is not None:
             dropped = torch.rand(len(labels), device=labels.device) < dropout
             labels = torch.where(dropped, torch.full_like(labels, self.config.null_class), labels)
+        if vlb:
+            if not self.learns_variance or self.noise_scheduler.config.prediction_type != "epsilon":
+                raise ValueError("The VLB term needs a denoiser that predicts the noise and learns its variances.")
+            if remap_classes is not None or (guidance_scale is not None and guidance_scale != 1):
+                raise ValueError("The VLB term is for the plain denoising loss (no `remap_classes`, no guidance).")
+            prediction, variance = self.predict(x_t, timesteps, labels, with_variance=True)
+            alphas = self.noise_scheduler.alphas_cumprod.to(device=x_t.device, dtype=torch.float32)[timesteps]
+            signal, sigma = alphas.sqrt().view(-1, 1, 1, 1), (1 - alphas).sqrt().view(-1, 1, 1, 1)
+            x0 = (x_t.float() - sigma * target.float()) / signal  # the clean input, from the noise target
+            bound = vlb_terms(self.noise_scheduler, x0, x_t, timesteps, prediction.detach(), variance)
+            losses = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1) + bound
+            return DiffusionOutput(loss=losses.mean(), losses=losses)
         prediction = self.predict(x_t, timesteps, labels)
         if guidance_scale is not None and guidance_scale != 1:
             if self.config.null_class is None:
@@ -482,10 +507,12 @@ def small_ddpm(image_size: int = 16, channels: int = 1, widths: tuple[int, ...] 
 
 def small_dit(image_size: int = 16, channels: int = 1, vae_widths: tuple[int, ...] = (16, 32),
               latent_channels: int = 4, heads: int = 4, head_dim: int = 32, layers: int = 4, patch_size: int = 2,
-              labels: list[str] | int = 10, num_train_timesteps: int = 1000, seed: int = 0) -> DiffusionModel:  # fmt: skip
+              labels: list[str] | int = 10, num_train_timesteps: int = 1000, seed: int = 0,
+              learn_variance: bool = False) -> DiffusionModel:  # fmt: skip
     """A randomly initialised (seeded) small latent DiT: an `AutoencoderKL` (downsampling by 2 per extra entry of
     `vae_widths`; train it with [`train_vae`] first) and a `DiTTransformer2DModel` over its latents (`layers` blocks
-    of `heads` x `head_dim`, `patch_size` patches, diffusers' null class row, 10 % label dropout)."""
+    of `heads` x `head_dim`, `patch_size` patches, diffusers' null class row, 10 % label dropout). With
+    `learn_variance`, the DiT also outputs its variances (twice the latent channels, as the published DiTs)."""
     diffusers = diffusers_module()
     torch.manual_seed(seed)
     groups = min(8, vae_widths[0])
@@ -496,6 +523,7 @@ def small_dit(image_size: int = 16, channels: int = 1, vae_widths: tuple[int, ..
     )  # fmt: skip
     transformer = diffusers.DiTTransformer2DModel(
         num_attention_heads=heads, attention_head_dim=head_dim, in_channels=latent_channels, num_layers=layers,
+        out_channels=2 * latent_channels if learn_variance else latent_channels,
         sample_size=image_size // 2 ** (len(vae_widths) - 1), patch_size=patch_size, num_embeds_ada_norm=len(label_names(labels)),
         norm_num_groups=groups,
     )  # fmt: skip
@@ -558,6 +586,58 @@ def train_vae(vae: nn.Module, dataset, steps: int = 1000, batch_size: int = 64, 
         latents = torch.cat([vae.encode(images[i : i + 500]).latent_dist.sample() for i in range(0, len(images), 500)])
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     return vae
+
+
+# ------------------------------------------------------------------------------------------------ the VLB term
+def normal_kl(mean1, log_var1, mean2, log_var2) -> torch.Tensor:
+    """KL(N(mean1, exp(log_var1)) || N(mean2, exp(log_var2))), elementwise."""
+    return 0.5 * (-1.0 + log_var2 - log_var1 + torch.exp(log_var1 - log_var2)
+                  + (mean1 - mean2).pow(2) * torch.exp(-log_var2))  # fmt: skip
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale) -> torch.Tensor:
+    """Log-likelihood of data `x` in [-1, 1] quantised to 8 bits under N(mean, exp(log_scale)^2), elementwise (the
+    decoder term at t = 0; the normal CDF by its tanh approximation)."""
+
+    def cdf(value):
+        return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (value + 0.044715 * value.pow(3))))
+
+    centred, inverse_std = x - mean, torch.exp(-log_scale)
+    upper, lower = cdf(inverse_std * (centred + 1.0 / 255.0)), cdf(inverse_std * (centred - 1.0 / 255.0))
+    log_upper = torch.log(upper.clamp_min(1e-12))
+    log_one_minus_lower = torch.log((1.0 - lower).clamp_min(1e-12))
+    log_delta = torch.log((upper - lower).clamp_min(1e-12))
+    return torch.where(x < -0.999, log_upper, torch.where(x > 0.999, log_one_minus_lower, log_delta))
+
+
+def vlb_terms(scheduler, x0, x_t, timesteps, eps, variance) -> torch.Tensor:
+    """Per-row variational bound term, in bits per dimension, of a denoiser that learns its variances (Nichol &
+    Dhariwal 2021, as DiT trains: MSE + VLB): the KL from the true posterior q(x_{t-1} | x_t, x0) to the model's
+    Gaussian, whose mean comes from the noise prediction `eps` (pass it detached, so that only the variance output
+    learns from this term) and whose log-variance interpolates between the posterior's (clipped at t = 0) and
+    log beta_t by (v + 1) / 2, v = `variance`; at t = 0 the discretized decoder's negative log-likelihood instead."""
+    betas = scheduler.betas.to(device=x_t.device, dtype=torch.float32)
+    alphas_cumprod = torch.cumprod(1.0 - betas, 0)
+    previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    posterior_variance = betas * (1.0 - previous) / (1.0 - alphas_cumprod)
+    posterior_log_variance = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
+
+    def at(values):
+        return values[timesteps].view(-1, 1, 1, 1)
+
+    x0, x_t, eps, variance = x0.float(), x_t.float(), eps.float(), variance.float()
+    coefficient_x0 = at(betas * previous.sqrt() / (1.0 - alphas_cumprod))
+    coefficient_xt = at((1.0 - previous) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod))
+    true_mean = coefficient_x0 * x0 + coefficient_xt * x_t
+    true_log_variance = at(posterior_log_variance)
+    predicted_x0 = (x_t - at((1.0 - alphas_cumprod).sqrt()) * eps) / at(alphas_cumprod.sqrt())
+    model_mean = coefficient_x0 * predicted_x0 + coefficient_xt * x_t
+    fraction = (variance + 1.0) / 2.0
+    model_log_variance = fraction * at(torch.log(betas)) + (1.0 - fraction) * true_log_variance
+    kl = normal_kl(true_mean, true_log_variance, model_mean, model_log_variance).flatten(1).mean(1) / math.log(2.0)
+    decoder = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)
+    decoder = decoder.flatten(1).mean(1) / math.log(2.0)
+    return torch.where(timesteps == 0, decoder, kl)
 
 
 # ------------------------------------------------------------------------------------------------ measuring

@@ -250,6 +250,57 @@ def test_the_guided_loss_is_the_error_of_the_guided_prediction(tiny_digits):
     torch.testing.assert_close(model(pixel_values=pixels, labels=labels, guidance_scale=1.0).losses, plain)
 
 
+def test_the_variational_bound_is_zero_for_the_true_posterior():
+    """`vlb_terms`: with the true noise as the prediction and v = -1 (the posterior's own log-variance) the KL term is
+    0 for t > 0; any other v costs a positive KL (larger where beta_t and the posterior variance differ most, at small
+    t); the decoder term at t = 0 is a positive NLL. `normal_kl` agrees
+    with torch.distributions."""
+    from hf_unlearn.diffusion import normal_kl, vlb_terms
+
+    diffusers_scheduler = diffusers.DDPMScheduler(num_train_timesteps=50)
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 2, 4, 4, generator=generator) * 2 - 1
+    noise = torch.randn(4, 2, 4, 4, generator=generator)
+    timesteps = torch.tensor([0, 5, 20, 49])
+    alphas = diffusers_scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    x_t = alphas.sqrt() * x0 + (1 - alphas).sqrt() * noise
+    exact = vlb_terms(diffusers_scheduler, x0, x_t, timesteps, noise, torch.full_like(x0, -1.0))
+    torch.testing.assert_close(exact[1:], torch.zeros(3), atol=1e-5, rtol=0)
+    assert exact[0] > 0  # the discretized decoder's negative log-likelihood
+    off = vlb_terms(diffusers_scheduler, x0, x_t, timesteps, noise, torch.full_like(x0, 0.5))
+    assert (off[1:] > 0).all() and off[1] > 1e-2
+    p = torch.distributions.Normal(torch.tensor(0.3), torch.tensor(0.5))
+    q = torch.distributions.Normal(torch.tensor(-0.2), torch.tensor(1.5))
+    ours = normal_kl(torch.tensor(0.3), 2 * torch.tensor(0.5).log(), torch.tensor(-0.2), 2 * torch.tensor(1.5).log())
+    torch.testing.assert_close(ours, torch.distributions.kl_divergence(p, q))
+
+
+def test_a_dit_that_learns_its_variances_trains_on_mse_plus_vlb(tmp_path, tiny_digits):
+    """The dit-imagenet preset's `diffusion_loss="mse+vlb"`: on a DiT with learned variances the loss is the MSE plus
+    a positive bound term; on a DiT without them the run keeps the
+    MSE and says so."""
+    model = small_dit(image_size=8, vae_widths=(8, 8), heads=2, head_dim=8, layers=1, num_train_timesteps=50,
+                      labels=DIGIT_NAMES, learn_variance=True)  # fmt: skip
+    assert model.learns_variance and not tiny_dit().learns_variance
+    pixels = torch.tensor(np.asarray(tiny_digits["train"][:4]["pixel_values"]), dtype=torch.float32)
+    labels = torch.tensor(tiny_digits["train"][:4]["label"])
+    model.eval()
+    torch.manual_seed(0)
+    with_bound = model(pixel_values=pixels, labels=labels, vlb=True).losses
+    torch.manual_seed(0)
+    plain = model(pixel_values=pixels, labels=labels).losses
+    assert (with_bound > plain).all() and torch.isfinite(with_bound).all()
+    with pytest.raises(ValueError, match="learns its variances"):
+        tiny_dit()(pixel_values=pixels, labels=labels, vlb=True)
+    args = diffusion_args(tmp_path, preset="paper", preset_dataset="dit-imagenet", max_steps=2,
+                          eval_after_unlearn=False, eval_before_unlearn=False)  # fmt: skip
+    for dit, used in ((model, "mse+vlb"), (tiny_dit(), "mse")):
+        trainer = UnlearningTrainer(dit, args, train_dataset=tiny_digits["train"], eval_dataset=tiny_digits["test"],
+                                    forget_classes=["three"])  # fmt: skip
+        trainer.method.prepare()
+        assert trainer.method.report["diffusion_loss"] == used
+
+
 def test_rl_is_refused_for_classifiers(tmp_path, tiny_digits):
     from hf_unlearn.examples.digits import digits_classifier
 
