@@ -354,7 +354,7 @@ class UnlearnConfig(TrainingArguments):
                 raise ValueError(
                     f"`method_kwargs` must be a JSON object when given as a string, got {kwargs!r} ({error})."
                 ) from None
-        kwargs = {**(preset.method if preset is not None else {}), **(kwargs or {})}
+        kwargs = dict(kwargs or {})
         valid = [f.name for f in fields(spec.config_class)]
         unknown = sorted(set(kwargs) - set(valid))
         if unknown:
@@ -364,8 +364,10 @@ class UnlearnConfig(TrainingArguments):
             )
         hints = typing.get_type_hints(spec.config_class)
         kwargs = {name: coerce(value, hints[name], f"method_kwargs['{name}']") for name, value in kwargs.items()}
+        # `method_kwargs` keeps what the user set; the preset's values join only in the resolved config, so a copy
+        # of these arguments with another preset (`dataclasses.replace`) resolves that preset's values.
         self.method_kwargs = kwargs
-        return spec.config_class(**kwargs)
+        return spec.config_class(**{**(preset.method if preset is not None else {}), **kwargs})
 
     # The Hub token must never reach a file: `Trainer` pickles these arguments into training_args.bin, which
     # `push_to_hub` uploads. Pickles carry no secret (`hub_token` is None in them); copies in memory keep it.
@@ -418,8 +420,8 @@ def _preset_record(preset) -> dict | None:
     """What the results and the card record of the preset that ran."""
     if preset is None:
         return None
-    return {"preset": "paper", "dataset": preset.dataset, "kind": preset.kind, "source": preset.source,
-            "training": dict(preset.training), "method_kwargs": dict(preset.method)}  # fmt: skip
+    return {"preset": "paper", "dataset": preset.dataset, "kind": preset.kind, "denoiser": preset.denoiser,
+            "source": preset.source, "training": dict(preset.training), "method_kwargs": dict(preset.method)}  # fmt: skip
 
 
 def _secret_fields(state: dict) -> list[str]:

@@ -96,6 +96,8 @@ class PaperPreset:
     method: dict = field(default_factory=dict)
     #: Where the values come from (paper section, table or official script).
     source: str = ""
+    #: For diffusion models, the denoiser the settings are for ("unet": a DDPM, "transformer": a DiT); None: any.
+    denoiser: str | None = None
 
 
 class UnlearningMethod:

@@ -340,7 +340,8 @@ class DiffusionModel(PreTrainedModel):
         Trainer takes those for labels.)"""
         if pixel_values is None or labels is None:
             raise ValueError("A DiffusionModel needs `pixel_values` and class `labels` to compute its loss.")
-        x_t, timesteps, target = self.noised(self.to_model_space(pixel_values), antithetic)
+        x0 = self.to_model_space(pixel_values)
+        x_t, timesteps, target = self.noised(x0, antithetic)
         dropout = (self.config.label_dropout if self.training else 0.0) if class_dropout is None else class_dropout
         if dropout > 0 and self.config.null_class is not None:
             dropped = torch.rand(len(labels), device=labels.device) < dropout
@@ -351,9 +352,6 @@ class DiffusionModel(PreTrainedModel):
             if remap_classes is not None or (guidance_scale is not None and guidance_scale != 1):
                 raise ValueError("The VLB term is for the plain denoising loss (no `remap_classes`, no guidance).")
             prediction, variance = self.predict(x_t, timesteps, labels, with_variance=True)
-            alphas = self.noise_scheduler.alphas_cumprod.to(device=x_t.device, dtype=torch.float32)[timesteps]
-            signal, sigma = alphas.sqrt().view(-1, 1, 1, 1), (1 - alphas).sqrt().view(-1, 1, 1, 1)
-            x0 = (x_t.float() - sigma * target.float()) / signal  # the clean input, from the noise target
             bound = vlb_terms(self.noise_scheduler, x0, x_t, timesteps, prediction.detach(), variance)
             losses = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1) + bound
             return DiffusionOutput(loss=losses.mean(), losses=losses)

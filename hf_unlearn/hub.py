@@ -42,8 +42,9 @@ logger = get_logger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 CARD_FILE, PLOT_FILE, RESULTS_FILE = "README.md", "per_class_accuracy.png", "unlearning_results.json"
 TRAINING_FIELDS = (
-    "learning_rate", "num_train_epochs", "max_steps", "optim", "weight_decay", "per_device_train_batch_size",
-    "lr_scheduler_type", "max_grad_norm", "forget_accuracy_target", "max_forget_samples", "max_retain_samples", "seed",
+    "learning_rate", "num_train_epochs", "max_steps", "optim", "optim_args", "weight_decay",
+    "per_device_train_batch_size", "lr_scheduler_type", "warmup_steps", "max_grad_norm", "forget_accuracy_target",
+    "max_forget_samples", "max_retain_samples", "seed",
 )  # fmt: skip
 def _hub_id(name: str | None) -> str | None:
     """`name` if it looks like a Hub ID (`org/name`, not an existing local path)."""

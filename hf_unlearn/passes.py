@@ -102,7 +102,7 @@ def shard_accuracy(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor,
             if plausible_at is not None:
                 label_probability = logits.softmax(-1).gather(-1, labels[:, None])[:, 0]
                 counted |= label_probability >= plausible_at
-            counts += torch.stack([counted.sum(), torch.tensor(len(labels))]).to(counts)
+            counts += torch.stack([counted.sum(), torch.tensor(len(labels), device=counted.device)]).to(counts)
     correct, total = accelerator.reduce(counts, reduction="sum").tolist()
     return correct / total if total else None
 

@@ -55,6 +55,13 @@ class MethodSpec:
                 f"`preset_dataset={preset['dataset']!r}` holds the paper's settings for {preset['kind']} models, and "
                 f"this is a {kind.name} model. Paper settings of '{self.name}' for it: {fitting or 'none'}."
             )
+        denoiser = getattr(getattr(model, "config", None), "denoiser", None)
+        if preset and preset.get("denoiser") and preset["denoiser"] != denoiser:
+            fitting = [p.dataset for p in method.paper_presets if p.denoiser == denoiser]
+            raise ValueError(
+                f"`preset_dataset={preset['dataset']!r}` holds the paper's settings for a {preset['denoiser']} "
+                f"denoiser, and this model's is a {denoiser}. Paper settings for it: {fitting or 'none'}."
+            )
         method.check_settings(args.method_config, args, model)
         if method.class_level_only and not class_level:
             raise ValueError(

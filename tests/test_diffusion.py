@@ -3,6 +3,7 @@ diffusion variants and the baselines through `unlearn()`, the judge's metrics, a
 are a few steps on tiny models, judged by a `ConstantJudge`: they check the mechanics and the plumbing of the metrics,
 not that a class is forgotten (`benchmarks/diffusion.py` measures that)."""
 
+import math
 import sys
 
 import numpy as np
@@ -275,6 +276,39 @@ def test_the_variational_bound_is_zero_for_the_true_posterior():
     torch.testing.assert_close(ours, torch.distributions.kl_divergence(p, q))
 
 
+def test_the_variational_bound_against_the_ddpm_papers_formulas():
+    """A wrong noise prediction and a mid-range variance, at t > 0: the bound equals the KL written from Ho et al.'s
+    formulas independently (the posterior mean from x0 and x_t, eq. 7; the model mean from the noise, eq. 11;
+    the posterior variance beta~_t; the model's variance exp(v' log beta_t + (1 - v') log beta~_t), v' = (v + 1) / 2),
+    in bits per dimension."""
+    from hf_unlearn.diffusion import vlb_terms
+
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=50)
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.rand(3, 2, 4, 4, generator=generator) * 2 - 1
+    noise, eps = torch.randn(2, 3, 2, 4, 4, generator=generator)
+    v = torch.rand(3, 2, 4, 4, generator=generator) * 2 - 1
+    timesteps = torch.tensor([3, 17, 40])
+    betas = scheduler.betas.double()
+    abar = torch.cumprod(1 - betas, 0)
+    expected = []
+    for row, t in enumerate(timesteps.tolist()):
+        a_t, a_prev, b_t = abar[t], abar[t - 1], betas[t]
+        x_t = a_t.sqrt() * x0[row].double() + (1 - a_t).sqrt() * noise[row].double()
+        posterior_mean = (a_prev.sqrt() * b_t / (1 - a_t)) * x0[row].double() + (
+            (1 - b_t).sqrt() * (1 - a_prev) / (1 - a_t)) * x_t  # fmt: skip
+        posterior_variance = b_t * (1 - a_prev) / (1 - a_t)
+        model_mean = (x_t - b_t / (1 - a_t).sqrt() * eps[row].double()) / (1 - b_t).sqrt()
+        weight = (v[row].double() + 1) / 2
+        model_variance = torch.exp(weight * b_t.log() + (1 - weight) * posterior_variance.log())
+        kl = torch.distributions.kl_divergence(torch.distributions.Normal(posterior_mean, posterior_variance.sqrt()),
+                                               torch.distributions.Normal(model_mean, model_variance.sqrt()))
+        expected.append(kl.mean() / math.log(2.0))
+    x_t = abar[timesteps].sqrt().view(-1, 1, 1, 1) * x0 + (1 - abar[timesteps]).sqrt().view(-1, 1, 1, 1) * noise
+    ours = vlb_terms(scheduler, x0, x_t.float(), timesteps, eps, v)
+    torch.testing.assert_close(ours.double(), torch.stack(expected), rtol=1e-3, atol=1e-6)
+
+
 def test_a_dit_that_learns_its_variances_trains_on_mse_plus_vlb(tmp_path, tiny_digits):
     """The dit-imagenet preset's `diffusion_loss="mse+vlb"`: on a DiT with learned variances the loss is the MSE plus
     a positive bound term; on a DiT without them the run keeps the
@@ -294,6 +328,15 @@ def test_a_dit_that_learns_its_variances_trains_on_mse_plus_vlb(tmp_path, tiny_d
         tiny_dit()(pixel_values=pixels, labels=labels, vlb=True)
     args = diffusion_args(tmp_path, preset="paper", preset_dataset="dit-imagenet", max_steps=2,
                           eval_after_unlearn=False, eval_before_unlearn=False)  # fmt: skip
+    with pytest.raises(ValueError, match="do not combine"):
+        UnlearningTrainer(model, diffusion_args(tmp_path, method_kwargs={"diffusion_loss": "mse+vlb",
+                                                                         "fisher_guidance_scale": 2.0}),
+                          train_dataset=tiny_digits["train"], eval_dataset=tiny_digits["test"],
+                          forget_classes=["three"])  # fmt: skip
+    ddpm_preset = diffusion_args(tmp_path, preset="paper", preset_dataset="ddpm-cifar10")
+    with pytest.raises(ValueError, match="for a unet denoiser, and this model's is a transformer.*'dit-imagenet'"):
+        UnlearningTrainer(model, ddpm_preset, train_dataset=tiny_digits["train"], eval_dataset=tiny_digits["test"],
+                          forget_classes=["three"])  # fmt: skip
     for dit, used in ((model, "mse+vlb"), (tiny_dit(), "mse")):
         trainer = UnlearningTrainer(dit, args, train_dataset=tiny_digits["train"], eval_dataset=tiny_digits["test"],
                                     forget_classes=["three"])  # fmt: skip

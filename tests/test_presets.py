@@ -139,3 +139,26 @@ def test_the_deep_unlearning_mia_on_a_known_case():
     assert deep_unlearning_mia(forgotten, class_level=True) == 1.0
     assert deep_unlearning_mia(remembered, class_level=True) == 0.0
     assert deep_unlearning_mia(forgotten, class_level=False) is None
+
+
+def test_a_copy_with_another_preset_resolves_that_presets_values(tmp_path):
+    """`method_kwargs` keeps only what the user set, so `dataclasses.replace` with another `preset_dataset` gives
+    that preset's settings (and a user's own value still wins)."""
+    import dataclasses
+
+    args = paper(tmp_path, "svd_projection", "cifar10", method_kwargs={"num_samples": 64})
+    assert args.method_kwargs == {"num_samples": 64}
+    other = dataclasses.replace(args, preset_dataset="cifar100")
+    assert (other.method_config.alpha_r, other.method_config.alpha_f, other.method_config.num_samples) == (
+        1000.0, 30.0, 64)  # fmt: skip
+    assert other.preset_applied["dataset"] == "cifar100"
+
+
+def test_diffusion_options_on_a_classifier_are_refused_before_any_work(trained, digits, tmp_path):
+    for kwargs in ({"pixel_reduction": "sum"}, {"fisher_guidance_scale": 2.0}, {"diffusion_loss": "mse+vlb"}):
+        args = UnlearnConfig(output_dir=str(tmp_path), method="remain_geometry", report_to="none", disable_tqdm=True,
+                             method_kwargs=kwargs)  # fmt: skip
+        with pytest.raises(ValueError, match=f"`{next(iter(kwargs))}=.*is for diffusion models"):
+            UnlearningTrainer(trained("resnet"), args, train_dataset=digits["train"], eval_dataset=digits["test"],
+                              forget_classes=[3])  # fmt: skip
+

@@ -290,12 +290,14 @@ def forget_directions(
 
 def whitened(offsets: torch.Tensor, retain_features: torch.Tensor, shrinkage: float) -> torch.Tensor:
     """Rows (Sigma_r + s I)^-1 offset of `offsets` (m x d), in float64: Sigma_r the covariance of `retain_features`
-    (n x d), s = `shrinkage` times its mean diagonal (at least the smallest positive float, so a constant feature
-    space is no error)."""
+    (n x d), s = `shrinkage` times its mean diagonal. Retain features that do not vary at all leave the offsets as
+    they are (there is nothing to whiten by)."""
     retained = retain_features.double()
     centred = retained - retained.mean(0)
     covariance = centred.T @ centred / max(len(retained) - 1, 1)
-    shrink = (shrinkage * covariance.diagonal().mean()).clamp_min(torch.finfo(torch.float64).tiny)
+    if not covariance.diagonal().mean() > 0:
+        return offsets.double()
+    shrink = shrinkage * covariance.diagonal().mean()
     eye = torch.eye(len(covariance), dtype=covariance.dtype, device=covariance.device)
     return torch.linalg.solve(covariance + shrink * eye, offsets.double().T).T
 

@@ -318,7 +318,7 @@ PAPER_PRESETS = (
         "Fisher mask over all forget and retain rows, no guard",
     ),
     PaperPreset(
-        "ddpm-cifar10", "diffusion",
+        "ddpm-cifar10", "diffusion", denoiser="unet",
         training={"optim": "adamw_torch", "learning_rate": 1e-4, "weight_decay": 0.0, "lr_scheduler_type": "constant",
                   "max_steps": 150, "max_grad_norm": 1.0, "warmup_steps": 0},
         method={"forget_loss": "ascent", "alpha": 10.0, "forget_every": 1, "forget_max_grad_norm": 1.0,
@@ -330,7 +330,7 @@ PAPER_PRESETS = (
         "gradient clipped to 1",
     ),
     PaperPreset(
-        "dit-imagenet", "diffusion",
+        "dit-imagenet", "diffusion", denoiser="transformer",
         training={"optim": "adamw_torch", "learning_rate": 1e-4, "weight_decay": 0.0, "lr_scheduler_type": "constant",
                   "max_steps": 500, "max_grad_norm": 0.0, "warmup_steps": 0},
         method={"forget_loss": "ascent", "alpha": 1e-3, "alpha_schedule": "constant", "forget_every": 1,
@@ -370,6 +370,24 @@ class RemainGeometry(UnlearningMethod):
                 "Method 'remain_geometry' takes its masked forget step inside each optimizer step, so it needs "
                 f"`gradient_accumulation_steps=1`, got {args.gradient_accumulation_steps}: raise "
                 "`per_device_train_batch_size` instead."
+            )
+        diffusion_only = {"pixel_reduction": config.pixel_reduction != "mean",
+                          "diffusion_loss": config.diffusion_loss != "mse",
+                          "fisher_guidance_scale": config.fisher_guidance_scale is not None}  # fmt: skip
+        if not is_diffusion(model):
+            for name in (name for name, given in diffusion_only.items() if given):
+                raise ValueError(f"`{name}={getattr(config, name)!r}` is for diffusion models; this is a classifier.")
+            return
+        guided = config.fisher_guidance_scale is not None and config.fisher_guidance_scale != 1
+        if guided and model.config.null_class is None:
+            raise ValueError(
+                "`fisher_guidance_scale` needs a model trained with a null class (classifier-free guidance); leave it "
+                "None."
+            )
+        if guided and config.diffusion_loss == "mse+vlb" and model.learns_variance:
+            raise ValueError(
+                "`diffusion_loss='mse+vlb'` and `fisher_guidance_scale` do not combine: the VLB term is for the plain "
+                "conditional prediction. Leave one of them at its default."
             )
 
     def run(self) -> None:
@@ -448,9 +466,7 @@ class RemainGeometry(UnlearningMethod):
         if settings["forget_loss"] == "rl":
             self.retained_classes = torch.tensor(trainer.retained_classes, device=trainer.args.device)
         self.loss_options = {}
-        if config.diffusion_loss == "mse+vlb":
-            if not is_diffusion(model):
-                raise ValueError("`diffusion_loss='mse+vlb'` is for diffusion models.")
+        if config.diffusion_loss == "mse+vlb":  # diffusion models only (`check_settings`)
             if model.learns_variance:
                 self.loss_options["vlb"] = True
             else:
@@ -458,9 +474,7 @@ class RemainGeometry(UnlearningMethod):
                                "(`diffusion_loss='mse+vlb'` adds the VLB term only for DiTs that learn them).")  # fmt: skip
         self.report["diffusion_loss"] = "mse+vlb" if self.loss_options else ("mse" if is_diffusion(model) else None)
         self.loss_scale = 1.0
-        if config.pixel_reduction == "sum":
-            if not is_diffusion(model):
-                raise ValueError("`pixel_reduction='sum'` is for diffusion models; a classifier's loss has no pixels.")
+        if config.pixel_reduction == "sum":  # diffusion models only (`check_settings`)
             self.loss_scale = float(np.prod(model.sample_shape()))
         self.masks = self.saliency_mask()
 
@@ -472,9 +486,7 @@ class RemainGeometry(UnlearningMethod):
         forget = trainer.forget_view.select(subsample(np.arange(len(trainer.forget_view)), config.mask_samples, seed))
         retain_rows = subsample(np.arange(len(trainer.retain_labels)), config.mask_samples, seed, trainer.retain_labels)
         clip, options = config.fisher_clip_norm, dict(self.loss_options)
-        if config.fisher_guidance_scale is not None:
-            if not is_diffusion(trainer.model):
-                raise ValueError("`fisher_guidance_scale` is for diffusion models (classifier-free guidance).")
+        if config.fisher_guidance_scale is not None:  # diffusion models only (`check_settings`)
             options["guidance_scale"] = config.fisher_guidance_scale
         forget_fisher = fisher_diagonal(trainer, forget, parameters, "Fisher (forget)", clip, self.loss_scale,
                                         **options)  # fmt: skip
