@@ -206,28 +206,25 @@ class GramStatistics:
         window = [min(outputs[i], max(1, (self.conv_window * kernel[i] - spans[i]) // stride[i] + 1)) for i in range(2)]
         if window == outputs:
             return x
-        if self.sample_ids is None or len(self.sample_ids) != x.shape[0]:
-            raise RuntimeError("Set `GramStatistics.sample_ids` to the batch's sample positions before each forward.")
-        draws = self._crop_draws[name][self.sample_ids.cpu()]
-        starts = [(draws[:, i] * (outputs[i] - window[i] + 1)).long().tolist() for i in range(2)]
         sizes = [(window[i] - 1) * stride[i] + spans[i] for i in range(2)]
-        crops = [
-            sample[:, top * stride[0] : top * stride[0] + sizes[0], left * stride[1] : left * stride[1] + sizes[1]]
-            for sample, top, left in zip(x, starts[0], starts[1], strict=True)
-        ]
-        return torch.stack(crops)
+        return self._windows(name, x, sizes, [outputs[i] - window[i] + 1 for i in range(2)], stride)
 
     def _crop_input(self, name, x, sides):
         """Each sample's random `sides` square of the unpadded input (the whole input where it is smaller)."""
         sides = [min(side, x.shape[2 + i]) for i, side in enumerate(sides)]
         if sides == list(x.shape[2:]):
             return x
+        return self._windows(name, x, sides, [x.shape[2 + i] - sides[i] + 1 for i in range(2)], (1, 1))
+
+    def _windows(self, name, x, sizes, choices, steps):
+        """Each sample's `sizes` window of `x`, starting at one of `choices` positions per side, `steps` pixels apart,
+        drawn from the sample's position in the pass (`sample_ids`)."""
         if self.sample_ids is None or len(self.sample_ids) != x.shape[0]:
             raise RuntimeError("Set `GramStatistics.sample_ids` to the batch's sample positions before each forward.")
         draws = self._crop_draws[name][self.sample_ids.cpu()]
-        starts = [(draws[:, i] * (x.shape[2 + i] - sides[i] + 1)).long().tolist() for i in range(2)]
+        starts = [((draws[:, i] * choices[i]).long() * steps[i]).tolist() for i in range(2)]
         crops = [
-            sample[:, top : top + sides[0], left : left + sides[1]]
+            sample[:, top : top + sizes[0], left : left + sizes[1]]
             for sample, top, left in zip(x, starts[0], starts[1], strict=True)
         ]
         return torch.stack(crops)

@@ -340,6 +340,14 @@ class DiffusionModel(PreTrainedModel):
         Trainer takes those for labels.)"""
         if pixel_values is None or labels is None:
             raise ValueError("A DiffusionModel needs `pixel_values` and class `labels` to compute its loss.")
+        guided = guidance_scale is not None and guidance_scale != 1
+        if guided:
+            self._check_guidance()
+        if vlb:
+            if not self.learns_variance or self.noise_scheduler.config.prediction_type != "epsilon":
+                raise ValueError("The VLB term needs a denoiser that predicts the noise and learns its variances.")
+            if remap_classes is not None or guided:
+                raise ValueError("The VLB term is for the plain denoising loss (no `remap_classes`, no guidance).")
         x0 = self.to_model_space(pixel_values)
         x_t, timesteps, target = self.noised(x0, antithetic)
         dropout = (self.config.label_dropout if self.training else 0.0) if class_dropout is None else class_dropout
@@ -347,25 +355,26 @@ class DiffusionModel(PreTrainedModel):
             dropped = torch.rand(len(labels), device=labels.device) < dropout
             labels = torch.where(dropped, torch.full_like(labels, self.config.null_class), labels)
         if vlb:
-            if not self.learns_variance or self.noise_scheduler.config.prediction_type != "epsilon":
-                raise ValueError("The VLB term needs a denoiser that predicts the noise and learns its variances.")
-            if remap_classes is not None or (guidance_scale is not None and guidance_scale != 1):
-                raise ValueError("The VLB term is for the plain denoising loss (no `remap_classes`, no guidance).")
             prediction, variance = self.predict(x_t, timesteps, labels, with_variance=True)
-            bound = vlb_terms(self.noise_scheduler, x0, x_t, timesteps, prediction.detach(), variance)
-            losses = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1) + bound
-            return DiffusionOutput(loss=losses.mean(), losses=losses)
-        prediction = self.predict(x_t, timesteps, labels)
-        if guidance_scale is not None and guidance_scale != 1:
-            if self.config.null_class is None:
-                raise ValueError("A guided loss needs a model trained with a null class (`null_class`).")
+        else:
+            prediction = self.predict(x_t, timesteps, labels)
+        if guided:
             unconditional = self.predict(x_t, timesteps, torch.full_like(labels, self.config.null_class))
-            prediction = unconditional + guidance_scale * (prediction - unconditional)
+            prediction = guide(prediction, unconditional, guidance_scale)
         if remap_classes is not None:
             with torch.no_grad():
                 target = self.predict(x_t, timesteps, remap_classes)
         losses = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+        if vlb:
+            losses = losses + vlb_terms(self.noise_scheduler, x0, x_t, timesteps, prediction.detach(), variance)
         return DiffusionOutput(loss=losses.mean(), losses=losses)
+
+    def _check_guidance(self) -> None:
+        if self.config.null_class is None:
+            raise ValueError(
+                "Classifier-free guidance needs a model trained with a null class (`null_class`); use "
+                "`guidance_scale=1`."
+            )
 
     # ------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -385,11 +394,8 @@ class DiffusionModel(PreTrainedModel):
             seed: seeds the starting noise (and stochastic samplers) for repeatable samples.
         """
         guidance_scale = self.default_guidance() if guidance_scale is None else guidance_scale
-        if guidance_scale != 1 and self.config.null_class is None:
-            raise ValueError(
-                "Classifier-free guidance needs a model trained with a null class (`null_class`); use "
-                "`guidance_scale=1`."
-            )
+        if guidance_scale != 1:
+            self._check_guidance()
         scheduler = self.sampler(sampler)
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -416,7 +422,7 @@ class DiffusionModel(PreTrainedModel):
                         both = self.predict(torch.cat([model_input] * 2), torch.cat([steps] * 2),
                                             torch.cat([batch, null]))  # fmt: skip
                         conditional, unconditional = both.chunk(2)
-                        prediction = unconditional + guidance_scale * (conditional - unconditional)
+                        prediction = guide(conditional, unconditional, guidance_scale)
                     x = scheduler.step(prediction, t, x, **step_options).prev_sample
                 images.append(self.to_data_space(x).float().cpu())
         return torch.cat(images) if images else torch.zeros((0, *shape))
@@ -615,7 +621,7 @@ def vlb_terms(scheduler, x0, x_t, timesteps, eps, variance) -> torch.Tensor:
     learns from this term) and whose log-variance interpolates between the posterior's (clipped at t = 0) and
     log beta_t by (v + 1) / 2, v = `variance`; at t = 0 the discretized decoder's negative log-likelihood instead."""
     betas = scheduler.betas.to(device=x_t.device, dtype=torch.float32)
-    alphas_cumprod = torch.cumprod(1.0 - betas, 0)
+    alphas_cumprod = scheduler.alphas_cumprod.to(device=x_t.device, dtype=torch.float32)
     previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
     posterior_variance = betas * (1.0 - previous) / (1.0 - alphas_cumprod)
     posterior_log_variance = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
@@ -639,6 +645,11 @@ def vlb_terms(scheduler, x0, x_t, timesteps, eps, variance) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ measuring
+def guide(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance in this library's convention: eps_uncond + s (eps_cond - eps_uncond)."""
+    return unconditional + scale * (conditional - unconditional)
+
+
 def guidance_scale_from_paper(w: float) -> float:
     """The `guidance_scale` s (eps_uncond + s (eps_cond - eps_uncond)) that equals a paper's w in
     (1 + w) eps_cond - w eps_uncond (Ho & Salimans; SFR-on's `cond_scale`): s = w + 1."""

@@ -75,6 +75,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -112,6 +113,7 @@ GUARD_FORGET_CHECKS = ("plausible", "accuracy")
 RL_TARGETS = ("random", "next")
 PIXEL_REDUCTIONS = ("mean", "sum")
 ALPHA_SCHEDULES = ("cosine", "constant")
+DIFFUSION_LOSSES = ("mse", "mse+vlb")
 
 
 @dataclass
@@ -260,8 +262,8 @@ class RemainGeometryConfig:
             raise ValueError(f"`alpha_schedule` must be one of {ALPHA_SCHEDULES}, got {self.alpha_schedule!r}.")
         if self.pixel_reduction not in PIXEL_REDUCTIONS:
             raise ValueError(f"`pixel_reduction` must be one of {PIXEL_REDUCTIONS}, got {self.pixel_reduction!r}.")
-        if self.diffusion_loss not in ("mse", "mse+vlb"):
-            raise ValueError(f"`diffusion_loss` must be 'mse' or 'mse+vlb', got {self.diffusion_loss!r}.")
+        if self.diffusion_loss not in DIFFUSION_LOSSES:
+            raise ValueError(f"`diffusion_loss` must be one of {DIFFUSION_LOSSES}, got {self.diffusion_loss!r}.")
         if self.rl_target not in RL_TARGETS:
             raise ValueError(f"`rl_target` must be one of {RL_TARGETS}, got {self.rl_target!r}.")
         if self.fisher_clip_norm is not None and self.fisher_clip_norm <= 0:
@@ -513,9 +515,7 @@ class RemainGeometry(UnlearningMethod):
             if self.settings["forget_loss"] == "rl":
                 other = relabelled(batch["labels"], self.retained_classes, self.trainer.num_labels,
                                    self.config.rl_target)  # fmt: skip
-                loss = alpha * self.loss_scale * training_loss(
-                    model, batch, forget=True, remap_classes=other.to(batch["labels"].device), **options
-                )
+                loss = alpha * self.loss_scale * training_loss(model, batch, forget=True, remap_classes=other, **options)
             else:
                 losses = self.loss_scale * training_loss(model, batch, reduction="none", forget=True, **options,
                                                          **self.loss_options)  # fmt: skip
@@ -538,10 +538,15 @@ def relabelled(labels: torch.Tensor, retained: torch.Tensor, num_classes: int, t
     retained one (`target="next"`; with one forget class, exactly (c + 1) mod C)."""
     if target == "random":
         return retained[torch.randint(len(retained), (len(labels),))].to(labels.device)
-    kept = set(retained.tolist())
-    following = [next((c + step) % num_classes for step in range(1, num_classes + 1) if (c + step) % num_classes in kept)
-                 for c in range(num_classes)]  # fmt: skip
-    return torch.tensor(following, device=labels.device)[labels]
+    return torch.tensor(_next_retained(tuple(retained.tolist()), num_classes), device=labels.device)[labels]
+
+
+@functools.lru_cache(maxsize=8)
+def _next_retained(retained: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
+    """For each class c, the first retained class after it, cyclically (built once per request, not per step)."""
+    kept = set(retained)
+    return tuple(next((c + step) % num_classes for step in range(1, num_classes + 1) if (c + step) % num_classes in kept)
+                 for c in range(num_classes))  # fmt: skip
 
 
 class RetainGuard(TrainerCallback):
@@ -554,30 +559,31 @@ class RetainGuard(TrainerCallback):
         self.method, self.batches, self.target, self.repair = method, batches, target, repair
         self.original_retain = method.trainer.shard_accuracy(batches["retain"]) if repair else None
         self.checks = 0
+        # What the guard counts on its forget rows (`guard_forget_check`; class requests only).
+        plausible = repair and method.config.guard_forget_check == "plausible"
+        self.counted = "plausible" if plausible else "accuracy"
+        self.plausible_at = 1 / method.trainer.num_labels if plausible else None
 
     def on_step_end(self, args, state, control, **kwargs):
         method = self.method
         if state.global_step % method.config.check_steps:
             return control
         trainer, self.checks = method.trainer, self.checks + 1
-        plausible = self.repair and method.config.guard_forget_check == "plausible"
-        counted = "plausible" if plausible else "accuracy"
-        forget = trainer.shard_accuracy(self.batches["forget"], plausible_at=1 / trainer.num_labels if plausible else None)
-        retain = None
+        forget, retain = trainer.shard_accuracy(self.batches["forget"], plausible_at=self.plausible_at), None
         method.forget_paused = self.repair and forget <= self.target
         if not self.repair:
             stop = forget <= self.target
         else:
             retain = trainer.shard_accuracy(self.batches["retain"])
             stop = method.forget_paused and retain >= self.original_retain - method.config.retain_tolerance
-            method.report.update({f"guard_forget_{counted}": forget, "guard_retain_accuracy": retain,
+            method.report.update({f"guard_forget_{self.counted}": forget, "guard_retain_accuracy": retain,
                                   "guard_retain_before": self.original_retain})  # fmt: skip
         if stop:  # never written False: the budget's own stop (or another callback's) stands
             control.should_training_stop = True
             logger.info(f"remain_geometry: the guard stops training at step {state.global_step}.")
         method.report["guard_checks"] = self.checks
         # Every `report_to` integration sees the guard's checks beside the loop's loss.
-        checked = {f"guard/forget_{counted}": forget, "guard/retain_accuracy": retain if self.repair else None}
+        checked = {f"guard/forget_{self.counted}": forget, "guard/retain_accuracy": retain if self.repair else None}
         trainer.log({key: value for key, value in checked.items() if value is not None})
         return control
 

@@ -7,9 +7,9 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
    random crop per sample: 3 whole kernel windows of the padded input per side by default, the official code's
    3k x 3k crop of the unpadded input with `conv_crop="official"`), all computed on the ORIGINAL model.
 2. Eigendecomposition G = U diag(s^2) U^T per layer and split (float32 on the symmetrised matrix by default,
-   `eigen_dtype`; a failing `eigh` is retried with a jitter, then replaced by an SVD); importance e_i = s_i^2 / sum_j s_j^2 scaled to
-   lambda_i = alpha e_i / ((alpha - 1) e_i + 1), M = U diag(lambda) U^T, with `alpha_r` for the retain space and
-   `alpha_f` for the forget space.
+   `eigen_dtype`; a failing `eigh` is retried with a jitter, then replaced by an SVD); importance
+   e_i = s_i^2 / sum_j s_j^2 scaled to lambda_i = alpha e_i / ((alpha - 1) e_i + 1), M = U diag(lambda) U^T, with
+   `alpha_r` for the retain space and `alpha_f` for the forget space.
 3. The part of the forget space not shared with the retain space is removed from each layer's input,
    x <- x - (I - M_r) M_f x, folded into the weights: W <- W (I - (I - M_r) M_f) (conv weights flattened to
    out x in*k*k, one block per group). Biases and norm layers are unchanged.
@@ -65,6 +65,7 @@ from tqdm.auto import tqdm
 from ..activations import CONV_CROPS, collect_head_features, collect_input_grams, find_target_modules
 from ..contract import PaperPreset, UnlearningMethod
 from ..data import subsample
+from ..metrics import accuracy
 from ..models import classification_head, refit_head
 from ..registry import register_method
 from ..validation import check_pattern
@@ -395,7 +396,7 @@ class SVDProjection(UnlearningMethod):
                     point["retain_accuracy"] = trainer.shard_accuracy(retain_batches)
                 else:
                     retain = collect_head_features(trainer, retain_rows, head[1], batches=retain_batches)
-                    point["retain_accuracy"] = _accuracy(retain.logits, retain.labels)
+                    point["retain_accuracy"] = accuracy(retain.logits.cpu().numpy(), retain.labels.cpu().numpy())
                     point["retain_after_refit"] = cross_fitted_refit_accuracy(
                         head[1], retain.features, retain.labels, config.head_refit_steps, config.head_learning_rate,
                         trainer.args.weight_decay,
@@ -446,10 +447,6 @@ def cross_fitted_refit_accuracy(head: torch.nn.Linear, features: torch.Tensor, l
         with torch.no_grad():
             correct += int((trial(features[score].to(trial.weight.dtype)).argmax(-1) == labels[score]).sum())
     return correct / len(labels)
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
-    return float((logits.argmax(-1) == labels).float().mean()) if len(labels) else None
 
 
 
