@@ -165,6 +165,8 @@ def test_relabelling_makes_the_forget_rows_as_certain_as_an_unseen_class(trained
     trainer, relabelled = unlearn(model, digits, make_args, [3])
     _, projected = unlearn(model, digits, make_args, [3], method_kwargs={"forget_objective": "projection"})
     assert relabelled.metrics["finetune_steps"] >= GPPUConfig().check_steps and projected.metrics["finetune_steps"] == 0
+    # The fine-tuning stage's accuracy, taken from its checks, is that of the weights returned.
+    assert relabelled.metrics["sampled_accuracy"]["finetune"] == trainer.method.measure_sampled_rows()
     for result in (relabelled, projected):
         assert result.metrics["forget_accuracy"] <= 0.01
         assert result.metrics["retain_accuracy"] >= result.original_metrics["retain_accuracy"] - 0.02
@@ -208,6 +210,7 @@ def test_finetuning_touches_only_the_chosen_blocks_and_the_head(
     assert not outside, outside
     assert {prefix for prefix in tail if any(name.startswith(prefix) for name in changed)} == set(tail)
     assert result.metrics["finetune_steps"] == 3 == trainer.state.global_step
+    assert result.metrics["sampled_accuracy"]["finetune"] == trainer.method.measure_sampled_rows()
     _, head = classification_head(result.model)
     assert (head.weight @ trainer.method.directions).norm() < 1e-5 * head.weight.norm()
     assert all(parameter.requires_grad for parameter in result.model.parameters())  # flags restored

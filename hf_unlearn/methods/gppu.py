@@ -401,8 +401,9 @@ class GPPU(UnlearningMethod):
         relabel = config.forget_objective != "projection"
         if config.finetune and (relabel or not (config.stop_when_recovered and self.recovered(stages[list(stages)[-1]]))):
             with self.stage("finetune"):
-                self.finetune()
-            stages["finetune"] = self.measure_sampled_rows()
+                kept = self.finetune()
+            # The checks already scored the weights the fine-tuning kept; a run that checked nothing is scored here.
+            stages["finetune"] = kept if kept is not None else self.measure_sampled_rows()
         names = {"projection": "head projection", "head_refit": "head refit", "finetune": "tail fine-tuning"}
         self.report["stages_run"] = [names[stage] for stage in stages if stage in names]
         if self.report.get("finetune_steps"):
@@ -435,9 +436,10 @@ class GPPU(UnlearningMethod):
         refit_head(self.head, features, labels, self.config.head_steps, self.config.head_learning_rate,
                    self.trainer.args.weight_decay, transform=RemoveDirections(self.directions.float()))  # fmt: skip
 
-    def finetune(self) -> None:
+    def finetune(self) -> dict | None:
         """6b: the last block(s) and everything after them, in the Trainer's loop, with the head kept projected. The
-        tail's weights (and buffers) at the best check are the ones kept (`RecoveryCallback`)."""
+        tail's weights (and buffers) at the best check are the ones kept (`RecoveryCallback`). Returns the sampled
+        rows' accuracy of the weights kept, as a check measured it (None when no check ran)."""
         trainer, config = self.trainer, self.config
         model = trainer.model
         if config.trainable_modules is not None:
@@ -493,6 +495,7 @@ class GPPU(UnlearningMethod):
             trainer.remove_callback(callback)
         self.report["finetune_steps"] = trainer.state.global_step
         self.report["finetune_kept_step"] = callback.best_step
+        return callback.kept_accuracy
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
         """lambda_proj * L_f + lambda_retain * CE(retain batch), L_f by `forget_objective` [R]: "relabel", the forget
@@ -534,13 +537,16 @@ class RecoveryCallback(TrainerCallback):
 
     def __init__(self, method: GPPU, modules: list[nn.Module]):
         self.method, self.modules = method, modules
-        self.best_step, self.best_retain, self.snapshot = None, None, None
+        self.best_step, self.best_accuracy, self.snapshot = None, None, None
+        # The accuracy of the weights the model holds at the end: the latest check's, or the best one's once restored.
+        self.kept_accuracy = None
 
     def consider(self, step: int, accuracy: dict) -> None:
+        self.kept_accuracy = accuracy
         if accuracy["forget"] > self.method.target_forget_accuracy:
             return
-        if self.best_retain is None or accuracy["retain"] > self.best_retain:
-            self.best_step, self.best_retain = step, accuracy["retain"]
+        if self.best_accuracy is None or accuracy["retain"] > self.best_accuracy["retain"]:
+            self.best_step, self.best_accuracy = step, accuracy
             self.snapshot = [tensor.detach().clone() for tensor in self.state()]
 
     def state(self) -> list[torch.Tensor]:
@@ -571,6 +577,7 @@ class RecoveryCallback(TrainerCallback):
             with torch.no_grad():
                 for tensor, saved in zip(self.state(), self.snapshot, strict=True):
                     tensor.copy_(saved)
+            self.kept_accuracy = self.best_accuracy
             logger.info(f"GPPU: kept the tail's weights of step {self.best_step} (best on the sampled rows).")
         self.snapshot = None
         return control
