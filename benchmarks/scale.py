@@ -16,13 +16,20 @@ model and method, in one process (so the peak memory is this run's):
 
     python benchmarks/scale.py --output benchmarks/results/scale.md [--models vit-base deit-small] [--rows 128 512]
 
-Each (model, method, rows) runs in a fresh subprocess. CPU threads: what torch uses by default on the machine.
+How the cost grows: `--rows` (training rows), `--classes` with `--forget` (how many of them are forgotten) and
+`--processes` (1: one process with torch's default threads; 2: `torch.distributed.run` with 2 CPU processes of one
+thread each, gloo). `vit-tiny-32` (a ViT of 5.4M parameters on 32 x 32 images) keeps the sweeps to 10k rows short:
+
+    python benchmarks/scale.py --models vit-tiny-32 --rows 300 1000 3000 10000 --output benchmarks/results/scale_growth_rows.md
+
+Each measurement runs in a fresh process (group). CPU threads: what torch uses by default on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -49,26 +56,33 @@ from transformers import (
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 
-NUM_LABELS = 10
-#: name -> (build, input name, one row's input shape)
+#: name -> (build from the number of labels, input name, one row's input shape)
 MODELS = {
-    "vit-base": (lambda: ViTForImageClassification(ViTConfig(num_labels=NUM_LABELS)), "pixel_values", (3, 224, 224)),
+    "vit-base": (lambda n: ViTForImageClassification(ViTConfig(num_labels=n)), "pixel_values", (3, 224, 224)),
     "deit-small": (
-        lambda: DeiTForImageClassification(DeiTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                                                      intermediate_size=1536, num_labels=NUM_LABELS)),  # fmt: skip
+        lambda n: DeiTForImageClassification(DeiTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                                        intermediate_size=1536, num_labels=n)),  # fmt: skip
         "pixel_values",
         (3, 224, 224),
     ),
     "resnet-50": (
-        lambda: ResNetForImageClassification(ResNetConfig(num_labels=NUM_LABELS)),  # ResNetConfig() is ResNet-50
+        lambda n: ResNetForImageClassification(ResNetConfig(num_labels=n)),  # ResNetConfig() is ResNet-50
         "pixel_values",
         (3, 224, 224),
     ),
-    "ast-base": (lambda: ASTForAudioClassification(ASTConfig(num_labels=NUM_LABELS)), "input_values", (1024, 128)),
+    "ast-base": (lambda n: ASTForAudioClassification(ASTConfig(num_labels=n)), "input_values", (1024, 128)),
     "wav2vec2-base": (
-        lambda: Wav2Vec2ForSequenceClassification(Wav2Vec2Config(num_labels=NUM_LABELS)),
+        lambda n: Wav2Vec2ForSequenceClassification(Wav2Vec2Config(num_labels=n)),
         "input_values",
         (16000,),
+    ),
+    # Not a published size: a small ViT for the growth sweeps (rows to 10k, classes to 200).
+    "vit-tiny-32": (
+        lambda n: ViTForImageClassification(ViTConfig(image_size=32, patch_size=4, hidden_size=192,
+                                                      num_hidden_layers=12, num_attention_heads=3,
+                                                      intermediate_size=768, num_labels=n)),  # fmt: skip
+        "pixel_values",
+        (3, 32, 32),
     ),
 }
 METHODS = {
@@ -78,29 +92,31 @@ METHODS = {
 }
 
 
-def random_rows(rows: int, input_name: str, shape: tuple, seed: int) -> datasets.Dataset:
+def random_rows(rows: int, classes: int, input_name: str, shape: tuple, seed: int) -> datasets.Dataset:
     rng = np.random.default_rng(seed)
-    labels = np.arange(rows) % NUM_LABELS
+    labels = np.arange(rows) % classes
     inputs = rng.standard_normal((rows, *shape), dtype=np.float32)
     feature = {1: datasets.Sequence(datasets.Value("float32")), 2: datasets.Array2D(shape, "float32"),
                3: datasets.Array3D(shape, "float32")}[len(shape)]  # fmt: skip
-    features = datasets.Features({input_name: feature, "label": datasets.ClassLabel(num_classes=NUM_LABELS)})
+    features = datasets.Features({input_name: feature, "label": datasets.ClassLabel(num_classes=classes)})
     return datasets.Dataset.from_dict({input_name: list(inputs), "label": labels}, features=features)
 
 
-def run_one(model_name: str, method: str, rows: int, batch: int) -> dict:
-    """One measurement (in this process)."""
+def run_one(model_name: str, method: str, rows: int, batch: int, classes: int = 10, forget: int = 1) -> dict:
+    """One measurement (in this process; under `torch.distributed.run`, process 0's view of a shared run)."""
     torch.manual_seed(0)
     build, input_name, shape = MODELS[model_name]
-    model = build().eval()
-    train, test = random_rows(rows, input_name, shape, 0), random_rows(max(rows // 4, NUM_LABELS), input_name, shape, 1)
-    forget_rows = rows // NUM_LABELS
+    model = build(classes).eval()
+    test_rows = max(rows // 4, classes)
+    train, test = random_rows(rows, classes, input_name, shape, 0), random_rows(test_rows, classes, input_name, shape, 1)
+    forget_classes = list(range(forget))
+    forget_rows = int(np.isin(np.arange(rows) % classes, forget_classes).sum())
     args = UnlearnConfig(
         output_dir=tempfile.mkdtemp(), method=method, method_kwargs=METHODS[method], report_to="none",
         disable_tqdm=True, per_device_eval_batch_size=batch, per_device_train_batch_size=batch, seed=0,
-        max_retain_samples=rows - forget_rows, max_metric_train_samples=rows,
+        max_retain_samples=rows - forget_rows, dataloader_pin_memory=False,
     )  # fmt: skip
-    trainer = UnlearningTrainer(model, args, train_dataset=train, eval_dataset=test, forget_classes=[0])
+    trainer = UnlearningTrainer(model, args, train_dataset=train, eval_dataset=test, forget_classes=forget_classes)
     read = len(trainer.forget_view) + len(trainer.retain_view)
     start = time.perf_counter()
     trainer.predict_logits(trainer.forget_view)
@@ -112,6 +128,10 @@ def run_one(model_name: str, method: str, rows: int, batch: int) -> dict:
         "model": model_name,
         "method": method,
         "rows": rows,
+        "classes": classes,
+        "forget_classes": forget,
+        "processes": trainer.accelerator.num_processes,
+        "threads": torch.get_num_threads(),
         "rows_read": read,
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "forward_seconds": forward,
@@ -125,16 +145,17 @@ def run_one(model_name: str, method: str, rows: int, batch: int) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| model | params (M) | method | rows read | forward (s) | method (s) | x forward | stages (s) | evaluation (s) "
-        "| evaluation / method | peak RSS (GB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | params (M) | method | classes (forgotten) | processes x threads | rows read | forward (s) "
+        "| method (s) | x forward | stages (s) | evaluation (s) | evaluation / method | peak RSS (GB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in r["stage_seconds"].items())
         lines.append(
-            f"| {r['model']} | {r['parameters_m']:.1f} | {r['method']} | {r['rows_read']} | {r['forward_seconds']:.1f} "
-            f"| {r['unlearn_seconds']:.1f} | {r['unlearn_seconds'] / r['forward_seconds']:.2f} | {stages} "
-            f"| {r['evaluation_seconds']:.1f} | {r['evaluation_seconds'] / r['unlearn_seconds']:.2f} "
+            f"| {r['model']} | {r['parameters_m']:.1f} | {r['method']} | {r.get('classes', 10)} "
+            f"({r.get('forget_classes', 1)}) | {r.get('processes', 1)} x {r.get('threads', '-')} | {r['rows_read']} "
+            f"| {r['forward_seconds']:.1f} | {r['unlearn_seconds']:.1f} | {r['unlearn_seconds'] / r['forward_seconds']:.2f} "
+            f"| {stages} | {r['evaluation_seconds']:.1f} | {r['evaluation_seconds'] / r['unlearn_seconds']:.2f} "
             f"| {r['peak_rss_gb']:.2f} |"
         )
     return "\n".join(lines)
@@ -142,38 +163,51 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(set(MODELS) - {"vit-tiny-32"}))
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=sorted(METHODS))
-    parser.add_argument("--rows", nargs="+", type=int, default=[128], help="training rows (a tenth is forgotten)")
+    parser.add_argument("--rows", nargs="+", type=int, default=[128], help="training rows")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--forget", nargs="+", type=int, default=[1], help="how many classes are forgotten")
+    parser.add_argument("--processes", nargs="+", type=int, choices=[1, 2], default=[1])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--output", default="benchmarks/results/scale.md")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one measurement, print it as JSON
     options = parser.parse_args(argv)
     if options.one:
-        model_name, method, rows = options.one.split(",")
-        print("RESULT " + json.dumps(run_one(model_name, method, int(rows), options.batch)))
+        model_name, method, rows, forget = options.one.split(",")
+        measured = run_one(model_name, method, int(rows), options.batch, options.classes, int(forget))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("RESULT " + json.dumps(measured))
         return
     results = []
-    for rows in options.rows:
-        for model_name in options.models:
-            for method in options.methods:
-                command = [sys.executable, __file__, "--one", f"{model_name},{method},{rows}", "--batch",
-                           str(options.batch)]  # fmt: skip
-                completed = subprocess.run(command, capture_output=True, text=True)
-                found = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-                if completed.returncode or not found:
-                    print(f"{model_name} {method} {rows}: failed\n{completed.stderr[-2000:]}", file=sys.stderr)
-                    continue
-                results.append(json.loads(found[0][len("RESULT ") :]))
-                print(table(results[-1:]).splitlines()[-1], flush=True)
+    for processes in options.processes:
+        for forget in options.forget:
+            for rows in options.rows:
+                for model_name in options.models:
+                    for method in options.methods:
+                        one = [__file__, "--one", f"{model_name},{method},{rows},{forget}", "--batch",
+                               str(options.batch), "--classes", str(options.classes)]  # fmt: skip
+                        command, env = [sys.executable, *one], dict(os.environ)
+                        if processes == 2:
+                            command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                       "--master_port", "29531", *one]  # fmt: skip
+                            env["OMP_NUM_THREADS"] = "1"
+                        completed = subprocess.run(command, capture_output=True, text=True, env=env)
+                        found = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+                        if completed.returncode or not found:
+                            print(f"{model_name} {method} {rows} {forget} x{processes}: failed\n"
+                                  f"{completed.stderr[-2000:]}", file=sys.stderr)  # fmt: skip
+                            continue
+                        results.append(json.loads(found[0][len("RESULT ") :]))
+                        print(table(results[-1:]).splitlines()[-1], flush=True)
     text = "\n".join([
         "# Projection methods at real model sizes (CPU)",
         "",
         f"`python benchmarks/scale.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; random weights and inputs, 10 classes, "
-        "class 0 forgotten; default evaluation (original and unlearned, eval split a quarter of the rows). "
-        "`x forward`: the method's time over one forward pass over the rows it may read, measured in the same "
-        "process.",
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; random weights and inputs, "
+        f"{options.classes} classes, the first `forget` of them forgotten; default evaluation (original and "
+        "unlearned, eval split a quarter of the rows). `x forward`: the method's time over one forward pass over the "
+        "rows it may read, measured in the same process (group). Peak RSS: process 0's.",
         "",
         table(results),
         "",
