@@ -216,6 +216,19 @@ def test_finetuning_touches_only_the_chosen_blocks_and_the_head(
     assert all(parameter.requires_grad for parameter in result.model.parameters())  # flags restored
 
 
+def test_the_finetuning_epoch_covers_at_most_max_finetune_rows_retain_rows(trained, digits, make_args):
+    """`max_finetune_rows`: the fine-tuning's epoch covers that many retain rows (each paired with a forget row), so
+    its cost does not grow with the dataset; None runs over every retain row."""
+    kwargs = {"max_finetune_rows": 96, "stop_when_recovered": False}
+    capped, result = unlearn(trained("vit"), digits, make_args, [3], method_kwargs=kwargs)
+    batch = capped.args.per_device_train_batch_size
+    assert result.metrics["finetune_steps"] == -(-96 // batch)
+    everything, result = unlearn(trained("vit"), digits, make_args, [3],
+                                 method_kwargs={**kwargs, "max_finetune_rows": None})  # fmt: skip
+    assert result.metrics["finetune_steps"] == -(-len(everything.retain_view) // batch) > -(-96 // batch)
+    assert GPPUConfig().max_finetune_rows == 2000
+
+
 def test_a_second_request_keeps_the_first_class_forgotten(trained, digits, make_args):
     model = trained("vit")
     _, first = unlearn(model, digits, make_args, ["three"])
@@ -339,6 +352,7 @@ def test_trainable_modules_that_match_nothing_are_named(trained, digits, make_ar
         ({"retain_tolerance": 2.0}, "retain_tolerance"),
         ({"head_learning_rate": 0.0}, "head_learning_rate"),
         ({"num_retain_samples": 0}, "num_retain_samples"),
+        ({"max_finetune_rows": 0}, "max_finetune_rows"),
     ],
 )
 def test_bad_method_kwargs_are_named(kwargs, message, tmp_path):

@@ -36,7 +36,8 @@ Everything marked [R] below is OUR reconstruction from that description, not the
       module structure (the last `nn.ModuleList` of blocks; `trainable_modules` overrides), trained with
       lambda_proj * L_f + lambda_retain * CE(D_r) in the Trainer's loop (optimizer,
       scheduler, accelerator, progress bar) with its budget (`learning_rate`, `num_train_epochs` / `max_steps`,
-      `weight_decay`). [R] L_f (`forget_objective`): by default ("relabel") the cross-entropy of the forget rows
+      `weight_decay`), one epoch over at most `max_finetune_rows` retain rows (each paired with a forget row) by
+      default. [R] L_f (`forget_objective`): by default ("relabel") the cross-entropy of the forget rows
       towards the model's own most likely retained class, so their features move where a retrained model puts an
       unseen class (its gap to retrain was the smallest on the tune tasks, `benchmarks/results/ablation_gppu.md`; the
       head-only edit left the forget rows far less certain than retrain does, which an MIA sees); with
@@ -160,6 +161,15 @@ class GPPUConfig:
             "does not hold yet; False: projection and head refit only."
         },
     )
+    max_finetune_rows: int | None = field(
+        default=2000,
+        metadata={
+            "help": "The fine-tuning's epoch covers at most this many retain rows (balanced over the retained classes, "
+            "seeded), each paired with a forget row, so its cost stops growing with the dataset: the defaults were "
+            "chosen on tasks of at most 1,800 retain rows (an epoch of about 60 steps), and with every row a 10,000-row "
+            "dataset took 11x one forward pass (benchmarks/results/scale_growth_rows.md). None: every retain row."
+        },
+    )
     stop_when_recovered: bool = field(
         default=True,
         metadata={
@@ -201,6 +211,8 @@ class GPPUConfig:
         for name in ("num_forget_samples", "num_retain_samples", "num_neighbors", "knn_batch_size", "check_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}.")
+        if self.max_finetune_rows is not None and self.max_finetune_rows < 1:
+            raise ValueError(f"`max_finetune_rows` must be >= 1 or None, got {self.max_finetune_rows!r}.")
         for name in ("propagation_steps", "num_trainable_blocks", "head_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
@@ -486,7 +498,10 @@ class GPPU(UnlearningMethod):
                 trained_blocks=blocks,
                 trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
             )
-            trainer.train_with(PairedDataset(trainer.retain_view, trainer.forget_view, seed=trainer.args.seed))
+            rows = subsample(np.arange(len(trainer.retain_labels)), config.max_finetune_rows, trainer.args.seed,
+                             trainer.retain_labels)  # fmt: skip
+            retain = trainer.retain_view if len(rows) == len(trainer.retain_labels) else trainer.retain_view.select(rows)
+            trainer.train_with(PairedDataset(retain, trainer.forget_view, seed=trainer.args.seed))
         finally:
             keep_frozen_in_eval.remove()
             parametrize.remove_parametrizations(self.head, "weight", leave_parametrized=True)
