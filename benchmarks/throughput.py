@@ -1,0 +1,144 @@
+"""Training-loop throughput of the gradient methods against a plain `transformers.Trainer.train` (issue: performance
+at real model sizes, item 5: overhead <= 15 %).
+
+For each model (random weights and inputs, as `benchmarks/scale.py`: cost does not depend on the weights) the same
+rows, batch size, optimizer and number of optimizer steps run through:
+
+- `plain`: `transformers.Trainer(model, args, train_dataset=rows).train()` (the baseline);
+- each gradient method through `UnlearningTrainer.unlearn()` with evaluation off (`eval_before_unlearn=False,
+  eval_after_unlearn=False`), forgetting class 0.
+
+Rows/s counts every row that goes through a training-mode forward pass (a forward pre-hook on the model, so a method
+that takes a forget and a retain batch per step counts both), over the wall time of the training loop
+(`on_train_begin` to `on_train_end`). `overhead` is 1 - method rows/s / plain rows/s: the cost per trained row of what
+the method adds to the loop (its second forward and backward pass, guard checks, masked steps). `method (s)` is the
+method's whole time (`unlearn_seconds`: with remain_geometry's Fisher passes before the loop), for reference.
+
+    python benchmarks/throughput.py --models vit-tiny-32 deit-small --steps 30 8 --output benchmarks/results/throughput.md
+
+Each (model, method) runs in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from scale import MODELS, random_rows
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+
+# row name -> (method, method_kwargs); "plain" is transformers.Trainer. remain_geometry's guard stops a run once the
+# forget rows are forgotten and the retain rows recovered, which a random model's rows may already be: the
+# `no-guard` row times its loop for the whole budget.
+METHODS = {"plain": (None, None), "finetune": ("finetune", None), "gradient_ascent": ("gradient_ascent", None),
+           "neggrad_plus": ("neggrad_plus", None), "random_label": ("random_label", None),
+           "remain_geometry": ("remain_geometry", None),
+           "remain_geometry/no-guard": ("remain_geometry", {"guard_samples": 0})}  # fmt: skip
+CLASSES, BATCH = 10, 16
+
+
+class LoopTimer(TrainerCallback):
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.seconds, self.steps = time.perf_counter() - self.start, state.global_step
+
+
+def run_one(model_name: str, row: str, steps: int) -> dict:
+    method, method_kwargs = METHODS[row]
+    torch.manual_seed(0)
+    build, input_name, shape = MODELS[model_name]
+    model = build(CLASSES)
+    rows = random_rows(steps * BATCH * 2, CLASSES, input_name, shape, 0)  # enough for `steps` without a second epoch
+    trained_rows = [0]
+
+    def count(module, args, kwargs):
+        if module.training:
+            inputs = kwargs.get(input_name, args[0] if args else None)
+            trained_rows[0] += len(inputs)
+
+    model.register_forward_pre_hook(count, with_kwargs=True)
+    timer = LoopTimer()
+    common = {"output_dir": tempfile.mkdtemp(), "max_steps": steps, "per_device_train_batch_size": BATCH,
+              "learning_rate": 1e-5, "optim": "adamw_torch", "lr_scheduler_type": "constant", "report_to": "none",
+              "disable_tqdm": True, "save_strategy": "no", "seed": 0, "dataloader_pin_memory": False}  # fmt: skip
+    method_seconds = None
+    if method is None:
+        trainer = Trainer(model, TrainingArguments(**common), train_dataset=rows, callbacks=[timer])
+        trainer.train()
+    else:
+        args = UnlearnConfig(**common, method=method, method_kwargs=method_kwargs, eval_before_unlearn=False,
+                             eval_after_unlearn=False)  # fmt: skip
+        trainer = UnlearningTrainer(model, args, train_dataset=rows, forget_classes=[0])
+        trainer.add_callback(timer)
+        method_seconds = trainer.unlearn().metrics["unlearn_seconds"]
+    return {"model": model_name, "method": row, "steps": timer.steps, "trained_rows": trained_rows[0],
+            "loop_seconds": timer.seconds, "rows_per_second": trained_rows[0] / timer.seconds,
+            "method_seconds": method_seconds, "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model | method | steps | rows trained | loop (s) | rows/s | overhead vs plain | method (s) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    plain = {r["model"]: r["rows_per_second"] for r in results if r["method"] == "plain"}
+    for r in results:
+        overhead = f"{1 - r['rows_per_second'] / plain[r['model']]:+.1%}" if r["model"] in plain else "-"
+        method = "-" if r["method_seconds"] is None else f"{r['method_seconds']:.1f}"
+        lines.append(f"| {r['model']} | {r['method']} | {r['steps']} | {r['trained_rows']} | {r['loop_seconds']:.1f} "
+                     f"| {r['rows_per_second']:.1f} | {overhead if r['method'] != 'plain' else '-'} | {method} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["vit-tiny-32"])
+    parser.add_argument("--steps", nargs="+", type=int, default=[30], help="optimizer steps, one per model")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--output", default="benchmarks/results/throughput.md")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    if options.one:
+        model_name, method, steps = options.one.split(",")
+        print("RESULT " + json.dumps(run_one(model_name, method, int(steps))))
+        return
+    if len(options.steps) != len(options.models):
+        parser.error(f"--steps takes one value per model ({len(options.models)}), got {options.steps}")
+    results = []
+    for model_name, steps in zip(options.models, options.steps, strict=True):
+        for method in options.methods:
+            command = [sys.executable, __file__, "--one", f"{model_name},{method},{steps}"]
+            completed = subprocess.run(command, capture_output=True, text=True)
+            found = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+            if completed.returncode or not found:
+                print(f"{model_name} {method}: failed\n{completed.stderr[-2000:]}", file=sys.stderr)
+                continue
+            results.append(json.loads(found[0][len("RESULT ") :]))
+            print(table(results).splitlines()[-1], flush=True)
+    text = "\n".join([
+        "# Training-loop throughput: gradient methods against a plain Trainer.train",
+        "",
+        f"`python benchmarks/throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}` on "
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; random weights "
+        f"and inputs, {CLASSES} classes, class 0 forgotten, batch {BATCH}, AdamW 1e-5 constant, the same number of "
+        "optimizer steps for every row of a model. Rows trained: rows through a training-mode forward pass.",
+        "",
+        table(results),
+        "",
+        "Raw results: " + json.dumps(results),
+    ])  # fmt: skip
+    Path(options.output).write_text(text + "\n")
+    print(f"written {options.output}")
+
+
+if __name__ == "__main__":
+    main()
