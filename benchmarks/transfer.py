@@ -95,7 +95,7 @@ def percent(value):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--role", choices=("tune", "validate", "all"), default="validate")
+    parser.add_argument("--role", choices=("tune", "validate", "holdout", "all"), default="validate")
     parser.add_argument("--tasks", nargs="*", default=None, help="Task names (default: every task of the role).")
     parser.add_argument("--architectures", nargs="*", default=None)
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
