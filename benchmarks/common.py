@@ -1,8 +1,12 @@
-"""What the benchmark scripts share: peak resident memory of a call (Linux `/proc`) and writing the results."""
+"""What the benchmark scripts share: peak resident memory of a call (Linux `/proc`), one measurement in a fresh
+process, and writing the results."""
 
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -41,3 +45,26 @@ def write_results(output: str, text: str, data) -> None:
     path.write_text(text)
     path.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
     print(text)
+
+
+def measure_in_process(command: list[str], label: str, env: dict | None = None) -> dict | None:
+    """Run a script's internal `--one` measurement as `command` (a fresh process, or a process group under
+    `torch.distributed.run`) and return the JSON of its `RESULT ` line; on failure print `label` with the error's
+    tail and return None."""
+    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    found = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    if completed.returncode or not found:
+        print(f"{label}: failed\n{completed.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(found[0][len("RESULT ") :])
+
+
+def write_table(output: str, title: str, script: str, argv, setting: str, table: str, results: list) -> None:
+    """The report of a measuring script: title, the command line that made it, the machine and `setting`, the table;
+    the raw results beside it (`write_results`)."""
+    import torch
+
+    command = f"python benchmarks/{script} {' '.join(argv if argv is not None else sys.argv[1:])}"
+    header = f"`{command}` on {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+    write_results(output, "\n".join([f"# {title}", "", header + setting, "", table, ""]), results)
+    print(f"written {output}")

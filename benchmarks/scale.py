@@ -30,17 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
+from common import measure_in_process, write_table
 from transformers import (
     ASTConfig,
     ASTForAudioClassification,
@@ -192,29 +190,18 @@ def main(argv=None) -> None:
                             command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                        "--master_port", "29531", *one]  # fmt: skip
                             env["OMP_NUM_THREADS"] = "1"
-                        completed = subprocess.run(command, capture_output=True, text=True, env=env)
-                        found = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-                        if completed.returncode or not found:
-                            print(f"{model_name} {method} {rows} {forget} x{processes}: failed\n"
-                                  f"{completed.stderr[-2000:]}", file=sys.stderr)  # fmt: skip
-                            continue
-                        results.append(json.loads(found[0][len("RESULT ") :]))
-                        print(table(results[-1:]).splitlines()[-1], flush=True)
-    text = "\n".join([
-        "# Projection methods at real model sizes (CPU)",
-        "",
-        f"`python benchmarks/scale.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; random weights and inputs, "
-        f"{options.classes} classes, the first `forget` of them forgotten; default evaluation (original and "
-        "unlearned, eval split a quarter of the rows). `x forward`: the method's time over one forward pass over the "
-        "rows it may read, measured in the same process (group). Peak RSS: process 0's.",
-        "",
-        table(results),
-        "",
-        "Raw results: " + json.dumps(results),
-    ])  # fmt: skip
-    Path(options.output).write_text(text + "\n")
-    print(f"written {options.output}")
+                        measured = measure_in_process(command, f"{model_name} {method} {rows} {forget} x{processes}",
+                                                      env)  # fmt: skip
+                        if measured is not None:
+                            results.append(measured)
+                            print(table(results[-1:]).splitlines()[-1], flush=True)
+    setting = (
+        f"random weights and inputs, {options.classes} classes, the first `forget` of them forgotten; default "
+        "evaluation (original and unlearned, eval split a quarter of the rows). `x forward`: the method's time over "
+        "one forward pass over the rows it may read, measured in the same process (group). Peak RSS: process 0's."
+    )
+    write_table(options.output, "Projection methods at real model sizes (CPU)", "scale.py", argv, setting,
+                table(results), results)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from common import measure_in_process, write_table
 from scale import MODELS, random_rows
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -117,27 +115,17 @@ def main(argv=None) -> None:
     for model_name, steps in zip(options.models, options.steps, strict=True):
         for method in options.methods:
             command = [sys.executable, __file__, "--one", f"{model_name},{method},{steps}"]
-            completed = subprocess.run(command, capture_output=True, text=True)
-            found = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-            if completed.returncode or not found:
-                print(f"{model_name} {method}: failed\n{completed.stderr[-2000:]}", file=sys.stderr)
-                continue
-            results.append(json.loads(found[0][len("RESULT ") :]))
-            print(table(results).splitlines()[-1], flush=True)
-    text = "\n".join([
-        "# Training-loop throughput: gradient methods against a plain Trainer.train",
-        "",
-        f"`python benchmarks/throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}` on "
-        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; random weights "
-        f"and inputs, {CLASSES} classes, class 0 forgotten, batch {BATCH}, AdamW 1e-5 constant, the same number of "
-        "optimizer steps for every row of a model. Rows trained: rows through a training-mode forward pass.",
-        "",
-        table(results),
-        "",
-        "Raw results: " + json.dumps(results),
-    ])  # fmt: skip
-    Path(options.output).write_text(text + "\n")
-    print(f"written {options.output}")
+            measured = measure_in_process(command, f"{model_name} {method}")
+            if measured is not None:
+                results.append(measured)
+                print(table(results).splitlines()[-1], flush=True)
+    setting = (
+        f"random weights and inputs, {CLASSES} classes, class 0 forgotten, batch {BATCH}, AdamW 1e-5 constant, the "
+        "same number of optimizer steps for every row of a model. Rows trained: rows through a training-mode forward "
+        "pass."
+    )
+    write_table(options.output, "Training-loop throughput: gradient methods against a plain Trainer.train",
+                "throughput.py", argv, setting, table(results), results)  # fmt: skip
 
 
 if __name__ == "__main__":
