@@ -28,6 +28,7 @@ Each measurement runs in a fresh process (group). CPU threads: what torch uses b
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -178,23 +179,19 @@ def main(argv=None) -> None:
             print("RESULT " + json.dumps(measured))
         return
     results = []
-    for processes in options.processes:
-        for forget in options.forget:
-            for rows in options.rows:
-                for model_name in options.models:
-                    for method in options.methods:
-                        one = [__file__, "--one", f"{model_name},{method},{rows},{forget}", "--batch",
-                               str(options.batch), "--classes", str(options.classes)]  # fmt: skip
-                        command, env = [sys.executable, *one], dict(os.environ)
-                        if processes == 2:
-                            command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                       "--master_port", "29531", *one]  # fmt: skip
-                            env["OMP_NUM_THREADS"] = "1"
-                        measured = measure_in_process(command, f"{model_name} {method} {rows} {forget} x{processes}",
-                                                      env)  # fmt: skip
-                        if measured is not None:
-                            results.append(measured)
-                            print(table(results[-1:]).splitlines()[-1], flush=True)
+    grid = itertools.product(options.processes, options.forget, options.rows, options.models, options.methods)
+    for processes, forget, rows, model_name, method in grid:
+        one = [__file__, "--one", f"{model_name},{method},{rows},{forget}", "--batch", str(options.batch),
+               "--classes", str(options.classes)]  # fmt: skip
+        command, env = [sys.executable, *one], dict(os.environ)
+        if processes == 2:
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                       "29531", *one]  # fmt: skip
+            env["OMP_NUM_THREADS"] = "1"
+        measured = measure_in_process(command, f"{model_name} {method} {rows} {forget} x{processes}", env)
+        if measured is not None:
+            results.append(measured)
+            print(table(results[-1:]).splitlines()[-1], flush=True)
     setting = (
         f"random weights and inputs, {options.classes} classes, the first `forget` of them forgotten; default "
         "evaluation (original and unlearned, eval split a quarter of the rows). `x forward`: the method's time over "

@@ -57,7 +57,8 @@ def run_one(model_name: str, row: str, steps: int) -> dict:
     torch.manual_seed(0)
     build, input_name, shape = MODELS[model_name]
     model = build(CLASSES)
-    rows = random_rows(steps * BATCH * 2, CLASSES, input_name, shape, 0)  # enough for `steps` without a second epoch
+    # Retain rows for `steps` batches in one epoch (gradient_ascent's forget rows alone take several epochs).
+    rows = random_rows(steps * BATCH * 2, CLASSES, input_name, shape, 0)
     trained_rows = [0]
 
     def count(module, args, kwargs):
