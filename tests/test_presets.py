@@ -53,6 +53,7 @@ def test_gppu_paper_settings(tmp_path):
     config = args.method_config
     assert (config.forget_objective, config.direction, config.head_steps) == ("projection", "contrast", 0)
     assert (config.lambda_proj, config.lambda_retain, config.num_neighbors) == (1.0, 0.5, 8)
+    assert config.max_finetune_rows is None  # the paper's epochs cover every row; the library caps its own
 
 
 def test_values_the_user_sets_win_over_the_preset(tmp_path):

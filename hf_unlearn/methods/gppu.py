@@ -335,16 +335,17 @@ class RemoveDirections(nn.Module):
 
 #: The settings the GPPU abstract states (no dataset-specific values are known): AdamW at 1e-5 with weight decay
 #: 1e-2 for 3 epochs, lambda_proj = 1.0 and lambda_retain = 0.5 on the projection penalty, k = 8; the plain centroid
-#: offset (step 4) and no head refit (6a), both hf-unlearn's additions.
+#: offset (step 4) and no head refit (6a), both hf-unlearn's additions; the epochs cover every training row (the
+#: `max_finetune_rows` cap is hf-unlearn's).
 PAPER_PRESETS = (
     PaperPreset(
         "any", "classifier",
         training={"optim": "adamw_torch", "learning_rate": 1e-5, "weight_decay": 1e-2, "num_train_epochs": 3},
         method={"forget_objective": "projection", "direction": "contrast", "head_steps": 0, "lambda_proj": 1.0,
-                "lambda_retain": 0.5, "num_neighbors": 8},
-        source="Pathak & Das 2026 (abstract; the paper was withdrawn): AdamW lr 1e-5, weight decay 1e-2, 3 epochs, "
-        "lambda_proj = 1.0, lambda_retain = 0.5, k = 8; steps the abstract does not give stay hf-unlearn's "
-        "reconstruction",
+                "lambda_retain": 0.5, "num_neighbors": 8, "max_finetune_rows": None},
+        source="Pathak & Das 2026 (abstract; the paper was withdrawn): AdamW lr 1e-5, weight decay 1e-2, 3 epochs "
+        "over the training rows, lambda_proj = 1.0, lambda_retain = 0.5, k = 8; steps the abstract does not give stay "
+        "hf-unlearn's reconstruction",
     ),
 )  # fmt: skip
 
