@@ -129,8 +129,12 @@ def test_alpha_search_reports_the_grid_and_keeps_its_best_point(trained, digits,
     best = max(forgotten, key=lambda point: point["retain_accuracy"])  # the default rule, "forget_first"
     assert (metrics["alpha_r"], metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
     assert metrics["refit_head"] == "classifier.1"
-    for point in metrics["alpha_grid"]:
+    for point in forgotten:
         assert point["score"] == pytest.approx(point["retain_accuracy"] * (1 - point["forget_accuracy"]))
+    # Points above the forget target cannot be kept: their retain rows were not scored.
+    unscored = [point for point in metrics["alpha_grid"] if point["retain_accuracy"] is None]
+    assert all(point["forget_accuracy"] > 0.0 and point["score"] is None for point in unscored)
+    assert metrics["retain_scored_points"] == len(forgotten) == 4 - len(unscored)
     # Held-out rows (taken from the training rows, never the eval set) are disjoint from the statistics rows.
     rows = trainer.method.split_rows()
     forget_rows = len(trainer.forget_view)
@@ -143,6 +147,31 @@ def test_alpha_search_reports_the_grid_and_keeps_its_best_point(trained, digits,
     assert metrics["statistics_rows"] == {"forget": len(rows["forget"][0]), "retain": 300}
     assert metrics["forget_accuracy"] <= 0.05
     assert metrics["retain_accuracy"] >= result.original_metrics["retain_accuracy"] - 0.03
+
+
+def test_scoring_only_the_points_that_can_be_kept_keeps_the_same_point(trained, digits, make_args):
+    """`full_grid=False` (default) skips the retain rows of points above the forget target; with `full_grid=True`
+    every point is scored, and the point kept, the weights and the scores of the points scored both ways agree. When
+    no point reaches the target, those with the lowest forget accuracy are scored and the best of them is kept."""
+    grid = {"alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [1.0, 10.0]}
+    _, full = _unlearn(trained("resnet"), digits, make_args, [3], full_grid=True, **grid)
+    _, lean = _unlearn(trained("resnet"), digits, make_args, [3], **grid)
+    assert full.metrics["retain_scored_points"] == 4 > lean.metrics["retain_scored_points"] >= 1
+    assert (lean.metrics["alpha_r"], lean.metrics["alpha_f"]) == (full.metrics["alpha_r"], full.metrics["alpha_f"])
+    for point_lean, point_full in zip(lean.metrics["alpha_grid"], full.metrics["alpha_grid"], strict=True):
+        assert point_lean["forget_accuracy"] == point_full["forget_accuracy"]
+        assert point_lean["retain_accuracy"] in (None, point_full["retain_accuracy"])
+    for name, weight in full.model.state_dict().items():
+        torch.testing.assert_close(lean.model.state_dict()[name], weight)
+    # A weak grid where no point forgets: the points of the lowest forget accuracy are scored, the best one kept.
+    _, weak = _unlearn(trained("resnet"), digits, make_args, [3], alpha_r_grid=[1000.0], alpha_f_grid=[1.0, 1.5])
+    points = weak.metrics["alpha_grid"]
+    lowest = min(point["forget_accuracy"] for point in points)
+    assert lowest > 0.0  # the premise
+    scored = [point for point in points if point["retain_accuracy"] is not None]
+    assert scored == [point for point in points if point["forget_accuracy"] == lowest]
+    best = max(scored, key=lambda point: point["retain_accuracy"])
+    assert (weak.metrics["alpha_r"], weak.metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
 
 
 def test_the_grid_point_each_score_keeps():
@@ -162,8 +191,8 @@ def test_scored_after_a_trial_refit_the_grid_keeps_its_best_refitted_point(train
     grid = {"alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [1.0, 10.0], "score_after_refit": True}
     _, result = _unlearn(trained("resnet"), digits, make_args, [3], **grid)
     metrics = result.metrics
-    assert all(0.0 <= point["retain_after_refit"] <= 1.0 for point in metrics["alpha_grid"])
     forgotten = [point for point in metrics["alpha_grid"] if point["forget_accuracy"] == 0.0]
+    assert all(0.0 <= point["retain_after_refit"] <= 1.0 for point in forgotten)
     best = max(forgotten, key=lambda point: point["retain_after_refit"])
     assert (metrics["alpha_r"], metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
 

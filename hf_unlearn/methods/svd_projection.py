@@ -19,7 +19,9 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
    keeps the point with the best held-out retain accuracy among those whose projection alone is at the forget
    target (with `score_after_refit`, the retain accuracy after a trial head refit of step 5, cross-fitted on the
    held-out rows: refitted on half, scored on the other half, both ways). `"product"` keeps the best
-   retain x (1 - forget), before any refit. The grid is reported in the metrics (`alpha_grid`).
+   retain x (1 - forget), before any refit. The grid is reported in the metrics (`alpha_grid`). With
+   "forget_first" only the points at the forget target (none: those with the lowest forget accuracy) are scored on
+   the held-out retain rows, since no other point can be kept (`full_grid=True` scores them all).
 5. Not in the paper (`head_refit_steps`, default 100; 0 is the paper's method): the classification head is refitted
    on the projected model's features of the retain statistics rows (retain cross-entropy; a linear model, no
    gradient through the network). The projection also removes input directions the retained classes share; on the
@@ -143,6 +145,15 @@ class SVDProjectionConfig:
             "it. Not the default: on the tune tasks it kept the same retain accuracy, changed the point on 2 of 8 "
             "requests (one forgot more, one moved the MIA away from retrain) and cost 20-70 % more time "
             "(benchmarks/results/ablation_svd_projection_refit_score.md)."
+        },
+    )
+    full_grid: bool = field(
+        default=False,
+        metadata={
+            "help": "Score every grid point on the held-out retain rows too, so `alpha_grid` reports each point's "
+            "retain accuracy. By default 'forget_first' scores on them only the points at the forget target (or, "
+            "when none is, those with the lowest forget accuracy): the others cannot be kept, and the retain rows are "
+            "most of the held-out rows; the point kept is the same."
         },
     )
     target_modules: str | list[str] | None = field(
@@ -376,6 +387,21 @@ class SVDProjection(UnlearningMethod):
         for name, space in spaces.items():
             modules[name].weight.copy_(space.weight_for(kept[name], alpha_f))
 
+    def score_retain(self, point: dict, retain_rows, retain_batches, head) -> None:
+        """The held-out retain accuracy of the weights in place (with `head`, also after a cross-fitted trial refit)
+        and the product score, into `point`."""
+        trainer, config = self.trainer, self.config
+        if head is None:
+            point["retain_accuracy"] = trainer.shard_accuracy(retain_batches)
+        else:
+            retain = collect_head_features(trainer, retain_rows, head[1], batches=retain_batches)
+            point["retain_accuracy"] = accuracy(retain.logits.cpu().numpy(), retain.labels.cpu().numpy())
+            point["retain_after_refit"] = cross_fitted_refit_accuracy(
+                head[1], retain.features, retain.labels, config.head_refit_steps, config.head_learning_rate,
+                trainer.args.weight_decay,
+            )
+        point["score"] = point["retain_accuracy"] * (1.0 - point["forget_accuracy"])
+
     def search(self, modules, spaces, forget_rows, retain_rows) -> tuple[float, float]:
         """Score every grid point on the held-out rows; keep the one `alpha_score` prefers (`best_grid_point`)."""
         trainer, config = self.trainer, self.config
@@ -386,26 +412,37 @@ class SVDProjection(UnlearningMethod):
         forget_batches = list(trainer.shard_batches(forget_rows, "Decoding held-out forget rows"))
         retain_batches = list(trainer.shard_batches(retain_rows, "Decoding held-out retain rows"))
         head = self.head_to_refit() if config.score_after_refit else None
+        target = trainer.args.forget_accuracy_target or 0.0
+        # With "forget_first", a point above the forget target cannot be kept while another reaches it: its retain
+        # rows (most of the held-out rows) are scored only once no point has reached the target (`full_grid`: all).
+        every_point = config.full_grid or config.alpha_score == "product"
+        deferred = []
         for alpha_r in config.alpha_r_grid:
             kept = {name: space.kept_on_forget(alpha_r) for name, space in spaces.items()}
             for alpha_f in config.alpha_f_grid:
                 self.apply(modules, spaces, alpha_r, alpha_f, kept)
                 point = {"alpha_r": alpha_r, "alpha_f": alpha_f,
                          "forget_accuracy": trainer.shard_accuracy(forget_batches)}  # fmt: skip
-                if head is None:
-                    point["retain_accuracy"] = trainer.shard_accuracy(retain_batches)
+                if every_point or point["forget_accuracy"] <= target:
+                    self.score_retain(point, retain_rows, retain_batches, head)
                 else:
-                    retain = collect_head_features(trainer, retain_rows, head[1], batches=retain_batches)
-                    point["retain_accuracy"] = accuracy(retain.logits.cpu().numpy(), retain.labels.cpu().numpy())
-                    point["retain_after_refit"] = cross_fitted_refit_accuracy(
-                        head[1], retain.features, retain.labels, config.head_refit_steps, config.head_learning_rate,
-                        trainer.args.weight_decay,
-                    )
-                point["score"] = point["retain_accuracy"] * (1.0 - point["forget_accuracy"])
+                    deferred.append(point)
                 grid.append(point)
                 progress.update()
         progress.close()
-        best = best_grid_point(grid, config.alpha_score, trainer.args.forget_accuracy_target or 0.0)
+        if deferred and not any(point["forget_accuracy"] <= target for point in grid):
+            lowest = min(point["forget_accuracy"] for point in grid)
+            for point in deferred:
+                if point["forget_accuracy"] == lowest:
+                    self.apply(modules, spaces, point["alpha_r"], point["alpha_f"])
+                    self.score_retain(point, retain_rows, retain_batches, head)
+        self.report["retain_scored_points"] = sum("retain_accuracy" in point for point in grid)
+        for point in grid:
+            point.setdefault("retain_accuracy", None)
+            if head is not None:
+                point.setdefault("retain_after_refit", None)
+            point.setdefault("score", None)
+        best = best_grid_point(grid, config.alpha_score, target)
         self.report["alpha_grid"] = grid
         logger.info(
             f"alpha search: best alpha_r={best['alpha_r']}, alpha_f={best['alpha_f']} (held-out retain "
@@ -428,7 +465,8 @@ def best_grid_point(grid: list[dict], rule: str, forget_target: float) -> dict:
     forgotten = [point for point in grid if point["forget_accuracy"] <= forget_target]
     if forgotten:
         return max(forgotten, key=retain)
-    return min(grid, key=lambda point: (point["forget_accuracy"], -retain(point)))
+    lowest = min(point["forget_accuracy"] for point in grid)  # only those were scored on the retain rows
+    return max((point for point in grid if point["forget_accuracy"] == lowest), key=retain)
 
 
 def cross_fitted_refit_accuracy(head: torch.nn.Linear, features: torch.Tensor, labels: torch.Tensor, steps: int,
