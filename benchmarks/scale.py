@@ -22,6 +22,11 @@ thread each, gloo). `vit-tiny-32` (a ViT of 5.4M parameters on 32 x 32 images) k
 
     python benchmarks/scale.py --models vit-tiny-32 --rows 300 1000 3000 10000 --output benchmarks/results/scale_growth_rows.md
 
+`--methods gppu gppu-whole-checks` sets gppu beside itself with `replay_checks=False` (every check of its fine-tuning
+through the whole model), side by side in one run:
+
+    python benchmarks/scale.py --models vit-tiny-32 --rows 3000 10000 --methods gppu gppu-whole-checks --output benchmarks/results/scale_gppu_replay_growth.md
+
 Each measurement runs in a fresh process (group). CPU threads: what torch uses by default on the machine.
 """
 
@@ -84,10 +89,12 @@ MODELS = {
         (3, 32, 32),
     ),
 }
-METHODS = {
+METHODS = {  # name in the table: (method, method_kwargs)
     # The statistics and the alpha grid read at most the rows given; a 2 x 2 grid keeps the search visible.
-    "svd_projection": {"alpha_r_grid": [30.0, 100.0], "alpha_f_grid": [3.0, 10.0]},
-    "gppu": {},
+    "svd_projection": ("svd_projection", {"alpha_r_grid": [30.0, 100.0], "alpha_f_grid": [3.0, 10.0]}),
+    "gppu": ("gppu", {}),
+    # gppu's checks through the whole model, as before `replay_checks` (the same decisions, tests/test_gppu.py).
+    "gppu-whole-checks": ("gppu", {"replay_checks": False}),
 }
 
 
@@ -111,7 +118,7 @@ def run_one(model_name: str, method: str, rows: int, batch: int, classes: int = 
     forget_classes = list(range(forget))
     forget_rows = int(np.isin(np.arange(rows) % classes, forget_classes).sum())
     args = UnlearnConfig(
-        output_dir=tempfile.mkdtemp(), method=method, method_kwargs=METHODS[method], report_to="none",
+        output_dir=tempfile.mkdtemp(), method=METHODS[method][0], method_kwargs=METHODS[method][1], report_to="none",
         disable_tqdm=True, per_device_eval_batch_size=batch, per_device_train_batch_size=batch, seed=0,
         max_retain_samples=rows - forget_rows, dataloader_pin_memory=False,
     )  # fmt: skip
@@ -163,7 +170,7 @@ def table(results: list[dict]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(set(MODELS) - {"vit-tiny-32"}))
-    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=sorted(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["gppu", "svd_projection"])
     parser.add_argument("--rows", nargs="+", type=int, default=[128], help="training rows")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--forget", nargs="+", type=int, default=[1], help="how many classes are forgotten")

@@ -338,3 +338,117 @@ def collect_head_features(trainer, dataset, head: nn.Linear, description: str = 
         for name, values in parts.items()
     }
     return HeadFeatures(**gathered)
+
+
+class BlockInputReplay:
+    """The input of one block of a model's `nn.ModuleList` of blocks (an encoder layer, a CNN stage), recorded per
+    batch during one pass, then replayed: for the duration of `replaying()` the blocks before it are dropped from the
+    list, so a forward pass runs what precedes the list (embeddings) and the blocks from this one on, with the
+    recorded input in place of what the dropped blocks would have computed.
+
+    Exact while the dropped blocks and what precedes the list are unchanged (frozen, eval mode) and the rows come in
+    the same batches: a method that fine-tunes a model's tail scores its checks this way at the cost of the tail
+    (`gppu`). `matches` runs one batch both ways; a model whose forward pass does not iterate its block list (or
+    passes the block something else) fails it and keeps the full pass. Memory: the recorded inputs, on their device
+    (`nbytes`).
+
+    ```python
+    >>> replay = BlockInputReplay(model, "vit.layers.11")
+    >>> with replay.recording():
+    ...     for ids, batch in replay.keyed("retain", batches):   # batches from `shard_batches`
+    ...         model(**batch)
+    >>> with replay.replaying():                                 # later, the same rows in the same batches
+    ...     for ids, batch in replay.keyed("retain", batches):
+    ...         logits = model(**batch).logits                   # layers 0-10 do not run
+    ```
+    """
+
+    def __init__(self, model: nn.Module, block_name: str):
+        list_name, _, index = block_name.rpartition(".")
+        if not isinstance(model.get_submodule(list_name), nn.ModuleList) or not index.isdigit():
+            raise ValueError(f"'{block_name}' is not a block of an nn.ModuleList of {type(model).__name__}.")
+        self.model, self.list_name, self.index = model, list_name, int(index)
+        self.block = model.get_submodule(block_name)
+        self.inputs: dict[tuple, torch.Tensor] = {}
+        self.key: tuple | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(value.numel() * value.element_size() for value in self.inputs.values())
+
+    def keyed(self, split: str, batches):
+        """`batches` (`(sample_ids, batch)` from `shard_batches`), each one named for the hooks before it is used."""
+        for sample_ids, batch in batches:
+            self.key = (split, int(sample_ids[0]) if len(sample_ids) else -1, len(sample_ids))
+            yield sample_ids, batch
+
+    @staticmethod
+    def _hidden_slot(args: tuple, kwargs: dict) -> int | str:
+        """Where the block receives its hidden state: the first tensor argument (position, or keyword name)."""
+        if args and isinstance(args[0], torch.Tensor):
+            return 0
+        for name, value in kwargs.items():
+            if isinstance(value, torch.Tensor):
+                return name
+        raise RuntimeError("The block received no tensor to record.")
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Record the block's input for every keyed batch run in the block."""
+
+        def record(module, args, kwargs):
+            slot = self._hidden_slot(args, kwargs)
+            self.inputs[self.key] = (args[slot] if isinstance(slot, int) else kwargs[slot]).detach().clone()
+
+        handle = self.block.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
+    def replaying(self):
+        """Run the blocks from this one on, fed the recorded input of each keyed batch."""
+        parent_name, _, attribute = self.list_name.rpartition(".")
+        parent = self.model.get_submodule(parent_name)
+        blocks = getattr(parent, attribute)
+
+        def replay(module, args, kwargs):
+            slot, recorded = self._hidden_slot(args, kwargs), self.inputs[self.key]
+            live = args[slot] if isinstance(slot, int) else kwargs[slot]
+            # What reaches the block now is what precedes the list (a CNN's stem output, of other channels and size
+            # than the stage's input); only the rows must agree.
+            if live.shape[:1] != recorded.shape[:1]:
+                raise RuntimeError(f"Recorded block input {tuple(recorded.shape)} for a batch of {len(live)} rows.")
+            if isinstance(slot, int):
+                return (recorded, *args[1:]), kwargs
+            return args, {**kwargs, slot: recorded}
+
+        handle = self.block.register_forward_pre_hook(replay, with_kwargs=True)
+        setattr(parent, attribute, nn.ModuleList(list(blocks)[self.index :]))
+        try:
+            yield self
+        finally:
+            setattr(parent, attribute, blocks)
+            handle.remove()
+
+    @torch.no_grad()
+    def matches(self, split: str, batches, module: nn.Module, recorded: torch.Tensor, rtol: float = 1e-4) -> bool:
+        """Whether replaying the first of `batches` (recorded under `split`) feeds `module` (a layer after the block,
+        e.g. the head) what it received in the recorded pass: `recorded`, its inputs then (one row per sample, pooled
+        over tokens, `(rows of the split, d)`). Costs one replayed batch; True when there is no batch. A replay that
+        raises does not match."""
+        for sample_ids, batch in self.keyed(split, batches):
+            inputs = {name: value for name, value in batch.items() if name != "labels"}
+            try:
+                with evaluating(self.model), self.replaying(), capturing(module) as captured:
+                    self.model(**inputs)
+            except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as error:
+                logger.info(f"Replaying '{self.list_name}' failed ({type(error).__name__}: {error}).")
+                return False
+            replayed, expected = pooled_rows(captured.value).float(), recorded[sample_ids.to(recorded.device)].float()
+            scale = float(expected.abs().max()) if expected.numel() else 0.0
+            return replayed.shape == expected.shape and bool(
+                torch.allclose(replayed, expected.to(replayed.device), rtol=rtol, atol=rtol * max(scale, 1e-3))
+            )
+        return True

@@ -5,7 +5,15 @@ import torch
 from tiny_models import FAMILIES, tiny_classifier
 from torch import nn
 
-from hf_unlearn.activations import GramStatistics, find_target_modules, layer_input_shape
+from hf_unlearn.activations import (
+    BlockInputReplay,
+    GramStatistics,
+    capturing,
+    find_target_modules,
+    layer_input_shape,
+    pooled_rows,
+)
+from hf_unlearn.models import classification_head, model_tail
 
 
 def record(modules, batches, num_samples, conv_window=None, seed=0):
@@ -159,3 +167,105 @@ def test_depthwise_conv_rows_match_its_output():
     rows = GramStatistics({"c": conv}, 1, conv_window=None).input_rows("c", conv, x)  # (81, 4, 49)
     output = torch.einsum("ngd,gd->ng", rows, conv.weight.reshape(4, 49)) + conv.bias
     torch.testing.assert_close(output, conv(x)[0].reshape(4, -1).T)
+
+
+def batches_of(inputs, count=3):
+    """`count` keyed batches `(sample_ids, batch)` of 2 rows, as `shard_batches` yields them."""
+    generator = torch.Generator().manual_seed(1)
+    return [
+        (torch.arange(2 * i, 2 * i + 2), {name: torch.randn(value.shape, generator=generator) for name, value in inputs.items()})
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def narrow_stem_resnet():
+    """A ResNet whose stem output (4 channels) is not the last stage's input (8 channels, half the size)."""
+    import transformers as tf
+
+    config = tf.ResNetConfig(embedding_size=4, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=4)
+    return tf.ResNetForImageClassification(config), {"pixel_values": torch.randn(2, 3, 32, 32)}
+
+
+def record_replay(model, replay, batches, head):
+    """The recording pass: logits per batch, and the head's inputs (pooled) in row order."""
+    captured_rows = []
+    with torch.no_grad(), replay.recording():
+        logits = []
+        for _, batch in replay.keyed("rows", batches):
+            with capturing(head) as captured:
+                logits.append(model(**batch).logits)
+            captured_rows.append(pooled_rows(captured.value))
+    return logits, torch.cat(captured_rows)
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "narrow-stem resnet"])
+def test_a_replayed_block_input_gives_the_full_passes_logits_without_the_blocks_before_it(family):
+    """Recorded once, the last block's input stands in for every block before it: the same logits, the dropped blocks
+    never run, and the model's block list is whole again afterwards."""
+    torch.manual_seed(0)
+    model, inputs = narrow_stem_resnet() if family == "narrow-stem resnet" else tiny_classifier(family, num_layers=2)
+    model.eval()
+    blocks, _ = model_tail(model, inputs, num_blocks=1)
+    replay = BlockInputReplay(model, blocks[0])
+    batches = batches_of(inputs)
+    _, head = classification_head(model)
+    full, head_inputs = record_replay(model, replay, batches, head)
+    assert len(replay.inputs) == 3 and replay.nbytes > 0
+    block_list = model.get_submodule(replay.list_name)
+    ran = []
+    handles = [block.register_forward_hook(lambda *_: ran.append(1)) for block in block_list[: replay.index]]
+    with torch.no_grad(), replay.replaying():
+        replayed = [model(**batch).logits for _, batch in replay.keyed("rows", batches)]
+    for handle in handles:
+        handle.remove()
+    assert not ran and replay.index >= 1
+    for expected, got in zip(full, replayed, strict=True):
+        torch.testing.assert_close(got, expected)
+    assert model.get_submodule(replay.list_name) is block_list and len(block_list) == replay.index + 1
+    assert replay.matches("rows", batches, head, head_inputs)
+    assert not replay.matches("rows", batches, head, head_inputs + 0.1)  # what the check compares
+
+
+def test_a_model_that_reads_every_blocks_output_fails_the_replay_check():
+    """Wav2Vec2 with a weighted sum of every layer's output: the head's input needs the dropped blocks too, so the
+    replay does not reproduce it, and the check says so."""
+    torch.manual_seed(0)
+    model, inputs = tiny_classifier("wav2vec2", num_layers=2, use_weighted_layer_sum=True)
+    model.eval()
+    blocks, _ = model_tail(model, inputs, num_blocks=1)
+    replay = BlockInputReplay(model, blocks[0])
+    batches = batches_of(inputs, count=1)
+    _, head = classification_head(model)
+    _, head_inputs = record_replay(model, replay, batches, head)
+    assert not replay.matches("rows", batches, head, head_inputs)
+    assert len(model.get_submodule(replay.list_name)) == 2  # restored
+
+
+class IndexedBlocks(nn.Module):
+    """A model whose forward pass indexes its blocks by a fixed count instead of iterating the list."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        hidden = self.embed(x)
+        for index in range(3):
+            hidden = torch.tanh(self.blocks[index](hidden))
+        return type("Output", (), {"logits": self.head(hidden)})()
+
+
+def test_a_model_that_does_not_iterate_its_blocks_fails_the_replay_check():
+    torch.manual_seed(0)
+    model = IndexedBlocks()
+    replay = BlockInputReplay(model, "blocks.2")
+    batches = [(torch.arange(2), {"x": torch.randn(2, 4)})]
+    with torch.no_grad(), replay.recording():
+        for _, batch in replay.keyed("rows", batches):
+            model(**batch)
+    assert not replay.matches("rows", batches, model.head, torch.zeros(2, 8))
+    assert len(model.blocks) == 3  # restored after the failed replay
+    with pytest.raises(ValueError, match="not a block of an nn.ModuleList"):
+        BlockInputReplay(model, "embed")

@@ -229,6 +229,21 @@ def test_the_finetuning_epoch_covers_at_most_max_finetune_rows_retain_rows(train
     assert GPPUConfig().max_finetune_rows == 2000
 
 
+@pytest.mark.parametrize("architecture, block", [("vit", "vit.layers.1"), ("resnet", "resnet.encoder.stages.1")])
+def test_checks_through_the_replayed_tail_decide_as_the_whole_model_does(architecture, block, trained, digits, make_args):
+    """`replay_checks`: the checks run only the fine-tuned tail on the recorded input of its first block, and score
+    what the whole model scores: the same checks, the same step kept, the same weights returned."""
+    _, replayed = unlearn(trained(architecture), digits, make_args, [3])
+    _, whole = unlearn(trained(architecture), digits, make_args, [3], method_kwargs={"replay_checks": False})
+    assert replayed.metrics["checks_replay_block"] == block and replayed.metrics["checks_replay_mb"] > 0
+    assert whole.metrics["checks_replay_block"] is None and whole.metrics["checks_replay_mb"] == 0.0
+    assert replayed.metrics["finetune_steps"] >= GPPUConfig().check_steps
+    for key in ("finetune_steps", "finetune_kept_step", "sampled_accuracy"):
+        assert replayed.metrics[key] == whole.metrics[key], key
+    for (name, got), expected in zip(replayed.model.state_dict().items(), whole.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, expected, msg=name)
+
+
 def test_a_second_request_keeps_the_first_class_forgotten(trained, digits, make_args):
     model = trained("vit")
     _, first = unlearn(model, digits, make_args, ["three"])

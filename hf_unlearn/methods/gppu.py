@@ -48,6 +48,9 @@ Everything marked [R] below is OUR reconstruction from that description, not the
    before it: after 6a, or after 5 when `head_steps` is 0, so 6b may be skipped): the forget accuracy is at
    `UnlearnConfig.forget_accuracy_target` (0 when unset) and the retain accuracy is within `retain_tolerance` of the
    original's, both on the rows of step 1 (`sampled_accuracy` shows each stage, `finetune_steps` the steps run).
+   The blocks before the fine-tuned ones are frozen, so what they compute for those rows never changes: step 1's pass
+   records the first fine-tuned block's input, and each check runs only the tail on it (`replay_checks`,
+   `activations.BlockInputReplay`; before fine-tuning, one replayed batch must give the head the input step 1 saw).
 7. Requests compose: the trainer records forgotten classes in `model.config.unlearned_classes`, and a later request
    on that model keeps them out of its retain set, so forgetting class b after class a keeps a forgotten.
 
@@ -76,7 +79,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from transformers import TrainerCallback
 
-from ..activations import capturing, collect_head_features, name_matches, pooled_rows
+from ..activations import BlockInputReplay, capturing, collect_head_features, name_matches, pooled_rows
 from ..contract import PaperPreset, UnlearningMethod, training_loss
 from ..data import PairedDataset, subsample
 from ..models import classification_head, model_tail, refit_head
@@ -195,6 +198,16 @@ class GPPUConfig:
     head_module: str | None = field(
         default=None,
         metadata={"help": "Name of the classification head Linear; None: the last Linear with num_labels outputs."},
+    )
+    replay_checks: bool = field(
+        default=True,
+        metadata={
+            "help": "Record the input of the first fine-tuned block for the sampled rows during step 1's pass, and "
+            "score each check of 6b by running only the fine-tuned tail on it (`activations.BlockInputReplay`; the "
+            "frozen blocks before it compute the same thing at every check). Checked before fine-tuning on one batch: "
+            "the head must receive what it received in step 1; where it does not, the checks run the whole model. Memory: that input for the sampled "
+            "rows (ViT-base at 224: about 0.6 MB a row). False: every check runs the whole model."
+        },
     )
     retain_tolerance: float = field(
         default=0.005,
@@ -377,11 +390,9 @@ class GPPU(UnlearningMethod):
             "forget": trainer.forget_view.select(forget_rows),
             "retain": trainer.retain_view.select(retain_rows),
         }
+        self.replay = self.block_input_replay()
         with self.stage("features"):
-            sampled = {
-                split: collect_head_features(trainer, rows, self.head, f"Features ({split})")
-                for split, rows in self.sampled_rows.items()
-            }
+            sampled = {split: self.collect_features(split, rows) for split, rows in self.sampled_rows.items()}
         self.original_accuracy = {split: _accuracy(part.logits, part.labels) for split, part in sampled.items()}
         stages = {"original": self.original_accuracy}
 
@@ -391,7 +402,7 @@ class GPPU(UnlearningMethod):
         is_forget = torch.arange(len(features), device=features.device) < len(sampled["forget"].features)
         with self.stage("graph"):
             self.directions = forget_directions(features, labels, is_forget, config)
-        retain_features = sampled["retain"].features
+        retain_features = self.retain_features = sampled["retain"].features
         self.retain_centroid = retain_features.mean(0)
         self.retain_variance = (retain_features - self.retain_centroid).pow(2).sum(-1).mean().clamp_min(1e-12)
 
@@ -417,10 +428,48 @@ class GPPU(UnlearningMethod):
                 kept = self.finetune()
             # The checks already scored the weights the fine-tuning kept; a run that checked nothing is scored here.
             stages["finetune"] = kept if kept is not None else self.measure_sampled_rows()
+        self.replay = None  # the recorded block inputs are only needed by the checks
         names = {"projection": "head projection", "head_refit": "head refit", "finetune": "tail fine-tuning"}
         self.report["stages_run"] = [names[stage] for stage in stages if stage in names]
         if self.report.get("finetune_steps"):
             self.report["stages_run"][-1] += f" ({self.report['finetune_steps']} steps)"
+
+    def tail(self) -> tuple[list[str], list[str]]:
+        """`(block_names, tail_module_names)` that 6b fine-tunes (`models.model_tail`, or `trainable_modules`),
+        found once."""
+        if getattr(self, "_tail", None) is None:
+            trainer, config, model = self.trainer, self.config, self.trainer.model
+            if config.trainable_modules is not None:
+                pattern = config.trainable_modules
+                modules = [name for name, _ in model.named_modules() if name and name_matches(name, pattern)]
+                if not modules:
+                    raise ValueError(
+                        f"`trainable_modules={config.trainable_modules!r}` matches no module of {type(model).__name__}."
+                    )
+                self._tail = (modules, modules)
+            else:
+                sample = trainer.prepare_inputs(trainer.data_collator([self.sampled_rows["retain"][0]]))
+                sample.pop("labels")
+                self._tail = model_tail(model, sample, self.config.num_trainable_blocks)
+        return self._tail
+
+    def block_input_replay(self) -> BlockInputReplay | None:
+        """The replay of the first fine-tuned block's input for the checks (`replay_checks`), when 6b will run on
+        the automatic tail and that tail starts with a block."""
+        config = self.config
+        if not (config.finetune and config.replay_checks and config.trainable_modules is None):
+            return None
+        blocks, _ = self.tail()
+        return BlockInputReplay(self.trainer.model, blocks[0]) if blocks else None
+
+    def collect_features(self, split: str, rows):
+        """Step 1's pass over one split of the sampled rows; it also records the replayed block's input."""
+        trainer, replay, description = self.trainer, self.replay, f"Features ({split})"
+        if replay is None:
+            return collect_head_features(trainer, rows, self.head, description)
+        with replay.recording():
+            batches = replay.keyed(split, trainer.shard_batches(rows, description))
+            return collect_head_features(trainer, rows, self.head, batches=batches)
 
     def head_accuracy(self, sampled: dict) -> dict:
         with torch.no_grad():
@@ -455,19 +504,16 @@ class GPPU(UnlearningMethod):
         rows' accuracy of the weights kept, as a check measured it (None when no check ran)."""
         trainer, config = self.trainer, self.config
         model = trainer.model
-        if config.trainable_modules is not None:
-            blocks = [
-                name for name, _ in model.named_modules() if name and name_matches(name, config.trainable_modules)
-            ]
-            if not blocks:
-                raise ValueError(
-                    f"`trainable_modules={config.trainable_modules!r}` matches no module of {type(model).__name__}."
-                )
-            trainable = blocks
-        else:
-            sample = trainer.prepare_inputs(trainer.data_collator([self.sampled_rows["retain"][0]]))
-            sample.pop("labels")
-            blocks, trainable = model_tail(model, sample, config.num_trainable_blocks)
+        blocks, trainable = self.tail()
+        replay = self.replay
+        if replay is not None:
+            retain = trainer.shard_batches(self.sampled_rows["retain"], "Checking the replayed block input")
+            if not replay.matches("retain", retain, self.head, self.retain_features):
+                logger.info(f"GPPU: replaying the input of '{blocks[0]}' does not reproduce the head's input; the "
+                            "checks run the whole model.")  # fmt: skip
+                replay = self.replay = None
+        self.report["checks_replay_block"] = blocks[0] if replay is not None else None
+        self.report["checks_replay_mb"] = round(replay.nbytes / 2**20, 1) if replay is not None else 0.0
         trainable_parameters = {
             id(parameter)
             for name in trainable + [self.head_name]
@@ -536,11 +582,16 @@ class GPPU(UnlearningMethod):
         return self.config.lambda_proj * forget_loss + self.config.lambda_retain * retain_loss
 
     def measure_sampled_rows(self) -> dict:
-        trainer = self.trainer
-        return {
-            split: trainer.shard_accuracy(trainer.shard_batches(rows, f"Checking {split} rows"))
-            for split, rows in self.sampled_rows.items()
-        }
+        """The sampled rows' accuracy, through the tail alone while the block input is replayed."""
+        trainer, replay, accuracy = self.trainer, getattr(self, "replay", None), {}
+        for split, rows in self.sampled_rows.items():
+            batches = trainer.shard_batches(rows, f"Checking {split} rows")
+            if replay is None:
+                accuracy[split] = trainer.shard_accuracy(batches)
+            else:
+                with replay.replaying():
+                    accuracy[split] = trainer.shard_accuracy(replay.keyed(split, batches))
+        return accuracy
 
 
 class RecoveryCallback(TrainerCallback):
