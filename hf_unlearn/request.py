@@ -31,6 +31,7 @@ from .data import (
     check_labels,
     dataset_labels,
     find_label_column,
+    numpy_model_inputs,
     resolve_forget_classes,
     split_forget_retain,
     subsample,
@@ -126,6 +127,7 @@ class UnlearningRequest:
             train_dataset = with_model_inputs(train_dataset, data_collator, "Model inputs (train_dataset)")
             if eval_dataset is not None:
                 eval_dataset = with_model_inputs(eval_dataset, data_collator, "Model inputs (eval_dataset)")
+        train_dataset, eval_dataset = numpy_model_inputs(train_dataset), numpy_model_inputs(eval_dataset)
         forget_rows = subsample(split.forget_indices, args.max_forget_samples, args.seed)
         retain_rows = subsample(split.retain_indices, args.max_retain_samples, args.seed, train_labels)
         return cls(

@@ -8,6 +8,7 @@ from hf_unlearn import UnlearningTrainer
 from hf_unlearn.data import (
     UnlearningCollator,
     decode_audio,
+    numpy_model_inputs,
     resolve_forget_classes,
     split_forget_retain,
     subsample,
@@ -94,6 +95,34 @@ def image_dataset(digits, split, rows):
         {"image": images, "label": part["label"]},
         features=datasets.Features({"image": datasets.Image(), "label": part.features["label"]}),
     )
+
+
+def test_model_inputs_are_read_as_numpy_arrays_with_the_same_values(trained, digits, make_args):
+    """A dataset without a format: its model inputs are read as numpy arrays (not python lists of floats), the batches
+    the collator makes are the same tensors, and the trainer's views read them that way. A dataset with a format of its
+    own, or a transform, is left alone."""
+    import datasets
+
+    pixels = np.random.default_rng(0).standard_normal((6, 3, 4, 4)).astype(np.float32)
+    features = datasets.Features({"pixel_values": datasets.Array3D((3, 4, 4), "float32"), "label": datasets.Value("int64"),
+                                  "note": datasets.Value("string")})  # fmt: skip
+    rows = datasets.Dataset.from_dict({"pixel_values": pixels, "label": [0, 1, 2, 0, 1, 2], "note": list("abcdef")},
+                                      features=features)  # fmt: skip
+    read = numpy_model_inputs(rows)
+    assert isinstance(read[0]["pixel_values"], np.ndarray) and isinstance(rows[0]["pixel_values"], list)
+    assert read[0]["note"] == "a" and read[0]["label"] == 0
+    collate = UnlearningCollator()
+    for got, expected in zip(collate([read[i] for i in range(6)]).values(), collate([rows[i] for i in range(6)]).values(),
+                             strict=True):  # fmt: skip
+        assert torch.equal(got, expected)
+    torch_format = rows.with_format("torch")
+    assert numpy_model_inputs(torch_format) is torch_format and numpy_model_inputs(None) is None
+    transformed = rows.with_transform(lambda batch: batch)
+    assert numpy_model_inputs(transformed) is transformed
+    trainer = UnlearningTrainer(trained("vit"), make_args("finetune"), train_dataset=digits["train"],
+                                eval_dataset=digits["test"], forget_classes=[3])  # fmt: skip
+    assert isinstance(trainer.retain_view[0]["pixel_values"], np.ndarray)
+    assert isinstance(trainer.metric_views["eval_retain"][0]["pixel_values"], np.ndarray)
 
 
 def test_raw_image_column_is_processed_on_the_fly(digits, make_args):
