@@ -348,9 +348,9 @@ class BlockInputReplay:
 
     Exact while the dropped blocks and what precedes the list are unchanged (frozen, eval mode) and the rows come in
     the same batches: a method that fine-tunes a model's tail scores its checks this way at the cost of the tail
-    (`gppu`). `matches` runs one batch both ways; a model whose forward pass does not iterate its block list (or
-    passes the block something else) fails it and keeps the full pass. Memory: the recorded inputs, on their device
-    (`nbytes`).
+    (`gppu`). `matches` replays one batch and compares what a later layer (the head) receives with what it received
+    in the recorded pass; a model whose forward pass does not iterate its block list, or reads the dropped blocks'
+    outputs elsewhere, fails it and keeps the full pass. Memory: the recorded inputs, on their device (`nbytes`).
 
     ```python
     >>> replay = BlockInputReplay(model, "vit.layers.11")

@@ -205,8 +205,9 @@ class GPPUConfig:
             "help": "Record the input of the first fine-tuned block for the sampled rows during step 1's pass, and "
             "score each check of 6b by running only the fine-tuned tail on it (`activations.BlockInputReplay`; the "
             "frozen blocks before it compute the same thing at every check). Checked before fine-tuning on one batch: "
-            "the head must receive what it received in step 1; where it does not, the checks run the whole model. Memory: that input for the sampled "
-            "rows (ViT-base at 224: about 0.6 MB a row). False: every check runs the whole model."
+            "the head must receive what it received in step 1; where it does not, the checks run the whole model. "
+            "Memory: that input for the sampled rows (ViT-base at 224: about 0.6 MB a row). False: every check runs "
+            "the whole model."
         },
     )
     retain_tolerance: float = field(
@@ -372,6 +373,9 @@ class GPPU(UnlearningMethod):
     # The tail fine-tuning's budget (6b), when it runs: the paper's AdamW and weight decay, one epoch at 1e-4.
     training_defaults = {"optim": "adamw_torch", "learning_rate": 1e-4, "num_train_epochs": 1, "weight_decay": 0.01,
                          "per_device_train_batch_size": 32, "lr_scheduler_type": "linear", "warmup_steps": 0}  # fmt: skip
+    #: The checks' replay of the first fine-tuned block's input (`replay_checks`), while the fine-tuning needs it.
+    replay: BlockInputReplay | None = None
+    _tail: tuple[list[str], list[str]] | None = None  # `tail()`, found once
 
     @classmethod
     def check_settings(cls, config, args, model) -> None:
@@ -437,7 +441,7 @@ class GPPU(UnlearningMethod):
     def tail(self) -> tuple[list[str], list[str]]:
         """`(block_names, tail_module_names)` that 6b fine-tunes (`models.model_tail`, or `trainable_modules`),
         found once."""
-        if getattr(self, "_tail", None) is None:
+        if self._tail is None:
             trainer, config, model = self.trainer, self.config, self.trainer.model
             if config.trainable_modules is not None:
                 pattern = config.trainable_modules
@@ -583,7 +587,7 @@ class GPPU(UnlearningMethod):
 
     def measure_sampled_rows(self) -> dict:
         """The sampled rows' accuracy, through the tail alone while the block input is replayed."""
-        trainer, replay, accuracy = self.trainer, getattr(self, "replay", None), {}
+        trainer, replay, accuracy = self.trainer, self.replay, {}
         for split, rows in self.sampled_rows.items():
             batches = trainer.shard_batches(rows, f"Checking {split} rows")
             if replay is None:

@@ -403,7 +403,8 @@ class SVDProjection(UnlearningMethod):
         point["score"] = point["retain_accuracy"] * (1.0 - point["forget_accuracy"])
 
     def search(self, modules, spaces, forget_rows, retain_rows) -> tuple[float, float]:
-        """Score every grid point on the held-out rows; keep the one `alpha_score` prefers (`best_grid_point`)."""
+        """Score the grid points on the held-out rows (the retain rows only where a point can be kept, see
+        `full_grid`); keep the one `alpha_score` prefers (`best_grid_point`)."""
         trainer, config = self.trainer, self.config
         grid = []
         points = len(config.alpha_r_grid) * len(config.alpha_f_grid)
@@ -416,7 +417,6 @@ class SVDProjection(UnlearningMethod):
         # With "forget_first", a point above the forget target cannot be kept while another reaches it: its retain
         # rows (most of the held-out rows) are scored only once no point has reached the target (`full_grid`: all).
         every_point = config.full_grid or config.alpha_score == "product"
-        deferred = []
         for alpha_r in config.alpha_r_grid:
             kept = {name: space.kept_on_forget(alpha_r) for name, space in spaces.items()}
             for alpha_f in config.alpha_f_grid:
@@ -425,15 +425,13 @@ class SVDProjection(UnlearningMethod):
                          "forget_accuracy": trainer.shard_accuracy(forget_batches)}  # fmt: skip
                 if every_point or point["forget_accuracy"] <= target:
                     self.score_retain(point, retain_rows, retain_batches, head)
-                else:
-                    deferred.append(point)
                 grid.append(point)
                 progress.update()
         progress.close()
-        if deferred and not any(point["forget_accuracy"] <= target for point in grid):
+        if not any(point["forget_accuracy"] <= target for point in grid):
             lowest = min(point["forget_accuracy"] for point in grid)
-            for point in deferred:
-                if point["forget_accuracy"] == lowest:
+            for point in grid:
+                if point["forget_accuracy"] == lowest and "retain_accuracy" not in point:
                     self.apply(modules, spaces, point["alpha_r"], point["alpha_f"])
                     self.score_retain(point, retain_rows, retain_batches, head)
         self.report["retain_scored_points"] = sum("retain_accuracy" in point for point in grid)
