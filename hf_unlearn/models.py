@@ -56,22 +56,31 @@ def refit_head(
     learning_rate: float,
     weight_decay: float = 0.0,
     transform=None,
+    keep_rows: list[int] | None = None,
 ) -> None:
     """Refit the classification `head` in place on head inputs already computed (`features`, `(rows, d)`) with the
     cross-entropy to `labels`: `steps` full-batch AdamW steps. The head's input does not depend on the head, so this is
     exact fine-tuning of the head at the cost of a linear model, with no forward pass through the network.
-    `transform` (e.g. a projection of the weight) is applied to the weight throughout and folded in at the end."""
+    `transform` (e.g. a projection of the weight) is applied to the weight throughout and folded in at the end.
+    `keep_rows`: output rows (classes) whose weight and bias stay as they are, e.g. forget classes that have no rows
+    in `labels` (the refit would only push them around)."""
     transform = transform or (lambda weight: weight)
     weight = head.weight.detach().float().clone().requires_grad_()
     bias = None if head.bias is None else head.bias.detach().float().clone().requires_grad_()
     parameters = [weight] + ([bias] if bias is not None else [])
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     features, labels = features.float().to(weight.device), labels.to(weight.device)
+    kept = torch.as_tensor(sorted(keep_rows or []), dtype=torch.long, device=weight.device)
+    kept_values = [parameter.detach()[kept].clone() for parameter in parameters]
     for _ in range(steps):
         loss = torch.nn.functional.cross_entropy(torch.nn.functional.linear(features, transform(weight), bias), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if len(kept):
+            with torch.no_grad():
+                for parameter, values in zip(parameters, kept_values, strict=True):
+                    parameter[kept] = values
     with torch.no_grad():
         head.weight.copy_(transform(weight))
         if bias is not None:

@@ -1,6 +1,8 @@
 """`svd_projection`: the projection removes forget-only input directions and keeps the retain space, on its own and
 through the trainer on a model; the alpha search is reported and picks its best point; several classes at once."""
 
+import copy
+
 import datasets
 import numpy as np
 import pytest
@@ -237,6 +239,46 @@ def test_the_head_refit_recovers_retain_accuracy_the_projection_cost(trained, di
     assert changed == {"classifier.weight", "classifier.bias"}
     assert refit.metrics["retain_accuracy"] >= paper.metrics["retain_accuracy"]
     assert refit.metrics["forget_accuracy"] <= 0.05
+
+
+def test_the_refit_can_leave_the_forget_classes_rows_of_the_head_alone():
+    """`keep_rows`: the rows named keep their weight and bias exactly while the others are fitted; without it the row
+    of a class absent from the labels is pushed around by the cross-entropy."""
+    from hf_unlearn.models import refit_head
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(300) % 3  # class 3 of 4 has no rows
+    features = torch.randn(300, 8, generator=generator)
+    features[torch.arange(300), labels] += 3.0
+    original = torch.nn.Linear(8, 4)
+    kept, free = copy.deepcopy(original), copy.deepcopy(original)
+    refit_head(kept, features, labels, 50, 5e-2, weight_decay=0.1, keep_rows=[3])
+    refit_head(free, features, labels, 50, 5e-2, weight_decay=0.1)
+    torch.testing.assert_close(kept.weight[3], original.weight[3], rtol=0, atol=0)
+    torch.testing.assert_close(kept.bias[3], original.bias[3], rtol=0, atol=0)
+    assert not torch.allclose(free.weight[3], original.weight[3])
+    assert not torch.allclose(kept.weight[:3], original.weight[:3])
+    with torch.no_grad():
+        assert (kept(features).argmax(-1) == labels).float().mean() >= 0.95
+
+
+def test_the_refit_keeps_the_forget_rows_of_the_head_when_asked(trained, digits, make_args):
+    """`refit_keeps_forget_rows=True`: the same projection (same alphas); the head's forget-class row is the projected
+    one, untouched by the refit, while the retained classes' rows are refitted."""
+    from hf_unlearn.models import classification_head
+
+    runs = [
+        _unlearn(trained("vit"), digits, make_args, [3], alpha_score="product", **settings)[1]
+        for settings in ({}, {"refit_keeps_forget_rows": True}, {"head_refit_steps": 0})
+    ]
+    assert len({(run.metrics["alpha_r"], run.metrics["alpha_f"]) for run in runs}) == 1
+    moved, kept, _ = runs
+    heads = [classification_head(run.model)[1] for run in runs]
+    torch.testing.assert_close(heads[1].weight[3], heads[2].weight[3], rtol=0, atol=0)
+    torch.testing.assert_close(heads[1].bias[3], heads[2].bias[3], rtol=0, atol=0)
+    assert not torch.equal(heads[0].weight[3], heads[2].weight[3])
+    assert not torch.equal(heads[1].weight[:3], heads[2].weight[:3])
+    assert kept.metrics["forget_accuracy"] <= 0.05
 
 
 def test_several_classes_are_forgotten_at_once(trained, digits, make_args):
