@@ -176,6 +176,24 @@ def test_scoring_only_the_points_that_can_be_kept_keeps_the_same_point(trained, 
     assert (weak.metrics["alpha_r"], weak.metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
 
 
+def test_refining_bisects_alpha_f_where_the_grid_crosses_the_forget_target(trained, digits, make_args):
+    """`refine_steps`: at alpha_f 0.01 nothing is removed, at 1000 the class is gone, so every alpha_r crosses the
+    target; each is bisected 4 times on a log scale, the weakest point found at the target is scored and reported
+    (`refined`), and the point kept is the best of the whole grid."""
+    grid = {"alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [0.01, 1000.0], "refine_steps": 4}
+    _, result = _unlearn(trained("resnet"), digits, make_args, [3], **grid)
+    points = result.metrics["alpha_grid"]
+    plain, refined = points[:4], points[4:]
+    assert [point["forget_accuracy"] > 0 for point in plain] == [True, False, True, False]
+    assert [point["alpha_r"] for point in refined] == [10.0, 100.0] and all(point["refined"] for point in refined)
+    for point in refined:
+        assert point["forget_accuracy"] == 0.0 and point["retain_accuracy"] is not None
+        steps = np.log(point["alpha_f"] / 0.01) / np.log(1000.0 / 0.01) * 16  # 4 halvings: sixteenths of the range
+        assert 0 < round(steps) < 16 and steps == pytest.approx(round(steps))
+    best = best_grid_point(points, "forget_first", 0.0)
+    assert (result.metrics["alpha_r"], result.metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
+
+
 def test_the_grid_point_each_score_keeps():
     grid = [
         {"alpha_r": 10, "retain_accuracy": 0.80, "forget_accuracy": 0.0, "score": 0.80},
