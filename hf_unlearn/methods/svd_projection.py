@@ -21,7 +21,8 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
    held-out rows: refitted on half, scored on the other half, both ways). `"product"` keeps the best
    retain x (1 - forget), before any refit. The grid is reported in the metrics (`alpha_grid`). With
    "forget_first" only the points at the forget target (none: those with the lowest forget accuracy) are scored on
-   the held-out retain rows, since no other point can be kept (`full_grid=True` scores them all).
+   the held-out retain rows, since no other point can be kept (`full_grid=True` scores them all). `refine_steps`
+   (off by default) bisects alpha_f where an alpha_r's row crosses the forget target.
 5. Not in the paper (`head_refit_steps`, default 100; 0 is the paper's method): the classification head is refitted
    on the projected model's features of the retain statistics rows (retain cross-entropy; a linear model, no
    gradient through the network). The projection also removes input directions the retained classes share; on the
@@ -447,6 +448,7 @@ class SVDProjection(UnlearningMethod):
         # With "forget_first", a point above the forget target cannot be kept while another reaches it: its retain
         # rows (most of the held-out rows) are scored only once no point has reached the target (`full_grid`: all).
         every_point = config.full_grid or config.alpha_score == "product"
+        refined = []  # `refine_steps`: the weakest point at the target between two alpha_f of a row
         for alpha_r in config.alpha_r_grid:
             kept = {name: space.kept_on_forget(alpha_r) for name, space in spaces.items()}
             for alpha_f in config.alpha_f_grid:
@@ -457,9 +459,12 @@ class SVDProjection(UnlearningMethod):
                     self.score_retain(point, retain_rows, retain_batches, head)
                 grid.append(point)
                 progress.update()
+            if config.refine_steps and config.alpha_score == "forget_first":
+                row = grid[-len(config.alpha_f_grid):]
+                refined += self.refine(modules, spaces, row, kept, target, forget_batches, retain_rows, retain_batches,
+                                       head)  # fmt: skip
         progress.close()
-        if config.refine_steps and config.alpha_score == "forget_first":
-            grid += self.refine(modules, spaces, grid, target, forget_batches, retain_rows, retain_batches, head)
+        grid += refined  # reported after the grid points
         if not any(point["forget_accuracy"] <= target for point in grid):
             lowest = min(point["forget_accuracy"] for point in grid)
             for point in grid:
@@ -480,33 +485,31 @@ class SVDProjection(UnlearningMethod):
         )
         return best["alpha_r"], best["alpha_f"]
 
-
-    def refine(self, modules, spaces, grid, target, forget_batches, retain_rows, retain_batches, head) -> list[dict]:
-        """`refine_steps` bisections of log alpha_f between the grid's last alpha_f above the forget target and the
-        first at it, at each alpha_r; the weakest point found at the target, scored on the retain rows."""
-        trainer, found = self.trainer, []
-        for alpha_r in self.config.alpha_r_grid:
-            row = sorted((point for point in grid if point["alpha_r"] == alpha_r), key=lambda point: point["alpha_f"])
-            crossing = next((index for index in range(1, len(row)) if row[index]["forget_accuracy"] <= target
-                             and row[index - 1]["forget_accuracy"] > target), None)  # fmt: skip
-            if crossing is None:
-                continue
-            low, high = row[crossing - 1]["alpha_f"], row[crossing]["alpha_f"]
-            kept = {name: space.kept_on_forget(alpha_r) for name, space in spaces.items()}
-            best = None
-            for _ in range(self.config.refine_steps):
-                middle = float(np.sqrt(low * high))
-                self.apply(modules, spaces, alpha_r, middle, kept)
-                forget = trainer.shard_accuracy(forget_batches)
-                if forget <= target:
-                    high, best = middle, {"alpha_r": alpha_r, "alpha_f": middle, "forget_accuracy": forget}
-                else:
-                    low = middle
-            if best is not None:
-                self.apply(modules, spaces, alpha_r, best["alpha_f"], kept)
-                self.score_retain(best, retain_rows, retain_batches, head)
-                found.append({**best, "refined": True})
-        return found
+    def refine(self, modules, spaces, row, kept, target, forget_batches, retain_rows, retain_batches,
+               head) -> list[dict]:  # fmt: skip
+        """`refine_steps` bisections of log alpha_f between the last alpha_f of one alpha_r's grid `row` above the
+        forget target and the first at it (`kept`: that alpha_r's `kept_on_forget`); the weakest point found at the
+        target, scored on the retain rows, or nothing when the row does not cross the target."""
+        row = sorted(row, key=lambda point: point["alpha_f"])
+        crossing = next((index for index in range(1, len(row)) if row[index]["forget_accuracy"] <= target
+                         and row[index - 1]["forget_accuracy"] > target), None)  # fmt: skip
+        if crossing is None:
+            return []
+        alpha_r, low, high = row[0]["alpha_r"], row[crossing - 1]["alpha_f"], row[crossing]["alpha_f"]
+        best = None
+        for _ in range(self.config.refine_steps):
+            middle = float(np.sqrt(low * high))
+            self.apply(modules, spaces, alpha_r, middle, kept)
+            forget = self.trainer.shard_accuracy(forget_batches)
+            if forget <= target:
+                high, best = middle, {"alpha_r": alpha_r, "alpha_f": middle, "forget_accuracy": forget}
+            else:
+                low = middle
+        if best is None:
+            return []
+        self.apply(modules, spaces, alpha_r, best["alpha_f"], kept)
+        self.score_retain(best, retain_rows, retain_batches, head)
+        return [{**best, "refined": True}]
 
 
 def best_grid_point(grid: list[dict], rule: str, forget_target: float) -> dict:
