@@ -123,6 +123,8 @@ def _as_2d(module: nn.Module, value: tuple, conv1d_height: int) -> tuple[int, in
 
 #: How conv inputs are cropped (`GramStatistics`'s `conv_crop`).
 CONV_CROPS = ("windows", "official")
+#: What one row of a Linear layer's token inputs is (`GramStatistics`'s `token_rows`).
+TOKEN_ROWS = ("tokens", "mean")
 
 
 class GramStatistics:
@@ -138,6 +140,9 @@ class GramStatistics:
             for a 3x3 kernel); "official": as the official code of Kodge et al., a `conv_window * k` square of the
             unpadded input, padded again as the layer pads and unfolded (81 patches for 3x3), so the patches on
             the crop's border see zeros where the image has pixels.
+        token_rows: for a Linear layer whose input has token dimensions (`(batch, tokens, d)`): "tokens" (default)
+            makes every token a row; "mean" makes each sample's mean over its tokens its one row, so the statistics
+            describe what differs between samples rather than between the tokens of one sample.
 
     Set `sample_ids` (the pass-wide position of each row of the next batch) before each forward pass while
     `recording()`. After the pass, `grams[name]` is a float32 `(groups, d, d)` tensor and `rows[name]` the number
@@ -145,11 +150,13 @@ class GramStatistics:
     """
 
     def __init__(self, modules: dict[str, nn.Module], num_samples: int, conv_window: int | None = 3, seed: int = 0,
-                 conv_crop: str = "windows"):  # fmt: skip
+                 conv_crop: str = "windows", token_rows: str = "tokens"):  # fmt: skip
         if conv_crop not in CONV_CROPS:
             raise ValueError(f"`conv_crop` must be one of {CONV_CROPS}, got {conv_crop!r}.")
+        if token_rows not in TOKEN_ROWS:
+            raise ValueError(f"`token_rows` must be one of {TOKEN_ROWS}, got {token_rows!r}.")
         self.modules = modules
-        self.conv_window, self.conv_crop = conv_window, conv_crop
+        self.conv_window, self.conv_crop, self.token_rows = conv_window, conv_crop, token_rows
         self.sample_ids: torch.Tensor | None = None
         self.grams, self.rows, self._crop_draws = {}, {}, {}
         for index, (name, module) in enumerate(modules.items()):
@@ -185,6 +192,8 @@ class GramStatistics:
         """The layer's input as rows `(n, groups, d)` (float32)."""
         groups, size = layer_input_shape(module)
         if isinstance(module, nn.Linear):
+            if self.token_rows == "mean" and x.dim() > 2:
+                x = x.float().mean(dim=tuple(range(1, x.dim() - 1)))
             return x.reshape(-1, 1, size).float()
         if isinstance(module, nn.Conv1d):
             x = x.unsqueeze(2)
@@ -246,13 +255,13 @@ class GramStatistics:
 @torch.no_grad()
 def collect_input_grams(
     trainer, dataset, modules: dict[str, nn.Module], conv_window: int | None = 3, description: str = "Statistics",
-    conv_crop: str = "windows",
+    conv_crop: str = "windows", token_rows: str = "tokens",
 ) -> GramStatistics:
     """One forward pass of `trainer.model` (eval mode) over `dataset`, shared between processes without duplicates,
     accumulating the input Gram matrix of every layer in `modules`, summed over processes."""
     model = trainer.model
     statistics = GramStatistics(modules, num_samples=len(dataset), conv_window=conv_window, seed=trainer.args.seed,
-                                conv_crop=conv_crop)  # fmt: skip
+                                conv_crop=conv_crop, token_rows=token_rows)  # fmt: skip
     with evaluating(model):
         with statistics.recording():
             for sample_ids, batch in trainer.shard_batches(dataset, description):

@@ -16,9 +16,10 @@ from hf_unlearn.activations import (
 from hf_unlearn.models import classification_head, model_tail
 
 
-def record(modules, batches, num_samples, conv_window=None, seed=0):
+def record(modules, batches, num_samples, conv_window=None, seed=0, token_rows="tokens"):
     """Run `batches` (list of (sample_ids, input)) through each module directly and return the statistics."""
-    statistics = GramStatistics(modules, num_samples=num_samples, conv_window=conv_window, seed=seed)
+    statistics = GramStatistics(modules, num_samples=num_samples, conv_window=conv_window, seed=seed,
+                                token_rows=token_rows)  # fmt: skip
     with statistics.recording():
         for ids, x in batches:
             statistics.sample_ids = ids
@@ -35,6 +36,24 @@ def test_linear_gram_is_the_sum_of_token_outer_products():
     rows = x.reshape(-1, 6)
     torch.testing.assert_close(statistics.grams["layer"][0], rows.T @ rows)
     assert statistics.rows["layer"] == 20
+
+
+def test_mean_token_rows_are_one_row_per_sample():
+    """`token_rows="mean"`: each sample's mean over its token dimensions is its one row; a 2-D input is unchanged."""
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 3)
+    x = torch.randn(4, 5, 6)
+    statistics = record({"layer": layer}, [(torch.arange(4), x)], 4, token_rows="mean")
+    means = x.mean(dim=1)
+    torch.testing.assert_close(statistics.grams["layer"][0], means.T @ means)
+    assert statistics.rows["layer"] == 4
+    tokens = record({"layer": layer}, [(torch.arange(4), x)], 4)
+    assert not torch.allclose(tokens.grams["layer"][0], statistics.grams["layer"][0])  # the two really differ
+    flat = torch.randn(4, 6)
+    torch.testing.assert_close(record({"layer": layer}, [(torch.arange(4), flat)], 4, token_rows="mean").grams["layer"][0],
+                               flat.T @ flat)  # fmt: skip
+    with pytest.raises(ValueError, match="token_rows"):
+        GramStatistics({"layer": layer}, num_samples=4, token_rows="cls")
 
 
 @pytest.mark.parametrize(

@@ -299,6 +299,28 @@ def test_the_refit_keeps_the_forget_rows_of_the_head_when_asked(trained, digits,
     assert kept.metrics["forget_accuracy"] <= 0.05
 
 
+def test_token_rows_choose_each_spaces_rows(trained, digits, make_args, monkeypatch):
+    """`token_rows="forget_mean"`: the retain statistics keep every token, the forget statistics one mean token per
+    sample, so the forget Gram of a token layer counts samples, the retain Gram tokens."""
+    from hf_unlearn.methods import svd_projection
+
+    recorded = {}
+
+    def recording(*args, **kwargs):
+        statistics = collect(*args, **kwargs)
+        query = next(name for name in statistics.rows if name.endswith(("query", "q_proj")))  # a token layer
+        recorded[args[4]] = statistics.rows[query]
+        return statistics
+
+    collect = svd_projection.collect_input_grams
+    monkeypatch.setattr(svd_projection, "collect_input_grams", recording)
+    _, result = _unlearn(trained("vit"), digits, make_args, [3], alpha_search=False, token_rows="forget_mean")
+    rows = result.metrics["statistics_rows"]
+    assert recorded["Statistics (forget)"] == rows["forget"]
+    tokens, remainder = divmod(recorded["Statistics (retain)"], rows["retain"])
+    assert remainder == 0 and tokens > 1
+
+
 def test_several_classes_are_forgotten_at_once(trained, digits, make_args):
     _, result = _unlearn(trained("resnet"), digits, make_args, [3, 7])
     per_class = result.metrics["per_class_accuracy"]
@@ -326,6 +348,7 @@ def test_sample_level_requests_are_refused(trained, digits, make_args):
         ({"search_fraction": 1.0}, "search_fraction"),
         ({"num_samples": 0}, "num_samples"),
         ({"conv_window": 0}, "conv_window"),
+        ({"token_rows": "cls"}, "token_rows"),
     ],
 )
 def test_bad_method_kwargs_are_named(kwargs, message, tmp_path):
