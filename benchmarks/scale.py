@@ -12,7 +12,9 @@ model and method, in one process (so the peak memory is this run's):
   (`unlearn_seconds`) and its ratio to the forward pass;
 - `evaluation_seconds`: the default measuring passes before and after (original and unlearned model), and its
   ratio to the method's own time;
-- the process's peak resident memory.
+- the process's peak resident memory, and the method's own: the peak resident memory while the method runs above
+  the resident memory when it starts (sampled every 5 ms from /proc/self/statm, after handing the C heap's free
+  memory back), which leaves out the benchmark's rows in memory and the measuring passes before and after.
 
     python benchmarks/scale.py --output benchmarks/results/scale.md [--models vit-base deit-small] [--rows 128 512]
 
@@ -33,13 +35,16 @@ Each measurement runs in a fresh process (group). CPU threads: what torch uses b
 from __future__ import annotations
 
 import argparse
+import ctypes
 import itertools
 import json
 import os
 import resource
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 
 import datasets
 import numpy as np
@@ -108,6 +113,37 @@ def random_rows(rows: int, classes: int, input_name: str, shape: tuple, seed: in
     return datasets.Dataset.from_dict({input_name: list(inputs), "label": labels}, features=features)
 
 
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def resident_peak(interval: float = 0.005):
+    """Samples the resident memory every `interval` seconds during the block; yields a dict that holds, after it,
+    `start` (bytes when the block began) and `peak` (the largest sample, at least `start`). The C heap's free
+    memory is handed back to the system first (glibc `malloc_trim`), so `start` counts what is live, not what earlier
+    passes freed and the block could reuse unseen."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    found = {"start": resident_bytes()}
+    found["peak"] = found["start"]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(interval):
+            found["peak"] = max(found["peak"], resident_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield found
+    finally:
+        done.set()
+        sampler.join()
+        found["peak"] = max(found["peak"], resident_bytes())
+
+
 def run_one(model_name: str, method: str, rows: int, batch: int, classes: int = 10, forget: int = 1) -> dict:
     """One measurement (in this process; under `torch.distributed.run`, process 0's view of a shared run)."""
     torch.manual_seed(0)
@@ -128,6 +164,15 @@ def run_one(model_name: str, method: str, rows: int, batch: int, classes: int = 
     trainer.predict_logits(trainer.forget_view)
     trainer.predict_logits(trainer.retain_view)
     forward = time.perf_counter() - start
+    method_memory = {}
+    run_method = trainer.method.run
+
+    def run_and_sample():  # the method's own memory: what it holds above the process's memory when it starts
+        with resident_peak() as found:
+            run_method()
+        method_memory.update(found)
+
+    trainer.method.run = run_and_sample
     result = trainer.unlearn()
     metrics = result.metrics
     return {
@@ -145,6 +190,7 @@ def run_one(model_name: str, method: str, rows: int, batch: int, classes: int = 
         "stage_seconds": metrics.get("stage_seconds", {}),
         "evaluation_seconds": metrics["evaluation_seconds"],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "method_rss_gb": (method_memory["peak"] - method_memory["start"]) / 2**30,
         "forget_accuracy": metrics.get("forget_accuracy"),
     }
 
@@ -152,17 +198,19 @@ def run_one(model_name: str, method: str, rows: int, batch: int, classes: int = 
 def table(results: list[dict]) -> str:
     lines = [
         "| model | params (M) | method | classes (forgotten) | processes x threads | rows read | forward (s) "
-        "| method (s) | x forward | stages (s) | evaluation (s) | evaluation / method | peak RSS (GB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method (s) | x forward | stages (s) | evaluation (s) | evaluation / method | peak RSS (GB) | method's own "
+        "memory (GB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in r["stage_seconds"].items())
+        own = f"{r['method_rss_gb']:.2f}" if "method_rss_gb" in r else "-"  # not measured before this column
         lines.append(
             f"| {r['model']} | {r['parameters_m']:.1f} | {r['method']} | {r.get('classes', 10)} "
             f"({r.get('forget_classes', 1)}) | {r.get('processes', 1)} x {r.get('threads', '-')} | {r['rows_read']} "
             f"| {r['forward_seconds']:.1f} | {r['unlearn_seconds']:.1f} | {r['unlearn_seconds'] / r['forward_seconds']:.2f} "
             f"| {stages} | {r['evaluation_seconds']:.1f} | {r['evaluation_seconds'] / r['unlearn_seconds']:.2f} "
-            f"| {r['peak_rss_gb']:.2f} |"
+            f"| {r['peak_rss_gb']:.2f} | {own} |"
         )
     return "\n".join(lines)
 
