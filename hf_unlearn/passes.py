@@ -48,6 +48,16 @@ def shard_batches(dataset, accelerator: Accelerator, collate: Callable, prepare:
     progress.close()
 
 
+def broadcast_weights(module: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Every process takes process 0's parameters and buffers of `module`, in place (no-op in one process). For
+    methods that compute whole weights on every process from the same statistics: floating-point results may differ
+    between devices, and processes holding different weights would measure and save a mix of models."""
+    if accelerator.num_processes == 1:
+        return
+    for tensor in module.state_dict().values():
+        torch.distributed.broadcast(tensor, src=0)
+
+
 def gather_shards(local: torch.Tensor, total: int, accelerator: Accelerator) -> torch.Tensor:
     """Per-row results of this process's share from `shard_batches` (`(rows, ...)`, possibly 0 rows), joined over
     processes into all `total` rows in dataset order, on every process."""

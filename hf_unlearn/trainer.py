@@ -18,7 +18,7 @@ from .lora import lora_if_asked
 from .measure_cache import original_metrics as original_metrics_of
 from .metrics import gap_to_reference
 from .outputs import check_finite
-from .passes import gather_shards, predict_logits, shard_accuracy, shard_batches
+from .passes import broadcast_weights, gather_shards, predict_logits, shard_accuracy, shard_batches
 from .request import UnlearningRequest
 from .saving import SavingMixin
 from .training import ForgetTargetCallback, no_hub_pushes, objects_so_far_left_to_refcounting
@@ -133,6 +133,8 @@ class UnlearningTrainer(SavingMixin, Trainer):
         with no_hub_pushes(args), lora_if_asked(self.model, args.peft_config, args.peft_merge, self.method.report):
             self.method.run()
         self.accelerator.wait_for_everyone()
+        if not self.method.supports_sharding:  # whole weights computed on every process: all go on with process 0's
+            broadcast_weights(self.model, self.accelerator)
         seconds = time.perf_counter() - start
         self._raise_on_every_process(check_finite, self.model, f"After '{args.method}'")
         started = time.perf_counter()

@@ -5,12 +5,15 @@ what MODE computes to RESULT_PATH."""
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForImageClassification
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
+from hf_unlearn.contract import UnlearningMethod
 from hf_unlearn.examples.digits import load_digits_dataset
+from hf_unlearn.registry import register_method
 
 SVD_KWARGS = {"num_samples": 200, "alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [1.0, 10.0]}
 
@@ -110,6 +113,37 @@ def fisher_diagonals(trainer: UnlearningTrainer, result_path: str) -> None:
         torch.save({"num_processes": trainer.accelerator.num_processes, "fisher": fisher}, result_path)
 
 
+@dataclass
+class RankEditConfig:
+    """No settings."""
+
+
+class RankEdit(UnlearningMethod):
+    """A whole-weight edit that differs between processes (the head's bias moved by the process index), as a
+    computation that is not bit-identical across devices would: the trainer must make every process go on with
+    process 0's weights."""
+
+    supports_sharding = False
+
+    @torch.no_grad()
+    def run(self) -> None:
+        self.trainer.model.classifier.bias += float(self.trainer.accelerator.process_index)
+
+
+register_method("test_rank_edit", RankEditConfig, RankEdit, description="Test only: a per-process weight edit.")
+
+
+def rank_edit_weights(model_dir: str, output_dir: str, result_path: str) -> UnlearningTrainer:
+    """Every process writes its head bias after `test_rank_edit` to RESULT_PATH.<rank>."""
+    trainer = make_trainer(model_dir, output_dir, "test_rank_edit")
+    trainer.args.eval_before_unlearn = trainer.args.eval_after_unlearn = False
+    trainer.unlearn()
+    torch.save({"num_processes": trainer.accelerator.num_processes,
+                "bias": trainer.model.classifier.bias.detach().cpu()},
+               f"{result_path}.{trainer.accelerator.process_index}")  # fmt: skip
+    return trainer
+
+
 def gan_cascade_in_step(model_dir: str, output_dir: str, result_path: str) -> UnlearningTrainer:
     """Class unlearning of a small saved GAN with an untrained judge; every process writes its run (stopping
     iteration, checked values, weights) to RESULT_PATH.<rank>."""
@@ -143,6 +177,8 @@ if __name__ == "__main__":
     elif mode == "fisher":
         trainer = make_trainer(model_dir, output_dir, "remain_geometry")
         fisher_diagonals(trainer, result_path)
+    elif mode == "rank_edit":
+        trainer = rank_edit_weights(model_dir, output_dir, result_path)
     elif mode == "gan":
         trainer = gan_cascade_in_step(model_dir, output_dir, result_path)
     elif mode == "gppu":

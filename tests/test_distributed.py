@@ -45,6 +45,19 @@ def test_metrics_over_two_processes_equal_one(trained, digits, tmp_path):
     assert result["metrics"]["per_class_accuracy"] == pytest.approx(single["per_class_accuracy"])
 
 
+def test_every_process_goes_on_with_process_0s_weights_after_a_whole_weight_method(trained, tmp_path):
+    """A gradient-free method computes whole weights on every process; where those differ (here on purpose: the
+    process index is added to the head's bias), every process ends with process 0's, so what they measure and save
+    is one model."""
+    model = trained("vit")
+    model.save_pretrained(tmp_path / "model")
+    run_two_processes("rank_edit", tmp_path / "model", tmp_path / "bias", 29518)
+    ranks = [torch.load(tmp_path / f"bias.{rank}") for rank in range(2)]
+    assert [result["num_processes"] for result in ranks] == [2, 2]
+    torch.testing.assert_close(ranks[0]["bias"], model.classifier.bias.detach())  # process 0's edit adds 0
+    torch.testing.assert_close(ranks[1]["bias"], ranks[0]["bias"], rtol=0, atol=0)
+
+
 def test_svd_statistics_and_projection_over_two_processes_equal_one(trained, tmp_path):
     """ResNet: conv layers with the paper's random crops (drawn per sample, so the split does not matter), the
     linear head, the alpha search scored on held-out rows split between processes."""
