@@ -130,11 +130,10 @@ class RankEdit(UnlearningMethod):
         self.trainer.model.classifier.bias += float(self.trainer.accelerator.process_index)
 
 
-register_method("test_rank_edit", RankEditConfig, RankEdit, description="Test only: a per-process weight edit.")
-
-
 def rank_edit_weights(model_dir: str, output_dir: str, result_path: str) -> UnlearningTrainer:
-    """Every process writes its head bias after `test_rank_edit` to RESULT_PATH.<rank>."""
+    """Every process writes its head bias after `test_rank_edit` to RESULT_PATH.<rank>. The method is registered
+    here, in the worker's process only: the test session imports this module and must not see it."""
+    register_method("test_rank_edit", RankEditConfig, RankEdit, description="Test only: a per-process weight edit.")
     trainer = make_trainer(model_dir, output_dir, "test_rank_edit")
     trainer.args.eval_before_unlearn = trainer.args.eval_after_unlearn = False
     trainer.unlearn()
