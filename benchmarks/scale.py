@@ -13,7 +13,7 @@ model and method, in one process (so the peak memory is this run's):
 - `evaluation_seconds`: the default measuring passes before and after (original and unlearned model), and its
   ratio to the method's own time;
 - the process's peak resident memory, and the method's own: the peak resident memory while the method runs above
-  the resident memory when it starts (sampled every 5 ms from /proc/self/statm, after handing the C heap's free
+  the resident memory when it starts (sampled every 2 ms from /proc/self/statm, after handing the C heap's free
   memory back), which leaves out the benchmark's rows in memory and the measuring passes before and after.
 
     python benchmarks/scale.py --output benchmarks/results/scale.md [--models vit-base deit-small] [--rows 128 512]
@@ -42,14 +42,12 @@ import os
 import resource
 import sys
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
 
 import datasets
 import numpy as np
 import torch
-from common import measure_in_process, write_table
+from common import measure_in_process, with_peak_memory, write_table
 from transformers import (
     ASTConfig,
     ASTForAudioClassification,
@@ -113,37 +111,6 @@ def random_rows(rows: int, classes: int, input_name: str, shape: tuple, seed: in
     return datasets.Dataset.from_dict({input_name: list(inputs), "label": labels}, features=features)
 
 
-def resident_bytes() -> int:
-    """This process's resident memory now (Linux)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-@contextmanager
-def resident_peak(interval: float = 0.005):
-    """Samples the resident memory every `interval` seconds during the block; yields a dict that holds, after it,
-    `start` (bytes when the block began) and `peak` (the largest sample, at least `start`). The C heap's free
-    memory is handed back to the system first (glibc `malloc_trim`), so `start` counts what is live, not what earlier
-    passes freed and the block could reuse unseen."""
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    found = {"start": resident_bytes()}
-    found["peak"] = found["start"]
-    done = threading.Event()
-
-    def sample():
-        while not done.wait(interval):
-            found["peak"] = max(found["peak"], resident_bytes())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield found
-    finally:
-        done.set()
-        sampler.join()
-        found["peak"] = max(found["peak"], resident_bytes())
-
-
 def run_one(model_name: str, method: str, rows: int, batch: int, classes: int = 10, forget: int = 1) -> dict:
     """One measurement (in this process; under `torch.distributed.run`, process 0's view of a shared run)."""
     torch.manual_seed(0)
@@ -168,9 +135,8 @@ def run_one(model_name: str, method: str, rows: int, batch: int, classes: int = 
     run_method = trainer.method.run
 
     def run_and_sample():  # the method's own memory: what it holds above the process's memory when it starts
-        with resident_peak() as found:
-            run_method()
-        method_memory.update(found)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # the C heap's free memory back first: the start counts what is live
+        _, _, method_memory["bytes"] = with_peak_memory(run_method)
 
     trainer.method.run = run_and_sample
     result = trainer.unlearn()
@@ -190,7 +156,7 @@ def run_one(model_name: str, method: str, rows: int, batch: int, classes: int = 
         "stage_seconds": metrics.get("stage_seconds", {}),
         "evaluation_seconds": metrics["evaluation_seconds"],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "method_rss_gb": (method_memory["peak"] - method_memory["start"]) / 2**30,
+        "method_rss_gb": method_memory["bytes"] / 2**30,
         "forget_accuracy": metrics.get("forget_accuracy"),
     }
 
