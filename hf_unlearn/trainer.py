@@ -242,7 +242,6 @@ class UnlearningTrainer(SavingMixin, Trainer):
         return metrics
 
 
-
 def _loggable(metrics: dict, original: dict | None) -> dict:
     """The scalar results as `Trainer.log` records them (`unlearned/...`, `original/...`)."""
     values = {f"unlearned/{key}": value for key, value in metrics.items() if isinstance(value, int | float)}
