@@ -117,6 +117,28 @@ def shard_accuracy(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor,
     return correct / total if total else None
 
 
+@torch.no_grad()
+def shard_logits(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
+    """`model`'s float logits on each of this process's batches from `shard_batches`, in order."""
+    with evaluating(model):
+        return [model(**{name: value for name, value in batch.items() if name != "labels"}).logits.float()
+                for _, batch in batches]  # fmt: skip
+
+
+@torch.no_grad()
+def shard_divergence(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, dict]], reference: list[torch.Tensor],
+                     accelerator: Accelerator) -> float | None:  # fmt: skip
+    """Mean KL divergence KL(reference || model) of the predicted class distributions over the rows of `batches`
+    (`reference`: `shard_logits` of another model on the same batches), summed over processes; None for no rows."""
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for logits, reference_logits in zip(shard_logits(model, batches), reference, strict=True):
+        divergence = torch.nn.functional.kl_div(logits.log_softmax(-1), reference_logits.log_softmax(-1),
+                                                reduction="sum", log_target=True)  # fmt: skip
+        totals += torch.stack([divergence.double(), torch.tensor(len(logits), device=logits.device).double()])
+    divergence, rows = accelerator.reduce(totals, reduction="sum").tolist()
+    return divergence / rows if rows else None
+
+
 @contextlib.contextmanager
 def quiet_datasets():
     """No `datasets` progress bar inside the block (for quick internal copies); the user's setting is restored."""

@@ -176,6 +176,18 @@ def test_scoring_only_the_points_that_can_be_kept_keeps_the_same_point(trained, 
     assert (weak.metrics["alpha_r"], weak.metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
 
 
+def test_the_kl_score_keeps_the_point_whose_retain_predictions_moved_least(trained, digits, make_args):
+    """`alpha_score="forget_first_kl"` through the trainer: every point scored on the retain rows has its `retain_kl`
+    (>= 0), and the point kept is the one of least divergence among those at the forget target."""
+    grid = {"alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [1.0, 10.0]}
+    _, result = _unlearn(trained("resnet"), digits, make_args, [3], alpha_score="forget_first_kl", **grid)
+    scored = [point for point in result.metrics["alpha_grid"] if point["retain_accuracy"] is not None]
+    assert scored and all(point["retain_kl"] >= 0.0 for point in scored)
+    at_target = [point for point in scored if point["forget_accuracy"] == 0.0] or scored
+    best = min(at_target, key=lambda point: point["retain_kl"])
+    assert (result.metrics["alpha_r"], result.metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
+
+
 def test_refining_bisects_alpha_f_where_the_grid_crosses_the_forget_target(trained, digits, make_args):
     """`refine_steps`: at alpha_f 0.01 nothing is removed, at 1000 the class is gone, so every alpha_r crosses the
     target; each is bisected 4 times on a log scale, the weakest point found at the target is scored and reported
@@ -205,6 +217,37 @@ def test_the_grid_point_each_score_keeps():
     assert best_grid_point(grid, "forget_first", 0.05)["alpha_r"] == 100  # a looser target admits it
     nothing_forgets = [dict(point, forget_accuracy=0.5 - 0.1 * i) for i, point in enumerate(grid)]
     assert best_grid_point(nothing_forgets, "forget_first", 0.0)["alpha_r"] == 100  # the lowest forget accuracy
+    # "forget_first_kl": among the points at the target, the retain predictions that moved least, whatever the accuracy.
+    moved = [dict(point, retain_kl=kl) for point, kl in zip(grid, [0.1, 0.3, 0.0], strict=True)]
+    assert best_grid_point(moved, "forget_first_kl", 0.0)["alpha_r"] == 10
+    assert best_grid_point(moved, "forget_first_kl", 0.05)["alpha_r"] == 100
+
+
+def test_the_divergence_of_retain_predictions_is_the_mean_kl_to_the_reference():
+    """`passes.shard_divergence`: 0 for the same model, and the mean over rows of KL(reference || model) otherwise."""
+    from accelerate import Accelerator
+
+    from hf_unlearn.passes import shard_divergence, shard_logits
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return type("Output", (), {"logits": self.layer(x)})()
+
+    torch.manual_seed(0)
+    model, batches = Logits(), [(torch.arange(5), {"x": torch.randn(5, 4), "labels": torch.zeros(5)}) for _ in range(2)]
+    reference = shard_logits(model, batches)
+    accelerator = Accelerator(cpu=True)
+    assert shard_divergence(model, batches, reference, accelerator) == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():
+        model.layer.weight.mul_(3.0)
+    p = torch.cat(reference).softmax(-1)
+    q = torch.cat(shard_logits(model, batches)).softmax(-1)
+    expected = (p * (p.log() - q.log())).sum(-1).mean().item()
+    assert shard_divergence(model, batches, reference, accelerator) == pytest.approx(expected, rel=1e-5) and expected > 0
 
 
 def test_scored_after_a_trial_refit_the_grid_keeps_its_best_refitted_point(trained, digits, make_args):
