@@ -19,7 +19,8 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
    (`search_fraction` of the forget and retain rows, never the eval set). `alpha_score="forget_first"` (default)
    keeps the point with the best held-out retain accuracy among those whose projection alone is at the forget
    target (with `score_after_refit`, the retain accuracy after a trial head refit of step 5, cross-fitted on the
-   held-out rows: refitted on half, scored on the other half, both ways). `"product"` keeps the best
+   held-out rows: refitted on half, scored on the other half, both ways); `"forget_first_kl"` ranks the same points
+   by how little their retain predictions moved from the original's (mean KL). `"product"` keeps the best
    retain x (1 - forget), before any refit. The grid is reported in the metrics (`alpha_grid`). With
    "forget_first" only the points at the forget target (none: those with the lowest forget accuracy) are scored on
    the held-out retain rows, since no other point can be kept (`full_grid=True` scores them all). `refine_steps`
