@@ -1,7 +1,7 @@
 """Forward passes over a dataset split across processes: each process reads its own contiguous share of the rows,
 exactly once (no padding duplicates, unlike a prepared dataloader), for statistics summed over processes afterwards.
 They need an `accelerate.Accelerator`, a collator and a device, not a Trainer; `UnlearningTrainer.shard_batches` and
-friends call them with the trainer's."""
+friends call them with the trainer's. `broadcast_weights` hands process 0's weights to every process."""
 
 from __future__ import annotations
 
@@ -95,6 +95,15 @@ def predict_logits(model: torch.nn.Module, loader: Iterable[dict] | None, accele
 
 
 @torch.no_grad()
+def batch_logits(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, dict]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`(float logits, labels)` of `model` (in eval mode meanwhile) on each batch from `shard_batches`, in order: the
+    one forward pass `shard_accuracy`, `shard_logits` and `shard_divergence` score."""
+    with evaluating(model):
+        for _, batch in batches:
+            yield model(**{name: value for name, value in batch.items() if name != "labels"}).logits.float(), batch["labels"]
+
+
+@torch.no_grad()
 def shard_accuracy(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, dict]], accelerator: Accelerator,
                    plausible_at: float | None = None) -> float | None:  # fmt: skip
     """Accuracy of `model` on batches from `shard_batches` (kept, e.g. to score many candidate weights on the same
@@ -104,25 +113,19 @@ def shard_accuracy(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor,
     being the top prediction: an upper bound of the accuracy that reaches 0 only once the label is implausible
     everywhere, the margin a forget check needs so that rows it never saw are forgotten too."""
     counts = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    with evaluating(model):
-        for _, batch in batches:
-            inputs = {name: value for name, value in batch.items() if name != "labels"}
-            logits, labels = model(**inputs).logits.float(), batch["labels"]
-            counted = logits.argmax(-1) == labels
-            if plausible_at is not None:
-                label_probability = logits.softmax(-1).gather(-1, labels[:, None])[:, 0]
-                counted |= label_probability >= plausible_at
-            counts += torch.stack([counted.sum(), torch.tensor(len(labels), device=counted.device)]).to(counts)
+    for logits, labels in batch_logits(model, batches):
+        counted = logits.argmax(-1) == labels
+        if plausible_at is not None:
+            label_probability = logits.softmax(-1).gather(-1, labels[:, None])[:, 0]
+            counted |= label_probability >= plausible_at
+        counts += torch.stack([counted.sum(), torch.tensor(len(labels), device=counted.device)]).to(counts)
     correct, total = accelerator.reduce(counts, reduction="sum").tolist()
     return correct / total if total else None
 
 
-@torch.no_grad()
 def shard_logits(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
     """`model`'s float logits on each of this process's batches from `shard_batches`, in order."""
-    with evaluating(model):
-        return [model(**{name: value for name, value in batch.items() if name != "labels"}).logits.float()
-                for _, batch in batches]  # fmt: skip
+    return [logits for logits, _ in batch_logits(model, batches)]
 
 
 @torch.no_grad()
@@ -131,7 +134,7 @@ def shard_divergence(model: torch.nn.Module, batches: Iterable[tuple[torch.Tenso
     """Mean KL divergence KL(reference || model) of the predicted class distributions over the rows of `batches`
     (`reference`: `shard_logits` of another model on the same batches), summed over processes; None for no rows."""
     totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for logits, reference_logits in zip(shard_logits(model, batches), reference, strict=True):
+    for (logits, _), reference_logits in zip(batch_logits(model, batches), reference, strict=True):
         divergence = torch.nn.functional.kl_div(logits.log_softmax(-1), reference_logits.log_softmax(-1),
                                                 reduction="sum", log_target=True)  # fmt: skip
         totals += torch.stack([divergence.double(), torch.tensor(len(logits), device=logits.device).double()])
