@@ -290,6 +290,23 @@ def evaluating(module: nn.Module):
 
 
 @contextlib.contextmanager
+def batchnorm_statistics_kept(module: nn.Module):
+    """BatchNorm layers of `module` that are in training mode still normalise with each batch's own statistics for
+    the block, but leave their running statistics (and batch count) as they are: for batches that are not a sample of
+    the data the model will serve, e.g. a batch of one class being forgotten, whose mean and variance would otherwise
+    pull the statistics every class is normalised with at inference. Restored after (also on an error)."""
+    layers = [layer for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)
+              and layer.training and layer.track_running_stats]  # fmt: skip
+    for layer in layers:
+        layer.track_running_stats = False  # training mode: batch statistics, the running buffers are not passed
+    try:
+        yield module
+    finally:
+        for layer in layers:
+            layer.track_running_stats = True
+
+
+@contextlib.contextmanager
 def capturing(module: nn.Module):
     """Record `module`'s input during the block: `with capturing(head) as captured: model(**batch)`, then
     `captured.value`."""

@@ -8,6 +8,7 @@ from torch import nn
 from hf_unlearn.activations import (
     BlockInputReplay,
     GramStatistics,
+    batchnorm_statistics_kept,
     capturing,
     find_target_modules,
     layer_input_shape,
@@ -288,3 +289,28 @@ def test_a_model_that_does_not_iterate_its_blocks_fails_the_replay_check():
     assert len(model.blocks) == 3  # restored after the failed replay
     with pytest.raises(ValueError, match="not a block of an nn.ModuleList"):
         BlockInputReplay(model, "embed")
+
+
+def test_batchnorm_statistics_kept_normalises_with_the_batch_and_leaves_the_running_statistics():
+    """Inside the block a training-mode BatchNorm computes what it always does (batch statistics), but its running
+    mean, variance and batch count stay; an eval-mode one is left as it is; the layer tracks again after, also after
+    an error. Outside the block the same batch moves the statistics."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.Sequential(nn.BatchNorm2d(3).eval()))
+    x = torch.randn(4, 2, 5, 5) * 3 + 1
+    model(x)  # training mode: this call moves the first layer's running statistics once
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with batchnorm_statistics_kept(model):
+        inside = model(x)
+    after = model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    with torch.no_grad():
+        first = model[1]
+        manual = nn.functional.batch_norm(model[0](x), None, None, first.weight, first.bias, True, 0.0, first.eps)
+        manual = model[2](manual)
+    assert torch.allclose(inside, manual, atol=1e-6)
+    with pytest.raises(RuntimeError), batchnorm_statistics_kept(model):
+        raise RuntimeError("inside")
+    assert model[1].track_running_stats and model[2][0].track_running_stats
+    model(x)
+    assert not torch.equal(before["1.running_mean"], model.state_dict()["1.running_mean"])

@@ -216,6 +216,23 @@ def test_finetuning_touches_only_the_chosen_blocks_and_the_head(
     assert all(parameter.requires_grad for parameter in result.model.parameters())  # flags restored
 
 
+@pytest.mark.parametrize("forget_updates_batchnorm", [False, True])
+def test_forget_batches_leave_the_batchnorm_statistics_alone(forget_updates_batchnorm, trained, digits, make_args):
+    """In each step of the fine-tuning the forget batch runs first, then the retain batch: by default only the retain
+    batch reaches the tail's BatchNorm layers with their running statistics tracked (a one-class batch would shift
+    them); `forget_updates_batchnorm` restores the earlier behaviour. The layer still trains on batch statistics."""
+    model = trained("resnet")
+    norm = next(module for name, module in model.named_modules()
+                if name.startswith("resnet.encoder.stages.1.") and isinstance(module, torch.nn.BatchNorm2d))  # fmt: skip
+    seen = []
+    norm.register_forward_pre_hook(lambda module, args: seen.append(module.track_running_stats) if module.training
+                                   else None)  # fmt: skip
+    unlearn(model, digits, make_args, [3], max_steps=3, learning_rate=1e-3,
+            method_kwargs={"stop_when_recovered": False, "forget_updates_batchnorm": forget_updates_batchnorm})  # fmt: skip
+    assert seen == ([True, True] if forget_updates_batchnorm else [False, True]) * 3
+    assert norm.track_running_stats
+
+
 def test_the_finetuning_epoch_covers_at_most_max_finetune_rows_retain_rows(trained, digits, make_args):
     """`max_finetune_rows`: the fine-tuning's epoch covers that many retain rows (each paired with a forget row), so
     its cost does not grow with the dataset; None runs over every retain row."""
