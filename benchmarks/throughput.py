@@ -16,17 +16,26 @@ method's whole time (`unlearn_seconds`: with remain_geometry's Fisher passes bef
 
     python benchmarks/throughput.py --models vit-tiny-32 deit-small --steps 30 8 --output benchmarks/results/throughput.md
 
-Each (model, method) runs in a fresh process.
+Each (model, method) runs in a fresh process. `--processes 2` runs each one as 2 CPU processes of one thread each
+under `torch.distributed.run` (gloo): the plain Trainer then trains with DistributedDataParallel and the methods
+through their accelerator, and rows/s counts the rows of both processes.
+
+    python benchmarks/throughput.py --models vit-tiny-32 --steps 30 --processes 2 --repeats 3 --output benchmarks/results/throughput_processes.md
+
+Two runs of the same row differed by up to 20 % here; `--repeats N` runs every row N times, interleaved (all rows,
+then all again), and the table gives each row's median rows/s with its range, the overhead from the medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 from common import measure_in_process, write_table
 from scale import MODELS, random_rows
@@ -81,20 +90,36 @@ def run_one(model_name: str, row: str, steps: int) -> dict:
         trainer = UnlearningTrainer(model, args, train_dataset=rows, forget_classes=[0])
         trainer.add_callback(timer)
         method_seconds = trainer.unlearn().metrics["unlearn_seconds"]
+    processes, seconds = 1, timer.seconds
+    if torch.distributed.is_initialized():  # every process's rows; the loop lasts as long as its slowest process
+        processes = torch.distributed.get_world_size()
+        totals = torch.tensor([float(trained_rows[0]), seconds], dtype=torch.float64)
+        torch.distributed.all_reduce(totals[:1])
+        torch.distributed.all_reduce(totals[1:], op=torch.distributed.ReduceOp.MAX)
+        trained_rows[0], seconds = int(totals[0]), float(totals[1])
     return {"model": model_name, "method": row, "steps": timer.steps, "trained_rows": trained_rows[0],
-            "loop_seconds": timer.seconds, "rows_per_second": trained_rows[0] / timer.seconds,
-            "method_seconds": method_seconds, "threads": torch.get_num_threads()}  # fmt: skip
+            "loop_seconds": seconds, "rows_per_second": trained_rows[0] / seconds, "method_seconds": method_seconds,
+            "threads": torch.get_num_threads(), "processes": processes}  # fmt: skip
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | method | steps | rows trained | loop (s) | rows/s | overhead vs plain | method (s) |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    plain = {r["model"]: r["rows_per_second"] for r in results if r["method"] == "plain"}
+    """One line per (model, processes, method): the median over its repeats (rows/s with their range), the overhead
+    from the medians."""
+    runs = {}
     for r in results:
-        overhead = f"{1 - r['rows_per_second'] / plain[r['model']]:+.1%}" if r["model"] in plain else "-"
-        method = "-" if r["method_seconds"] is None else f"{r['method_seconds']:.1f}"
-        lines.append(f"| {r['model']} | {r['method']} | {r['steps']} | {r['trained_rows']} | {r['loop_seconds']:.1f} "
-                     f"| {r['rows_per_second']:.1f} | {overhead if r['method'] != 'plain' else '-'} | {method} |")  # fmt: skip
+        runs.setdefault((r["model"], r.get("processes", 1), r["method"]), []).append(r)
+    lines = ["| model | processes x threads | method | runs | steps | rows trained | loop (s) | rows/s: median (range) | "
+             "overhead vs plain | method (s) |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    median = lambda group, key: float(np.median([r[key] for r in group]))  # noqa: E731
+    for (model, processes, method), group in runs.items():
+        speed, plain = median(group, "rows_per_second"), runs.get((model, processes, "plain"))
+        overhead = f"{1 - speed / median(plain, 'rows_per_second'):+.1%}" if plain and method != "plain" else "-"
+        seconds = [r["method_seconds"] for r in group if r["method_seconds"] is not None]
+        rates = [r["rows_per_second"] for r in group]
+        lines.append(f"| {model} | {processes} x {group[0]['threads']} | {method} | {len(group)} | {group[0]['steps']} "
+                     f"| {group[0]['trained_rows']} | {median(group, 'loop_seconds'):.1f} | {speed:.1f} "
+                     f"({min(rates):.1f}-{max(rates):.1f}) | {overhead} | "
+                     f"{f'{np.median(seconds):.1f}' if seconds else '-'} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -103,23 +128,32 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["vit-tiny-32"])
     parser.add_argument("--steps", nargs="+", type=int, default=[30], help="optimizer steps, one per model")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--processes", type=int, choices=[1, 2], default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each row, interleaved; the table gives medians")
     parser.add_argument("--output", default="benchmarks/results/throughput.md")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.one:
         model_name, method, steps = options.one.split(",")
-        print("RESULT " + json.dumps(run_one(model_name, method, int(steps))))
+        measured = run_one(model_name, method, int(steps))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("RESULT " + json.dumps(measured))
         return
     if len(options.steps) != len(options.models):
         parser.error(f"--steps takes one value per model ({len(options.models)}), got {options.steps}")
     results = []
-    for model_name, steps in zip(options.models, options.steps, strict=True):
-        for method in options.methods:
-            command = [sys.executable, __file__, "--one", f"{model_name},{method},{steps}"]
-            measured = measure_in_process(command, f"{model_name} {method}")
-            if measured is not None:
-                results.append(measured)
-                print(table(results).splitlines()[-1], flush=True)
+    runs = [(model_name, steps, method) for model_name, steps in zip(options.models, options.steps, strict=True)
+            for method in options.methods]  # fmt: skip
+    # Repeats interleave (every row once, then again): a slow spell of the machine falls on every row alike.
+    for model_name, steps, method in runs * options.repeats:
+        command, env = [sys.executable, __file__, "--one", f"{model_name},{method},{steps}"], dict(os.environ)
+        if options.processes == 2:
+            command[1:1] = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+            env["OMP_NUM_THREADS"] = "1"
+        measured = measure_in_process(command, f"{model_name} {method} x{options.processes}", env)
+        if measured is not None:
+            results.append(measured)
+            print(json.dumps(measured), flush=True)
     setting = (
         f"random weights and inputs, {CLASSES} classes, class 0 forgotten, batch {BATCH}, AdamW 1e-5 constant, the "
         "same number of optimizer steps for every row of a model. Rows trained: rows through a training-mode forward "
