@@ -98,6 +98,12 @@ METHODS = {  # name in the table: (method, method_kwargs)
     "gppu": ("gppu", {}),
     # gppu's checks through the whole model, as before `replay_checks` (the same decisions, tests/test_gppu.py).
     "gppu-whole-checks": ("gppu", {"replay_checks": False}),
+    # svd_projection's token layers from every token of every sample (`max_token_rows=None`, the default until stop
+    # 31) and from at most 10,000 token rows per pass (the default since, after the official code).
+    "svd_projection-every-token": ("svd_projection", {"alpha_r_grid": [30.0, 100.0], "alpha_f_grid": [3.0, 10.0],
+                                                      "max_token_rows": None}),
+    "svd_projection-token-cap": ("svd_projection", {"alpha_r_grid": [30.0, 100.0], "alpha_f_grid": [3.0, 10.0],
+                                                    "max_token_rows": 10_000}),
 }
 
 

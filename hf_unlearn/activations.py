@@ -143,6 +143,11 @@ class GramStatistics:
         token_rows: for a Linear layer whose input has token dimensions (`(batch, tokens, d)`): "tokens" (default)
             makes every token a row; "mean" makes each sample's mean over its tokens its one row, so the statistics
             describe what differs between samples rather than between the tokens of one sample.
+        max_token_rows: with "tokens", about how many rows a Linear layer's statistics take from the whole pass: each
+            sample contributes ceil(max_token_rows / num_samples) of its tokens, drawn at random from its position in
+            the pass and the seed (the same tokens for every layer of one token count), or all of them when it has
+            fewer. After Kodge et al.'s official code, which keeps 10,000 random rows of each layer's input. None:
+            every token. The Gram matrices' cost falls with it (about rows x d^2 per layer).
 
     Set `sample_ids` (the pass-wide position of each row of the next batch) before each forward pass while
     `recording()`. After the pass, `grams[name]` is a float32 `(groups, d, d)` tensor and `rows[name]` the number
@@ -150,13 +155,18 @@ class GramStatistics:
     """
 
     def __init__(self, modules: dict[str, nn.Module], num_samples: int, conv_window: int | None = 3, seed: int = 0,
-                 conv_crop: str = "windows", token_rows: str = "tokens"):  # fmt: skip
+                 conv_crop: str = "windows", token_rows: str = "tokens", max_token_rows: int | None = None):  # fmt: skip
         if conv_crop not in CONV_CROPS:
             raise ValueError(f"`conv_crop` must be one of {CONV_CROPS}, got {conv_crop!r}.")
         if token_rows not in TOKEN_ROWS:
             raise ValueError(f"`token_rows` must be one of {TOKEN_ROWS}, got {token_rows!r}.")
+        if max_token_rows is not None and max_token_rows < 1:
+            raise ValueError(f"`max_token_rows` must be >= 1 or None, got {max_token_rows!r}.")
         self.modules = modules
         self.conv_window, self.conv_crop, self.token_rows = conv_window, conv_crop, token_rows
+        self.num_samples, self.seed = num_samples, seed
+        self.tokens_per_sample = None if max_token_rows is None else -(-max_token_rows // max(1, num_samples))
+        self._token_draws: dict[int, torch.Tensor] = {}
         self.sample_ids: torch.Tensor | None = None
         self.grams, self.rows, self._crop_draws = {}, {}, {}
         for index, (name, module) in enumerate(modules.items()):
@@ -194,6 +204,8 @@ class GramStatistics:
         if isinstance(module, nn.Linear):
             if self.token_rows == "mean" and x.dim() > 2:
                 x = x.float().mean(dim=tuple(range(1, x.dim() - 1)))
+            elif self.tokens_per_sample is not None and x.dim() > 2:
+                x = self._some_tokens(x.reshape(x.shape[0], -1, size))
             return x.reshape(-1, 1, size).float()
         if isinstance(module, nn.Conv1d):
             x = x.unsqueeze(2)
@@ -207,6 +219,20 @@ class GramStatistics:
             x = self._crop(name, x, kernel, stride, dilation)
         patches = F.unfold(x.float(), kernel, dilation=dilation, stride=stride)  # (batch, groups * d, positions)
         return patches.transpose(1, 2).reshape(-1, groups, size)
+
+    def _some_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`tokens_per_sample` of each sample's tokens `(batch, count, d)`, drawn from its position in the pass."""
+        count = tokens.shape[1]
+        if self.tokens_per_sample >= count:
+            return tokens
+        if self.sample_ids is None or len(self.sample_ids) != tokens.shape[0]:
+            raise RuntimeError("Set `GramStatistics.sample_ids` to the batch's sample positions before each forward.")
+        if count not in self._token_draws:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + 7_919 * count)
+            self._token_draws[count] = torch.rand(self.num_samples, count, generator=generator)
+        draws = self._token_draws[count][self.sample_ids.cpu()]
+        index = draws.topk(self.tokens_per_sample, dim=1, largest=False).indices.to(tokens.device)
+        return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
     def _crop(self, name, x, kernel, stride, dilation):
         """Each sample's random window of output positions covering `conv_window` kernels of input per side."""
@@ -255,13 +281,13 @@ class GramStatistics:
 @torch.no_grad()
 def collect_input_grams(
     trainer, dataset, modules: dict[str, nn.Module], conv_window: int | None = 3, description: str = "Statistics",
-    conv_crop: str = "windows", token_rows: str = "tokens",
+    conv_crop: str = "windows", token_rows: str = "tokens", max_token_rows: int | None = None,
 ) -> GramStatistics:
     """One forward pass of `trainer.model` (eval mode) over `dataset`, shared between processes without duplicates,
     accumulating the input Gram matrix of every layer in `modules`, summed over processes."""
     model = trainer.model
     statistics = GramStatistics(modules, num_samples=len(dataset), conv_window=conv_window, seed=trainer.args.seed,
-                                conv_crop=conv_crop, token_rows=token_rows)  # fmt: skip
+                                conv_crop=conv_crop, token_rows=token_rows, max_token_rows=max_token_rows)  # fmt: skip
     with evaluating(model):
         with statistics.recording():
             for sample_ids, batch in trainer.shard_batches(dataset, description):

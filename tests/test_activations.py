@@ -17,10 +17,10 @@ from hf_unlearn.activations import (
 from hf_unlearn.models import classification_head, model_tail
 
 
-def record(modules, batches, num_samples, conv_window=None, seed=0, token_rows="tokens"):
+def record(modules, batches, num_samples, conv_window=None, seed=0, token_rows="tokens", max_token_rows=None):
     """Run `batches` (list of (sample_ids, input)) through each module directly and return the statistics."""
     statistics = GramStatistics(modules, num_samples=num_samples, conv_window=conv_window, seed=seed,
-                                token_rows=token_rows)  # fmt: skip
+                                token_rows=token_rows, max_token_rows=max_token_rows)  # fmt: skip
     with statistics.recording():
         for ids, x in batches:
             statistics.sample_ids = ids
@@ -55,6 +55,29 @@ def test_mean_token_rows_are_one_row_per_sample():
                                flat.T @ flat)  # fmt: skip
     with pytest.raises(ValueError, match="token_rows"):
         GramStatistics({"layer": layer}, num_samples=4, token_rows="cls")
+
+
+def test_max_token_rows_keeps_that_many_of_each_samples_tokens_whatever_the_batches():
+    """`max_token_rows`: each sample gives ceil(max_token_rows / num_samples) of its own tokens, the same ones however
+    the pass is batched; enough rows for every token is every token; the seed draws other tokens."""
+    layer = nn.Linear(8, 3)
+    # Sample s, token t is (s + 1) times the unit vector e_t: the Gram's diagonal says which tokens were kept.
+    x = torch.stack([(s + 1) * torch.eye(8) for s in range(5)])  # 5 samples x 8 tokens x 8 features
+    capped = record({"layer": layer}, [(torch.arange(5), x)], 5, max_token_rows=15)  # 3 tokens a sample
+    assert capped.rows["layer"] == 15
+    gram = capped.grams["layer"][0]
+    assert torch.count_nonzero(gram - torch.diag(gram.diagonal())) == 0  # only kept tokens, each of one sample
+    split = record({"layer": layer}, [(torch.arange(2), x[:2]), (torch.arange(2, 5), x[2:])], 5, max_token_rows=15)
+    torch.testing.assert_close(split.grams["layer"], capped.grams["layer"])
+    for sample in range(5):  # alone, each sample leaves 3 tokens on the diagonal
+        alone = record({"layer": layer}, [(torch.tensor([sample]), x[sample : sample + 1])], 5, max_token_rows=15)
+        assert torch.count_nonzero(alone.grams["layer"][0].diagonal()) == 3
+    full = record({"layer": layer}, [(torch.arange(5), x)], 5, max_token_rows=40)
+    torch.testing.assert_close(full.grams["layer"][0], x.reshape(-1, 8).T @ x.reshape(-1, 8))
+    other = record({"layer": layer}, [(torch.arange(5), x)], 5, seed=1, max_token_rows=15)
+    assert not torch.equal(other.grams["layer"], capped.grams["layer"])
+    with pytest.raises(ValueError, match="max_token_rows"):
+        GramStatistics({"layer": layer}, num_samples=5, max_token_rows=0)
 
 
 @pytest.mark.parametrize(

@@ -364,6 +364,25 @@ def test_token_rows_choose_each_spaces_rows(trained, digits, make_args, monkeypa
     assert remainder == 0 and tokens > 1
 
 
+def test_max_token_rows_bounds_each_token_layers_statistics(trained, digits, make_args, monkeypatch):
+    """`max_token_rows`: a token layer's statistics take ceil(max_token_rows / samples) tokens of each sample."""
+    from hf_unlearn.methods import svd_projection
+
+    recorded = {}
+
+    def recording(*args, **kwargs):
+        statistics = collect(*args, **kwargs)
+        query = next(name for name in statistics.rows if name.endswith(("query", "q_proj")))  # a token layer
+        recorded[args[4]] = statistics.rows[query]
+        return statistics
+
+    collect = svd_projection.collect_input_grams
+    monkeypatch.setattr(svd_projection, "collect_input_grams", recording)
+    _, result = _unlearn(trained("vit"), digits, make_args, [3], alpha_search=False, max_token_rows=100)
+    for split, samples in result.metrics["statistics_rows"].items():
+        assert recorded[f"Statistics ({split})"] == samples * -(-100 // samples)
+
+
 def test_several_classes_are_forgotten_at_once(trained, digits, make_args):
     _, result = _unlearn(trained("resnet"), digits, make_args, [3, 7])
     per_class = result.metrics["per_class_accuracy"]
