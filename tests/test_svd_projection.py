@@ -342,45 +342,40 @@ def test_the_refit_keeps_the_forget_rows_of_the_head_when_asked(trained, digits,
     assert kept.metrics["forget_accuracy"] <= 0.05
 
 
-def test_token_rows_choose_each_spaces_rows(trained, digits, make_args, monkeypatch):
-    """`token_rows="forget_mean"`: the retain statistics keep every token, the forget statistics one mean token per
-    sample, so the forget Gram of a token layer counts samples, the retain Gram tokens."""
+@pytest.fixture
+def token_layer_rows(monkeypatch):
+    """`{"Statistics (retain)": rows, "Statistics (forget)": rows}` of one token layer (a query projection), filled
+    by each statistics pass of svd_projection while the test runs."""
     from hf_unlearn.methods import svd_projection
 
     recorded = {}
+    collect = svd_projection.collect_input_grams
 
     def recording(*args, **kwargs):
         statistics = collect(*args, **kwargs)
-        query = next(name for name in statistics.rows if name.endswith(("query", "q_proj")))  # a token layer
+        query = next(name for name in statistics.rows if name.endswith(("query", "q_proj")))
         recorded[args[4]] = statistics.rows[query]
         return statistics
 
-    collect = svd_projection.collect_input_grams
     monkeypatch.setattr(svd_projection, "collect_input_grams", recording)
+    return recorded
+
+
+def test_token_rows_choose_each_spaces_rows(trained, digits, make_args, token_layer_rows):
+    """`token_rows="forget_mean"`: the retain statistics keep every token, the forget statistics one mean token per
+    sample, so the forget Gram of a token layer counts samples, the retain Gram tokens."""
     _, result = _unlearn(trained("vit"), digits, make_args, [3], alpha_search=False, token_rows="forget_mean")
     rows = result.metrics["statistics_rows"]
-    assert recorded["Statistics (forget)"] == rows["forget"]
-    tokens, remainder = divmod(recorded["Statistics (retain)"], rows["retain"])
+    assert token_layer_rows["Statistics (forget)"] == rows["forget"]
+    tokens, remainder = divmod(token_layer_rows["Statistics (retain)"], rows["retain"])
     assert remainder == 0 and tokens > 1
 
 
-def test_max_token_rows_bounds_each_token_layers_statistics(trained, digits, make_args, monkeypatch):
+def test_max_token_rows_bounds_each_token_layers_statistics(trained, digits, make_args, token_layer_rows):
     """`max_token_rows`: a token layer's statistics take ceil(max_token_rows / samples) tokens of each sample."""
-    from hf_unlearn.methods import svd_projection
-
-    recorded = {}
-
-    def recording(*args, **kwargs):
-        statistics = collect(*args, **kwargs)
-        query = next(name for name in statistics.rows if name.endswith(("query", "q_proj")))  # a token layer
-        recorded[args[4]] = statistics.rows[query]
-        return statistics
-
-    collect = svd_projection.collect_input_grams
-    monkeypatch.setattr(svd_projection, "collect_input_grams", recording)
     _, result = _unlearn(trained("vit"), digits, make_args, [3], alpha_search=False, max_token_rows=100)
     for split, samples in result.metrics["statistics_rows"].items():
-        assert recorded[f"Statistics ({split})"] == samples * -(-100 // samples)
+        assert token_layer_rows[f"Statistics ({split})"] == samples * -(-100 // samples)
 
 
 def test_several_classes_are_forgotten_at_once(trained, digits, make_args):
