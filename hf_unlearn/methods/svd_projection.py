@@ -3,7 +3,8 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
 
 1. One forward pass (eval mode) over `num_samples` retain rows balanced over the retained classes and up to
    `num_samples` forget rows records, for every Linear / Conv layer (patch embedding and head included), the Gram
-   matrix of the layer's inputs (`hf_unlearn.activations`: tokens flattened, conv inputs as im2col patches of one
+   matrix of the layer's inputs (`hf_unlearn.activations`: tokens flattened, about `max_token_rows` of them per pass
+   drawn evenly over the samples as the official code keeps 10,000 random rows, conv inputs as im2col patches of one
    random crop per sample: 3 whole kernel windows of the padded input per side by default, the official code's
    3k x 3k crop of the unpadded input with `conv_crop="official"`; `token_rows` makes each sample's mean token its
    row instead), all computed on the ORIGINAL model.
@@ -40,9 +41,9 @@ The paper's settings, `UnlearnConfig(method="svd_projection", preset="paper", pr
 | "cifar100" | 990 | 1000 | 30 |
 | "imagenet" | 999 | 100 | 10 |
 
-each with `alpha_search=False`, `head_refit_steps=0` and `conv_crop="official"`. The library's defaults differ on
-purpose: the alphas are searched on held-out training rows and the head is refitted (measured in
-`benchmarks/results/`).
+each with `alpha_search=False`, `head_refit_steps=0`, `conv_crop="official"` and `max_token_rows=10000` (the
+official code's random rows per token layer, also the library's default). The library's defaults differ on purpose:
+the alphas are searched on held-out training rows and the head is refitted (measured in `benchmarks/results/`).
 
 Several forget classes are removed at once: their rows together make the forget space. The method is class-level
 (it removes input directions, not samples); for `forget_indices` use a gradient method.
@@ -346,8 +347,10 @@ class LayerProjection:
 
 
 #: The paper's settings (Kodge, Saha & Roy, TMLR 2024, section 5 and the official scripts `scripts/our_*.sh`): the
-#: sample count S and fixed alphas per dataset, no grid search, no head refit (ours), the official conv crop.
-_PAPER = {"alpha_search": False, "head_refit_steps": 0, "conv_crop": "official", "conv_window": 3}
+#: sample count S and fixed alphas per dataset, no grid search, no head refit (ours), the official conv crop and the
+#: official code's 10,000 random input rows per token layer.
+_PAPER = {"alpha_search": False, "head_refit_steps": 0, "conv_crop": "official", "conv_window": 3,
+          "max_token_rows": 10_000}
 PAPER_PRESETS = (
     PaperPreset("cifar10", "classifier", method={**_PAPER, "num_samples": 900, "alpha_r": 100.0, "alpha_f": 3.0},
                 source="Kodge et al. 2024, CIFAR-10: S = 900, alpha_r = 100, alpha_f = 3"),
