@@ -227,11 +227,11 @@ class GramStatistics:
             return tokens
         if self.sample_ids is None or len(self.sample_ids) != tokens.shape[0]:
             raise RuntimeError("Set `GramStatistics.sample_ids` to the batch's sample positions before each forward.")
-        if count not in self._token_draws:
+        if count not in self._token_draws:  # drawn on the CPU (the same on every device), kept where the tokens are
             generator = torch.Generator().manual_seed(self.seed * 100_003 + 7_919 * count)
-            self._token_draws[count] = torch.rand(self.num_samples, count, generator=generator)
-        draws = self._token_draws[count][self.sample_ids.cpu()]
-        index = draws.topk(self.tokens_per_sample, dim=1, largest=False).indices.to(tokens.device)
+            self._token_draws[count] = torch.rand(self.num_samples, count, generator=generator).to(tokens.device)
+        draws = self._token_draws[count][self.sample_ids.to(tokens.device)]
+        index = draws.topk(self.tokens_per_sample, dim=1, largest=False).indices
         return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
     def _crop(self, name, x, kernel, stride, dilation):
