@@ -107,10 +107,13 @@ def table(results: list[dict]) -> str:
     from the medians."""
     runs = {}
     for r in results:
-        runs.setdefault((r["model"], r.get("processes", 1), r["method"]), []).append(r)
+        runs.setdefault((r["model"], r["processes"], r["method"]), []).append(r)
     lines = ["| model | processes x threads | method | runs | steps | rows trained | loop (s) | rows/s: median (range) | "
              "overhead vs plain | method (s) |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    median = lambda group, key: float(np.median([r[key] for r in group]))  # noqa: E731
+
+    def median(group, key):
+        return float(np.median([r[key] for r in group]))
+
     for (model, processes, method), group in runs.items():
         speed, plain = median(group, "rows_per_second"), runs.get((model, processes, "plain"))
         overhead = f"{1 - speed / median(plain, 'rows_per_second'):+.1%}" if plain and method != "plain" else "-"

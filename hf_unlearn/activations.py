@@ -220,17 +220,22 @@ class GramStatistics:
         patches = F.unfold(x.float(), kernel, dilation=dilation, stride=stride)  # (batch, groups * d, positions)
         return patches.transpose(1, 2).reshape(-1, groups, size)
 
+    def _batch_sample_ids(self, batch_size: int) -> torch.Tensor:
+        """`sample_ids` of the batch being recorded, which the random crops and token draws are drawn from."""
+        if self.sample_ids is None or len(self.sample_ids) != batch_size:
+            raise RuntimeError("Set `GramStatistics.sample_ids` to the batch's sample positions before each forward.")
+        return self.sample_ids
+
     def _some_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """`tokens_per_sample` of each sample's tokens `(batch, count, d)`, drawn from its position in the pass."""
         count = tokens.shape[1]
         if self.tokens_per_sample >= count:
             return tokens
-        if self.sample_ids is None or len(self.sample_ids) != tokens.shape[0]:
-            raise RuntimeError("Set `GramStatistics.sample_ids` to the batch's sample positions before each forward.")
+        sample_ids = self._batch_sample_ids(tokens.shape[0])
         if count not in self._token_draws:  # drawn on the CPU (the same on every device), kept where the tokens are
             generator = torch.Generator().manual_seed(self.seed * 100_003 + 7_919 * count)
             self._token_draws[count] = torch.rand(self.num_samples, count, generator=generator).to(tokens.device)
-        draws = self._token_draws[count][self.sample_ids.to(tokens.device)]
+        draws = self._token_draws[count][sample_ids.to(tokens.device)]
         index = draws.topk(self.tokens_per_sample, dim=1, largest=False).indices
         return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
@@ -254,9 +259,7 @@ class GramStatistics:
     def _windows(self, name, x, sizes, choices, steps):
         """Each sample's `sizes` window of `x`, starting at one of `choices` positions per side, `steps` pixels apart,
         drawn from the sample's position in the pass (`sample_ids`)."""
-        if self.sample_ids is None or len(self.sample_ids) != x.shape[0]:
-            raise RuntimeError("Set `GramStatistics.sample_ids` to the batch's sample positions before each forward.")
-        draws = self._crop_draws[name][self.sample_ids.cpu()]
+        draws = self._crop_draws[name][self._batch_sample_ids(x.shape[0]).cpu()]
         starts = [((draws[:, i] * choices[i]).long() * steps[i]).tolist() for i in range(2)]
         crops = [
             sample[:, top : top + sizes[0], left : left + sizes[1]]
