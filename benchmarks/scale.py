@@ -24,10 +24,10 @@ thread each, gloo). `vit-tiny-32` (a ViT of 5.4M parameters on 32 x 32 images) k
 
     python benchmarks/scale.py --models vit-tiny-32 --rows 300 1000 3000 10000 --output benchmarks/results/scale_growth_rows.md
 
-`--methods gppu gppu-whole-checks` sets gppu beside itself with `replay_checks=False` (every check of its fine-tuning
-through the whole model), side by side in one run:
+`--methods gppu gppu-no-replay` sets gppu beside itself with `replay_block_input=False` (every check and training
+step of its fine-tuning through the whole model), side by side in one run:
 
-    python benchmarks/scale.py --models vit-tiny-32 --rows 3000 10000 --methods gppu gppu-whole-checks --output benchmarks/results/scale_gppu_replay_growth.md
+    python benchmarks/scale.py --models vit-tiny-32 --rows 3000 10000 --methods gppu gppu-no-replay --output benchmarks/results/scale_gppu_replay_growth.md
 
 Each measurement runs in a fresh process (group). CPU threads: what torch uses by default on the machine.
 """
@@ -96,8 +96,9 @@ METHODS = {  # name in the table: (method, method_kwargs)
     # The statistics and the alpha grid read at most the rows given; a 2 x 2 grid keeps the search visible.
     "svd_projection": ("svd_projection", {"alpha_r_grid": [30.0, 100.0], "alpha_f_grid": [3.0, 10.0]}),
     "gppu": ("gppu", {}),
-    # gppu's checks through the whole model, as before `replay_checks` (the same decisions, tests/test_gppu.py).
-    "gppu-whole-checks": ("gppu", {"replay_checks": False}),
+    # gppu's checks and training steps through the whole model (`replay_block_input=False`; the same decisions and
+    # weights to rounding, tests/test_gppu.py). Called "gppu-whole-checks" while the replay served the checks alone.
+    "gppu-no-replay": ("gppu", {"replay_block_input": False}),
     # svd_projection's token layers from every token of every sample (`max_token_rows=None`, the default until stop
     # 31) and from at most 10,000 token rows per pass (the default since, after the official code).
     "svd_projection-every-token": ("svd_projection", {"alpha_r_grid": [30.0, 100.0], "alpha_f_grid": [3.0, 10.0],
@@ -164,6 +165,7 @@ def run_one(model_name: str, method: str, rows: int, batch: int, classes: int = 
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "method_rss_gb": method_memory["bytes"] / 2**30,
         "forget_accuracy": metrics.get("forget_accuracy"),
+        "finetune_rows": metrics.get("finetune_rows"),  # gppu: its training steps' rows, replayed or computed
     }
 
 
@@ -176,6 +178,8 @@ def table(results: list[dict]) -> str:
     ]
     for r in results:
         stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in r["stage_seconds"].items())
+        if r.get("finetune_rows"):  # gppu's training rows by how their frozen blocks ran
+            stages += f" (training rows: {r['finetune_rows']['replayed']} replayed, {r['finetune_rows']['computed']} computed)"
         own = f"{r['method_rss_gb']:.2f}" if "method_rss_gb" in r else "-"  # not measured before this column
         lines.append(
             f"| {r['model']} | {r['parameters_m']:.1f} | {r['method']} | {r.get('classes', 10)} "

@@ -397,26 +397,37 @@ def collect_head_features(trainer, dataset, head: nn.Linear, description: str = 
 
 class BlockInputReplay:
     """The input of one block of a model's `nn.ModuleList` of blocks (an encoder layer, a CNN stage), recorded per
-    batch during one pass, then replayed: for the duration of `replaying()` the blocks before it are dropped from the
-    list, so a forward pass runs what precedes the list (embeddings) and the blocks from this one on, with the
-    recorded input in place of what the dropped blocks would have computed.
+    row during one pass, then replayed: inside `replaying()`, a forward pass with recorded rows runs without the
+    blocks before this one (they are dropped from the list for that pass) and feeds the block the recorded input of
+    each row; its rows not recorded get theirs from the model run on them alone up to the block. A pass with no
+    recorded row runs whole. `replayed_rows` and `computed_rows` count the rows of the passes in `replaying()` by
+    whether the blocks before this one ran for them.
 
-    Exact while the dropped blocks and what precedes the list are unchanged (frozen, eval mode) and the rows come in
-    the same batches: a method that fine-tunes a model's tail scores its checks this way at the cost of the tail
-    (`gppu`). `matches` replays one batch and compares what a later layer (the head) receives with what it received
-    in the recorded pass; a model whose forward pass does not iterate its block list, or reads the dropped blocks'
-    outputs elsewhere, fails it and keeps the full pass. Memory: the recorded inputs, on their device (`nbytes`).
+    A row is recognised by what the model receives: every tensor input but `labels`, read bit for bit
+    (`row_keys`), so a row replays exactly where its inputs are the ones recorded, in whatever batch, position or
+    order it comes: a method's checks on the rows it recorded, and its training steps on those rows (shuffled,
+    paired with others). A row whose inputs differ (another padding, an augmentation) is computed, not replayed.
+
+    Exact while the dropped blocks and what precedes the list are unchanged (frozen, eval mode): a method that
+    fine-tunes a model's tail runs its checks and its steps at the cost of the tail (`gppu`). `matches` replays one
+    batch and compares what a later layer (the head) receives with what it received in the recorded pass; a model
+    whose forward pass does not iterate its block list, or reads the dropped blocks' outputs elsewhere, fails it and
+    keeps the full pass. Memory: the recorded inputs, on their device (`nbytes`); recognising a pass's rows costs a
+    few integer operations per input element and one copy of two integers per row to the host.
 
     ```python
     >>> replay = BlockInputReplay(model, "vit.layers.11")
     >>> with replay.recording():
-    ...     for ids, batch in replay.keyed("retain", batches):   # batches from `shard_batches`
+    ...     for _, batch in batches:
     ...         model(**batch)
-    >>> with replay.replaying():                                 # later, the same rows in the same batches
-    ...     for ids, batch in replay.keyed("retain", batches):
-    ...         logits = model(**batch).logits                   # layers 0-10 do not run
+    >>> with replay.replaying():          # later, the same rows in any batches: layers 0-10 do not run
+    ...     logits = model(**batch).logits
+    >>> replay.replayed_rows, replay.computed_rows
     ```
     """
+
+    #: Input elements hashed at once (bounds the integer copy of a batch's inputs).
+    HASH_CHUNK = 1 << 16
 
     def __init__(self, model: nn.Module, block_name: str):
         list_name, _, index = block_name.rpartition(".")
@@ -424,18 +435,55 @@ class BlockInputReplay:
             raise ValueError(f"'{block_name}' is not a block of an nn.ModuleList of {type(model).__name__}.")
         self.model, self.list_name, self.index = model, list_name, int(index)
         self.block = model.get_submodule(block_name)
-        self.inputs: dict[tuple, torch.Tensor] = {}
-        self.key: tuple | None = None
+        self.inputs: list[torch.Tensor] = []  # the block's recorded input, one tensor per recorded pass
+        self.rows: dict[tuple, tuple[int, int]] = {}  # a row's key -> (recorded pass, row in it)
+        self.replayed_rows = self.computed_rows = 0  # rows of the passes in `replaying()`: did the blocks before run?
+        self._keys: list[tuple] | None = None  # the rows of the pass under way
+        self._replayed: torch.Tensor | None = None  # what the block receives in the pass under way, when replayed
+        self._replaying = self._computing = False
+        self._weights: dict[tuple, torch.Tensor] = {}
 
     @property
     def nbytes(self) -> int:
-        return sum(value.numel() * value.element_size() for value in self.inputs.values())
+        return sum(value.numel() * value.element_size() for value in self.inputs)
 
-    def keyed(self, split: str, batches):
-        """`batches` (`(sample_ids, batch)` from `shard_batches`), each one named for the hooks before it is used."""
-        for sample_ids, batch in batches:
-            self.key = (split, int(sample_ids[0]) if len(sample_ids) else -1, len(sample_ids))
-            yield sample_ids, batch
+    def _hash_weights(self, length: int, device: torch.device) -> torch.Tensor:
+        """Two rows of random integer weights for inputs of `length` 16-bit words, small enough that the weighted sum
+        of a row is exact in int64 (|word| < 2^15): two inputs that differ collide with probability at most
+        2^-(2 bits), bits = 47 - log2(length) (28 for a 224x224 RGB image in float32)."""
+        key = (length, str(device))
+        if key not in self._weights:
+            bits = max(8, 47 - math.ceil(math.log2(max(length, 2))))
+            generator = torch.Generator().manual_seed(0x5EED)
+            self._weights[key] = torch.randint(1, 2**bits, (2, length), generator=generator).to(device)
+        return self._weights[key]
+
+    def row_keys(self, args: tuple, kwargs: dict) -> list[tuple]:
+        """One key per row of a forward pass's inputs: the names, shapes and dtypes of its tensors (all but `labels`,
+        each with the batch first) and two exact integer hashes of each row's raw bytes."""
+        tensors = [(str(i), value) for i, value in enumerate(args) if isinstance(value, torch.Tensor)]
+        tensors += [(name, value) for name, value in sorted(kwargs.items())
+                    if isinstance(value, torch.Tensor) and name != "labels"]  # fmt: skip
+        if not tensors or any(value.dim() == 0 for _, value in tensors):
+            return []
+        size = len(tensors[0][1])
+        if not size or any(len(value) != size for _, value in tensors):
+            return []
+        signature = tuple((name, tuple(value.shape[1:]), str(value.dtype)) for name, value in tensors)
+        hashes = []
+        for _, value in tensors:
+            words = value.detach().reshape(size, -1)
+            if words.element_size() == 1:
+                words = words.to(torch.int16)
+            words = words.contiguous().view(torch.int16)
+            weights = self._hash_weights(words.shape[1], words.device)
+            sums = torch.zeros(size, 2, dtype=torch.int64, device=words.device)
+            for start in range(0, words.shape[1], self.HASH_CHUNK):
+                chunk = words[:, start : start + self.HASH_CHUNK].to(torch.int64)
+                for column in range(2):
+                    sums[:, column] += (chunk * weights[column, start : start + self.HASH_CHUNK]).sum(1)
+            hashes.append(sums)
+        return [(signature, *row) for row in torch.cat(hashes, 1).tolist()]
 
     @staticmethod
     def _hidden_slot(args: tuple, kwargs: dict) -> int | str:
@@ -447,29 +495,66 @@ class BlockInputReplay:
                 return name
         raise RuntimeError("The block received no tensor to record.")
 
+    def _recognise(self, module, args, kwargs):
+        self._keys = self.row_keys(args, kwargs)
+
     @contextlib.contextmanager
     def recording(self):
-        """Record the block's input for every keyed batch run in the block."""
+        """Record the block's input for every row of the forward passes run in the block."""
 
         def record(module, args, kwargs):
             slot = self._hidden_slot(args, kwargs)
-            self.inputs[self.key] = (args[slot] if isinstance(slot, int) else kwargs[slot]).detach().clone()
+            value = args[slot] if isinstance(slot, int) else kwargs[slot]
+            if not self._keys or len(self._keys) != len(value):
+                return  # rows not recognised (or not along the first dimension): they will run whole
+            self.inputs.append(value.detach().clone())
+            for row, key in enumerate(self._keys):
+                self.rows.setdefault(key, (len(self.inputs) - 1, row))
 
-        handle = self.block.register_forward_pre_hook(record, with_kwargs=True)
+        handles = [self.model.register_forward_pre_hook(self._recognise, with_kwargs=True),
+                   self.block.register_forward_pre_hook(record, with_kwargs=True)]  # fmt: skip
         try:
             yield self
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
+            self._keys = None
 
     @contextlib.contextmanager
     def replaying(self):
-        """Run the blocks from this one on, fed the recorded input of each keyed batch."""
+        """Run each forward pass with recorded rows from this block on (the blocks before it dropped for that pass),
+        fed their recorded input and, for its other rows, the input computed for them alone; a pass without a
+        recorded row runs whole. Re-entrant."""
+        if self._replaying:
+            yield self
+            return
         parent_name, _, attribute = self.list_name.rpartition(".")
         parent = self.model.get_submodule(parent_name)
         blocks = getattr(parent, attribute)
+        tail = nn.ModuleList(list(blocks)[self.index :])
+
+        def choose(module, args, kwargs):
+            if self._computing:
+                return
+            self._recognise(module, args, kwargs)
+            found = [self.rows.get(key) for key in self._keys]
+            missing = [row for row, place in enumerate(found) if place is None]
+            self._replayed = None
+            if found and len(missing) < len(found):
+                if not missing and self._recorded_pass(found):
+                    self._replayed = self.inputs[found[0][0]]  # a recorded pass, as it was
+                else:
+                    computed = iter(self._computed_inputs(args, kwargs, missing) if missing else ())
+                    self._replayed = torch.stack([next(computed) if place is None else self.inputs[place[0]][place[1]]
+                                                  for place in found])  # fmt: skip
+            setattr(parent, attribute, tail if self._replayed is not None else blocks)
+            self.replayed_rows += len(found) - len(missing) if self._replayed is not None else 0
+            self.computed_rows += len(missing) if self._replayed is not None else len(found)
 
         def replay(module, args, kwargs):
-            slot, recorded = self._hidden_slot(args, kwargs), self.inputs[self.key]
+            if self._replayed is None or self._computing:
+                return None
+            slot, recorded = self._hidden_slot(args, kwargs), self._replayed
             live = args[slot] if isinstance(slot, int) else kwargs[slot]
             # What reaches the block now is what precedes the list (a CNN's stem output, of other channels and size
             # than the stage's input); only the rows must agree.
@@ -479,27 +564,81 @@ class BlockInputReplay:
                 return (recorded, *args[1:]), kwargs
             return args, {**kwargs, slot: recorded}
 
-        handle = self.block.register_forward_pre_hook(replay, with_kwargs=True)
-        setattr(parent, attribute, nn.ModuleList(list(blocks)[self.index :]))
+        def whole_again(module, args, output):
+            setattr(parent, attribute, blocks)  # between passes the model is whole (parameters, state_dict)
+            self._replayed = None
+
+        handles = [self.model.register_forward_pre_hook(choose, with_kwargs=True),
+                   self.model.register_forward_hook(whole_again),
+                   self.block.register_forward_pre_hook(replay, with_kwargs=True)]  # fmt: skip
+        self._replaying = True
         try:
             yield self
         finally:
+            self._replaying = False
             setattr(parent, attribute, blocks)
-            handle.remove()
+            for handle in handles:
+                handle.remove()
+            self._keys = self._replayed = None
+
+    def _recorded_pass(self, found: list[tuple[int, int]]) -> bool:
+        """Whether the rows `found` are one recorded pass, whole and in order."""
+        first = found[0][0]
+        return len(found) == len(self.inputs[first]) and all(place == (first, row) for row, place in enumerate(found))
 
     @torch.no_grad()
-    def matches(self, split: str, batches, module: nn.Module, recorded: torch.Tensor, rtol: float = 1e-4) -> bool:
-        """Whether replaying the first of `batches` (recorded under `split`) feeds `module` (a layer after the block,
-        e.g. the head) what it received in the recorded pass: `recorded`, its inputs then (one row per sample, pooled
-        over tokens, `(rows of the split, d)`). Costs one replayed batch; True when there is no batch. A replay that
-        raises does not match."""
-        for sample_ids, batch in self.keyed(split, batches):
+    def _computed_inputs(self, args: tuple, kwargs: dict, rows: list[int]) -> torch.Tensor:
+        """The block's input for `rows` of a forward pass's inputs (rows not recorded, in a pass whose others are):
+        the model runs on those rows alone (without `labels`) and stops at the block, so only what precedes it runs
+        for them."""
+        size = len(self._keys)
+        index = torch.tensor(rows)
+
+        def some(value):
+            if isinstance(value, torch.Tensor) and value.dim() and len(value) == size:
+                return value[index.to(value.device)]
+            return value
+
+        class Reached(Exception):
+            pass
+
+        def stop(module, block_args, block_kwargs):
+            slot = self._hidden_slot(block_args, block_kwargs)
+            captured.append((block_args[slot] if isinstance(slot, int) else block_kwargs[slot]).detach())
+            raise Reached
+
+        captured = []
+        handle = self.block.register_forward_pre_hook(stop, with_kwargs=True)
+        self._computing = True
+        try:
+            self.model(*(some(value) for value in args),
+                       **{name: some(value) for name, value in kwargs.items() if name != "labels"})  # fmt: skip
+        except Reached:
+            pass
+        finally:
+            self._computing = False
+            handle.remove()
+        if not captured:
+            raise RuntimeError(f"The forward pass never reached '{self.list_name}.{self.index}'.")
+        return captured[0]
+
+    @torch.no_grad()
+    def matches(self, batches, module: nn.Module, recorded: torch.Tensor, rtol: float = 1e-4) -> bool:
+        """Whether replaying the first of `batches` (`(sample_ids, batch)` of recorded rows) feeds `module` (a layer
+        after the block, e.g. the head) what it received in the recorded pass: `recorded`, its inputs then (one row
+        per sample, pooled over tokens, `(rows, d)`). Costs one replayed batch; True when there is no batch. A batch
+        whose rows are not recognised, or whose replay raises, does not match."""
+        for sample_ids, batch in batches:
             inputs = {name: value for name, value in batch.items() if name != "labels"}
+            before = self.replayed_rows
             try:
                 with evaluating(self.model), self.replaying(), capturing(module) as captured:
                     self.model(**inputs)
             except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as error:
                 logger.info(f"Replaying '{self.list_name}' failed ({type(error).__name__}: {error}).")
+                return False
+            if self.replayed_rows == before:
+                logger.info(f"The rows checked were not recognised as recorded ones: '{self.list_name}' is not replayed.")
                 return False
             replayed, expected = pooled_rows(captured.value).float(), recorded[sample_ids.to(recorded.device)].float()
             scale = float(expected.abs().max()) if expected.numel() else 0.0

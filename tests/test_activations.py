@@ -234,7 +234,7 @@ def record_replay(model, replay, batches, head):
     captured_rows = []
     with torch.no_grad(), replay.recording():
         logits = []
-        for _, batch in replay.keyed("rows", batches):
+        for _, batch in batches:
             with capturing(head) as captured:
                 logits.append(model(**batch).logits)
             captured_rows.append(pooled_rows(captured.value))
@@ -253,20 +253,61 @@ def test_a_replayed_block_input_gives_the_full_passes_logits_without_the_blocks_
     batches = batches_of(inputs)
     _, head = classification_head(model)
     full, head_inputs = record_replay(model, replay, batches, head)
-    assert len(replay.inputs) == 3 and replay.nbytes > 0
+    assert len(replay.inputs) == 3 and len(replay.rows) == 6 and replay.nbytes > 0
     block_list = model.get_submodule(replay.list_name)
     ran = []
     handles = [block.register_forward_hook(lambda *_: ran.append(1)) for block in block_list[: replay.index]]
     with torch.no_grad(), replay.replaying():
-        replayed = [model(**batch).logits for _, batch in replay.keyed("rows", batches)]
+        replayed = [model(**batch).logits for _, batch in batches]
     for handle in handles:
         handle.remove()
-    assert not ran and replay.index >= 1
+    assert not ran and replay.index >= 1 and (replay.replayed_rows, replay.computed_rows) == (6, 0)
     for expected, got in zip(full, replayed, strict=True):
         torch.testing.assert_close(got, expected)
     assert model.get_submodule(replay.list_name) is block_list and len(block_list) == replay.index + 1
-    assert replay.matches("rows", batches, head, head_inputs)
-    assert not replay.matches("rows", batches, head, head_inputs + 0.1)  # what the check compares
+    assert replay.matches(batches, head, head_inputs)
+    assert not replay.matches(batches, head, head_inputs + 0.1)  # what the check compares
+
+
+@pytest.mark.parametrize("family", ["vit", "wav2vec2", "resnet"])
+def test_recorded_rows_replay_in_any_batch_and_unrecorded_rows_are_computed(family):
+    """A row is recognised by its inputs alone: recorded rows regrouped (shuffled across the recorded batches, with
+    labels the model never saw when they were recorded) replay and give the whole model's logits. In a batch that
+    also holds a row never recorded, that row's block input is computed (the blocks before it run on it alone) and
+    the logits are still the whole model's; a recorded row changed by one bit is such a row."""
+    torch.manual_seed(0)
+    model, inputs = tiny_classifier(family, num_layers=2)
+    model.eval()
+    blocks, _ = model_tail(model, inputs, num_blocks=1)
+    replay = BlockInputReplay(model, blocks[0])
+    batches = batches_of(inputs)
+    record_replay(model, replay, batches, classification_head(model)[1])
+    rows = {name: torch.cat([batch[name] for _, batch in batches]) for name in inputs}
+    order = torch.tensor([5, 0, 3])
+    regrouped = {name: value[order] for name, value in rows.items()}
+    with torch.no_grad():
+        expected = model(**regrouped).logits  # outside `replaying`: the whole model
+        ran = []
+        handles = [block.register_forward_hook(lambda *_: ran.append(1))
+                   for block in model.get_submodule(replay.list_name)[: replay.index]]  # fmt: skip
+        with replay.replaying():
+            got = model(**regrouped, labels=torch.tensor([1, 2, 3])).logits
+            assert not ran and (replay.replayed_rows, replay.computed_rows) == (3, 0)
+            flipped = {name: value[:1].clone() for name, value in rows.items()}
+            flipped[next(iter(flipped))].view(-1).view(torch.int32)[0] ^= 1  # the lowest bit of one value
+            mixed = {name: torch.cat([value[3:4], torch.randn_like(value[:1]), flipped[name]])
+                     for name, value in rows.items()}  # fmt: skip
+            got_mixed = model(**mixed).logits
+            assert ran and (replay.replayed_rows, replay.computed_rows) == (4, 2)
+            ran.clear()
+            model(**flipped)  # no recorded row: the whole model
+            assert ran and (replay.replayed_rows, replay.computed_rows) == (4, 3)
+        for handle in handles:
+            handle.remove()
+        expected_mixed = model(**mixed).logits
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_mixed, expected_mixed)
+    assert len(model.get_submodule(replay.list_name)) == replay.index + 1  # whole after every pass
 
 
 def test_a_model_that_reads_every_blocks_output_fails_the_replay_check():
@@ -280,7 +321,7 @@ def test_a_model_that_reads_every_blocks_output_fails_the_replay_check():
     batches = batches_of(inputs, count=1)
     _, head = classification_head(model)
     _, head_inputs = record_replay(model, replay, batches, head)
-    assert not replay.matches("rows", batches, head, head_inputs)
+    assert not replay.matches(batches, head, head_inputs)
     assert len(model.get_submodule(replay.list_name)) == 2  # restored
 
 
@@ -306,9 +347,9 @@ def test_a_model_that_does_not_iterate_its_blocks_fails_the_replay_check():
     replay = BlockInputReplay(model, "blocks.2")
     batches = [(torch.arange(2), {"x": torch.randn(2, 4)})]
     with torch.no_grad(), replay.recording():
-        for _, batch in replay.keyed("rows", batches):
+        for _, batch in batches:
             model(**batch)
-    assert not replay.matches("rows", batches, model.head, torch.zeros(2, 8))
+    assert not replay.matches(batches, model.head, torch.zeros(2, 8))
     assert len(model.blocks) == 3  # restored after the failed replay
     with pytest.raises(ValueError, match="not a block of an nn.ModuleList"):
         BlockInputReplay(model, "embed")

@@ -248,17 +248,31 @@ def test_the_finetuning_epoch_covers_at_most_max_finetune_rows_retain_rows(train
 
 @pytest.mark.parametrize("architecture, block", [("vit", "vit.layers.1"), ("resnet", "resnet.encoder.stages.1")])
 def test_checks_through_the_replayed_tail_decide_as_the_whole_model_does(architecture, block, trained, digits, make_args):
-    """`replay_checks`: the checks run only the fine-tuned tail on the recorded input of its first block, and score
-    what the whole model scores: the same checks, the same step kept, the same weights returned."""
+    """`replay_block_input`: the checks and the training steps run only the fine-tuned tail on the recorded input of
+    its first block, and compute what the whole model computes: the same checks, the same step kept, the same weights
+    returned. The training rows not among the sampled ones (1,000 of the 1,290 retain rows; every forget row is) get
+    that input from the frozen blocks run on them alone. A batch's rows computed in other batches differ by rounding,
+    so the weights agree to rounding, except where the gradient is zero but for rounding: the attention keys' bias
+    (softmax ignores it), which Adam's normalisation moves by that rounding and which changes no output."""
     _, replayed = unlearn(trained(architecture), digits, make_args, [3])
-    _, whole = unlearn(trained(architecture), digits, make_args, [3], method_kwargs={"replay_checks": False})
-    assert replayed.metrics["checks_replay_block"] == block and replayed.metrics["checks_replay_mb"] > 0
-    assert whole.metrics["checks_replay_block"] is None and whole.metrics["checks_replay_mb"] == 0.0
+    _, whole = unlearn(trained(architecture), digits, make_args, [3], method_kwargs={"replay_block_input": False})
+    assert replayed.metrics["replay_block"] == block and replayed.metrics["replay_mb"] > 0
+    assert whole.metrics["replay_block"] is None and whole.metrics["replay_mb"] == 0.0
+    assert "finetune_rows" not in whole.metrics
+    # Each step forwards a batch of retain rows and one of forget rows.
+    steps, batch = replayed.metrics["finetune_rows"], make_args("gppu").per_device_train_batch_size
+    assert steps["replayed"] + steps["computed"] == 2 * batch * replayed.metrics["finetune_steps"]
+    assert batch * replayed.metrics["finetune_steps"] < steps["replayed"] and steps["computed"] > 0
     assert replayed.metrics["finetune_steps"] >= GPPUConfig().check_steps
     for key in ("finetune_steps", "finetune_kept_step", "sampled_accuracy"):
         assert replayed.metrics[key] == whole.metrics[key], key
     for (name, got), expected in zip(replayed.model.state_dict().items(), whole.model.state_dict().values(), strict=True):
-        torch.testing.assert_close(got, expected, msg=name)
+        if not name.endswith("k_proj.bias"):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
+    pixels = torch.tensor(np.asarray(digits["test"]["pixel_values"][:64]), dtype=torch.float32)
+    with torch.no_grad():
+        logits = [result.model.eval()(pixel_values=pixels).logits for result in (replayed, whole)]
+    torch.testing.assert_close(*logits, rtol=1e-4, atol=1e-5)
 
 
 def test_a_second_request_keeps_the_first_class_forgotten(trained, digits, make_args):

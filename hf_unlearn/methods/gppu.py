@@ -50,9 +50,11 @@ Everything marked [R] below is OUR reconstruction from that description, not the
    before it: after 6a, or after 5 when `head_steps` is 0, so 6b may be skipped): the forget accuracy is at
    `UnlearnConfig.forget_accuracy_target` (0 when unset) and the retain accuracy is within `retain_tolerance` of the
    original's, both on the rows of step 1 (`sampled_accuracy` shows each stage, `finetune_steps` the steps run).
-   The blocks before the fine-tuned ones are frozen, so what they compute for those rows never changes: step 1's pass
-   records the first fine-tuned block's input, and each check runs only the tail on it (`replay_checks`,
-   `activations.BlockInputReplay`; before fine-tuning, one replayed batch must give the head the input step 1 saw).
+   The blocks before the fine-tuned ones are frozen, so what they compute for a row never changes: step 1's pass
+   records the first fine-tuned block's input for the sampled rows, and every later pass runs only the tail on it:
+   each check, and each training step of 6b, whose other rows get that input from the frozen blocks run on them
+   alone (`replay_block_input`, `activations.BlockInputReplay`, which recognises a row by its exact model inputs;
+   before fine-tuning, one replayed batch must give the head the input step 1 saw).
 7. Requests compose: the trainer records forgotten classes in `model.config.unlearned_classes`, and a later request
    on that model keeps them out of its retain set, so forgetting class b after class a keeps a forgotten.
 
@@ -209,15 +211,17 @@ class GPPUConfig:
         default=None,
         metadata={"help": "Name of the classification head Linear; None: the last Linear with num_labels outputs."},
     )
-    replay_checks: bool = field(
+    replay_block_input: bool = field(
         default=True,
         metadata={
-            "help": "Record the input of the first fine-tuned block for the sampled rows during step 1's pass, and "
-            "score each check of 6b by running only the fine-tuned tail on it (`activations.BlockInputReplay`; the "
-            "frozen blocks before it compute the same thing at every check). Checked before fine-tuning on one batch: "
-            "the head must receive what it received in step 1; where it does not, the checks run the whole model. "
-            "Memory: that input for the sampled rows (ViT-base at 224: about 0.6 MB a row). False: every check runs "
-            "the whole model."
+            "help": "Record the input of the first fine-tuned block for the sampled rows during step 1's pass, and run "
+            "the later forward passes of 6b (its checks and training steps) through the fine-tuned tail alone, fed "
+            "that input (`activations.BlockInputReplay`: the frozen blocks before it compute the same thing every "
+            "time; a row is recognised by its exact model inputs, and a row not recorded gets its input from those "
+            "blocks run on it alone). Checked before fine-tuning on one batch: the head must receive what it "
+            "received in step 1; where it does not, every pass runs the whole model. Memory: that input for the "
+            "sampled rows (ViT-base at 224: about 0.6 MB a row). False: every pass runs the whole model. Measured "
+            "in benchmarks/results/scale_gppu_replay_steps.md."
         },
     )
     forget_updates_batchnorm: bool = field(
@@ -395,7 +399,7 @@ class GPPU(UnlearningMethod):
     # The tail fine-tuning's budget (6b), when it runs: the paper's AdamW and weight decay, one epoch at 1e-4.
     training_defaults = {"optim": "adamw_torch", "learning_rate": 1e-4, "num_train_epochs": 1, "weight_decay": 0.01,
                          "per_device_train_batch_size": 32, "lr_scheduler_type": "linear", "warmup_steps": 0}  # fmt: skip
-    #: The checks' replay of the first fine-tuned block's input (`replay_checks`), while the fine-tuning needs it.
+    #: The replay of the first fine-tuned block's input (`replay_block_input`), while the fine-tuning needs it.
     replay: BlockInputReplay | None = None
     _tail: tuple[list[str], list[str]] | None = None  # `tail()`, found once
 
@@ -454,7 +458,7 @@ class GPPU(UnlearningMethod):
                 kept = self.finetune()
             # The checks already scored the weights the fine-tuning kept; a run that checked nothing is scored here.
             stages["finetune"] = kept if kept is not None else self.measure_sampled_rows()
-        self.replay = None  # the recorded block inputs are only needed by the checks
+        self.replay = None  # the recorded block inputs are only needed by the fine-tuning
         names = {"projection": "head projection", "head_refit": "head refit", "finetune": "tail fine-tuning"}
         self.report["stages_run"] = [names[stage] for stage in stages if stage in names]
         if self.report.get("finetune_steps"):
@@ -480,10 +484,10 @@ class GPPU(UnlearningMethod):
         return self._tail
 
     def block_input_replay(self) -> BlockInputReplay | None:
-        """The replay of the first fine-tuned block's input for the checks (`replay_checks`), when 6b will run on
-        the automatic tail and that tail starts with a block."""
+        """The replay of the first fine-tuned block's input (`replay_block_input`), when 6b will run on the automatic
+        tail and that tail starts with a block."""
         config = self.config
-        if not (config.finetune and config.replay_checks and config.trainable_modules is None):
+        if not (config.finetune and config.replay_block_input and config.trainable_modules is None):
             return None
         blocks, _ = self.tail()
         return BlockInputReplay(self.trainer.model, blocks[0]) if blocks else None
@@ -494,8 +498,7 @@ class GPPU(UnlearningMethod):
         if replay is None:
             return collect_head_features(trainer, rows, self.head, description)
         with replay.recording():
-            batches = replay.keyed(split, trainer.shard_batches(rows, description))
-            return collect_head_features(trainer, rows, self.head, batches=batches)
+            return collect_head_features(trainer, rows, self.head, description)
 
     def head_accuracy(self, sampled: dict) -> dict:
         with torch.no_grad():
@@ -534,12 +537,12 @@ class GPPU(UnlearningMethod):
         replay = self.replay
         if replay is not None:
             retain = trainer.shard_batches(self.sampled_rows["retain"], "Checking the replayed block input")
-            if not replay.matches("retain", retain, self.head, self.retain_features):
+            if not replay.matches(retain, self.head, self.retain_features):
                 logger.info(f"GPPU: replaying the input of '{blocks[0]}' does not reproduce the head's input; the "
-                            "checks run the whole model.")  # fmt: skip
+                            "fine-tuning runs the whole model.")  # fmt: skip
                 replay = self.replay = None
-        self.report["checks_replay_block"] = blocks[0] if replay is not None else None
-        self.report["checks_replay_mb"] = round(replay.nbytes / 2**20, 1) if replay is not None else 0.0
+        self.report["replay_block"] = blocks[0] if replay is not None else None
+        self.report["replay_mb"] = round(replay.nbytes / 2**20, 1) if replay is not None else 0.0
         trainable_parameters = {
             id(parameter)
             for name in trainable + [self.head_name]
@@ -574,7 +577,10 @@ class GPPU(UnlearningMethod):
             rows = subsample(np.arange(len(trainer.retain_labels)), config.max_finetune_rows, trainer.args.seed,
                              trainer.retain_labels)  # fmt: skip
             retain = trainer.retain_view if len(rows) == len(trainer.retain_labels) else trainer.retain_view.select(rows)
-            trainer.train_with(PairedDataset(retain, trainer.forget_view, seed=trainer.args.seed))
+            if replay is not None:
+                replay.replayed_rows = replay.computed_rows = 0
+            with replay.replaying() if replay is not None else contextlib.nullcontext():
+                trainer.train_with(PairedDataset(retain, trainer.forget_view, seed=trainer.args.seed))
         finally:
             keep_frozen_in_eval.remove()
             parametrize.remove_parametrizations(self.head, "weight", leave_parametrized=True)
@@ -583,6 +589,8 @@ class GPPU(UnlearningMethod):
             trainer.remove_callback(callback)
         self.report["finetune_steps"] = trainer.state.global_step
         self.report["finetune_kept_step"] = callback.best_step
+        if replay is not None:  # rows of the training steps' forward passes, by how they ran
+            self.report["finetune_rows"] = {"replayed": replay.replayed_rows, "computed": replay.computed_rows}
         return callback.kept_accuracy
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):
@@ -616,8 +624,10 @@ class GPPU(UnlearningMethod):
             if replay is None:
                 accuracy[split] = trainer.shard_accuracy(batches)
             else:
+                counts = replay.replayed_rows, replay.computed_rows
                 with replay.replaying():
-                    accuracy[split] = trainer.shard_accuracy(replay.keyed(split, batches))
+                    accuracy[split] = trainer.shard_accuracy(batches)
+                replay.replayed_rows, replay.computed_rows = counts  # the training steps' counts (`finetune`)
         return accuracy
 
 
