@@ -395,6 +395,13 @@ def collect_head_features(trainer, dataset, head: nn.Linear, description: str = 
     return HeadFeatures(**gathered)
 
 
+def block_list_owners(model: nn.Module, list_name: str) -> list[nn.Module]:
+    """The modules that hold the block list `list_name` (the model first): the ones whose own training flag decides
+    whether blocks run at all (LayerDrop) and whether what reaches them is masked (SpecAugment) in Wav2Vec2 / HuBERT."""
+    parts = list_name.split(".")
+    return [model.get_submodule(".".join(parts[:depth])) for depth in range(len(parts))]
+
+
 class BlockInputReplay:
     """The input of one block of a model's `nn.ModuleList` of blocks (an encoder layer, a CNN stage), recorded per
     row during one pass, then replayed: inside `replaying()`, a forward pass with recorded rows runs without the
@@ -408,7 +415,10 @@ class BlockInputReplay:
     order it comes: a method's checks on the rows it recorded, and its training steps on those rows (shuffled,
     paired with others). A row whose inputs differ (another padding, an augmentation) is computed, not replayed.
 
-    Exact while the dropped blocks and what precedes the list are unchanged (frozen, eval mode): a method that
+    Exact while the dropped blocks and what precedes the list are unchanged (frozen, eval mode) and run as at
+    inference: during a pass the modules that hold the list run with their own training flag off
+    (`block_list_owners`: in training mode Wav2Vec2 and HuBERT skip blocks, LayerDrop, and mask what reaches them,
+    SpecAugment; the blocks and every other module keep their own mode). A method that
     fine-tunes a model's tail runs its checks and its steps at the cost of the tail (`gppu`). `matches` replays one
     batch and compares what a later layer (the head) receives with what it received in the recorded pass; a model
     whose forward pass does not iterate its block list, or reads the dropped blocks' outputs elsewhere, fails it and
@@ -536,6 +546,12 @@ class BlockInputReplay:
         def choose(module, args, kwargs):
             if self._computing:
                 return
+            # The modules that hold the list run as at inference for this pass (their own flag only): in training
+            # mode they may skip blocks (Wav2Vec2's and HuBERT's LayerDrop; a skipped block would skip the recorded
+            # input too) or mask what reaches the blocks (SpecAugment), which the recorded rows never saw.
+            self._owner_training = [owner.training for owner in owners]
+            for owner in owners:
+                owner.training = False
             self._recognise(module, args, kwargs)
             found = [self.rows.get(key) for key in self._keys]
             missing = [row for row, place in enumerate(found) if place is None]
@@ -566,17 +582,22 @@ class BlockInputReplay:
 
         def whole_again(module, args, output):
             setattr(parent, attribute, blocks)  # between passes the model is whole (parameters, state_dict)
+            for owner, flag in zip(owners, self._owner_training, strict=True):
+                owner.training = flag
             self._replayed = None
 
         handles = [self.model.register_forward_pre_hook(choose, with_kwargs=True),
                    self.model.register_forward_hook(whole_again),
                    self.block.register_forward_pre_hook(replay, with_kwargs=True)]  # fmt: skip
-        self._replaying = True
+        owners = block_list_owners(self.model, self.list_name)
+        self._replaying, self._owner_training = True, [owner.training for owner in owners]
         try:
             yield self
         finally:
             self._replaying = False
             setattr(parent, attribute, blocks)
+            for owner, flag in zip(owners, self._owner_training, strict=True):
+                owner.training = flag
             for handle in handles:
                 handle.remove()
             self._keys = self._replayed = None

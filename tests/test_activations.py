@@ -310,6 +310,34 @@ def test_recorded_rows_replay_in_any_batch_and_unrecorded_rows_are_computed(fami
     assert len(model.get_submodule(replay.list_name)) == replay.index + 1  # whole after every pass
 
 
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert"])
+def test_a_replayed_pass_skips_no_block_even_where_layerdrop_would(family):
+    """With LayerDrop at 1 every block of a training-mode Wav2Vec2 / HuBERT encoder is skipped, and SpecAugment masks
+    what reaches them; inside `replaying()` the modules that hold the blocks run as at inference (their own flag off
+    for the pass, the blocks keep training mode, so dropout-free blocks give the eval-mode logits), for recorded rows
+    and for rows computed beside them alike, and their flags are back afterwards."""
+    torch.manual_seed(0)
+    no_dropout = {name: 0.0 for name in ("hidden_dropout", "attention_dropout", "activation_dropout",
+                                          "feat_proj_dropout", "final_dropout")}  # fmt: skip
+    model, inputs = tiny_classifier(family, num_layers=2, layerdrop=1.0, **no_dropout)
+    model.eval()
+    blocks, _ = model_tail(model, inputs, num_blocks=1)
+    replay = BlockInputReplay(model, blocks[0])
+    batches = batches_of(inputs, count=1)
+    record_replay(model, replay, batches, classification_head(model)[1])
+    mixed = {name: torch.cat([value, torch.randn_like(value[:1])]) for name, value in batches[0][1].items()}
+    with torch.no_grad():
+        expected = model(**mixed).logits
+        model.train()
+        skipped = model(**mixed).logits  # LayerDrop skips both blocks
+        with replay.replaying():
+            got = model(**mixed).logits
+        assert all(module.training for module in model.modules())
+    assert (replay.replayed_rows, replay.computed_rows) == (2, 1)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(skipped, expected)
+
+
 def test_a_model_that_reads_every_blocks_output_fails_the_replay_check():
     """Wav2Vec2 with a weighted sum of every layer's output: the head's input needs the dropped blocks too, so the
     replay does not reproduce it, and the check says so."""

@@ -87,6 +87,7 @@ from transformers import TrainerCallback
 from ..activations import (
     BlockInputReplay,
     batchnorm_statistics_kept,
+    block_list_owners,
     capturing,
     collect_head_features,
     name_matches,
@@ -553,17 +554,23 @@ class GPPU(UnlearningMethod):
         trainer.add_callback(callback)
         # Frozen modules run as at inference (no dropout, BatchNorm on and not updating its running statistics),
         # like the pass that computed the directions; the Trainer sets train mode before every step, so a hook
-        # restores this right before each forward.
+        # restores this right before each forward. So do the modules that hold the blocks, for their own flag alone
+        # (`activations.block_list_owners`): in training mode Wav2Vec2 and HuBERT skip blocks, frozen ones included
+        # (LayerDrop), and mask what reaches them (SpecAugment).
         frozen = {
             name: module
             for name, module in model.named_modules()
             if not any(id(parameter) in trainable_parameters for parameter in module.parameters())
         }
         outermost_frozen = [module for name, module in frozen.items() if name.rpartition(".")[0] not in frozen]
+        owners = (block_list_owners(model, blocks[0].rpartition(".")[0])
+                  if config.trainable_modules is None and blocks else [])  # fmt: skip
 
         def frozen_to_eval(module, args):
             for frozen_module in outermost_frozen:
                 frozen_module.train(False)
+            for owner in owners:
+                owner.training = False
 
         keep_frozen_in_eval = model.register_forward_pre_hook(frozen_to_eval)
         parametrize.register_parametrization(self.head, "weight", RemoveDirections(self.directions))
