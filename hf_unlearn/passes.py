@@ -104,6 +104,38 @@ def batch_logits(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, d
 
 
 @torch.no_grad()
+def shard_counts(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, dict]], accelerator: Accelerator,
+                 plausible_at: float | None = None, max_correct: int | None = None,
+                 max_wrong: int | None = None) -> tuple[int, int] | None:  # fmt: skip
+    """`(correct, rows)` of `model` on batches from `shard_batches`, summed over processes (`plausible_at`: see
+    `shard_accuracy`).
+
+    With `max_correct` / `max_wrong`: None once more rows than that are correct / wrong overall. Each process stops
+    its own share as soon as that share alone has more (the check costs one copy of two numbers to the host per
+    batch), so a pass that cannot stay within the limits ends early; whether it stayed within them does not depend on
+    the number of processes, only the time saved does."""
+    counts = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # correct, rows, stopped early
+    bounded = max_correct is not None or max_wrong is not None
+    with contextlib.closing(batch_logits(model, batches)) as scored:
+        for logits, labels in scored:
+            counted = logits.argmax(-1) == labels
+            if plausible_at is not None:
+                label_probability = logits.softmax(-1).gather(-1, labels[:, None])[:, 0]
+                counted |= label_probability >= plausible_at
+            counts[:2] += torch.stack([counted.sum(), torch.tensor(len(labels), device=counted.device)]).to(counts)
+            if bounded and _exceeds(*counts[:2].tolist(), max_correct, max_wrong):
+                counts[2] = 1
+                break
+    correct, total, stopped = accelerator.reduce(counts, reduction="sum").tolist()
+    if stopped or _exceeds(correct, total, max_correct, max_wrong):
+        return None
+    return int(correct), int(total)
+
+
+def _exceeds(correct: float, total: float, max_correct: int | None, max_wrong: int | None) -> bool:
+    return (max_correct is not None and correct > max_correct) or (max_wrong is not None and total - correct > max_wrong)
+
+
 def shard_accuracy(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, dict]], accelerator: Accelerator,
                    plausible_at: float | None = None) -> float | None:  # fmt: skip
     """Accuracy of `model` on batches from `shard_batches` (kept, e.g. to score many candidate weights on the same
@@ -112,14 +144,7 @@ def shard_accuracy(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor,
     With `plausible_at` (a probability), a row also counts when its label keeps at least that probability without
     being the top prediction: an upper bound of the accuracy that reaches 0 only once the label is implausible
     everywhere, the margin a forget check needs so that rows it never saw are forgotten too."""
-    counts = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for logits, labels in batch_logits(model, batches):
-        counted = logits.argmax(-1) == labels
-        if plausible_at is not None:
-            label_probability = logits.softmax(-1).gather(-1, labels[:, None])[:, 0]
-            counted |= label_probability >= plausible_at
-        counts += torch.stack([counted.sum(), torch.tensor(len(labels), device=counted.device)]).to(counts)
-    correct, total = accelerator.reduce(counts, reduction="sum").tolist()
+    correct, total = shard_counts(model, batches, accelerator, plausible_at)
     return correct / total if total else None
 
 

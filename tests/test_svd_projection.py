@@ -126,17 +126,23 @@ def test_alpha_search_reports_the_grid_and_keeps_its_best_point(trained, digits,
         (100.0, 1.0),
         (100.0, 10.0),
     ]
-    forgotten = [point for point in metrics["alpha_grid"] if point["forget_accuracy"] == 0.0]
+    points = metrics["alpha_grid"]
+    forgotten = [point for point in points if point["forget_accuracy"] == 0.0]
     assert forgotten  # on digits some grid point forgets every held-out row
-    best = max(forgotten, key=lambda point: point["retain_accuracy"])  # the default rule, "forget_first"
+    # Neither a point past the forget target nor one that lost more retain rows than a point before it can be kept:
+    # their passes stopped early. Every other point at the target has its retain accuracy and score.
+    assert all(point.get("stopped") == "forget" and point["retain_accuracy"] is None and point["score"] is None
+               for point in points if point not in forgotten)  # fmt: skip
+    outscored = [point for point in forgotten if point.get("stopped") == "retain"]
+    scored = [point for point in forgotten if point not in outscored]
+    assert scored and all(point["retain_accuracy"] is None and point["score"] is None for point in outscored)
+    best = max(scored, key=lambda point: point["retain_accuracy"])  # the default rule, "forget_first"
     assert (metrics["alpha_r"], metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
     assert metrics["refit_head"] == "classifier.1"
-    for point in forgotten:
+    for point in scored:
         assert point["score"] == pytest.approx(point["retain_accuracy"] * (1 - point["forget_accuracy"]))
-    # Points above the forget target cannot be kept: their retain rows were not scored.
-    unscored = [point for point in metrics["alpha_grid"] if point["retain_accuracy"] is None]
-    assert all(point["forget_accuracy"] > 0.0 and point["score"] is None for point in unscored)
-    assert metrics["retain_scored_points"] == len(forgotten) == 4 - len(unscored)
+    assert metrics["retain_scored_points"] == len(forgotten)
+    assert metrics["stopped_points"] == len(points) - len(scored)
     # Held-out rows (taken from the training rows, never the eval set) are disjoint from the statistics rows.
     rows = trainer.method.split_rows()
     forget_rows = len(trainer.forget_view)
@@ -151,18 +157,33 @@ def test_alpha_search_reports_the_grid_and_keeps_its_best_point(trained, digits,
     assert metrics["retain_accuracy"] >= result.original_metrics["retain_accuracy"] - 0.03
 
 
-def test_scoring_only_the_points_that_can_be_kept_keeps_the_same_point(trained, digits, make_args):
-    """`full_grid=False` (default) skips the retain rows of points above the forget target; with `full_grid=True`
-    every point is scored, and the point kept, the weights and the scores of the points scored both ways agree. When
-    no point reaches the target, those with the lowest forget accuracy are scored and the best of them is kept."""
-    grid = {"alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [1.0, 10.0]}
+@pytest.mark.parametrize("grid", [
+    {"alpha_r_grid": [10.0, 100.0], "alpha_f_grid": [1.0, 10.0]},
+    {"alpha_r_grid": [100.0, 10.0], "alpha_f_grid": [10.0, 3.0, 1.0]},  # the best point after weaker ones
+])  # fmt: skip
+def test_scoring_only_the_points_that_can_be_kept_keeps_the_same_point(grid, trained, digits, make_args):
+    """`full_grid=False` (default) skips the retain rows of points above the forget target and stops the passes that
+    cannot be kept early (past the forget target; more wrong retain rows than a point before); with `full_grid=True`
+    every point is scored in full, and the point kept, the weights and the scores of the points scored both ways
+    agree. When no point reaches the target, those with the lowest forget accuracy are scored and the best of them is
+    kept."""
     _, full = _unlearn(trained("resnet"), digits, make_args, [3], full_grid=True, **grid)
     _, lean = _unlearn(trained("resnet"), digits, make_args, [3], **grid)
-    assert full.metrics["retain_scored_points"] == 4 > lean.metrics["retain_scored_points"] >= 1
+    points = len(grid["alpha_r_grid"]) * len(grid["alpha_f_grid"])
+    assert full.metrics["retain_scored_points"] == points > lean.metrics["retain_scored_points"] >= 1
+    assert full.metrics["stopped_points"] == 0 < lean.metrics["stopped_points"]
     assert (lean.metrics["alpha_r"], lean.metrics["alpha_f"]) == (full.metrics["alpha_r"], full.metrics["alpha_f"])
+    kept = next(point for point in full.metrics["alpha_grid"]
+                if (point["alpha_r"], point["alpha_f"]) == (full.metrics["alpha_r"], full.metrics["alpha_f"]))  # fmt: skip
     for point_lean, point_full in zip(lean.metrics["alpha_grid"], full.metrics["alpha_grid"], strict=True):
-        assert point_lean["forget_accuracy"] == point_full["forget_accuracy"]
-        assert point_lean["retain_accuracy"] in (None, point_full["retain_accuracy"])
+        if point_lean.get("stopped") == "forget":  # it was past the target
+            assert point_lean["forget_accuracy"] is None and point_full["forget_accuracy"] > 0.0
+        else:
+            assert point_lean["forget_accuracy"] == point_full["forget_accuracy"]
+        if point_lean.get("stopped") == "retain":  # it could not beat a point before it
+            assert point_lean["retain_accuracy"] is None and point_full["retain_accuracy"] <= kept["retain_accuracy"]
+        else:
+            assert point_lean["retain_accuracy"] in (None, point_full["retain_accuracy"])
     for name, weight in full.model.state_dict().items():
         torch.testing.assert_close(lean.model.state_dict()[name], weight)
     # A weak grid where no point forgets: the points of the lowest forget accuracy are scored, the best one kept.

@@ -24,8 +24,10 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
    by how little their retain predictions moved from the original's (mean KL). `"product"` keeps the best
    retain x (1 - forget), before any refit. The grid is reported in the metrics (`alpha_grid`). With
    "forget_first" only the points at the forget target (none: those with the lowest forget accuracy) are scored on
-   the held-out retain rows, since no other point can be kept (`full_grid=True` scores them all). `refine_steps`
-   (off by default) bisects alpha_f where an alpha_r's row crosses the forget target.
+   the held-out retain rows, since no other point can be kept, and a pass that shows its point cannot be kept stops
+   early: a forget pass once it is past the target, a retain pass once it has as many wrong rows as the best point
+   so far (reported as `"stopped"`; the point kept is the same; `full_grid=True` scores every point in full).
+   `refine_steps` (off by default) bisects alpha_f where an alpha_r's row crosses the forget target.
 5. Not in the paper (`head_refit_steps`, default 100; 0 is the paper's method): the classification head is refitted
    on the projected model's features of the retain statistics rows (retain cross-entropy; a linear model, no
    gradient through the network). The projection also removes input directions the retained classes share; on the
@@ -60,6 +62,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from copy import deepcopy
 from dataclasses import dataclass, field
 
@@ -73,7 +76,7 @@ from ..contract import PaperPreset, UnlearningMethod
 from ..data import subsample
 from ..metrics import accuracy
 from ..models import classification_head, refit_head
-from ..passes import shard_divergence, shard_logits
+from ..passes import shard_counts, shard_divergence, shard_logits
 from ..registry import register_method
 from ..validation import check_pattern
 
@@ -175,10 +178,12 @@ class SVDProjectionConfig:
     full_grid: bool = field(
         default=False,
         metadata={
-            "help": "Score every grid point on the held-out retain rows too, so `alpha_grid` reports each point's "
-            "retain accuracy. By default 'forget_first' scores on them only the points at the forget target (or, "
-            "when none is, those with the lowest forget accuracy): the others cannot be kept, and the retain rows are "
-            "most of the held-out rows; the point kept is the same."
+            "help": "Score every grid point in full on the held-out forget and retain rows, so `alpha_grid` reports "
+            "each point's accuracies. By default 'forget_first' scores on the retain rows only the points at the "
+            "forget target (or, when none is, those with the lowest forget accuracy), and stops a point's pass as "
+            "soon as it cannot be kept: its forget rows once past the target, its retain rows once it has as many "
+            "wrong as the best point before it (`\"stopped\": \"forget\"` / `\"retain\"`, accuracy None); "
+            "the point kept is the same."
         },
     )
     refine_steps: int = field(
@@ -466,12 +471,17 @@ class SVDProjection(UnlearningMethod):
         for name, space in spaces.items():
             modules[name].weight.copy_(space.weight_for(kept[name], alpha_f))
 
-    def score_retain(self, point: dict, retain_rows, retain_batches, head) -> None:
+    def score_retain(self, point: dict, retain_rows, retain_batches, head, max_wrong: int | None = None) -> None:
         """The held-out retain accuracy of the weights in place (with `head`, also after a cross-fitted trial refit)
-        and the product score, into `point`."""
+        and the product score, into `point`. With `max_wrong`, a pass with more wrong rows stops early: its accuracy
+        is None and the point `"stopped": "retain"`."""
         trainer, config = self.trainer, self.config
         if head is None:
-            point["retain_accuracy"] = trainer.shard_accuracy(retain_batches)
+            counts = shard_counts(trainer.model, retain_batches, trainer.accelerator, max_wrong=max_wrong)
+            point["retain_accuracy"] = None if counts is None else counts[0] / counts[1]
+            if counts is None:
+                point.update(stopped="retain", score=None)
+                return
         else:
             retain = collect_head_features(trainer, retain_rows, head[1], batches=retain_batches)
             point["retain_accuracy"] = accuracy(retain.logits.cpu().numpy(), retain.labels.cpu().numpy())
@@ -483,6 +493,16 @@ class SVDProjection(UnlearningMethod):
             point["retain_kl"] = shard_divergence(trainer.model, retain_batches, self.original_retain_logits,
                                                   trainer.accelerator)  # fmt: skip
         point["score"] = point["retain_accuracy"] * (1.0 - point["forget_accuracy"])
+
+    def score_forget(self, point: dict, forget_batches, max_correct: int | None = None) -> None:
+        """The held-out forget accuracy of the weights in place, into `point`. With `max_correct`, a pass with more
+        correct rows (past the forget target) stops early: its accuracy is None and the point `"stopped": "forget"`."""
+        counts = shard_counts(self.trainer.model, forget_batches, self.trainer.accelerator, max_correct=max_correct)
+        point["forget_accuracy"] = None if counts is None else counts[0] / counts[1]
+        if counts is None:
+            point["stopped"] = "forget"
+        else:
+            point.pop("stopped", None)
 
     def search(self, modules, spaces, forget_rows, retain_rows) -> tuple[float, float]:
         """Score the grid points on the held-out rows (the retain rows only where a point can be kept, see
@@ -502,15 +522,26 @@ class SVDProjection(UnlearningMethod):
         # With "forget_first", a point above the forget target cannot be kept while another reaches it: its retain
         # rows (most of the held-out rows) are scored only once no point has reached the target (`full_grid`: all).
         every_point = config.full_grid or config.alpha_score == "product"
+        # Plain "forget_first" only needs to know which points reach the forget target and, among them, which keeps
+        # the most held-out retain rows: a point's forget pass stops once it is past the target, its retain pass once
+        # it has lost as many rows as the best point so far (ties go to the earlier point). The point kept is the same.
+        bounded = config.alpha_score == "forget_first" and not (config.full_grid or config.score_after_refit
+                                                                 or config.refine_steps)  # fmt: skip
+        forget_limit = math.floor(target * len(forget_rows) + 1e-9) if bounded else None
+        fewest_wrong = None  # the best retain-scored point's wrong held-out retain rows
         refined = []  # `refine_steps`: the weakest point at the target between two alpha_f of a row
         for alpha_r in config.alpha_r_grid:
             kept = {name: space.kept_on_forget(alpha_r) for name, space in spaces.items()}
             for alpha_f in config.alpha_f_grid:
                 self.apply(modules, spaces, alpha_r, alpha_f, kept)
-                point = {"alpha_r": alpha_r, "alpha_f": alpha_f,
-                         "forget_accuracy": trainer.shard_accuracy(forget_batches)}  # fmt: skip
-                if every_point or point["forget_accuracy"] <= target:
-                    self.score_retain(point, retain_rows, retain_batches, head)
+                point = {"alpha_r": alpha_r, "alpha_f": alpha_f}
+                self.score_forget(point, forget_batches, forget_limit)
+                if every_point or point["forget_accuracy"] is not None and point["forget_accuracy"] <= target:
+                    limit = None if fewest_wrong is None or not bounded else fewest_wrong - 1
+                    self.score_retain(point, retain_rows, retain_batches, head, limit)
+                    if bounded and point["retain_accuracy"] is not None:
+                        wrong = round((1.0 - point["retain_accuracy"]) * len(retain_rows))
+                        fewest_wrong = wrong if fewest_wrong is None else min(fewest_wrong, wrong)
                 grid.append(point)
                 progress.update()
             if config.refine_steps and config.alpha_score != "product":
@@ -519,13 +550,18 @@ class SVDProjection(UnlearningMethod):
                                        head)  # fmt: skip
         progress.close()
         grid += refined  # reported after the grid points
-        if not any(point["forget_accuracy"] <= target for point in grid):
+        if not any(point["forget_accuracy"] is not None and point["forget_accuracy"] <= target for point in grid):
+            for point in grid:  # no point reached the target: the lowest forget accuracy is kept, so it is needed
+                if point["forget_accuracy"] is None:
+                    self.apply(modules, spaces, point["alpha_r"], point["alpha_f"])
+                    self.score_forget(point, forget_batches)
             lowest = min(point["forget_accuracy"] for point in grid)
             for point in grid:
                 if point["forget_accuracy"] == lowest and "retain_accuracy" not in point:
                     self.apply(modules, spaces, point["alpha_r"], point["alpha_f"])
                     self.score_retain(point, retain_rows, retain_batches, head)
         self.report["retain_scored_points"] = sum("retain_accuracy" in point for point in grid)
+        self.report["stopped_points"] = sum("stopped" in point for point in grid)
         for point in grid:
             point.setdefault("retain_accuracy", None)
             if head is not None:
@@ -578,11 +614,13 @@ def best_grid_point(grid: list[dict], rule: str, forget_target: float) -> dict:
         if rule == "forget_first_kl":
             return -point["retain_kl"]  # the least moved retain predictions rank first
         after = point.get("retain_after_refit")
-        return point["retain_accuracy"] if after is None else after
+        value = point["retain_accuracy"] if after is None else after
+        return -1.0 if value is None else value  # a retain pass stopped early lost more rows than a point before it
 
     if rule == "product":
         return max(grid, key=lambda point: point["score"])
-    forgotten = [point for point in grid if point["forget_accuracy"] <= forget_target]
+    forgotten = [point for point in grid if point["forget_accuracy"] is not None
+                 and point["forget_accuracy"] <= forget_target]  # fmt: skip
     if forgotten:
         return max(forgotten, key=retain)
     lowest = min(point["forget_accuracy"] for point in grid)  # only those were scored on the retain rows

@@ -1,0 +1,52 @@
+"""Forward passes over shards: counts that stop early once a limit is known to be exceeded."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from hf_unlearn.passes import shard_accuracy, shard_counts
+
+
+class CountingLogits(torch.nn.Module):
+    """A 'model' whose logits are its input (`x`), counting the batches it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return SimpleNamespace(logits=x)
+
+
+def rows(correct: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of 2 classes for rows of class 0, predicted right where `correct`."""
+    logits = torch.tensor([[1.0, 0.0] if right else [0.0, 1.0] for right in correct])
+    return logits, torch.zeros(len(correct), dtype=torch.long)
+
+
+# Three batches of 2 rows: right/right, wrong/right, wrong/wrong (3 of 6 right).
+BATCHES = [(torch.arange(2 * i, 2 * i + 2), {"x": x, "labels": y})
+           for i, (x, y) in enumerate(rows(pattern) for pattern in ([True, True], [False, True], [False, False]))]  # fmt: skip
+
+
+@pytest.mark.parametrize("limits, counts, calls", [
+    ({}, (3, 6), 3),
+    ({"max_wrong": 3}, (3, 6), 3),  # exactly at the limit: within it
+    ({"max_wrong": 2}, None, 3),  # the third batch takes it past
+    ({"max_correct": 1}, None, 1),  # past it after the first batch: the pass stops there
+    ({"max_correct": 2}, None, 2),
+    ({"max_correct": 3, "max_wrong": 0}, None, 2),
+])  # fmt: skip
+def test_counts_stop_as_soon_as_a_limit_is_passed(limits, counts, calls):
+    model = CountingLogits()
+    assert shard_counts(model, BATCHES, Accelerator(cpu=True), **limits) == counts
+    assert model.calls == calls
+
+
+def test_the_accuracy_is_the_counts_ratio_and_none_without_rows():
+    accelerator = Accelerator(cpu=True)
+    assert shard_accuracy(CountingLogits(), BATCHES, accelerator) == 0.5
+    assert shard_accuracy(CountingLogits(), [], accelerator) is None
