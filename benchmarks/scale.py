@@ -95,6 +95,9 @@ MODELS = {
 METHODS = {  # name in the table: (method, method_kwargs)
     # The statistics and the alpha grid read at most the rows given; a 2 x 2 grid keeps the search visible.
     "svd_projection": ("svd_projection", {"alpha_r_grid": [30.0, 100.0], "alpha_f_grid": [3.0, 10.0]}),
+    # Its defaults as they are, the 5 x 5 alpha grid included; with random weights a grid point's accuracies say
+    # little, so how many passes stop early here is not what a trained model gives.
+    "svd_projection-defaults": ("svd_projection", {}),
     "gppu": ("gppu", {}),
     # gppu's checks and training steps through the whole model (`replay_block_input=False`; the same decisions and
     # weights to rounding, tests/test_gppu.py). Called "gppu-whole-checks" while the replay served the checks alone.
