@@ -415,15 +415,17 @@ class BlockInputReplay:
     order it comes: a method's checks on the rows it recorded, and its training steps on those rows (shuffled,
     paired with others). A row whose inputs differ (another padding, an augmentation) is computed, not replayed.
 
-    Exact while the dropped blocks and what precedes the list are unchanged (frozen, eval mode) and run as at
-    inference: during a pass the modules that hold the list run with their own training flag off
+    The same computation while the dropped blocks and what precedes the list are unchanged (frozen, eval mode) and
+    run as at inference: during a pass the modules that hold the list run with their own training flag off
     (`block_list_owners`: in training mode Wav2Vec2 and HuBERT skip blocks, LayerDrop, and mask what reaches them,
-    SpecAugment; the blocks and every other module keep their own mode). A method that
-    fine-tunes a model's tail runs its checks and its steps at the cost of the tail (`gppu`). `matches` replays one
-    batch and compares what a later layer (the head) receives with what it received in the recorded pass; a model
-    whose forward pass does not iterate its block list, or reads the dropped blocks' outputs elsewhere, fails it and
-    keeps the full pass. Memory: the recorded inputs, on their device (`nbytes`); recognising a pass's rows costs a
-    few integer operations per input element and one copy of two integers per row to the host.
+    SpecAugment; the blocks and every other module keep their own mode). A method that fine-tunes a model's tail runs
+    its checks and its steps at the cost of the tail (`gppu`). `matches` replays one batch, and computes the block
+    input of its first row as for a row not recorded, and compares what a later layer (the head) receives with what
+    it received in the recorded pass; a model whose forward pass does not iterate its block list, or reads the dropped
+    blocks' outputs elsewhere, fails it and keeps the full pass. Memory: the recorded inputs, on their device (`nbytes`); recognising a pass's rows costs a
+    few integer operations per input element and one copy of two integers per row and input tensor to the host.
+    "The same" is up to rounding: a row computed in another batch, or under autocast where the recorded pass was
+    not, can differ in the last bits.
 
     ```python
     >>> replay = BlockInputReplay(model, "vit.layers.11")
@@ -451,6 +453,7 @@ class BlockInputReplay:
         self._keys: list[tuple] | None = None  # the rows of the pass under way
         self._replayed: torch.Tensor | None = None  # what the block receives in the pass under way, when replayed
         self._replaying = self._computing = False
+        self._pass_flags: list[bool] | None = None  # the owners' own flags before the pass under way
         self._weights: dict[tuple, torch.Tensor] = {}
 
     @property
@@ -459,7 +462,7 @@ class BlockInputReplay:
 
     def _hash_weights(self, length: int, device: torch.device) -> torch.Tensor:
         """Two rows of random integer weights for inputs of `length` 16-bit words, small enough that the weighted sum
-        of a row is exact in int64 (|word| < 2^15): two inputs that differ collide with probability at most
+        of a row is exact in int64 (|word| <= 2^15): two inputs that differ collide with probability at most
         2^-(2 bits), bits = 47 - log2(length) (28 for a 224x224 RGB image in float32)."""
         key = (length, str(device))
         if key not in self._weights:
@@ -542,14 +545,17 @@ class BlockInputReplay:
         parent = self.model.get_submodule(parent_name)
         blocks = getattr(parent, attribute)
         tail = nn.ModuleList(list(blocks)[self.index :])
+        owners = block_list_owners(self.model, self.list_name)
 
         def choose(module, args, kwargs):
             if self._computing:
                 return
-            # The modules that hold the list run as at inference for this pass (their own flag only): in training
-            # mode they may skip blocks (Wav2Vec2's and HuBERT's LayerDrop; a skipped block would skip the recorded
-            # input too) or mask what reaches the blocks (SpecAugment), which the recorded rows never saw.
-            self._owner_training = [owner.training for owner in owners]
+            setattr(parent, attribute, blocks)  # the rows computed below need every block
+            if self._pass_flags is None:
+                # The modules that hold the list run as at inference for this pass (their own flag only): in
+                # training mode they may skip blocks (Wav2Vec2's and HuBERT's LayerDrop; a skipped block would skip
+                # the recorded input too) or mask what reaches the blocks (SpecAugment), which recorded rows never saw.
+                self._pass_flags = [owner.training for owner in owners]
             for owner in owners:
                 owner.training = False
             self._recognise(module, args, kwargs)
@@ -580,24 +586,29 @@ class BlockInputReplay:
                 return (recorded, *args[1:]), kwargs
             return args, {**kwargs, slot: recorded}
 
+        def restore_flags():
+            if self._pass_flags is not None:
+                for owner, flag in zip(owners, self._pass_flags, strict=True):
+                    owner.training = flag
+                self._pass_flags = None
+
         def whole_again(module, args, output):
+            if self._computing:  # the rows computed inside a pass: that pass goes on
+                return
             setattr(parent, attribute, blocks)  # between passes the model is whole (parameters, state_dict)
-            for owner, flag in zip(owners, self._owner_training, strict=True):
-                owner.training = flag
+            restore_flags()
             self._replayed = None
 
         handles = [self.model.register_forward_pre_hook(choose, with_kwargs=True),
-                   self.model.register_forward_hook(whole_again),
+                   self.model.register_forward_hook(whole_again, always_call=True),  # also after a pass that raised
                    self.block.register_forward_pre_hook(replay, with_kwargs=True)]  # fmt: skip
-        owners = block_list_owners(self.model, self.list_name)
-        self._replaying, self._owner_training = True, [owner.training for owner in owners]
+        self._replaying = True
         try:
             yield self
         finally:
             self._replaying = False
             setattr(parent, attribute, blocks)
-            for owner, flag in zip(owners, self._owner_training, strict=True):
-                owner.training = flag
+            restore_flags()
             for handle in handles:
                 handle.remove()
             self._keys = self._replayed = None
@@ -661,9 +672,24 @@ class BlockInputReplay:
             if self.replayed_rows == before:
                 logger.info(f"The rows checked were not recognised as recorded ones: '{self.list_name}' is not replayed.")
                 return False
-            replayed, expected = pooled_rows(captured.value).float(), recorded[sample_ids.to(recorded.device)].float()
-            scale = float(expected.abs().max()) if expected.numel() else 0.0
-            return replayed.shape == expected.shape and bool(
-                torch.allclose(replayed, expected.to(replayed.device), rtol=rtol, atol=rtol * max(scale, 1e-3))
-            )
+            replayed, expected = pooled_rows(captured.value), recorded[sample_ids.to(recorded.device)]
+            if not _close(replayed, expected, rtol):
+                return False
+            # A row not recorded gets its input from the model stopped at the block: so must the first row.
+            self._keys = self.row_keys((), inputs)
+            index, row = self.rows[self._keys[0]]
+            try:
+                with evaluating(self.model):
+                    computed = self._computed_inputs((), inputs, [0])
+            except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as error:
+                logger.info(f"Computing the input of '{self.list_name}.{self.index}' failed ({error}).")
+                return False
+            return _close(computed[0], self.inputs[index][row], rtol)
         return True
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
+    """Same shape and equal within `rtol` (absolute: `rtol` of the largest expected value)."""
+    got, expected = got.float(), expected.float().to(got.device)
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    return got.shape == expected.shape and bool(torch.allclose(got, expected, rtol=rtol, atol=rtol * max(scale, 1e-3)))

@@ -338,6 +338,45 @@ def test_a_replayed_pass_skips_no_block_even_where_layerdrop_would(family):
     assert not torch.allclose(skipped, expected)
 
 
+def test_a_pass_that_raised_inside_the_replay_leaves_the_next_ones_right():
+    """A replayed pass that raises (caught inside `replaying()`, as an out-of-memory retry would) leaves the model
+    whole, its modes as they were; the next pass, whose unrecorded row needs every block, gives the whole model's
+    logits, and on leaving every module has the mode it had, also where a pass ran inside `evaluating`."""
+    from hf_unlearn.activations import evaluating
+
+    torch.manual_seed(0)
+    model, inputs = tiny_classifier("vit", num_layers=2)
+    model.eval()
+    blocks, _ = model_tail(model, inputs, num_blocks=1)
+    replay = BlockInputReplay(model, blocks[0])
+    batches = batches_of(inputs, count=1)
+    record_replay(model, replay, batches, classification_head(model)[1])
+    recorded = batches[0][1]
+    mixed = {name: torch.cat([value, torch.randn_like(value[:1])]) for name, value in recorded.items()}
+    with torch.no_grad():
+        expected = model(**mixed).logits
+    failures = []
+
+    def fail_once(module, args, output):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("out of memory (simulated)")
+
+    handle = model.get_submodule(blocks[0]).register_forward_hook(fail_once)
+    model.train()
+    with torch.no_grad(), replay.replaying():
+        with pytest.raises(RuntimeError, match="simulated"):
+            model(**recorded)
+        assert len(model.get_submodule(replay.list_name)) == replay.index + 1
+        assert all(module.training for module in model.modules())
+        with evaluating(model):
+            got = model(**mixed).logits
+    handle.remove()
+    torch.testing.assert_close(got, expected)
+    assert len(model.get_submodule(replay.list_name)) == replay.index + 1
+    assert all(module.training for module in model.modules())
+
+
 def test_a_model_that_reads_every_blocks_output_fails_the_replay_check():
     """Wav2Vec2 with a weighted sum of every layer's output: the head's input needs the dropped blocks too, so the
     replay does not reproduce it, and the check says so."""

@@ -221,8 +221,9 @@ class GPPUConfig:
             "time; a row is recognised by its exact model inputs, and a row not recorded gets its input from those "
             "blocks run on it alone). Checked before fine-tuning on one batch: the head must receive what it "
             "received in step 1; where it does not, every pass runs the whole model. Memory: that input for the "
-            "sampled rows (ViT-base at 224: about 0.6 MB a row). False: every pass runs the whole model. Measured "
-            "in benchmarks/results/scale_gppu_replay_steps.md."
+            "sampled rows (ViT-base at 224: about 0.6 MB a row). False: every pass runs the whole model. With "
+            "`gradient_checkpointing` only the checks are replayed (a block may run again in the backward pass). "
+            "Measured in benchmarks/results/scale_gppu_replay_steps.md."
         },
     )
     forget_updates_batchnorm: bool = field(
@@ -538,7 +539,9 @@ class GPPU(UnlearningMethod):
         replay = self.replay
         if replay is not None:
             retain = trainer.shard_batches(self.sampled_rows["retain"], "Checking the replayed block input")
-            if not replay.matches(retain, self.head, self.retain_features):
+            local = replay.matches(retain, self.head, self.retain_features)  # on this process's first batch
+            failed = torch.tensor([0.0 if local else 1.0], device=trainer.args.device)
+            if trainer.accelerator.reduce(failed, reduction="sum").item():  # every process replays, or none
                 logger.info(f"GPPU: replaying the input of '{blocks[0]}' does not reproduce the head's input; the "
                             "fine-tuning runs the whole model.")  # fmt: skip
                 replay = self.replay = None
@@ -584,9 +587,11 @@ class GPPU(UnlearningMethod):
             rows = subsample(np.arange(len(trainer.retain_labels)), config.max_finetune_rows, trainer.args.seed,
                              trainer.retain_labels)  # fmt: skip
             retain = trainer.retain_view if len(rows) == len(trainer.retain_labels) else trainer.retain_view.select(rows)
-            if replay is not None:
+            # With gradient checkpointing a block may run again in the backward pass, outside the replayed pass.
+            steps_replayed = replay is not None and not trainer.args.gradient_checkpointing
+            if steps_replayed:
                 replay.replayed_rows = replay.computed_rows = 0
-            with replay.replaying() if replay is not None else contextlib.nullcontext():
+            with replay.replaying() if steps_replayed else contextlib.nullcontext():
                 trainer.train_with(PairedDataset(retain, trainer.forget_view, seed=trainer.args.seed))
         finally:
             keep_frozen_in_eval.remove()
@@ -596,8 +601,10 @@ class GPPU(UnlearningMethod):
             trainer.remove_callback(callback)
         self.report["finetune_steps"] = trainer.state.global_step
         self.report["finetune_kept_step"] = callback.best_step
-        if replay is not None:  # rows of the training steps' forward passes, by how they ran
-            self.report["finetune_rows"] = {"replayed": replay.replayed_rows, "computed": replay.computed_rows}
+        if steps_replayed:  # rows of the training steps' forward passes (all processes), by how they ran
+            counts = torch.tensor([replay.replayed_rows, replay.computed_rows], device=trainer.args.device)
+            replayed, computed = trainer.accelerator.reduce(counts, reduction="sum").tolist()
+            self.report["finetune_rows"] = {"replayed": int(replayed), "computed": int(computed)}
         return callback.kept_accuracy
 
     def compute_loss(self, model, inputs, num_items_in_batch=None):

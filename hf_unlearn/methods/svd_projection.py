@@ -25,8 +25,9 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
    retain x (1 - forget), before any refit. The grid is reported in the metrics (`alpha_grid`). With
    "forget_first" only the points at the forget target (none: those with the lowest forget accuracy) are scored on
    the held-out retain rows, since no other point can be kept, and a pass that shows its point cannot be kept stops
-   early: a forget pass once it is past the target, a retain pass once it has as many wrong rows as the best point
-   so far (reported as `"stopped"`; the point kept is the same; `full_grid=True` scores every point in full).
+   early: a forget pass once it is past the target and has more correct rows than the lowest point so far, a
+   retain pass once it has as many wrong rows as the best point so far (reported as `"stopped"`; the point kept is
+   the same; `full_grid=True` scores every point in full).
    `refine_steps` (off by default) bisects alpha_f where an alpha_r's row crosses the forget target.
 5. Not in the paper (`head_refit_steps`, default 100; 0 is the paper's method): the classification head is refitted
    on the projected model's features of the retain statistics rows (retain cross-entropy; a linear model, no
@@ -181,9 +182,10 @@ class SVDProjectionConfig:
             "help": "Score every grid point in full on the held-out forget and retain rows, so `alpha_grid` reports "
             "each point's accuracies. By default 'forget_first' scores on the retain rows only the points at the "
             "forget target (or, when none is, those with the lowest forget accuracy), and stops a point's pass as "
-            "soon as it cannot be kept: its forget rows once past the target, its retain rows once it has as many "
-            "wrong as the best point before it (`\"stopped\": \"forget\"` / `\"retain\"`, accuracy None); "
-            "the point kept is the same."
+            "soon as it cannot be kept: its forget rows once past the target and past the fewest correct rows of "
+            "the points before it, its retain rows once it has as many wrong as the best point before it (`\"stopped\": \"forget\"` / `\"retain\"`, accuracy None; "
+            "`retain_scored_points` counts the retain passes, stopped or not); the point kept is the same. "
+            "`score_after_refit`, `refine_steps` and the other `alpha_score`s also score every pass in full."
         },
     )
     refine_steps: int = field(
@@ -496,13 +498,11 @@ class SVDProjection(UnlearningMethod):
 
     def score_forget(self, point: dict, forget_batches, max_correct: int | None = None) -> None:
         """The held-out forget accuracy of the weights in place, into `point`. With `max_correct`, a pass with more
-        correct rows (past the forget target) stops early: its accuracy is None and the point `"stopped": "forget"`."""
+        correct rows stops early: its accuracy is None and the point `"stopped": "forget"`."""
         counts = shard_counts(self.trainer.model, forget_batches, self.trainer.accelerator, max_correct=max_correct)
         point["forget_accuracy"] = None if counts is None else counts[0] / counts[1]
         if counts is None:
             point["stopped"] = "forget"
-        else:
-            point.pop("stopped", None)
 
     def search(self, modules, spaces, forget_rows, retain_rows) -> tuple[float, float]:
         """Score the grid points on the held-out rows (the retain rows only where a point can be kept, see
@@ -528,6 +528,9 @@ class SVDProjection(UnlearningMethod):
         bounded = config.alpha_score == "forget_first" and not (config.full_grid or config.score_after_refit
                                                                  or config.refine_steps)  # fmt: skip
         forget_limit = math.floor(target * len(forget_rows) + 1e-9) if bounded else None
+        # A forget pass stops once past the target and past the fewest correct rows so far: such a point can be
+        # neither one at the target nor, when none reaches it, one of the lowest forget accuracy (kept then).
+        fewest_correct = None
         fewest_wrong = None  # the best retain-scored point's wrong held-out retain rows
         refined = []  # `refine_steps`: the weakest point at the target between two alpha_f of a row
         for alpha_r in config.alpha_r_grid:
@@ -535,7 +538,11 @@ class SVDProjection(UnlearningMethod):
             for alpha_f in config.alpha_f_grid:
                 self.apply(modules, spaces, alpha_r, alpha_f, kept)
                 point = {"alpha_r": alpha_r, "alpha_f": alpha_f}
-                self.score_forget(point, forget_batches, forget_limit)
+                self.score_forget(point, forget_batches,
+                                  None if fewest_correct is None else max(forget_limit, fewest_correct))  # fmt: skip
+                if bounded and point["forget_accuracy"] is not None:
+                    correct = round(point["forget_accuracy"] * len(forget_rows))
+                    fewest_correct = correct if fewest_correct is None else min(fewest_correct, correct)
                 if every_point or point["forget_accuracy"] is not None and point["forget_accuracy"] <= target:
                     limit = None if fewest_wrong is None or not bounded else fewest_wrong - 1
                     self.score_retain(point, retain_rows, retain_batches, head, limit)
@@ -551,11 +558,7 @@ class SVDProjection(UnlearningMethod):
         progress.close()
         grid += refined  # reported after the grid points
         if not any(point["forget_accuracy"] is not None and point["forget_accuracy"] <= target for point in grid):
-            for point in grid:  # no point reached the target: the lowest forget accuracy is kept, so it is needed
-                if point["forget_accuracy"] is None:
-                    self.apply(modules, spaces, point["alpha_r"], point["alpha_f"])
-                    self.score_forget(point, forget_batches)
-            lowest = min(point["forget_accuracy"] for point in grid)
+            lowest = min(point["forget_accuracy"] for point in grid if point["forget_accuracy"] is not None)
             for point in grid:
                 if point["forget_accuracy"] == lowest and "retain_accuracy" not in point:
                     self.apply(modules, spaces, point["alpha_r"], point["alpha_f"])
@@ -623,7 +626,7 @@ def best_grid_point(grid: list[dict], rule: str, forget_target: float) -> dict:
                  and point["forget_accuracy"] <= forget_target]  # fmt: skip
     if forgotten:
         return max(forgotten, key=retain)
-    lowest = min(point["forget_accuracy"] for point in grid)  # only those were scored on the retain rows
+    lowest = min(point["forget_accuracy"] for point in grid if point["forget_accuracy"] is not None)  # scored ones
     return max((point for point in grid if point["forget_accuracy"] == lowest), key=retain)
 
 
