@@ -358,8 +358,10 @@ class UnlearnConfig(TrainingArguments):
         valid = [f.name for f in fields(spec.config_class)]
         unknown = sorted(set(kwargs) - set(valid))
         if unknown:
+            renamed = getattr(spec.config_class, "RENAMED", {})  # old name -> new name, for settings renamed
+            moved = "".join(f" `{old}` is now `{renamed[old]}`." for old in unknown if old in renamed)
             raise ValueError(
-                f"`method_kwargs` has {unknown} which method '{self.method}' does not take. "
+                f"`method_kwargs` has {unknown} which method '{self.method}' does not take.{moved} "
                 f"Valid keys: {', '.join(valid) or '(none)'}."
             )
         hints = typing.get_type_hints(spec.config_class)

@@ -399,6 +399,7 @@ def test_trainable_modules_that_match_nothing_are_named(trained, digits, make_ar
         ({"head_learning_rate": 0.0}, "head_learning_rate"),
         ({"num_retain_samples": 0}, "num_retain_samples"),
         ({"max_finetune_rows": 0}, "max_finetune_rows"),
+        ({"replay_checks": False}, "`replay_checks` is now `replay_block_input`"),  # renamed in stop 32
     ],
 )
 def test_bad_method_kwargs_are_named(kwargs, message, tmp_path):

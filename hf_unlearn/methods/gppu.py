@@ -75,6 +75,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -109,6 +110,9 @@ DIRECTIONS = ("whitened", "contrast", "unique")
 
 @dataclass
 class GPPUConfig:
+    #: Settings renamed, named in the error a config with the old name gets.
+    RENAMED: ClassVar[dict[str, str]] = {"replay_checks": "replay_block_input"}
+
     num_forget_samples: int = field(
         default=500,
         metadata={"help": "Forget rows (random) whose features build the graph and the forget directions."},
