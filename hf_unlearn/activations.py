@@ -402,6 +402,10 @@ def block_list_owners(model: nn.Module, list_name: str) -> list[nn.Module]:
     return [model.get_submodule(".".join(parts[:depth])) for depth in range(len(parts))]
 
 
+#: What a model that cannot be replayed raises in `BlockInputReplay.matches` (it then keeps the full pass).
+REPLAY_FAILURES = (RuntimeError, KeyError, IndexError, TypeError, ValueError)
+
+
 class BlockInputReplay:
     """The input of one block of a model's `nn.ModuleList` of blocks (an encoder layer, a CNN stage), recorded per
     row during one pass, then replayed: inside `replaying()`, a forward pass with recorded rows runs without the
@@ -422,8 +426,9 @@ class BlockInputReplay:
     its checks and its steps at the cost of the tail (`gppu`). `matches` replays one batch, and computes the block
     input of its first row as for a row not recorded, and compares what a later layer (the head) receives with what
     it received in the recorded pass; a model whose forward pass does not iterate its block list, or reads the dropped
-    blocks' outputs elsewhere, fails it and keeps the full pass. Memory: the recorded inputs, on their device (`nbytes`); recognising a pass's rows costs a
-    few integer operations per input element and one copy of two integers per row and input tensor to the host.
+    blocks' outputs elsewhere, fails it and keeps the full pass. Memory: the recorded inputs, on their device
+    (`nbytes`); recognising a pass's rows costs a few integer operations per input element and one copy of two
+    integers per row and input tensor to the host.
     "The same" is up to rounding: a row computed in another batch, or under autocast where the recorded pass was
     not, can differ in the last bits.
 
@@ -570,8 +575,8 @@ class BlockInputReplay:
                     self._replayed = torch.stack([next(computed) if place is None else self.inputs[place[0]][place[1]]
                                                   for place in found])  # fmt: skip
             setattr(parent, attribute, tail if self._replayed is not None else blocks)
-            self.replayed_rows += len(found) - len(missing) if self._replayed is not None else 0
-            self.computed_rows += len(missing) if self._replayed is not None else len(found)
+            self.replayed_rows += len(found) - len(missing)  # a pass run whole has every row missing
+            self.computed_rows += len(missing)
 
         def replay(module, args, kwargs):
             if self._replayed is None or self._computing:
@@ -666,7 +671,7 @@ class BlockInputReplay:
             try:
                 with evaluating(self.model), self.replaying(), capturing(module) as captured:
                     self.model(**inputs)
-            except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as error:
+            except REPLAY_FAILURES as error:
                 logger.info(f"Replaying '{self.list_name}' failed ({type(error).__name__}: {error}).")
                 return False
             if self.replayed_rows == before:
@@ -675,13 +680,14 @@ class BlockInputReplay:
             replayed, expected = pooled_rows(captured.value), recorded[sample_ids.to(recorded.device)]
             if not _close(replayed, expected, rtol):
                 return False
-            # A row not recorded gets its input from the model stopped at the block: so must the first row.
+            # A row not recorded gets its input from the model stopped at the block: so must a recorded row.
             self._keys = self.row_keys((), inputs)
-            index, row = self.rows[self._keys[0]]
+            first = next(position for position, key in enumerate(self._keys) if key in self.rows)  # one replayed
+            index, row = self.rows[self._keys[first]]
             try:
                 with evaluating(self.model):
-                    computed = self._computed_inputs((), inputs, [0])
-            except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as error:
+                    computed = self._computed_inputs((), inputs, [first])
+            except REPLAY_FAILURES as error:
                 logger.info(f"Computing the input of '{self.list_name}.{self.index}' failed ({error}).")
                 return False
             return _close(computed[0], self.inputs[index][row], rtol)

@@ -183,8 +183,9 @@ class SVDProjectionConfig:
             "each point's accuracies. By default 'forget_first' scores on the retain rows only the points at the "
             "forget target (or, when none is, those with the lowest forget accuracy), and stops a point's pass as "
             "soon as it cannot be kept: its forget rows once past the target and past the fewest correct rows of "
-            "the points before it, its retain rows once it has as many wrong as the best point before it (`\"stopped\": \"forget\"` / `\"retain\"`, accuracy None; "
-            "`retain_scored_points` counts the retain passes, stopped or not); the point kept is the same. "
+            "the points before it, its retain rows once it has as many wrong as the best point before it "
+            "(`\"stopped\": \"forget\"` / `\"retain\"`, accuracy None; `retain_scored_points` counts the "
+            "retain passes, stopped or not); the point kept is the same. "
             "`score_after_refit`, `refine_steps` and the other `alpha_score`s also score every pass in full."
         },
     )
@@ -473,17 +474,19 @@ class SVDProjection(UnlearningMethod):
         for name, space in spaces.items():
             modules[name].weight.copy_(space.weight_for(kept[name], alpha_f))
 
-    def score_retain(self, point: dict, retain_rows, retain_batches, head, max_wrong: int | None = None) -> None:
+    def score_retain(self, point: dict, retain_rows, retain_batches, head, max_wrong: int | None = None) -> int | None:
         """The held-out retain accuracy of the weights in place (with `head`, also after a cross-fitted trial refit)
-        and the product score, into `point`. With `max_wrong`, a pass with more wrong rows stops early: its accuracy
-        is None and the point `"stopped": "retain"`."""
+        and the product score, into `point`; returns the wrong rows (without `head`). With `max_wrong`, a pass with
+        more wrong rows stops early: its accuracy is None and the point `"stopped": "retain"`."""
         trainer, config = self.trainer, self.config
+        wrong = None
         if head is None:
             counts = shard_counts(trainer.model, retain_batches, trainer.accelerator, max_wrong=max_wrong)
             point["retain_accuracy"] = None if counts is None else counts[0] / counts[1]
             if counts is None:
                 point.update(stopped="retain", score=None)
-                return
+                return None
+            wrong = counts[1] - counts[0]
         else:
             retain = collect_head_features(trainer, retain_rows, head[1], batches=retain_batches)
             point["retain_accuracy"] = accuracy(retain.logits.cpu().numpy(), retain.labels.cpu().numpy())
@@ -495,14 +498,18 @@ class SVDProjection(UnlearningMethod):
             point["retain_kl"] = shard_divergence(trainer.model, retain_batches, self.original_retain_logits,
                                                   trainer.accelerator)  # fmt: skip
         point["score"] = point["retain_accuracy"] * (1.0 - point["forget_accuracy"])
+        return wrong
 
-    def score_forget(self, point: dict, forget_batches, max_correct: int | None = None) -> None:
-        """The held-out forget accuracy of the weights in place, into `point`. With `max_correct`, a pass with more
-        correct rows stops early: its accuracy is None and the point `"stopped": "forget"`."""
+    def score_forget(self, point: dict, forget_batches, max_correct: int | None = None) -> int | None:
+        """The held-out forget accuracy of the weights in place, into `point`; returns the correct rows. With
+        `max_correct`, a pass with more correct rows stops early: its accuracy is None and the point
+        `"stopped": "forget"`."""
         counts = shard_counts(self.trainer.model, forget_batches, self.trainer.accelerator, max_correct=max_correct)
         point["forget_accuracy"] = None if counts is None else counts[0] / counts[1]
         if counts is None:
             point["stopped"] = "forget"
+            return None
+        return counts[0]
 
     def search(self, modules, spaces, forget_rows, retain_rows) -> tuple[float, float]:
         """Score the grid points on the held-out rows (the retain rows only where a point can be kept, see
@@ -523,31 +530,28 @@ class SVDProjection(UnlearningMethod):
         # rows (most of the held-out rows) are scored only once no point has reached the target (`full_grid`: all).
         every_point = config.full_grid or config.alpha_score == "product"
         # Plain "forget_first" only needs to know which points reach the forget target and, among them, which keeps
-        # the most held-out retain rows: a point's forget pass stops once it is past the target, its retain pass once
-        # it has lost as many rows as the best point so far (ties go to the earlier point). The point kept is the same.
+        # the most held-out retain rows. So a forget pass stops once past the target and past the fewest correct rows
+        # so far (such a point is neither at the target nor, when none reaches it, of the lowest forget accuracy,
+        # kept then); a retain pass once it has as many wrong rows as the best point so far (ties go to the earlier
+        # point). The point kept is the same.
         bounded = config.alpha_score == "forget_first" and not (config.full_grid or config.score_after_refit
                                                                  or config.refine_steps)  # fmt: skip
         forget_limit = math.floor(target * len(forget_rows) + 1e-9) if bounded else None
-        # A forget pass stops once past the target and past the fewest correct rows so far: such a point can be
-        # neither one at the target nor, when none reaches it, one of the lowest forget accuracy (kept then).
-        fewest_correct = None
-        fewest_wrong = None  # the best retain-scored point's wrong held-out retain rows
+        fewest_correct = fewest_wrong = None  # over the points scored so far (only while `bounded`)
         refined = []  # `refine_steps`: the weakest point at the target between two alpha_f of a row
         for alpha_r in config.alpha_r_grid:
             kept = {name: space.kept_on_forget(alpha_r) for name, space in spaces.items()}
             for alpha_f in config.alpha_f_grid:
                 self.apply(modules, spaces, alpha_r, alpha_f, kept)
                 point = {"alpha_r": alpha_r, "alpha_f": alpha_f}
-                self.score_forget(point, forget_batches,
-                                  None if fewest_correct is None else max(forget_limit, fewest_correct))  # fmt: skip
-                if bounded and point["forget_accuracy"] is not None:
-                    correct = round(point["forget_accuracy"] * len(forget_rows))
+                limit = None if fewest_correct is None else max(forget_limit, fewest_correct)
+                correct = self.score_forget(point, forget_batches, limit)
+                if bounded and correct is not None:
                     fewest_correct = correct if fewest_correct is None else min(fewest_correct, correct)
-                if every_point or point["forget_accuracy"] is not None and point["forget_accuracy"] <= target:
-                    limit = None if fewest_wrong is None or not bounded else fewest_wrong - 1
-                    self.score_retain(point, retain_rows, retain_batches, head, limit)
-                    if bounded and point["retain_accuracy"] is not None:
-                        wrong = round((1.0 - point["retain_accuracy"]) * len(retain_rows))
+                if every_point or correct is not None and point["forget_accuracy"] <= target:
+                    limit = None if fewest_wrong is None else fewest_wrong - 1
+                    wrong = self.score_retain(point, retain_rows, retain_batches, head, limit)
+                    if bounded and wrong is not None:
                         fewest_wrong = wrong if fewest_wrong is None else min(fewest_wrong, wrong)
                 grid.append(point)
                 progress.update()
