@@ -49,6 +49,15 @@ class UnlearnConfig(TrainingArguments):
             "Resolved to the method's config dataclass; unknown keys are an error."
         },
     )
+    resolved_budget: dict[str, Any] | str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "help": "Set by the config itself, not by users: the training-budget fields it filled in (from the "
+            "method's or a preset's defaults, or TrainingArguments'). A copy for another method "
+            "(`dataclasses.replace(args, method=...)`) fills those again for its method instead of keeping them."
+        },
+    )
     preset: str | None = field(
         default=None,
         metadata={
@@ -226,6 +235,12 @@ class UnlearnConfig(TrainingArguments):
             self.use_cpu = True
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinned memory is for copies to a GPU; on a CPU it only warns
+        # A copy (`dataclasses.replace`) carries the values this config filled in: unset again where unchanged, so that
+        # the copy's method (or preset) fills its own and only what the user set stays.
+        if isinstance(self.resolved_budget, dict):
+            for name, value in self.resolved_budget.items():
+                if name in BUDGET_FIELDS and getattr(self, name) == value:
+                    setattr(self, name, None)
         preset = self._resolve_preset()
         self.preset_applied = _preset_record(preset)
         self.method_training_defaults = self._apply_training_defaults(preset)
@@ -324,15 +339,16 @@ class UnlearnConfig(TrainingArguments):
         if self.max_steps is not None or self.num_train_epochs is not None:
             method_defaults.pop("max_steps", None)
             method_defaults.pop("num_train_epochs", None)
-        applied = {}
+        applied, filled = {}, {}
         for name in BUDGET_FIELDS:
             if getattr(self, name) is not None:
                 continue
             if name in method_defaults:
                 applied[name] = method_defaults[name]
-                setattr(self, name, method_defaults[name])
-            else:
-                setattr(self, name, _LIBRARY_DEFAULTS.get(name, TrainingArguments.__dataclass_fields__[name].default))
+            value = applied.get(name, _LIBRARY_DEFAULTS.get(name, TrainingArguments.__dataclass_fields__[name].default))
+            setattr(self, name, value)
+            filled[name] = value
+        self.resolved_budget = filled
         return applied
 
     def _resolve_method_config(self, preset=None):

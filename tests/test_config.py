@@ -147,6 +147,26 @@ def test_epochs_and_steps_are_one_budget(tmp_path):
     assert args.max_steps == 7 and "num_train_epochs" not in args.method_training_defaults
 
 
+def test_a_copy_for_another_method_takes_that_methods_defaults_and_keeps_what_the_user_set(tmp_path):
+    import dataclasses
+
+    from hf_unlearn.config import BUDGET_FIELDS
+
+    def budget(args):
+        return {name: getattr(args, name) for name in BUDGET_FIELDS}
+
+    gppu = UnlearnConfig(output_dir=str(tmp_path), method="gppu")
+    fresh = UnlearnConfig(output_dir=str(tmp_path), method="remain_geometry")
+    copy = dataclasses.replace(gppu, method="remain_geometry")
+    assert budget(copy) == budget(fresh) and budget(copy) != budget(gppu)
+    assert copy.method_training_defaults == fresh.method_training_defaults
+    # What the user set stays, in the copy's arguments or the original's.
+    assert dataclasses.replace(gppu, method="remain_geometry", learning_rate=0.5).learning_rate == 0.5
+    own = UnlearnConfig(output_dir=str(tmp_path), method="gppu", learning_rate=0.3, max_steps=4)
+    again = dataclasses.replace(own, method="remain_geometry")
+    assert (again.learning_rate, again.max_steps, again.optim) == (0.3, 4, fresh.optim)
+
+
 def test_every_method_has_defaults_the_config_accepts(tmp_path):
     from hf_unlearn import get_method
     from hf_unlearn.config import BUDGET_FIELDS
