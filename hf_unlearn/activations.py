@@ -465,6 +465,10 @@ class BlockInputReplay:
     def nbytes(self) -> int:
         return sum(value.numel() * value.element_size() for value in self.inputs)
 
+    def clear(self) -> None:
+        """Forget every recorded row (and free their inputs)."""
+        self.inputs, self.rows = [], {}
+
     def _hash_weights(self, length: int, device: torch.device) -> torch.Tensor:
         """Two rows of random integer weights for inputs of `length` 16-bit words, small enough that the weighted sum
         of a row is exact in int64 (|word| <= 2^15): two inputs that differ collide with probability at most
@@ -518,18 +522,31 @@ class BlockInputReplay:
 
     @contextlib.contextmanager
     def recording(self):
-        """Record the block's input for every row of the forward passes run in the block."""
+        """Record the block's input for every row of the forward passes run in the block: what the block receives,
+        after any hook registered on it before (another replay's, whose rows then record as replayed). A pass run
+        inside a pass (another replay computing the input of its rows not recorded) is not recorded."""
+        depth = [0]
+
+        def enter(module, args, kwargs):
+            depth[0] += 1
+            if depth[0] == 1:
+                self._recognise(module, args, kwargs)
+
+        def leave(module, args, output):
+            depth[0] -= 1
 
         def record(module, args, kwargs):
             slot = self._hidden_slot(args, kwargs)
             value = args[slot] if isinstance(slot, int) else kwargs[slot]
-            if not self._keys or len(self._keys) != len(value):
+            if depth[0] != 1 or not self._keys or len(self._keys) != len(value):
                 return  # rows not recognised (or not along the first dimension): they will run whole
             self.inputs.append(value.detach().clone())
             for row, key in enumerate(self._keys):
                 self.rows.setdefault(key, (len(self.inputs) - 1, row))
 
-        handles = [self.model.register_forward_pre_hook(self._recognise, with_kwargs=True),
+        # First of the model's hooks: a pass that another replay starts inside this one counts as nested.
+        handles = [self.model.register_forward_pre_hook(enter, with_kwargs=True, prepend=True),
+                   self.model.register_forward_hook(leave, always_call=True),
                    self.block.register_forward_pre_hook(record, with_kwargs=True)]  # fmt: skip
         try:
             yield self
@@ -678,7 +695,7 @@ class BlockInputReplay:
                 logger.info(f"The rows checked were not recognised as recorded ones: '{self.list_name}' is not replayed.")
                 return False
             replayed, expected = pooled_rows(captured.value), recorded[sample_ids.to(recorded.device)]
-            if not _close(replayed, expected, rtol):
+            if not close_to(replayed, expected, rtol):
                 return False
             # A row not recorded gets its input from the model stopped at the block: so must a recorded row.
             self._keys = self.row_keys((), inputs)
@@ -690,11 +707,11 @@ class BlockInputReplay:
             except REPLAY_FAILURES as error:
                 logger.info(f"Computing the input of '{self.list_name}.{self.index}' failed ({error}).")
                 return False
-            return _close(computed[0], self.inputs[index][row], rtol)
+            return close_to(computed[0], self.inputs[index][row], rtol)
         return True
 
 
-def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
+def close_to(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
     """Same shape and equal within `rtol` (absolute: `rtol` of the largest expected value)."""
     got, expected = got.float(), expected.float().to(got.device)
     scale = float(expected.abs().max()) if expected.numel() else 0.0

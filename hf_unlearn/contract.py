@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
     from transformers import TrainerCallback, TrainerState
 
+    from .activations import BlockInputReplay
     from .config import UnlearnConfig
     from .data import ForgetRetainSplit
 
@@ -55,8 +56,8 @@ class TrainerSurface(Protocol):
     def prepare_inputs(self, inputs: dict) -> dict:
         """A collated batch moved to the device (as the Trainer's loop does)."""
 
-    def predict_logits(self, dataset, model=None, description: str = "Scoring", head=None) -> tuple[np.ndarray, ...]:
-        """Logits and labels of every row of `dataset`, gathered over processes."""
+    def predict_logits(self, dataset, model=None, description: str = "Scoring", head=None, original=None) -> tuple:
+        """Logits and labels of every row of `dataset`, gathered over processes (`passes.predict_logits`)."""
 
     def shard_batches(self, dataset, description: str = "Forward pass",
                       batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, dict]]:  # fmt: skip
@@ -105,8 +106,9 @@ class UnlearningMethod:
     which changes `trainer.model` in place. A method uses only the `TrainerSurface`; whatever the run chooses or
     measures itself (e.g. a hyperparameter search) goes in `self.report`, which is added to the returned metrics.
 
-    Hooks a subclass may override: `check_settings` (before any work), `run` (required), and for methods that train
-    through the Trainer's loop `compute_loss` and, when one Trainer step is several updates, `training_step`.
+    Hooks a subclass may override: `check_settings` (before any work), `run` (required), `changed_modules` (what `run`
+    may change, when known before), and for methods that train through the Trainer's loop `compute_loss` and, when one
+    Trainer step is several updates, `training_step`.
     """
 
     #: Whether `UnlearnConfig.forget_accuracy_target` may stop this method early.
@@ -147,6 +149,19 @@ class UnlearningMethod:
     def run(self) -> None:
         """Unlearn: change `self.trainer.model` in place."""
         raise NotImplementedError(f"{type(self).__name__} must define `run()`.")
+
+    def changed_modules(self) -> list[str] | None:
+        """Names of the modules whose parameters and buffers `run()` may change, where the method knows them before
+        it runs; None (the default): any. Called before `run()`. With names, the trainer keeps those modules' original
+        values and measures the original model after the method, in the unlearned model's passes, from the first block
+        they change on (`hf_unlearn.measure_cache`); a run that then changed anything else is an error."""
+        return None
+
+    def take_block_inputs(self) -> BlockInputReplay | None:
+        """After `run()`: the input of a block that the method recorded with the original model for rows it read, the
+        blocks before it left unchanged (within what `changed_modules` names), or None (the default). Handed over
+        once: the method keeps no reference, and the measuring passes replay it for those rows, then free it."""
+        return None
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         """The loss of one batch of the Trainer's loop (a mean over the batch)."""

@@ -1,21 +1,45 @@
-"""The original model's measurements, reused across requests on the same model and data in one process.
+"""The original model's measurements: reused across requests on the same model and data in one process, and, after a
+method that changes only a model's tail, taken from the unlearned model's own measuring passes.
 
-Comparing methods (or running several requests) on one trained model measures the same original on the same rows
-each time: a measuring pass costs as much as a fast method itself. `original_metrics(trainer)` keys a measurement
-by a fingerprint of the model's weights and buffers and by everything that decides the measured rows and metrics (the
+Reuse. Comparing methods (or running several requests) on one trained model measures the same original on the same
+rows each time: a measuring pass costs as much as a fast method itself. `OriginalMeasurement` keys a measurement by a
+fingerprint of the model's weights and buffers and by everything that decides the measured rows and metrics (the
 data's fingerprints, the request's split, the judge, the label names, the processor's settings, the collator, the
-seed and the measuring settings), and returns a copy of the earlier result when all of them match. Single-process
-runs only. Any change to the model (training, an in-place edit) changes its fingerprint.
+seed and the measuring settings), and takes a copy of the earlier result when all of them match. Any change to the
+model (training, an in-place edit) changes its fingerprint.
+
+Measured with the unlearned model. A method that names before it runs the modules it may change
+(`UnlearningMethod.changed_modules`: gppu's last block(s) and head) leaves every block before them as it was, so the
+two models compute the same input to the first block that differs (`models.block_before`). The original's values of
+those modules are kept (a copy of the tail alone) and the original is measured after the method, in the unlearned
+model's passes (`passes.predict_logits`): each batch runs the unlearned model, which records that block's input, then
+the original's tail alone from the recorded input, with the original's values put back for that pass
+(`torch.func.functional_call`). The original then costs its tail instead of a whole pass, and its metrics are the
+numbers a whole pass gives: the first batch also runs the whole original and must match, or every batch runs it
+whole. After the method every other parameter and buffer is checked against its digest from before: a method that
+changed more than it named is an error, never a silently wrong original. The measured block is in the results
+(`original_measured_from_block`).
+
+Both are for one process (several would have to agree on a hit and on the replay, and sharded weights differ by
+process); with several the original is measured whole before the method.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 from collections import OrderedDict
 
 import numpy as np
 import torch
+from accelerate.logging import get_logger
+from torch.func import functional_call
+
+from .activations import BlockInputReplay, close_to
+from .models import block_before
+
+logger = get_logger(__name__)
 
 #: How many measurements are kept (least recently used go first).
 CACHE_SIZE = 8
@@ -25,17 +49,31 @@ _MEASURING_FIELDS = ("seed", "max_metric_train_samples", "eval_generated_samples
                      "eval_guidance_scale", "eval_sampler", "eval_sampler_eta")  # fmt: skip
 
 
+def _named_tensors(module: torch.nn.Module, prefix: str = "", every_name: bool = False) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and buffers by name (`every_name`: a tensor shared by several modules under each of its names)."""
+    return [*module.named_parameters(prefix, remove_duplicate=not every_name),
+            *module.named_buffers(prefix, remove_duplicate=not every_name)]  # fmt: skip
+
+
 @torch.no_grad()
+def tensor_digests(model: torch.nn.Module) -> dict[str, str]:
+    """A digest of each parameter and buffer of `model`, by name (its shape, dtype and values)."""
+    digests = {}
+    for name, tensor in _named_tensors(model):
+        digest = hashlib.sha1(f"{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        values = tensor.detach().float() if tensor.dtype == torch.bfloat16 else tensor.detach()
+        digest.update(values.contiguous().cpu().numpy().tobytes())
+        digests[name] = digest.hexdigest()
+    return digests
+
+
 def model_fingerprint(model: torch.nn.Module | None) -> str:
     """A digest of every parameter and buffer (names, shapes, dtypes and values)."""
-    digest = hashlib.sha1()
-    if model is None:
-        return "none"
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes() if tensor.dtype != torch.bfloat16
-                      else tensor.detach().float().cpu().numpy().tobytes())  # fmt: skip
-    return digest.hexdigest()
+    return "none" if model is None else _combined(tensor_digests(model))
+
+
+def _combined(digests: dict[str, str]) -> str:
+    return hashlib.sha1(repr(list(digests.items())).encode()).hexdigest()
 
 
 def request_fingerprint(trainer) -> str:
@@ -59,18 +97,127 @@ def request_fingerprint(trainer) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()
 
 
-def original_metrics(trainer) -> tuple[dict, bool]:
-    """`(metrics of trainer.model before unlearning, whether they were reused)`. Only on one process: with several,
-    a hit on one and a miss on another would leave the others waiting in the measuring pass's gather, and sharded
-    weights differ by process."""
-    if trainer.accelerator.num_processes > 1:
-        return trainer.evaluate_unlearning(), False
-    key = model_fingerprint(trainer.model) + request_fingerprint(trainer)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return copy.deepcopy(_CACHE[key]), True
-    metrics = trainer.evaluate_unlearning()
-    _CACHE[key] = copy.deepcopy(metrics)
-    while len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return metrics, False
+class OriginalTail:
+    """The original model inside the unlearned `model`, for `passes.predict_logits`: `tensors`, the original values of
+    the parameters and buffers a method changed, put back for the original's pass on each batch, which starts at
+    `block` from the input the model's pass on that batch recorded (`block` None: the original runs whole).
+
+    `known`: the input of that block the method itself recorded with the original model for rows it read (gppu's
+    replay); the blocks before it being unchanged, the model's pass replays it for those rows too."""
+
+    def __init__(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor], block: str | None,
+                 known: BlockInputReplay | None = None):  # fmt: skip
+        self.tensors, self.block = tensors, block
+        self.replay = BlockInputReplay(model, block) if block is not None else None
+        self.known = known if self.replay is not None and known is not None and known.block is self.replay.block else None
+        self.checked = False
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Around the model's pass on a batch: record the shared block's input (the rows the method recorded
+        replayed)."""
+        with contextlib.ExitStack() as stack:
+            if self.known is not None:
+                stack.enter_context(self.known.replaying())  # its hook on the block first: the recording sees its rows
+            if self.replay is not None:
+                stack.enter_context(self.replay.recording())
+            yield
+
+    def __call__(self, model: torch.nn.Module, batch: dict):
+        """The original's output on `batch` (model inputs), right after the model's pass on it."""
+        if self.replay is None:
+            return functional_call(model, self.tensors, args=(), kwargs=batch)
+        try:
+            with self.replay.replaying():
+                output = functional_call(model, self.tensors, args=(), kwargs=batch)
+        finally:
+            self.replay.clear()  # one batch at a time: memory of one batch's block input
+        if self.checked:
+            return output
+        self.checked = True
+        whole = functional_call(model, self.tensors, args=(), kwargs=batch)  # the replay must reproduce it
+        if not close_to(output.logits, whole.logits, 1e-4):
+            logger.info(f"Replaying '{self.block}' does not reproduce the original's logits: it is measured whole.")
+            self.replay = self.known = self.block = None
+        return whole
+
+
+class OriginalMeasurement:
+    """The original model's metrics for one `unlearn()` call (`args.eval_before_unlearn`): taken from an earlier
+    measurement, measured now (before the method), or measured with the unlearned model after a method that names the
+    modules it changes (see the module's docstring). `report`: how, added to the run's results.
+
+    ```python
+    >>> original = OriginalMeasurement(trainer)       # before the method
+    >>> trainer.method.run()
+    >>> metrics, original_metrics = original.with_unlearned()
+    ```
+    """
+
+    def __init__(self, trainer):
+        self.trainer, args = trainer, trainer.args
+        self.metrics, self.key, self.kept, self.digests, self.named, self.block = None, None, None, None, set(), None
+        self.report = {"original_measurement_reused": False, "original_measured_from_block": None}
+        if not args.eval_before_unlearn:
+            return
+        single = trainer.accelerator.num_processes == 1
+        digests = tensor_digests(trainer.model) if single else {}
+        if single:
+            self.key = _combined(digests) + request_fingerprint(trainer)
+            if self.key in _CACHE:
+                _CACHE.move_to_end(self.key)
+                self.metrics, self.report["original_measurement_reused"] = copy.deepcopy(_CACHE[self.key]), True
+                return
+        later = single and args.eval_after_unlearn and trainer.kind.measures_with_original
+        modules = trainer.method.changed_modules() if later and trainer.eval_dataset is not None else None
+        if not modules:
+            self.metrics = trainer.evaluate_unlearning()
+            self._store()
+            return
+        model = trainer.model
+        with torch.no_grad():
+            self.kept = {
+                name: tensor.detach().clone() for module in dict.fromkeys(modules)
+                for name, tensor in _named_tensors(model.get_submodule(module), module)
+            }  # fmt: skip
+        kept_ids = {id(tensor) for module in modules for _, tensor in _named_tensors(model.get_submodule(module))}
+        # Every other tensor is checked after the method (a tensor shared with a module named counts as named).
+        self.digests = {name: digests[name] for name, tensor in _named_tensors(model) if id(tensor) not in kept_ids}
+        self.named = set(digests) - set(self.digests)
+        view = next(view for view in trainer.metric_views.values() if len(view))
+        sample = trainer.prepare_inputs(trainer.data_collator([view[0]]))
+        sample.pop("labels")
+        self.block = block_before(model, sample, list(modules))
+
+    def _store(self) -> None:
+        if self.key is not None:
+            _CACHE[self.key] = copy.deepcopy(self.metrics)
+            while len(_CACHE) > CACHE_SIZE:
+                _CACHE.popitem(last=False)
+
+    def with_unlearned(self) -> tuple[dict, dict | None]:
+        """After the method: `(the unlearned model's metrics, the original's)` (`{}` without `eval_after_unlearn`;
+        None without `eval_before_unlearn`)."""
+        trainer = self.trainer
+        known = trainer.method.take_block_inputs()  # replayed below where the blocks before it are checked unchanged
+        if self.kept is None:
+            return (trainer.evaluate_unlearning() if trainer.args.eval_after_unlearn else {}), self.metrics
+        model = trainer.model
+        now = dict(_named_tensors(model, every_name=True))
+        digests = tensor_digests(model)
+        changed = [name for name, digest in self.digests.items() if digests.get(name) != digest]
+        changed += [name for name in digests if name not in self.digests and name not in self.named]  # new tensors
+        changed += [name for name in self.kept if name not in now]
+        if changed:
+            raise RuntimeError(
+                f"Method '{trainer.args.method}' changed {changed[:3]} (of {len(changed)} tensors), "
+                f"outside the modules it named (`changed_modules()`): the original model cannot be measured. Fix the "
+                "method's `changed_modules()` (None: any module), or set `eval_before_unlearn=False`."
+            )
+        tensors = {name: kept for name, kept in self.kept.items() if not torch.equal(kept, now[name])}
+        original = OriginalTail(model, tensors, self.block, known)
+        metrics, self.metrics = trainer.kind.measure_with_original(trainer, model, original)
+        self.report["original_measured_from_block"] = original.block
+        self.kept = None
+        self._store()
+        return metrics, self.metrics

@@ -88,16 +88,9 @@ def refit_head(
 
 
 @torch.no_grad()
-def model_tail(model, batch: dict, num_blocks: int = 1) -> tuple[list[str], list[str]]:
-    """The last `num_blocks` blocks of `model` and everything that runs after them (final norm, pooler, projector,
-    head), found from one forward pass on `batch` (model inputs) instead of a per-architecture table.
-
-    The blocks are the children of the `nn.ModuleList` whose last child finishes last in the forward pass: the encoder
-    layers of ViT/DeiT/AST/Wav2Vec2/HuBERT, the stages of ResNet/ConvNeXt. The tail is every module with parameters of
-    its own that starts running at or after the first of those blocks.
-
-    Returns `(block_names, tail_module_names)`.
-    """
+def _forward_order(model, batch: dict) -> tuple[dict, dict]:
+    """`(starts, ends)`: the order in which each module of `model` first starts and last ends running in one
+    forward pass on `batch` (model inputs), in eval mode."""
     order, starts, ends = itertools.count(), {}, {}
 
     def started(module, args):
@@ -109,22 +102,44 @@ def model_tail(model, batch: dict, num_blocks: int = 1) -> tuple[list[str], list
     handles = []
     for module in model.modules():
         handles += [module.register_forward_pre_hook(started), module.register_forward_hook(ended)]
-    with evaluating(model):
-        model(**batch)
+    try:
+        with evaluating(model):
+            model(**batch)
+    finally:
         for handle in handles:
             handle.remove()
+    return starts, ends
+
+
+def _block_list(model, ends: dict) -> tuple[str, torch.nn.ModuleList] | None:
+    """The model's list of blocks: the `nn.ModuleList` (of blocks with parameters) whose last child finishes last."""
     block_lists = [
         (name, module)
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.ModuleList) and len(module) and module[-1] in ends
         and any(True for _ in module[-1].parameters())
     ]  # fmt: skip
+    return max(block_lists, key=lambda item: ends[item[1][-1]]) if block_lists else None
+
+
+def model_tail(model, batch: dict, num_blocks: int = 1) -> tuple[list[str], list[str]]:
+    """The last `num_blocks` blocks of `model` and everything that runs after them (final norm, pooler, projector,
+    head), found from one forward pass on `batch` (model inputs) instead of a per-architecture table.
+
+    The blocks are the children of the `nn.ModuleList` whose last child finishes last in the forward pass: the encoder
+    layers of ViT/DeiT/AST/Wav2Vec2/HuBERT, the stages of ResNet/ConvNeXt. The tail is every module with parameters of
+    its own that starts running at or after the first of those blocks.
+
+    Returns `(block_names, tail_module_names)`.
+    """
+    starts, ends = _forward_order(model, batch)
+    found = _block_list(model, ends)
     names = {module: name for name, module in model.named_modules()}
-    if not block_lists:
+    if found is None:
         logger.warning(f"{type(model).__name__} has no list of blocks (nn.ModuleList): only the head will be trained.")
         blocks, first_start = [], max(starts.values())
     else:
-        list_name, block_list = max(block_lists, key=lambda item: ends[item[1][-1]])
+        list_name, block_list = found
         if num_blocks > len(block_list):
             logger.warning(f"`num_trainable_blocks={num_blocks}` but '{list_name}' has {len(block_list)} blocks.")
         blocks = list(block_list)[-num_blocks:] if num_blocks else []
@@ -137,3 +152,19 @@ def model_tail(model, batch: dict, num_blocks: int = 1) -> tuple[list[str], list
         if module in starts and starts[module] >= first_start and any(True for _ in module.parameters(recurse=False))
     ]
     return [names[block] for block in blocks], tail
+
+
+def block_before(model, batch: dict, module_names: list[str]) -> str | None:
+    """The last block of `model`'s list of blocks (as `model_tail` finds it) that starts running before every module
+    in `module_names` does, in a forward pass on `batch`: a model whose changes are confined to those modules computes
+    the same input to that block as before the changes. None when there is no such block (a module named runs before
+    the blocks, or never runs, or the model has no list of blocks)."""
+    starts, ends = _forward_order(model, batch)
+    found = _block_list(model, ends)
+    modules = [model.get_submodule(name) for name in module_names]
+    if found is None or not modules or any(module not in starts for module in modules):
+        return None
+    list_name, block_list = found
+    first = min(starts[module] for module in modules)
+    before = [index for index, block in enumerate(block_list) if block in starts and starts[block] <= first]
+    return f"{list_name}.{before[-1]}" if before else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -16,6 +17,9 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .activations import capturing, evaluating, pooled_rows
+
+if TYPE_CHECKING:
+    from .measure_cache import OriginalTail
 
 
 def shard_bounds(total: int, num_processes: int) -> list[tuple[int, int]]:
@@ -74,24 +78,33 @@ def gather_shards(local: torch.Tensor, total: int, accelerator: Accelerator) -> 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, loader: Iterable[dict] | None, accelerator: Accelerator, prepare: Callable,
                    num_labels: int, head: torch.nn.Module | None = None, description: str = "Scoring",
-                   show: bool = True) -> tuple[np.ndarray, ...]:  # fmt: skip
+                   show: bool = True, original: OriginalTail | None = None) -> tuple:  # fmt: skip
     """Logits and labels of `model` on every batch of `loader` (a prepared dataloader; None: no rows), gathered over
-    processes; with `head` (a module of `model`), also the rows' inputs to it (pooled over tokens), a third array."""
+    processes; with `head` (a module of `model`), also the rows' inputs to it (pooled over tokens), a third array.
+    With `original` (`measure_cache.OriginalTail`: the original model inside the unlearned one), the same arrays for
+    the original model from the same batches, as a second tuple: `(model's, original's)`."""
+    runs = [None] if original is None else [None, original]
     if loader is None:
         empty = (np.zeros((0, num_labels), dtype=np.float32), np.zeros(0, dtype=np.int64))
-        return empty if head is None else (*empty, np.zeros((0, head.in_features), dtype=np.float32))
-    parts = ([], [], [])
+        empty = empty if head is None else (*empty, np.zeros((0, head.in_features), dtype=np.float32))
+        return empty if original is None else (empty, empty)
+    parts = [([], [], []) for _ in runs]
     with evaluating(model):
         for batch in tqdm(loader, desc=description, disable=not (show and len(loader) > 20), leave=False):
             batch = prepare(batch)
             labels = batch.pop("labels")
-            with capturing(head) if head is not None else contextlib.nullcontext() as captured:
-                logits = model(**batch).logits.float()
-            # `.clone()`: a head's input can be a view of the whole hidden state (ViT's CLS token), kept alive otherwise
-            outputs = (logits, labels) if head is None else (logits, labels, pooled_rows(captured.value).float().clone())
-            for part, values in zip(parts[: len(outputs)], accelerator.gather_for_metrics(outputs), strict=True):
-                part.append(values.cpu().numpy())
-    return tuple(np.concatenate(part) for part in parts if part)
+            for run, run_parts in zip(runs, parts, strict=True):
+                # The model's pass records what the original's then starts from.
+                recording = original.recording() if run is None and original is not None else contextlib.nullcontext()
+                with capturing(head) if head is not None else contextlib.nullcontext() as captured, recording:
+                    logits = (model(**batch) if run is None else run(model, batch)).logits.float()
+                # `.clone()`: a head's input can be a view of the whole hidden state (ViT's CLS token), kept alive
+                # otherwise
+                outputs = (logits, labels) if head is None else (logits, labels, pooled_rows(captured.value).float().clone())
+                for part, values in zip(run_parts[: len(outputs)], accelerator.gather_for_metrics(outputs), strict=True):
+                    part.append(values.cpu().numpy())
+    arrays = [tuple(np.concatenate(part) for part in run_parts if part) for run_parts in parts]
+    return arrays[0] if original is None else tuple(arrays)
 
 
 @torch.no_grad()

@@ -44,3 +44,10 @@ def format_report(original: dict | None, unlearned: dict, retrained: dict | None
             limits += f", retain drop at most {100 * check['max_retain_drop']:.1f} points"
         lines.append(f"unlearning check: {verdict}: {measured} ({limits})")
     return "\n".join(lines)
+
+
+def loggable_metrics(metrics: dict, original: dict | None) -> dict:
+    """The scalar results as `Trainer.log` records them (`unlearned/...`, `original/...`)."""
+    values = {f"unlearned/{key}": value for key, value in metrics.items() if isinstance(value, int | float)}
+    values.update({f"original/{key}": value for key, value in (original or {}).items() if isinstance(value, int | float)})
+    return {key: float(value) for key, value in values.items() if not isinstance(value, bool)}

@@ -7,18 +7,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from accelerate.logging import get_logger
-from transformers import Trainer
+from transformers import Trainer, set_seed
 
 from .checks import measured_values, unlearning_check
 from .config import UnlearnConfig
 from .lora import lora_if_asked
-from .measure_cache import original_metrics as original_metrics_of
+from .measure_cache import OriginalMeasurement
 from .metrics import gap_to_reference
 from .outputs import check_finite
 from .passes import broadcast_weights, gather_shards, predict_logits, shard_accuracy, shard_batches
+from .report import loggable_metrics
 from .request import UnlearningRequest
 from .saving import SavingMixin
 from .training import ForgetTargetCallback, no_hub_pushes, objects_so_far_left_to_refcounting
@@ -125,10 +125,11 @@ class UnlearningTrainer(SavingMixin, Trainer):
         if again:
             logger.warning(f"`forget_classes` {again} were unlearned by this model before; unlearning them again.")
         started = time.perf_counter()
-        # The original's measurement is reused when this model and these rows were measured before in this process.
-        original_metrics, reused = original_metrics_of(self) if args.eval_before_unlearn else (None, False)
+        # The original: measured now, or reused, or measured after the method with the unlearned model (`measure_cache`).
+        original = OriginalMeasurement(self)
         evaluation_seconds = time.perf_counter() - started
         self.accelerator.wait_for_everyone()
+        set_seed(args.seed)  # the method's draws do not depend on what ran before (a DataLoader draws a seed to start)
         start = time.perf_counter()
         with no_hub_pushes(args), lora_if_asked(self.model, args.peft_config, args.peft_merge, self.method.report):
             self.method.run()
@@ -138,11 +139,11 @@ class UnlearningTrainer(SavingMixin, Trainer):
         seconds = time.perf_counter() - start
         self._raise_on_every_process(check_finite, self.model, f"After '{args.method}'")
         started = time.perf_counter()
-        metrics = self.evaluate_unlearning() if args.eval_after_unlearn else {}
+        metrics, original_metrics = original.with_unlearned()
         metrics.update(self.method.report)
         # The method's own time, and the measuring passes before and after apart from it.
         metrics.update(unlearn_seconds=seconds, evaluation_seconds=evaluation_seconds + time.perf_counter() - started,
-                       original_measurement_reused=reused)
+                       **original.report)
         if split.is_class_level and all(metrics.get(key) is None for key in self.kind.forget_keys):
             metrics.update(self.kind.forget_check_metrics(self))
         check = unlearning_check(
@@ -161,7 +162,7 @@ class UnlearningTrainer(SavingMixin, Trainer):
                 f"`max_retain_drop` {args.max_retain_drop}). Nothing is recorded as unlearned; the card and results say "
                 "the run failed. Give the method more budget or other settings (see the README's method table)."
             )
-        self.log(_loggable(metrics, original_metrics))
+        self.log(loggable_metrics(metrics, original_metrics))
         self.unlearning_output = UnlearningOutput(
             model=self.model, metrics=metrics, original_metrics=original_metrics, method=args.method,
             method_config=args.method_config, forget_classes=split.forget_classes,
@@ -193,14 +194,15 @@ class UnlearningTrainer(SavingMixin, Trainer):
         return self._prepare_inputs(inputs)
 
     # ------------------------------------------------------------------------------------------- measuring
-    def predict_logits(self, dataset, model=None, description: str = "Scoring",
-                       head: torch.nn.Module | None = None) -> tuple[np.ndarray, ...]:  # fmt: skip
+    def predict_logits(self, dataset, model=None, description: str = "Scoring", head: torch.nn.Module | None = None,
+                       original=None) -> tuple:  # fmt: skip
         """Logits and labels of `model` (default: `self.model`) on every row of `dataset`, gathered over processes;
-        with `head` (a module of `model`), also the rows' inputs to it (pooled over tokens), as a third array."""
+        with `head` (a module of `model`), also the rows' inputs to it (pooled over tokens), as a third array; with
+        `original`, the original's too (`passes.predict_logits`)."""
         show = self.is_local_process_zero() and not self.args.disable_tqdm
         return predict_logits(self.model if model is None else model, self.get_test_dataloader(dataset) if len(dataset)
                               else None, self.accelerator, self._prepare_inputs, self.num_labels, head, description,
-                              show)  # fmt: skip
+                              show, original)  # fmt: skip
 
     def shard_batches(self, dataset, description: str = "Forward pass", batch_size: int | None = None):
         """This process's contiguous share of `dataset` in batches on the device, each row exactly once:
@@ -240,10 +242,3 @@ class UnlearningTrainer(SavingMixin, Trainer):
             if model is None and self.unlearning_output is not None:
                 self.unlearning_output.metrics.update(gaps)
         return metrics
-
-
-def _loggable(metrics: dict, original: dict | None) -> dict:
-    """The scalar results as `Trainer.log` records them (`unlearned/...`, `original/...`)."""
-    values = {f"unlearned/{key}": value for key, value in metrics.items() if isinstance(value, int | float)}
-    values.update({f"original/{key}": value for key, value in (original or {}).items() if isinstance(value, int | float)})
-    return {key: float(value) for key, value in values.items() if not isinstance(value, bool)}

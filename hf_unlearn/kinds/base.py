@@ -54,6 +54,8 @@ class ModelKind:
     supports_sharding: bool = True
     #: Whether `UnlearnConfig.forget_accuracy_target` can stop a run (it needs a classifier's accuracy).
     supports_forget_accuracy_target: bool = False
+    #: Whether `measure_with_original` measures a model and the original inside it in the same passes.
+    measures_with_original: bool = False
 
     def matches(self, model: torch.nn.Module) -> bool:
         """Whether `model` (unwrapped) is of this kind."""
@@ -84,6 +86,11 @@ class ModelKind:
     def measure(self, trainer: UnlearningTrainer, model: torch.nn.Module) -> dict:
         """The metrics of `model` for the trainer's request (its `metric_views`, `judge`, `args`)."""
         raise NotImplementedError
+
+    def measure_with_original(self, trainer: UnlearningTrainer, model: torch.nn.Module, original) -> tuple[dict, dict]:
+        """`(metrics of model, metrics of the original)` from the same passes over the rows (`original`: a
+        `measure_cache.OriginalTail`, the original inside `model`); only where `measures_with_original`."""
+        raise NotImplementedError(f"Model kind '{self.name}' measures one model at a time.")
 
     def forget_check_metrics(self, trainer: UnlearningTrainer) -> dict:
         """When evaluation is off: the cheapest measurement the forget check can use (may be empty)."""

@@ -36,6 +36,7 @@ class Classifier(ModelKind):
     library_name = "transformers"
     supports_peft = True
     supports_forget_accuracy_target = True
+    measures_with_original = True
 
     def matches(self, model) -> bool:
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
@@ -63,23 +64,34 @@ class Classifier(ModelKind):
         return F.cross_entropy(logits.float(), batch["labels"], reduction=reduction)
 
     def measure(self, trainer, model) -> dict:
+        return self._measure(trainer, model, None)[0]
+
+    def measure_with_original(self, trainer, model, original) -> tuple[dict, dict]:
+        return self._measure(trainer, model, original)
+
+    def _measure(self, trainer, model, original) -> tuple[dict, ...]:
         head = None
         if trainer.split.is_class_level:  # the feature probe reads the head's inputs in the same pass
             try:
                 head = classification_head(model)[1]
             except (ValueError, AttributeError):
                 logger.info("No classification head found: the feature probe is not measured.")
-        parts = {
-            name: trainer.predict_logits(view, model, f"Scoring {name}", head=head)
+        passes = {
+            name: trainer.predict_logits(view, model, f"Scoring {name}", head=head, original=original)
             for name, view in trainer.metric_views.items()
         }
-        return unlearning_metrics(
-            **{name: part[:2] for name, part in parts.items()},
-            class_level=trainer.split.is_class_level,
-            # The request's names (a reference model may name its classes LABEL_i): one key per class in every column.
-            id2label=getattr(trainer.model.config, "id2label", None),
-            seed=trainer.args.seed,
-            features=None if head is None else {name: part[2] for name, part in parts.items()},
+        runs = [passes] if original is None else [{name: both[i] for name, both in passes.items()} for i in (0, 1)]
+        return tuple(
+            unlearning_metrics(
+                **{name: part[:2] for name, part in parts.items()},
+                class_level=trainer.split.is_class_level,
+                # The request's names (a reference model may name its classes LABEL_i): one key per class in every
+                # column.
+                id2label=getattr(trainer.model.config, "id2label", None),
+                seed=trainer.args.seed,
+                features=None if head is None else {name: part[2] for name, part in parts.items()},
+            )
+            for parts in runs
         )
 
     def forget_check_metrics(self, trainer) -> dict:

@@ -464,11 +464,22 @@ class GPPU(UnlearningMethod):
                 kept = self.finetune()
             # The checks already scored the weights the fine-tuning kept; a run that checked nothing is scored here.
             stages["finetune"] = kept if kept is not None else self.measure_sampled_rows()
-        self.replay = None  # the recorded block inputs are only needed by the fine-tuning
         names = {"projection": "head projection", "head_refit": "head refit", "finetune": "tail fine-tuning"}
         self.report["stages_run"] = [names[stage] for stage in stages if stage in names]
         if self.report.get("finetune_steps"):
             self.report["stages_run"][-1] += f" ({self.report['finetune_steps']} steps)"
+
+    def changed_modules(self) -> list[str]:
+        """The head, and the tail the fine-tuning (6b) trains when it may run: the original model is then measured
+        after the run through the tail alone (`hf_unlearn.measure_cache`)."""
+        head_name, _ = classification_head(self.trainer.model, self.config.head_module)
+        return list(dict.fromkeys([*self.tail()[1], head_name])) if self.config.finetune else [head_name]
+
+    def take_block_inputs(self) -> BlockInputReplay | None:
+        """The first fine-tuned block's input recorded in step 1 (when `replay_block_input` and it reproduced the
+        head's input): the blocks before it are frozen, so it is the unlearned model's too."""
+        replay, self.replay = self.replay, None
+        return replay
 
     def tail(self) -> tuple[list[str], list[str]]:
         """`(block_names, tail_module_names)` that 6b fine-tunes (`models.model_tail`, or `trainable_modules`),
@@ -484,7 +495,7 @@ class GPPU(UnlearningMethod):
                     )
                 self._tail = (modules, modules)
             else:
-                sample = trainer.prepare_inputs(trainer.data_collator([self.sampled_rows["retain"][0]]))
+                sample = trainer.prepare_inputs(trainer.data_collator([trainer.retain_view[0]]))
                 sample.pop("labels")
                 self._tail = model_tail(model, sample, self.config.num_trainable_blocks)
         return self._tail
