@@ -20,8 +20,9 @@ whole. After the method every other parameter and buffer is checked against its 
 changed more than it named is an error, never a silently wrong original. The measured block is in the results
 (`original_measured_from_block`).
 
-Both are for one process (several would have to agree on a hit and on the replay, and sharded weights differ by
-process); with several the original is measured whole before the method.
+Reuse is for one process (several would have to agree on a hit). Measuring with the unlearned model works over
+several processes too (each replays its own rows), but not on sharded weights (FSDP, DeepSpeed), which are measured
+whole before the method.
 """
 
 from __future__ import annotations
@@ -160,15 +161,15 @@ class OriginalMeasurement:
         self.report = {"original_measurement_reused": False, "original_measured_from_block": None}
         if not args.eval_before_unlearn:
             return
-        single = trainer.accelerator.num_processes == 1
-        digests = tensor_digests(trainer.model) if single else {}
-        if single:
+        digests = tensor_digests(trainer.model)
+        if trainer.accelerator.num_processes == 1:  # reuse: one process only (see the module's docstring)
             self.key = _combined(digests) + request_fingerprint(trainer)
             if self.key in _CACHE:
                 _CACHE.move_to_end(self.key)
                 self.metrics, self.report["original_measurement_reused"] = copy.deepcopy(_CACHE[self.key]), True
                 return
-        later = single and args.eval_after_unlearn and trainer.kind.measures_with_original
+        sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled  # no whole tensors to put back
+        later = args.eval_after_unlearn and trainer.kind.measures_with_original and not sharded
         modules = trainer.method.changed_modules() if later and trainer.eval_dataset is not None else None
         if not modules:
             self.metrics = trainer.evaluate_unlearning()
@@ -208,6 +209,9 @@ class OriginalMeasurement:
         changed = [name for name, digest in self.digests.items() if digests.get(name) != digest]
         changed += [name for name in digests if name not in self.digests and name not in self.named]  # new tensors
         changed += [name for name in self.kept if name not in now]
+        failed = torch.tensor([float(bool(changed))], device=trainer.args.device)
+        if trainer.accelerator.num_processes > 1 and trainer.accelerator.reduce(failed, reduction="sum").item():
+            changed = changed or ["(on another process)"]  # every process stops, not only those that saw it
         if changed:
             raise RuntimeError(
                 f"Method '{trainer.args.method}' changed {changed[:3]} (of {len(changed)} tensors), "

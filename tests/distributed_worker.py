@@ -99,6 +99,15 @@ def gppu_features_and_head(trainer: UnlearningTrainer, result_path: str) -> None
         )
 
 
+def gppu_original_after(trainer: UnlearningTrainer, result_path: str) -> None:
+    """gppu with the default evaluation: the original measured after it, through its tail, on every process."""
+    result = trainer.unlearn()
+    if trainer.accelerator.is_main_process:
+        with open(result_path, "w") as handle:
+            json.dump({"num_processes": trainer.accelerator.num_processes, "original": result.original_metrics,
+                       "block": result.metrics["original_measured_from_block"]}, handle)  # fmt: skip
+
+
 def fisher_diagonals(trainer: UnlearningTrainer, result_path: str) -> None:
     """remain_geometry's Fisher diagonals over 128 forget and 128 retain rows in batches of 32 (each process's share
     is 64 rows, a whole number of batches, so both runs see the same batches)."""
@@ -180,6 +189,9 @@ if __name__ == "__main__":
         trainer = rank_edit_weights(model_dir, output_dir, result_path)
     elif mode == "gan":
         trainer = gan_cascade_in_step(model_dir, output_dir, result_path)
+    elif mode == "gppu_original":
+        trainer = make_trainer(model_dir, output_dir, "gppu", GPPU_HEAD_ONLY)
+        gppu_original_after(trainer, result_path)
     elif mode == "gppu":
         trainer = make_trainer(model_dir, output_dir, "gppu", GPPU_HEAD_ONLY)
         gppu_features_and_head(trainer, result_path)

@@ -100,6 +100,19 @@ def test_gppu_features_directions_and_head_over_two_processes_equal_one(trained,
         assert two["sampled_accuracy"][stage] == pytest.approx(accuracy), stage
 
 
+def test_the_original_measured_after_gppu_over_two_processes_equals_one_whole_pass(trained, digits, tmp_path):
+    trained("vit").save_pretrained(tmp_path / "model")
+    single = worker.make_trainer(str(tmp_path / "model"), str(tmp_path), "gppu", worker.GPPU_HEAD_ONLY)
+    original = single.evaluate_unlearning()  # the original, whole, in one process
+
+    run_two_processes("gppu_original", tmp_path / "model", tmp_path / "two.json", 29519)
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["num_processes"] == 2 and two["block"] == "vit.layers.1"
+    for name in ("forget_accuracy", "retain_accuracy", "forget_train_accuracy", "retain_train_accuracy",
+                 "mia_entropy", "mia_efficacy", "feature_probe"):  # fmt: skip
+        assert two["original"][name] == pytest.approx(original[name], abs=1e-6), name
+
+
 def test_fisher_diagonals_over_two_processes_equal_one(trained, tmp_path):
     trained("resnet").save_pretrained(tmp_path / "model")
     worker.fisher_diagonals(
