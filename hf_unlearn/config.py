@@ -55,7 +55,9 @@ class UnlearnConfig(TrainingArguments):
         metadata={
             "help": "Set by the config itself, not by users: the training-budget fields it filled in (from the "
             "method's or a preset's defaults, or TrainingArguments'). A copy for another method "
-            "(`dataclasses.replace(args, method=...)`) fills those again for its method instead of keeping them."
+            "(`dataclasses.replace(args, method=...)`) fills those again for its method instead of keeping them (a "
+            "value given to the copy that equals the one filled in counts as unset). Left out of `to_dict()`: a "
+            "logged config rebuilt from it keeps every value that ran."
         },
     )
     preset: str | None = field(
@@ -386,6 +388,11 @@ class UnlearnConfig(TrainingArguments):
         # of these arguments with another preset (`dataclasses.replace`) resolves that preset's values.
         self.method_kwargs = kwargs
         return spec.config_class(**{**(preset.method if preset is not None else {}), **kwargs})
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        values.pop("resolved_budget", None)  # the values that ran are in the fields themselves
+        return values
 
     # The Hub token must never reach a file: `Trainer` pickles these arguments into training_args.bin, which
     # `push_to_hub` uploads. Pickles carry no secret (`hub_token` is None in them); copies in memory keep it.

@@ -152,9 +152,10 @@ class UnlearningMethod:
 
     def changed_modules(self) -> list[str] | None:
         """Names of the modules whose parameters and buffers `run()` may change, where the method knows them before
-        it runs; None (the default): any. Called before `run()`. With names, the trainer keeps those modules' original
-        values and measures the original model after the method, in the unlearned model's passes, from the first block
-        they change on (`hf_unlearn.measure_cache`); a run that then changed anything else is an error."""
+        it runs; None (the default): any. Called before `run()`. With names, the trainer keeps the original values of
+        everything from the block they start in on and measures the original model after the method, in the unlearned
+        model's passes, through that tail alone (`hf_unlearn.measure_cache`); a run that then changed anything before
+        that block is an error."""
         return None
 
     def take_block_inputs(self) -> BlockInputReplay | None:

@@ -10,15 +10,16 @@ model (training, an in-place edit) changes its fingerprint.
 
 Measured with the unlearned model. A method that names before it runs the modules it may change
 (`UnlearningMethod.changed_modules`: gppu's last block(s) and head) leaves every block before them as it was, so the
-two models compute the same input to the first block that differs (`models.block_before`). The original's values of
-those modules are kept (a copy of the tail alone) and the original is measured after the method, in the unlearned
-model's passes (`passes.predict_logits`): each batch runs the unlearned model, which records that block's input, then
-the original's tail alone from the recorded input, with the original's values put back for that pass
-(`torch.func.functional_call`). The original then costs its tail instead of a whole pass, and its metrics are the
-numbers a whole pass gives: the first batch also runs the whole original and must match, or every batch runs it
-whole. After the method every other parameter and buffer is checked against its digest from before: a method that
-changed more than it named is an error, never a silently wrong original. The measured block is in the results
-(`original_measured_from_block`).
+two models compute the same input to the block those modules start in (`models.block_before`). Everything from that
+block on is copied (the tail alone, with the buffers a forward pass may rewrite) and the original is measured after
+the method, in the unlearned model's passes (`passes.predict_logits`): each batch runs the unlearned model, which
+records that block's input, then the original's tail alone from the recorded input, with the copied values put back
+for that pass (`torch.func.functional_call`). The original then costs its tail instead of a whole pass, and its
+metrics are the numbers a whole pass gives: the first batch also runs the whole original and must match, or (as when
+the replay raises) every batch runs it whole. After the method every parameter and buffer before that block is
+checked against its digest from before: a method that changed one is an error, never a silently wrong original. The
+measured block is in the results (`original_measured_from_block`); with no block to share the original is measured
+before the method, whole.
 
 Reuse is for one process (several would have to agree on a hit). Measuring with the unlearned model works over
 several processes too (each replays its own rows), but not on sharded weights (FSDP, DeepSpeed), which are measured
@@ -37,7 +38,7 @@ import torch
 from accelerate.logging import get_logger
 from torch.func import functional_call
 
-from .activations import BlockInputReplay, close_to
+from .activations import REPLAY_FAILURES, BlockInputReplay, close_to
 from .models import block_before
 
 logger = get_logger(__name__)
@@ -131,13 +132,19 @@ class OriginalTail:
         try:
             with self.replay.replaying():
                 output = functional_call(model, self.tensors, args=(), kwargs=batch)
+        except REPLAY_FAILURES as error:  # a model whose forward pass cannot run without the dropped blocks
+            logger.info(f"Replaying '{self.block}' failed ({type(error).__name__}: {error}): the original is measured "
+                        "whole.")  # fmt: skip
+            output, self.checked = None, True
+            self.replay = self.known = self.block = None
         finally:
-            self.replay.clear()  # one batch at a time: memory of one batch's block input
-        if self.checked:
+            if self.replay is not None:
+                self.replay.clear()  # one batch at a time: memory of one batch's block input
+        if self.checked and output is not None:
             return output
         self.checked = True
         whole = functional_call(model, self.tensors, args=(), kwargs=batch)  # the replay must reproduce it
-        if not close_to(output.logits, whole.logits, 1e-4):
+        if output is not None and not close_to(output.logits, whole.logits, 1e-4):
             logger.info(f"Replaying '{self.block}' does not reproduce the original's logits: it is measured whole.")
             self.replay = self.known = self.block = None
         return whole
@@ -158,11 +165,13 @@ class OriginalMeasurement:
     def __init__(self, trainer):
         self.trainer, args = trainer, trainer.args
         self.metrics, self.key, self.kept, self.digests, self.named, self.block = None, None, None, None, set(), None
+        self.rewritable: set[str] = set()
         self.report = {"original_measurement_reused": False, "original_measured_from_block": None}
         if not args.eval_before_unlearn:
             return
-        digests = tensor_digests(trainer.model)
+        digests = None
         if trainer.accelerator.num_processes == 1:  # reuse: one process only (see the module's docstring)
+            digests = tensor_digests(trainer.model)
             self.key = _combined(digests) + request_fingerprint(trainer)
             if self.key in _CACHE:
                 _CACHE.move_to_end(self.key)
@@ -171,24 +180,54 @@ class OriginalMeasurement:
         sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled  # no whole tensors to put back
         later = args.eval_after_unlearn and trainer.kind.measures_with_original and not sharded
         modules = trainer.method.changed_modules() if later and trainer.eval_dataset is not None else None
-        if not modules:
+        self.block, tail = self._shared_block(list(modules)) if modules else (None, [])
+        if self.block is None:  # nothing to share: measured now, whole
             self.metrics = trainer.evaluate_unlearning()
             self._store()
             return
-        model = trainer.model
-        with torch.no_grad():
-            self.kept = {
-                name: tensor.detach().clone() for module in dict.fromkeys(modules)
-                for name, tensor in _named_tensors(model.get_submodule(module), module)
-            }  # fmt: skip
-        kept_ids = {id(tensor) for module in modules for _, tensor in _named_tensors(model.get_submodule(module))}
-        # Every other tensor is checked after the method (a tensor shared with a module named counts as named).
-        self.digests = {name: digests[name] for name, tensor in _named_tensors(model) if id(tensor) not in kept_ids}
-        self.named = set(digests) - set(self.digests)
+        self._keep(tail, digests if digests is not None else tensor_digests(trainer.model))
+
+    def _shared_block(self, modules: list[str]) -> tuple[str | None, list[str]]:
+        """`models.block_before` for the modules owning a tensor of the modules named (a tensor they share with a
+        module that runs earlier counts as that module's)."""
+        trainer, model = self.trainer, self.trainer.model
+        named = {id(tensor) for module in modules for _, tensor in _named_tensors(model.get_submodule(module))}
+        owners = [name for name, module in model.named_modules()
+                  if any(id(tensor) in named for tensor in [*module.parameters(False), *module.buffers(False)])]  # fmt: skip
         view = next(view for view in trainer.metric_views.values() if len(view))
         sample = trainer.prepare_inputs(trainer.data_collator([view[0]]))
         sample.pop("labels")
-        self.block = block_before(model, sample, list(modules))
+        return block_before(model, sample, owners)
+
+    @torch.no_grad()
+    def _keep(self, tail: list[str], digests: dict[str, str]) -> None:
+        """Copy every tensor of the modules from the shared block on (`tail`) and every buffer a forward pass may
+        rewrite (non-persistent ones: position ids, rotary tables), one copy per tensor under each of its names;
+        keep the digests of the rest, which the method must leave as they are."""
+        model, tail = self.trainer.model, set(tail)
+        copies, self.kept, self.rewritable = {}, {}, set()
+        for module_name, module in model.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            for name, tensor in own:
+                rewritable = name in module._non_persistent_buffers_set
+                if module_name in tail or rewritable:
+                    self.kept[prefix + name] = copies.setdefault(id(tensor), tensor.detach().clone())
+                    if rewritable and module_name not in tail:
+                        self.rewritable.add(prefix + name)
+        self.digests = {name: digests[name] for name, tensor in _named_tensors(model) if id(tensor) not in copies}
+        self.named = set(digests) - set(self.digests)
+
+    @contextlib.contextmanager
+    def released_on_error(self):
+        """Around the method: on an error, the copies kept and the method's recorded block inputs are freed at once,
+        not with the trainer."""
+        try:
+            yield
+        except BaseException:
+            self.kept = None
+            self.trainer.method.take_block_inputs()
+            raise
 
     def _store(self) -> None:
         if self.key is not None:
@@ -213,13 +252,18 @@ class OriginalMeasurement:
         if trainer.accelerator.num_processes > 1 and trainer.accelerator.reduce(failed, reduction="sum").item():
             changed = changed or ["(on another process)"]  # every process stops, not only those that saw it
         if changed:
+            self.kept = None
             raise RuntimeError(
-                f"Method '{trainer.args.method}' changed {changed[:3]} (of {len(changed)} tensors), "
-                f"outside the modules it named (`changed_modules()`): the original model cannot be measured. Fix the "
-                "method's `changed_modules()` (None: any module), or set `eval_before_unlearn=False`."
+                f"Method '{trainer.args.method}' changed {changed[:3]} (of {len(changed)} tensors), which run before "
+                f"'{self.block}', the block the modules it named start in (`changed_modules()`): the original model "
+                "cannot be measured. Fix the method's `changed_modules()` (None: any module), or set "
+                "`eval_before_unlearn=False`."
             )
         tensors = {name: kept for name, kept in self.kept.items() if not torch.equal(kept, now[name])}
-        original = OriginalTail(model, tensors, self.block, known)
+        # A buffer before the block rewritten by a forward pass: the block's input changed too, so the original runs
+        # whole (with the buffer put back).
+        block = None if self.rewritable & set(tensors) else self.block
+        original = OriginalTail(model, tensors, block, known)
         metrics, self.metrics = trainer.kind.measure_with_original(trainer, model, original)
         self.report["original_measured_from_block"] = original.block
         self.kept = None

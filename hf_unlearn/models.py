@@ -154,17 +154,21 @@ def model_tail(model, batch: dict, num_blocks: int = 1) -> tuple[list[str], list
     return [names[block] for block in blocks], tail
 
 
-def block_before(model, batch: dict, module_names: list[str]) -> str | None:
-    """The last block of `model`'s list of blocks (as `model_tail` finds it) that starts running before every module
-    in `module_names` does, in a forward pass on `batch`: a model whose changes are confined to those modules computes
-    the same input to that block as before the changes. None when there is no such block (a module named runs before
-    the blocks, or never runs, or the model has no list of blocks)."""
+def block_before(model, batch: dict, module_names: list[str]) -> tuple[str | None, list[str]]:
+    """`(block, tail)`: the last block of `model`'s list of blocks (as `model_tail` finds it) that starts running
+    before (or as) every module in `module_names` does, in a forward pass on `batch`, and the names of every module
+    that starts running at or after it. A model whose changes are confined to the tail computes the same input to
+    that block as before the changes. `(None, [])` when there is no such block (a module named runs before the
+    blocks, or never runs, or the model has no list of blocks)."""
     starts, ends = _forward_order(model, batch)
     found = _block_list(model, ends)
     modules = [model.get_submodule(name) for name in module_names]
     if found is None or not modules or any(module not in starts for module in modules):
-        return None
+        return None, []
     list_name, block_list = found
     first = min(starts[module] for module in modules)
     before = [index for index, block in enumerate(block_list) if block in starts and starts[block] <= first]
-    return f"{list_name}.{before[-1]}" if before else None
+    if not before:
+        return None, []
+    start = starts[block_list[before[-1]]]
+    return f"{list_name}.{before[-1]}", [name for name, module in model.named_modules() if starts.get(module, -1) >= start]

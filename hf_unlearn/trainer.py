@@ -131,13 +131,14 @@ class UnlearningTrainer(SavingMixin, Trainer):
         self.accelerator.wait_for_everyone()
         set_seed(args.seed)  # the method's draws do not depend on what ran before (a DataLoader draws a seed to start)
         start = time.perf_counter()
-        with no_hub_pushes(args), lora_if_asked(self.model, args.peft_config, args.peft_merge, self.method.report):
-            self.method.run()
-        self.accelerator.wait_for_everyone()
-        if not self.method.supports_sharding:  # whole weights computed on every process: all go on with process 0's
-            broadcast_weights(self.model, self.accelerator)
-        seconds = time.perf_counter() - start
-        self._raise_on_every_process(check_finite, self.model, f"After '{args.method}'")
+        with original.released_on_error():
+            with no_hub_pushes(args), lora_if_asked(self.model, args.peft_config, args.peft_merge, self.method.report):
+                self.method.run()
+            self.accelerator.wait_for_everyone()
+            if not self.method.supports_sharding:  # whole weights computed on every process: all go on with process 0's
+                broadcast_weights(self.model, self.accelerator)
+            seconds = time.perf_counter() - start
+            self._raise_on_every_process(check_finite, self.model, f"After '{args.method}'")
         started = time.perf_counter()
         metrics, original_metrics = original.with_unlearned()
         metrics.update(self.method.report)

@@ -165,6 +165,8 @@ def test_a_copy_for_another_method_takes_that_methods_defaults_and_keeps_what_th
     own = UnlearnConfig(output_dir=str(tmp_path), method="gppu", learning_rate=0.3, max_steps=4)
     again = dataclasses.replace(own, method="remain_geometry")
     assert (again.learning_rate, again.max_steps, again.optim) == (0.3, 4, fresh.optim)
+    # A logged config rebuilt from `to_dict` keeps every value that ran, whatever the defaults are then.
+    assert "resolved_budget" not in gppu.to_dict()
 
 
 def test_every_method_has_defaults_the_config_accepts(tmp_path):

@@ -51,11 +51,56 @@ def test_gppus_original_is_measured_through_its_tail_with_the_numbers_of_a_whole
     assert again.metrics["original_measurement_reused"] and again.original_metrics == after.original_metrics
 
 
-def test_a_method_that_changes_more_than_it_names_is_an_error(trained, digits, tmp_path):
-    head_only = lambda self: ["classifier"]  # noqa: E731 - but gppu's fine-tuning also trains the last block
+class SpiedTail(OriginalTail):
+    made: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        SpiedTail.made.append(self)
+
+
+@pytest.mark.parametrize("fine_tuned", [True, False])
+def test_gppu_hands_over_its_recorded_rows_only_once_checked(trained, digits, tmp_path, fine_tuned):
+    """The rows gppu recorded skip the frozen blocks in the unlearned model's pass, once its fine-tuning checked
+    the replay; a run that skipped the fine-tuning (the head edit recovered) hands nothing over. Either way gppu keeps
+    no reference after the run."""
+    SpiedTail.made.clear()
+    overrides = {} if fine_tuned else {"method_kwargs": {"forget_objective": "projection"}}
     measure_cache._CACHE.clear()
-    with mock.patch.object(GPPU, "changed_modules", head_only), pytest.raises(RuntimeError, match="outside the modules"):
-        gppu_run(trained("vit"), digits, tmp_path)
+    with mock.patch.object(measure_cache, "OriginalTail", SpiedTail):
+        args = UnlearnConfig(output_dir=str(tmp_path), method="gppu", report_to="none", disable_tqdm=True, seed=0,
+                             **overrides)  # fmt: skip
+        trainer = UnlearningTrainer(trained("vit"), args, train_dataset=digits["train"], eval_dataset=digits["test"],
+                                    forget_classes=[3])  # fmt: skip
+        result = trainer.unlearn()
+    assert (result.metrics["finetune_steps"] > 0) == fine_tuned
+    (tail,) = SpiedTail.made
+    assert (tail.known is not None) == fine_tuned
+    if fine_tuned:
+        assert tail.known.replayed_rows > 0  # rows of the measuring passes that skipped the frozen blocks
+    assert trainer.method.replay is None
+
+
+def test_a_replay_that_raises_measures_the_original_whole(trained, digits):
+    from accelerate import Accelerator
+
+    model = trained("vit").eval()
+    batches = [{"pixel_values": torch.tensor(np.stack(digits["test"]["pixel_values"][:16]), dtype=torch.float32),
+                "labels": torch.zeros(16, dtype=torch.long)}] * 2  # fmt: skip
+    tail = OriginalTail(model, {}, "vit.layers.1")
+    with mock.patch.object(tail.replay, "replaying", side_effect=RuntimeError("the blocks are read elsewhere")):
+        ours, theirs = predict_logits(model, batches, Accelerator(cpu=True), dict, 10, original=tail)
+    assert tail.block is None
+    np.testing.assert_allclose(theirs[0], ours[0], rtol=1e-6)
+
+
+def test_a_method_that_changes_what_runs_before_the_shared_block_is_an_error(trained, digits, tmp_path):
+    """The head named alone puts the shared block at the last one; fine-tuning the last two blocks changes the first,
+    whose output the original's tail would be fed."""
+    head_only = lambda self: ["classifier"]  # noqa: E731
+    measure_cache._CACHE.clear()
+    with mock.patch.object(GPPU, "changed_modules", head_only), pytest.raises(RuntimeError, match="which run before 'vit.layers.1'"):
+        gppu_run(trained("vit"), digits, tmp_path, method_kwargs={"num_trainable_blocks": 2})
 
 
 def test_a_replay_that_does_not_reproduce_the_whole_pass_measures_the_original_whole(trained, digits, tmp_path):
@@ -111,6 +156,8 @@ def test_block_before_finds_the_last_block_that_starts_before_every_named_module
     assert isinstance(model, ViTForImageClassification)
     size = model.config.image_size
     sample = {"pixel_values": torch.zeros(1, model.config.num_channels, size, size)}
-    assert block_before(model, sample, ["classifier"]) == "vit.layers.1"
-    assert block_before(model, sample, ["vit.layers.0.attention.q_proj", "classifier"]) == "vit.layers.0"
-    assert block_before(model, sample, ["vit.embeddings.patch_embeddings.projection"]) is None  # before the blocks
+    block, tail = block_before(model, sample, ["classifier"])
+    assert block == "vit.layers.1" and {"vit.layers.1", "vit.layers.1.mlp.fc2", "vit.layernorm", "classifier"} <= set(tail)
+    assert not {"vit.layers.0", "vit.embeddings", "vit", ""} & set(tail)
+    assert block_before(model, sample, ["vit.layers.0.attention.q_proj", "classifier"])[0] == "vit.layers.0"
+    assert block_before(model, sample, ["vit.embeddings.patch_embeddings.projection"]) == (None, [])  # before the blocks

@@ -405,8 +405,10 @@ class GPPU(UnlearningMethod):
     # The tail fine-tuning's budget (6b), when it runs: the paper's AdamW and weight decay, one epoch at 1e-4.
     training_defaults = {"optim": "adamw_torch", "learning_rate": 1e-4, "num_train_epochs": 1, "weight_decay": 0.01,
                          "per_device_train_batch_size": 32, "lr_scheduler_type": "linear", "warmup_steps": 0}  # fmt: skip
-    #: The replay of the first fine-tuned block's input (`replay_block_input`), while the fine-tuning needs it.
+    #: The replay of the first fine-tuned block's input (`replay_block_input`), until `take_block_inputs` hands it
+    #: over; `replay_checked`: whether it reproduced the head's input (checked when the fine-tuning starts).
     replay: BlockInputReplay | None = None
+    replay_checked = False
     _tail: tuple[list[str], list[str]] | None = None  # `tail()`, found once
 
     @classmethod
@@ -476,10 +478,10 @@ class GPPU(UnlearningMethod):
         return list(dict.fromkeys([*self.tail()[1], head_name])) if self.config.finetune else [head_name]
 
     def take_block_inputs(self) -> BlockInputReplay | None:
-        """The first fine-tuned block's input recorded in step 1 (when `replay_block_input` and it reproduced the
-        head's input): the blocks before it are frozen, so it is the unlearned model's too."""
+        """The first fine-tuned block's input recorded in step 1, when the fine-tuning checked that it reproduces the
+        head's input (None otherwise): the blocks before it are frozen, so it is the unlearned model's too."""
         replay, self.replay = self.replay, None
-        return replay
+        return replay if self.replay_checked else None
 
     def tail(self) -> tuple[list[str], list[str]]:
         """`(block_names, tail_module_names)` that 6b fine-tunes (`models.model_tail`, or `trainable_modules`),
@@ -555,6 +557,7 @@ class GPPU(UnlearningMethod):
         if replay is not None:
             retain = trainer.shard_batches(self.sampled_rows["retain"], "Checking the replayed block input")
             local = replay.matches(retain, self.head, self.retain_features)  # on this process's first batch
+            self.replay_checked = True
             failed = torch.tensor([0.0 if local else 1.0], device=trainer.args.device)
             if trainer.accelerator.reduce(failed, reduction="sum").item():  # every process replays, or none
                 logger.info(f"GPPU: replaying the input of '{blocks[0]}' does not reproduce the head's input; the "
