@@ -81,6 +81,27 @@ def test_gppu_hands_over_its_recorded_rows_only_once_checked(trained, digits, tm
     assert trainer.method.replay is None
 
 
+def test_a_model_that_reads_every_blocks_output_gets_its_original_measured_whole():
+    """Wav2Vec2 with a weighted sum of every layer's output: the original's tail cannot run without the blocks before
+    it (the replayed pass raises or differs), so every batch runs the whole original, and its outputs are right."""
+    from accelerate import Accelerator
+    from tiny_models import tiny_classifier
+
+    torch.manual_seed(0)
+    original, inputs = tiny_classifier("wav2vec2", num_layers=2, use_weighted_layer_sum=True)
+    original.eval()
+    unlearned = copy.deepcopy(original)
+    with torch.no_grad():
+        unlearned.classifier.weight.add_(1.0)
+    kept = {"classifier.weight": original.classifier.weight.detach().clone()}
+    batches = [{**inputs, "labels": torch.zeros(2, dtype=torch.long)}] * 2
+    tail = OriginalTail(unlearned, kept, "wav2vec2.encoder.layers.1")
+    _, theirs = predict_logits(unlearned, batches, Accelerator(cpu=True), dict, 4, original=tail)
+    expected = predict_logits(original, batches, Accelerator(cpu=True), dict, 4)
+    assert tail.block is None
+    np.testing.assert_allclose(theirs[0], expected[0], rtol=1e-5, atol=1e-6)
+
+
 def test_a_replay_that_raises_measures_the_original_whole(trained, digits):
     from accelerate import Accelerator
 
