@@ -54,7 +54,7 @@ class UnlearnConfig(TrainingArguments):
         repr=False,
         metadata={
             "help": "Set by the config itself, not by users: the training-budget fields it filled in (from the "
-            "method's or a preset's defaults, or TrainingArguments'). A copy for another method "
+            "method's or a preset's defaults, or TrainingArguments'), and a preset's other fields. A copy for another method "
             "(`dataclasses.replace(args, method=...)`) fills those again for its method instead of keeping them (a "
             "value given to the copy that equals the one filled in counts as unset). Left out of `to_dict()`: a "
             "logged config rebuilt from it keeps every value that ran."
@@ -241,8 +241,8 @@ class UnlearnConfig(TrainingArguments):
         # the copy's method (or preset) fills its own and only what the user set stays.
         if isinstance(self.resolved_budget, dict):
             for name, value in self.resolved_budget.items():
-                if name in BUDGET_FIELDS and getattr(self, name) == value:
-                    setattr(self, name, None)
+                if name in self.__dataclass_fields__ and getattr(self, name) == value:
+                    setattr(self, name, None if name in BUDGET_FIELDS else self.__dataclass_fields__[name].default)
         preset = self._resolve_preset()
         self.preset_applied = _preset_record(preset)
         self.method_training_defaults = self._apply_training_defaults(preset)
@@ -329,7 +329,7 @@ class UnlearnConfig(TrainingArguments):
         `num_train_epochs` are one budget: setting either keeps the defaults' values of both out, and a preset's
         budget replaces the method's. A preset's other `UnlearnConfig` fields (e.g. `optim_args`) apply where the
         field still has its default value."""
-        method_defaults = dict(get_method(self.method).method_class.training_defaults)
+        method_defaults, filled = dict(get_method(self.method).method_class.training_defaults), {}
         if preset is not None:
             if {"max_steps", "num_train_epochs"} & set(preset.training):
                 method_defaults.pop("max_steps", None)
@@ -338,10 +338,11 @@ class UnlearnConfig(TrainingArguments):
             for name, value in preset.training.items():
                 if name not in BUDGET_FIELDS and getattr(self, name) == type(self).__dataclass_fields__[name].default:
                     setattr(self, name, value)
+                    filled[name] = value  # a copy for another preset or method sets it again (or not)
         if self.max_steps is not None or self.num_train_epochs is not None:
             method_defaults.pop("max_steps", None)
             method_defaults.pop("num_train_epochs", None)
-        applied, filled = {}, {}
+        applied = {}
         for name in BUDGET_FIELDS:
             if getattr(self, name) is not None:
                 continue

@@ -155,6 +155,20 @@ def test_a_copy_with_another_preset_resolves_that_presets_values(tmp_path):
     assert other.preset_applied["dataset"] == "cifar100"
 
 
+def test_a_copy_without_the_preset_drops_the_presets_fields(tmp_path):
+    """remain_geometry's preset sets `optim_args` (SGD momentum) besides its budget: a copy for another method, or
+    without the preset, does not keep it as if the user had set it; one the user set stays."""
+    import dataclasses
+
+    args = paper(tmp_path, "remain_geometry")
+    assert (args.optim, args.optim_args) == ("sgd", "momentum=0.9")
+    for copy in (dataclasses.replace(args, preset=None), dataclasses.replace(args, preset=None, method="finetune")):
+        fresh = UnlearnConfig(output_dir=str(tmp_path), method=copy.method, report_to="none")
+        assert (copy.optim, copy.optim_args, copy.learning_rate) == (fresh.optim, fresh.optim_args, fresh.learning_rate)
+    own = paper(tmp_path, "remain_geometry", optim_args="momentum=0.5")
+    assert dataclasses.replace(own, preset=None).optim_args == "momentum=0.5"
+
+
 def test_diffusion_options_on_a_classifier_are_refused_before_any_work(trained, digits, tmp_path):
     for kwargs in ({"pixel_reduction": "sum"}, {"fisher_guidance_scale": 2.0}, {"diffusion_loss": "mse+vlb"}):
         args = UnlearnConfig(output_dir=str(tmp_path), method="remain_geometry", report_to="none", disable_tqdm=True,
