@@ -126,28 +126,29 @@ class OriginalTail:
             yield
 
     def __call__(self, model: torch.nn.Module, batch: dict):
-        """The original's output on `batch` (model inputs), right after the model's pass on it."""
-        if self.replay is None:
-            return functional_call(model, self.tensors, args=(), kwargs=batch)
-        try:
-            with self.replay.replaying():
-                output = functional_call(model, self.tensors, args=(), kwargs=batch)
-        except REPLAY_FAILURES as error:  # a model whose forward pass cannot run without the dropped blocks
-            logger.info(f"Replaying '{self.block}' failed ({type(error).__name__}: {error}): the original is measured "
-                        "whole.")  # fmt: skip
-            output, self.checked = None, True
-            self.replay = self.known = self.block = None
-        finally:
-            if self.replay is not None:
-                self.replay.clear()  # one batch at a time: memory of one batch's block input
-        if self.checked and output is not None:
+        """The original's output on `batch` (model inputs), right after the model's pass on it: replayed from the
+        shared block once the first batch showed the replay reproduces the whole original, else the whole original."""
+        output = self._replayed(model, batch) if self.replay is not None else None
+        if output is not None and self.checked:
             return output
-        self.checked = True
-        whole = functional_call(model, self.tensors, args=(), kwargs=batch)  # the replay must reproduce it
-        if output is not None and not close_to(output.logits, whole.logits, 1e-4):
+        whole = functional_call(model, self.tensors, args=(), kwargs=batch)
+        if self.replay is not None and (output is None or not close_to(output.logits, whole.logits, 1e-4)):
             logger.info(f"Replaying '{self.block}' does not reproduce the original's logits: it is measured whole.")
             self.replay = self.known = self.block = None
+        self.checked = True
         return whole
+
+    def _replayed(self, model: torch.nn.Module, batch: dict):
+        """The original's tail on `batch` from the recorded block input; None when the replay raises (a model whose
+        forward pass cannot run without the dropped blocks)."""
+        try:
+            with self.replay.replaying():
+                return functional_call(model, self.tensors, args=(), kwargs=batch)
+        except REPLAY_FAILURES as error:
+            logger.info(f"Replaying '{self.block}' failed ({type(error).__name__}: {error}).")
+            return None
+        finally:
+            self.replay.clear()  # one batch at a time: memory of one batch's block input
 
 
 class OriginalMeasurement:
