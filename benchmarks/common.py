@@ -59,6 +59,12 @@ def measure_in_process(command: list[str], label: str, env: dict | None = None) 
     return json.loads(found[0][len("RESULT ") :])
 
 
+def compared_values(metrics: dict) -> dict:
+    """The float metrics of a run that two ways of running it must agree on (timings left out)."""
+    return {key: value for key, value in metrics.items()
+            if isinstance(value, float) and "seconds" not in key and not key.startswith("time")}  # fmt: skip
+
+
 def write_table(output: str, title: str, script: str, argv, setting: str, table: str, results: list) -> None:
     """The report of a measuring script: title, the command line that made it, the machine and `setting`, the table;
     the raw results beside it (`write_results`)."""

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
-from common import write_table
+from common import compared_values, write_table
 from tasks import load_task
 from transfer import original_model
 
@@ -39,8 +39,7 @@ def run(model, data, method: str, way: str) -> dict:
     return {
         "unlearn_seconds": metrics["unlearn_seconds"],
         "evaluation_seconds": metrics["evaluation_seconds"],
-        "values": {key: value for key, value in metrics.items() if isinstance(value, float) and "seconds" not in key
-                   and not key.startswith("time")},  # fmt: skip
+        "values": compared_values(metrics),
     }
 
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
-from common import write_table
+from common import compared_values, write_table
 from tasks import load_task
 from transfer import original_model
 
@@ -43,16 +43,12 @@ def run(model, data, method: str, way: str, forget_class: int) -> dict:
         result = trainer.unlearn()
     metrics = result.metrics
 
-    def values(measured: dict) -> dict:
-        return {key: value for key, value in measured.items() if isinstance(value, float) and "seconds" not in key
-                and not key.startswith("time")}  # fmt: skip
-
     return {
         "unlearn_seconds": metrics["unlearn_seconds"],
         "evaluation_seconds": metrics["evaluation_seconds"],
         "original_measured_from_block": metrics["original_measured_from_block"],
-        "values": values(metrics),
-        "original_values": values(result.original_metrics),
+        "values": compared_values(metrics),
+        "original_values": compared_values(result.original_metrics),
     }
 
 
