@@ -167,7 +167,10 @@ class GramStatistics:
         self.num_samples, self.seed = num_samples, seed
         self.tokens_per_sample = None if max_token_rows is None else -(-max_token_rows // max(1, num_samples))
         self._token_draws: dict[int, torch.Tensor] = {}
-        self.sample_ids: torch.Tensor | None = None
+        #: Per layer, whether each of its calls in one forward pass reads the samples (`probe`); None: not probed.
+        self.sample_calls: dict[str, list[bool]] | None = None
+        self._calls: dict[str, int] = {}
+        self._sample_ids: torch.Tensor | None = None
         self.grams, self.rows, self._crop_draws = {}, {}, {}
         for index, (name, module) in enumerate(modules.items()):
             groups, size = layer_input_shape(module)
@@ -176,6 +179,52 @@ class GramStatistics:
             if not isinstance(module, nn.Linear) and conv_window is not None:
                 generator = torch.Generator().manual_seed(seed * 100_003 + index)
                 self._crop_draws[name] = torch.rand(num_samples, 2, generator=generator)
+
+    @property
+    def sample_ids(self) -> torch.Tensor | None:
+        return self._sample_ids
+
+    @sample_ids.setter
+    def sample_ids(self, value: torch.Tensor | None) -> None:
+        """Set before each forward pass: it also starts counting each layer's calls in that pass anew."""
+        self._sample_ids, self._calls = value, {}
+
+    @torch.no_grad()
+    def probe(self, model: nn.Module, batch: dict) -> None:
+        """Find which calls of each layer read the samples, from two passes that record nothing: on the first row of
+        `batch` (model inputs, at least 2 rows) and on its first two rows. A call reads the samples when its input's
+        first dimension doubles with the rows (one row a sample, or several: Swin's attention windows); not when it
+        stays (a table every sample shares: the coordinates Swin v2's position-bias MLP reads, the relative positions
+        of Wav2Vec2-Conformer's `linear_pos`), whatever the batch size. Unprobed (a pass of single rows), a call
+        counts when its input's first dimension is a multiple of the batch's rows."""
+        rows = next(value for value in batch.values() if torch.is_tensor(value) and value.dim()).shape[0]
+        sizes: dict[str, list[list[int]]] = {name: [] for name in self.modules}
+
+        def recorder(name):
+            return lambda module, args: sizes[name][-1].append(args[0].shape[0])
+
+        handles = [module.register_forward_pre_hook(recorder(name)) for name, module in self.modules.items()]
+        try:
+            for count in (1, 2):
+                for calls in sizes.values():
+                    calls.append([])
+                model(**{key: value[:count] if torch.is_tensor(value) and value.dim() and value.shape[0] == rows
+                         else value for key, value in batch.items()})  # fmt: skip
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.sample_calls = {name: [two == 2 * one for one, two in zip(*calls, strict=True)]
+                             for name, calls in sizes.items() if len(calls[0]) == len(calls[1])}  # fmt: skip
+
+    def reads_samples(self, name: str, x: torch.Tensor) -> bool:
+        """Whether this call of layer `name` (input `x`) reads the batch's samples: as `probe` found for the call at
+        its place in the pass, else when `x`'s first dimension is a multiple of the batch's rows."""
+        call = self._calls.get(name, 0)
+        self._calls[name] = call + 1
+        probed = (self.sample_calls or {}).get(name)
+        if probed is not None and call < len(probed):
+            return probed[call]
+        return self._sample_ids is None or x.shape[0] % len(self._sample_ids) == 0
 
     @contextlib.contextmanager
     def recording(self):
@@ -192,7 +241,10 @@ class GramStatistics:
 
     def _hook(self, name: str):
         def hook(module, args):
-            rows = self.input_rows(name, module, args[0].detach())
+            x = args[0].detach()
+            if not self.reads_samples(name, x):
+                return
+            rows = self.input_rows(name, module, x)
             self.grams[name] += torch.einsum("ngi,ngj->gij", rows, rows)
             self.rows[name] += rows.shape[0]
 
@@ -202,10 +254,9 @@ class GramStatistics:
         """The layer's input as rows `(n, groups, d)` (float32)."""
         groups, size = layer_input_shape(module)
         if isinstance(module, nn.Linear):
-            if self.token_rows == "mean" and x.dim() > 2:
-                x = x.float().mean(dim=tuple(range(1, x.dim() - 1)))
-            elif self.tokens_per_sample is not None and x.dim() > 2:
-                x = self._some_tokens(x.reshape(x.shape[0], -1, size))
+            if x.dim() > 2 and (self.token_rows == "mean" or self.tokens_per_sample is not None):
+                tokens = self._tokens_per_sample(x, size)
+                x = tokens.float().mean(dim=1) if self.token_rows == "mean" else self._some_tokens(tokens)
             return x.reshape(-1, 1, size).float()
         if isinstance(module, nn.Conv1d):
             x = x.unsqueeze(2)
@@ -225,6 +276,18 @@ class GramStatistics:
         if self.sample_ids is None or len(self.sample_ids) != batch_size:
             raise RuntimeError("Set `GramStatistics.sample_ids` to the batch's sample positions before each forward.")
         return self.sample_ids
+
+    def _tokens_per_sample(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """A Linear layer's token input as `(batch, tokens, d)`. Swin's windowed attention runs its layers on
+        `(batch * windows, tokens, d)` with each sample's windows in consecutive rows (the window partition is a
+        reshape of the sample's own tokens, batch first), so a sample's tokens are every row it owns."""
+        batch = x.shape[0] if self.sample_ids is None else len(self.sample_ids)
+        if x.shape[0] % batch:
+            raise RuntimeError(
+                f"A Linear layer's input has {x.shape[0]} rows in its first dimension for a batch of {batch} samples; "
+                "expected a multiple of it (one or several rows a sample). Pass `exclude_modules` for that layer."
+            )
+        return x.reshape(batch, -1, size)
 
     def _some_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """`tokens_per_sample` of each sample's tokens `(batch, count, d)`, drawn from its position in the pass."""
@@ -292,10 +355,12 @@ def collect_input_grams(
     statistics = GramStatistics(modules, num_samples=len(dataset), conv_window=conv_window, seed=trainer.args.seed,
                                 conv_crop=conv_crop, token_rows=token_rows, max_token_rows=max_token_rows)  # fmt: skip
     with evaluating(model):
-        with statistics.recording():
-            for sample_ids, batch in trainer.shard_batches(dataset, description):
-                statistics.sample_ids = sample_ids
-                batch.pop("labels", None)
+        for sample_ids, batch in trainer.shard_batches(dataset, description):
+            batch.pop("labels", None)
+            if statistics.sample_calls is None and len(sample_ids) >= 2:
+                statistics.probe(model, batch)
+            statistics.sample_ids = sample_ids
+            with statistics.recording():
                 model(**batch)
     statistics.all_reduce()
     return statistics
@@ -402,8 +467,9 @@ def block_list_owners(model: nn.Module, list_name: str) -> list[nn.Module]:
     return [model.get_submodule(".".join(parts[:depth])) for depth in range(len(parts))]
 
 
-#: What a model that cannot be replayed raises in `BlockInputReplay.matches` (it then keeps the full pass).
-REPLAY_FAILURES = (RuntimeError, KeyError, IndexError, TypeError, ValueError)
+#: What a model that cannot be replayed raises in `BlockInputReplay.matches` (it then keeps the full pass); e.g.
+#: an AttributeError from WavLM, whose later blocks read the position bias only its first block has the weights for.
+REPLAY_FAILURES = (RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError)
 
 
 class BlockInputReplay:

@@ -119,6 +119,10 @@ class UnlearningMethod:
     class_level_only: ClassVar[bool] = False
     #: Whether the method trains the weights by gradient, so that `UnlearnConfig.peft_config` (LoRA) applies to it.
     supports_peft: ClassVar[bool] = True
+    #: Whether the method edits the classification head itself (a projection, a refit), not only by gradient through
+    #: the logits: a model whose logits sum or average several heads on one input then runs with one
+    #: (`models.one_head`).
+    edits_head: ClassVar[bool] = False
     #: Whether the method works on sharded parameters (FSDP, DeepSpeed): False for methods that read or write whole
     #: weights or gradients themselves.
     supports_sharding: ClassVar[bool] = True

@@ -40,6 +40,7 @@ from torch.func import functional_call
 
 from .activations import REPLAY_FAILURES, BlockInputReplay, close_to
 from .models import block_before
+from .passes import one_row_inputs
 
 logger = get_logger(__name__)
 
@@ -196,9 +197,7 @@ class OriginalMeasurement:
         owners = [name for name, module in model.named_modules()
                   if any(id(tensor) in named for tensor in [*module.parameters(False), *module.buffers(False)])]  # fmt: skip
         view = next(view for view in trainer.metric_views.values() if len(view))
-        sample = trainer.prepare_inputs(trainer.data_collator([view[0]]))
-        sample.pop("labels")
-        return block_before(model, sample, owners)
+        return block_before(model, one_row_inputs(trainer, view), owners)
 
     @torch.no_grad()
     def _keep(self, tail: list[str], digests: dict[str, str]) -> None:

@@ -3,15 +3,19 @@ freshly initialised copy."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 
 import torch
 from accelerate.logging import get_logger
 from transformers import set_seed
 
 from .activations import evaluating
+from .passes import one_row_inputs
 
 logger = get_logger(__name__)
+_plain_logger = logging.getLogger(__name__)  # for helpers that also run outside an accelerate run
 
 
 def reinitialized_copy(model, seed: int):
@@ -85,6 +89,117 @@ def refit_head(
         head.weight.copy_(transform(weight))
         if bias is not None:
             head.bias.copy_(bias)
+
+
+class _SameAsHead(torch.nn.Module):
+    """Stands in for a second head while `one_head` runs: calls the head (held as a plain attribute, so its
+    parameters are listed once, under the head)."""
+
+    def __init__(self, head: torch.nn.Linear):
+        super().__init__()
+        object.__setattr__(self, "head", head)
+
+    def forward(self, features, *args, **kwargs):
+        return self.head(features, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def one_head(model, batch: dict, name: str | None = None):
+    """For a method that edits the classification head itself (a projection, a refit): a model whose logits combine
+    several heads reading the same features (SwiftFormer averages `head` and `dist_head`) runs with one head.
+
+    The other heads are the nn.Linear layers of the head's shape, device and dtype that receive exactly the head's
+    input in a pass on `batch` (model inputs). The head takes their mean weight and bias, and each of them is
+    replaced by a stand-in that calls the head. The model's logits on `batch` must then be what they were (true
+    whenever the model sums or averages the heads), else nothing changes and a warning says the method edits the
+    head alone. On exit each head gets the head's final weight and bias (on an error in the block, they all get
+    their own back). Yields the names of the heads stood in for ([] when there are none). During the block the
+    model's `state_dict` has no entries for them."""
+    try:
+        head_name, head = classification_head(model, name)
+    except ValueError:
+        yield []
+        return
+    shaped = {
+        other_name: module
+        for other_name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head and module.weight.shape == head.weight.shape
+        and module.weight.dtype == head.weight.dtype and module.weight.device == head.weight.device
+        and (module.bias is None) == (head.bias is None)
+    }  # fmt: skip
+    if not shaped:
+        yield []
+        return
+    inputs = {}
+    handles = [module.register_forward_pre_hook(lambda module, args, key=key: inputs.setdefault(key, args[0]))
+               for key, module in [(head_name, head), *shaped.items()]]  # fmt: skip
+    with torch.no_grad(), evaluating(model):
+        try:
+            before = model(**batch).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+        others = {other_name: module for other_name, module in shaped.items()
+                  if other_name in inputs and head_name in inputs and inputs[other_name].shape == inputs[head_name].shape
+                  and torch.equal(inputs[other_name], inputs[head_name])}  # fmt: skip
+        if not others:
+            yield []
+            return
+        group = [head, *others.values()]
+        kept = [value.detach().clone() for value in (head.weight, head.bias) if value is not None]
+
+        def swap(modules):
+            for other_name, module in modules.items():
+                parent, _, child = other_name.rpartition(".")
+                setattr(model.get_submodule(parent), child, module)
+
+        def restore():
+            swap(others)
+            for value, original in zip((head.weight, head.bias), kept, strict=False):
+                value.copy_(original)
+
+        tolerance = max(1e-4, 4 * torch.finfo(before.dtype).eps)  # averaging in bf16 moves logits by its precision
+        try:
+            head.weight.copy_(torch.stack([module.weight for module in group]).mean(0))
+            if head.bias is not None:
+                head.bias.copy_(torch.stack([module.bias for module in group]).mean(0))
+            swap({other_name: _SameAsHead(head) for other_name in others})
+            after = model(**batch).logits
+            same = torch.allclose(after, before, rtol=tolerance, atol=tolerance * (1 + before.abs().max().item()))
+        except Exception:  # noqa: BLE001 - a model that cannot run with one head is left as it was
+            same = False
+        if not same:
+            restore()
+    if not same:
+        _plain_logger.warning(
+            f"{sorted(others)} read the input of the classification head `{head_name}` but the logits are not their "
+            f"sum or mean: the method edits `{head_name}` alone, and the others keep what it removes."
+        )
+        yield []
+        return
+    _plain_logger.info(f"The heads {sorted(others)} read `{head_name}`'s input: they take its edits for this run.")
+    try:
+        yield sorted(others)
+    except BaseException:
+        with torch.no_grad():
+            restore()
+        raise
+    swap(others)
+    with torch.no_grad():
+        for module in others.values():
+            module.weight.copy_(head.weight)
+            if head.bias is not None:
+                module.bias.copy_(head.bias)
+
+
+def one_head_for(trainer):
+    """`one_head` around the trainer's method when it edits the classification head itself
+    (`UnlearningMethod.edits_head`), with the head it names (`head_module`, where it has one)."""
+    method = trainer.method
+    if not method.edits_head:
+        return contextlib.nullcontext([])
+    return one_head(trainer.model, one_row_inputs(trainer, trainer.retain_view),
+                    getattr(method.config, "head_module", None))  # fmt: skip
 
 
 @torch.no_grad()

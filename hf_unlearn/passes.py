@@ -190,3 +190,11 @@ def quiet_datasets():
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
+
+
+def one_row_inputs(trainer, view) -> dict:
+    """The model inputs of `view`'s first row, collated and on the device, without labels: for a pass that reads the
+    model's structure (the forward order of its modules), not its predictions."""
+    sample = trainer.prepare_inputs(trainer.data_collator([view[0]]))
+    sample.pop("labels", None)
+    return sample

@@ -16,6 +16,7 @@ from .config import UnlearnConfig
 from .lora import lora_if_asked
 from .measure_cache import OriginalMeasurement
 from .metrics import gap_to_reference
+from .models import one_head_for
 from .outputs import check_finite
 from .passes import broadcast_weights, gather_shards, predict_logits, shard_accuracy, shard_batches
 from .report import loggable_metrics
@@ -132,7 +133,8 @@ class UnlearningTrainer(SavingMixin, Trainer):
         set_seed(args.seed)  # the method's draws do not depend on what ran before (a DataLoader draws a seed to start)
         start = time.perf_counter()
         with original.released_on_error():
-            with no_hub_pushes(args), lora_if_asked(self.model, args.peft_config, args.peft_merge, self.method.report):
+            with no_hub_pushes(args), lora_if_asked(self.model, args.peft_config, args.peft_merge, self.method.report), \
+                    one_head_for(self):
                 self.method.run()
             self.accelerator.wait_for_everyone()
             if not self.method.supports_sharding:  # whole weights computed on every process: all go on with process 0's

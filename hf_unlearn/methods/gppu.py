@@ -97,6 +97,7 @@ from ..activations import (
 from ..contract import PaperPreset, UnlearningMethod, training_loss
 from ..data import PairedDataset, subsample
 from ..models import classification_head, model_tail, refit_head
+from ..passes import one_row_inputs
 from ..registry import register_method
 from ..validation import check_pattern
 
@@ -401,6 +402,7 @@ class GPPU(UnlearningMethod):
     class_level_only = True
     supports_peft = False  # its fine-tuning is already restricted to the tail it chooses
     supports_sharding = False  # it projects the head's whole weight
+    edits_head = True  # its projection and refit rewrite the head
     stops_at_forget_target = False  # its own rule: forget target reached and retain accuracy recovered
     # The tail fine-tuning's budget (6b), when it runs: the paper's AdamW and weight decay, one epoch at 1e-4.
     training_defaults = {"optim": "adamw_torch", "learning_rate": 1e-4, "num_train_epochs": 1, "weight_decay": 0.01,
@@ -497,9 +499,7 @@ class GPPU(UnlearningMethod):
                     )
                 self._tail = (modules, modules)
             else:
-                sample = trainer.prepare_inputs(trainer.data_collator([trainer.retain_view[0]]))
-                sample.pop("labels")
-                self._tail = model_tail(model, sample, self.config.num_trainable_blocks)
+                self._tail = model_tail(model, one_row_inputs(trainer, trainer.retain_view), config.num_trainable_blocks)
         return self._tail
 
     def block_input_replay(self) -> BlockInputReplay | None:

@@ -375,6 +375,7 @@ class SVDProjection(UnlearningMethod):
     class_level_only = True  # it removes the input directions whole classes use
     supports_peft = False  # gradient-free
     supports_sharding = False  # it rewrites whole weights from their statistics
+    edits_head = True  # its head refit (and projection) rewrite the head
     #: With `alpha_score="forget_first_kl"`: the original's logits on this process's held-out retain batches.
     original_retain_logits: list[torch.Tensor] | None = None
 
@@ -415,7 +416,8 @@ class SVDProjection(UnlearningMethod):
                 if grams["retain"].rows[name] and grams["forget"].rows[name]
             }
         if len(spaces) < len(modules):
-            logger.warning(f"Not projected (no input on one split): {sorted(set(modules) - set(spaces))}")
+            logger.warning(f"Not projected (no input of the samples on one split): "
+                           f"{sorted(set(modules) - set(spaces))}")
         self.report["projected_layers"] = len(spaces)
         self.report["statistics_rows"] = {split: len(rows[split][0]) for split in rows}
 
