@@ -350,7 +350,8 @@ def collect_input_grams(
     conv_crop: str = "windows", token_rows: str = "tokens", max_token_rows: int | None = None,
 ) -> GramStatistics:
     """One forward pass of `trainer.model` (eval mode) over `dataset`, shared between processes without duplicates,
-    accumulating the input Gram matrix of every layer in `modules`, summed over processes."""
+    accumulating the input Gram matrix of every layer in `modules`, summed over processes. Each process's first batch
+    of 2 rows or more is probed first (`GramStatistics.probe`): only the calls of a layer that read the samples count."""
     model = trainer.model
     statistics = GramStatistics(modules, num_samples=len(dataset), conv_window=conv_window, seed=trainer.args.seed,
                                 conv_crop=conv_crop, token_rows=token_rows, max_token_rows=max_token_rows)  # fmt: skip

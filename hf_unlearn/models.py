@@ -114,7 +114,8 @@ def one_head(model, batch: dict, name: str | None = None):
     whenever the model sums or averages the heads), else nothing changes and a warning says the method edits the
     head alone. On exit each head gets the head's final weight and bias (on an error in the block, they all get
     their own back). Yields the names of the heads stood in for ([] when there are none). During the block the
-    model's `state_dict` has no entries for them."""
+    model's `state_dict` has no entries for them, and it must not be wrapped in `nn.DataParallel` (whose replicas
+    would call the head on the first device: `one_head_for` merges nothing there)."""
     try:
         head_name, head = classification_head(model, name)
     except ValueError:
@@ -197,6 +198,9 @@ def one_head_for(trainer):
     (`UnlearningMethod.edits_head`), with the head it names (`head_module`, where it has one)."""
     method = trainer.method
     if not method.edits_head:
+        return contextlib.nullcontext([])
+    if trainer.args.n_gpu > 1:  # nn.DataParallel's replicas would share the stand-ins' head on the first device
+        _plain_logger.warning("Several GPUs in one process (nn.DataParallel): heads are not merged for this run.")
         return contextlib.nullcontext([])
     return one_head(trainer.model, one_row_inputs(trainer, trainer.retain_view),
                     getattr(method.config, "head_module", None))  # fmt: skip
