@@ -125,6 +125,25 @@ def test_the_guard_pauses_forgetting_and_stops_once_the_retain_rows_recovered(tr
     assert metrics["forget_accuracy"] <= 0.05 and result.forgotten
 
 
+def test_the_guard_scores_the_retain_rows_only_where_they_decide(trained, digits, tmp_path):
+    """While the forget rows are above their target no check can stop training, so the retain rows are not scored
+    there: the same run as scoring them at every check (`guard_full_checks`), the same weights, fewer passes."""
+    budget = {"max_steps": 120, "learning_rate": 3e-3, "optim": "adamw_torch", "weight_decay": 0.0,
+              "max_grad_norm": 0.0, "eval_before_unlearn": False, "eval_after_unlearn": False}  # fmt: skip
+    runs = {}
+    for full in (False, True):
+        kwargs = {"mask_samples": 128, "check_steps": 3, "guard_full_checks": full}
+        result = build(trained("resnet"), digits, tmp_path / str(full), method_kwargs=kwargs, **budget).unlearn()
+        runs[full] = result
+    partial, full = runs[False].metrics, runs[True].metrics
+    for key in ("iterations", "forget_steps", "guard_checks", "guard_forget_accuracy", "guard_retain_accuracy"):
+        assert partial[key] == full[key], key
+    for name, value in runs[True].model.state_dict().items():
+        assert torch.equal(runs[False].model.state_dict()[name], value), name
+    assert full["guard_retain_checks"] == full["guard_checks"]
+    assert 1 <= partial["guard_retain_checks"] < partial["guard_checks"]
+
+
 def test_the_plausible_guard_pauses_forgetting_only_once_the_class_is_implausible(trained, digits, tmp_path):
     """`guard_forget_check="plausible"`: the guard counts forget rows whose class keeps chance probability, and reports
     that share under its own name; the run still stops once it is 0 and the retain rows recovered."""

@@ -27,7 +27,9 @@ implemented here from the paper, no code copied).
    The guard (classifiers; `guard_samples`, `check_steps`, `retain_tolerance`): every `check_steps` iterations
    sampled forget and retain training rows are scored; for classes, forget steps pause while the forget rows are at
    `forget_accuracy_target` (0 when unset) and training stops once the retain rows are also back within
-   `retain_tolerance` of their accuracy before training, so the retain steps repair what forgetting cost; for
+   `retain_tolerance` of their accuracy before training, so the retain steps repair what forgetting cost (the retain
+   rows are scored only at the checks where the forget rows are at their target, where they decide: the same
+   decisions for half the passes before; `guard_full_checks` scores them every time); for
    samples, with `forget_accuracy_target` set, training stops once the sampled forget rows are at it. Without a guard
    (diffusion models, `guard_samples=0`) the trainer checks `forget_accuracy_target` on every forget row every
    `forget_check_steps`. A run whose held-out retain accuracy still fell too far fails the trainer's unlearning
@@ -232,6 +234,15 @@ class RemainGeometryConfig:
         },
     )
     check_steps: int = field(default=5, metadata={"help": "How often (optimizer steps) the guard checks."})
+    guard_full_checks: bool = field(
+        default=False,
+        metadata={
+            "help": "Class requests: score the guard's retain rows at every check (each logged as "
+            "guard/retain_accuracy). By default they are scored only at the checks where the forget rows are at their "
+            "target, the only checks where the retain rows decide anything, so the checks before skip that pass and "
+            "every decision is the same (`guard_retain_checks` counts the passes run)."
+        },
+    )
     retain_tolerance: float = field(
         default=0.01,
         metadata={"help": "Retain accuracy drop (a fraction) the guard accepts on its sampled rows before stopping."},
@@ -558,7 +569,7 @@ class RetainGuard(TrainerCallback):
     def __init__(self, method: RemainGeometry, batches: dict, target: float, repair: bool):
         self.method, self.batches, self.target, self.repair = method, batches, target, repair
         self.original_retain = method.trainer.shard_accuracy(batches["retain"]) if repair else None
-        self.checks = 0
+        self.checks = self.retain_checks = 0
         # What the guard counts on its forget rows (`guard_forget_check`; class requests only).
         plausible = repair and method.config.guard_forget_check == "plausible"
         self.counted = "plausible" if plausible else "accuracy"
@@ -574,10 +585,14 @@ class RetainGuard(TrainerCallback):
         if not self.repair:
             stop = forget <= self.target
         else:
-            retain = trainer.shard_accuracy(self.batches["retain"])
+            # The retain rows decide only once the forget rows are at their target (the same on every process).
+            if method.forget_paused or method.config.guard_full_checks:
+                retain = trainer.shard_accuracy(self.batches["retain"])
+                self.retain_checks += 1
+                method.report["guard_retain_accuracy"] = retain
             stop = method.forget_paused and retain >= self.original_retain - method.config.retain_tolerance
-            method.report.update({f"guard_forget_{self.counted}": forget, "guard_retain_accuracy": retain,
-                                  "guard_retain_before": self.original_retain})  # fmt: skip
+            method.report.update({f"guard_forget_{self.counted}": forget, "guard_retain_before": self.original_retain,
+                                  "guard_retain_checks": self.retain_checks})  # fmt: skip
         if stop:  # never written False: the budget's own stop (or another callback's) stands
             control.should_training_stop = True
             logger.info(f"remain_geometry: the guard stops training at step {state.global_step}.")
