@@ -62,6 +62,7 @@ IMAGES = {
             "num_groups": 4},  # fmt: skip
     "convnextv2": {"hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2},
     "regnet": {"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1], "groups_width": 8},
+    "efficientnet": {"image_size": 32, "width_coefficient": 0.1, "depth_coefficient": 0.1, "hidden_dim": 128},
 }
 AUDIO = {
     "data2vec-audio": {**TRANSFORMER, **AUDIO_CONV},
