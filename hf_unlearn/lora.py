@@ -81,8 +81,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
             plain = module.get_base_layer()
         else:
             plain = module.modules_to_save[ADAPTER]
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, plain)
+        model.set_submodule(name, plain)
     if hasattr(model, "peft_config"):
         del model.peft_config
     return model

@@ -140,26 +140,27 @@ def one_head(model, batch: dict, name: str | None = None):
         finally:
             for handle in handles:
                 handle.remove()
-        others = {other_name: module for other_name, module in shaped.items()
-                  if other_name in inputs and head_name in inputs and inputs[other_name].shape == inputs[head_name].shape
-                  and torch.equal(inputs[other_name], inputs[head_name])}  # fmt: skip
-        if not others:
-            yield []
-            return
-        group = [head, *others.values()]
-        kept = [value.detach().clone() for value in (head.weight, head.bias) if value is not None]
+    others = {other_name: module for other_name, module in shaped.items()
+              if other_name in inputs and head_name in inputs and inputs[other_name].shape == inputs[head_name].shape
+              and torch.equal(inputs[other_name], inputs[head_name])}  # fmt: skip
+    if not others:
+        yield []
+        return
+    group = [head, *others.values()]
+    kept = [value.detach().clone() for value in (head.weight, head.bias) if value is not None]
 
-        def swap(modules):
-            for other_name, module in modules.items():
-                parent, _, child = other_name.rpartition(".")
-                setattr(model.get_submodule(parent), child, module)
+    def swap(modules):
+        for other_name, module in modules.items():
+            model.set_submodule(other_name, module)
 
-        def restore():
-            swap(others)
-            for value, original in zip((head.weight, head.bias), kept, strict=False):
-                value.copy_(original)
+    @torch.no_grad()
+    def restore():
+        swap(others)
+        for value, original in zip((head.weight, head.bias), kept, strict=False):
+            value.copy_(original)
 
-        tolerance = max(1e-4, 4 * torch.finfo(before.dtype).eps)  # averaging in bf16 moves logits by its precision
+    tolerance = max(1e-4, 4 * torch.finfo(before.dtype).eps)  # averaging in bf16 moves logits by its precision
+    with torch.no_grad(), evaluating(model):
         try:
             head.weight.copy_(torch.stack([module.weight for module in group]).mean(0))
             if head.bias is not None:
@@ -169,9 +170,8 @@ def one_head(model, batch: dict, name: str | None = None):
             same = torch.allclose(after, before, rtol=tolerance, atol=tolerance * (1 + before.abs().max().item()))
         except Exception:  # noqa: BLE001 - a model that cannot run with one head is left as it was
             same = False
-        if not same:
-            restore()
     if not same:
+        restore()
         _plain_logger.warning(
             f"{sorted(others)} read the input of the classification head `{head_name}` but the logits are not their "
             f"sum or mean: the method edits `{head_name}` alone, and the others keep what it removes."
@@ -182,8 +182,7 @@ def one_head(model, batch: dict, name: str | None = None):
     try:
         yield sorted(others)
     except BaseException:
-        with torch.no_grad():
-            restore()
+        restore()
         raise
     swap(others)
     with torch.no_grad():

@@ -134,8 +134,10 @@ def test_heads_that_are_not_one_head_are_left_as_they_are(mode, caplog):
     torch.manual_seed(0)
     model = TwoHeads(mode)
     state = {name: value.clone() for name, value in model.state_dict().items()}
+    model.train()
     with caplog.at_level(logging.WARNING), one_head(model, {"x": torch.randn(5, 4)}) as stood_in:
         assert stood_in == [] and isinstance(model.cls_head, nn.Linear)
+        assert torch.is_grad_enabled() and model.training  # the method runs as it would without one_head
         for name, value in model.state_dict().items():
             assert torch.equal(value, state[name]), name
     # Heads on other inputs are not the head's to stand in for; one input weighted otherwise is said.

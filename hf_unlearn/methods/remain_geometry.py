@@ -28,8 +28,8 @@ implemented here from the paper, no code copied).
    sampled forget and retain training rows are scored; for classes, forget steps pause while the forget rows are at
    `forget_accuracy_target` (0 when unset) and training stops once the retain rows are also back within
    `retain_tolerance` of their accuracy before training, so the retain steps repair what forgetting cost (the retain
-   rows are scored only at the checks where the forget rows are at their target, where they decide: the same
-   decisions for half the passes before; `guard_full_checks` scores them every time); for
+   rows are scored only at the checks where the forget rows are at their target, the only ones where they decide, so
+   the checks before skip that pass with the same decisions; `guard_full_checks` scores them every time); for
    samples, with `forget_accuracy_target` set, training stops once the sampled forget rows are at it. Without a guard
    (diffusion models, `guard_samples=0`) the trainer checks `forget_accuracy_target` on every forget row every
    `forget_check_steps`. A run whose held-out retain accuracy still fell too far fails the trainer's unlearning
