@@ -50,6 +50,7 @@ from .data import label_maps, label_names
 from .generative import cycled, image_tensors, judge_outputs
 from .metrics import generative_metrics
 from .outputs import public_reference, write_atomic
+from .precision import weights_dtype
 
 logger = logging.get_logger(__name__)
 
@@ -269,13 +270,13 @@ class DiffusionModel(PreTrainedModel):
         if self.vae is None:
             return images
         with torch.no_grad():
-            latents = self.vae.encode(images).latent_dist.sample()
+            latents = self.vae.encode(images.to(weights_dtype(self.vae))).latent_dist.sample().to(images.dtype)
         return latents * self.vae.config.scaling_factor
 
     def to_data_space(self, x: torch.Tensor) -> torch.Tensor:
         """Denoised samples -> images in `config.data_range`."""
         if self.vae is not None:
-            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+            x = self.vae.decode((x / self.vae.config.scaling_factor).to(weights_dtype(self.vae))).sample.to(x.dtype)
         low, high = self.config.data_range
         return ((x.clamp(-1, 1) + 1) / 2) * (high - low) + low
 
@@ -283,11 +284,14 @@ class DiffusionModel(PreTrainedModel):
                 with_variance: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """The denoiser's prediction for `x_t` at `timesteps` under class `labels`. A DiT that learns its variances
         also outputs their interpolation values v in [-1, 1] (Nichol & Dhariwal's learned range): dropped, or
-        returned as `(prediction, v)` with `with_variance`."""
+        returned as `(prediction, v)` with `with_variance`. A half-precision denoiser takes `x_t` in its dtype and
+        answers in `x_t`'s (`hf_unlearn.precision`)."""
+        x = x_t.to(weights_dtype(self.denoiser))
         if self.config.denoiser == "unet":
-            output = self.denoiser(x_t, timesteps, class_labels=labels).sample
+            output = self.denoiser(x, timesteps, class_labels=labels).sample
         else:
-            output = self.denoiser(x_t, timestep=timesteps, class_labels=labels).sample
+            output = self.denoiser(x, timestep=timesteps, class_labels=labels).sample
+        output = output.to(x_t.dtype)
         channels = x_t.shape[1]
         if with_variance:
             return output[:, :channels], output[:, channels : 2 * channels]

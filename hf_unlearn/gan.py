@@ -43,6 +43,7 @@ from .activations import evaluating
 from .data import label_maps, label_names
 from .generative import cycled, image_tensors, judge_outputs
 from .metrics import generative_metrics
+from .precision import weights_dtype
 
 logger = get_logger(__name__)
 
@@ -121,9 +122,11 @@ class Players:
         return torch.randn(n, self.latent_dim, generator=generator).to(self.device)
 
     def generate(self, noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        noise = noise.to(weights_dtype(self.generator))  # a half-precision network takes its own dtype
         return self.generator(noise, labels) if self.conditional else self.generator(noise)
 
     def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        images = images.to(weights_dtype(self.discriminator))
         logits = self.discriminator(images, labels) if self.conditional else self.discriminator(images)
         return logits.reshape(len(images))
 
@@ -270,8 +273,8 @@ class GANPair(PreTrainedModel):
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, seed: int | None = None, batch_size: int = 500) -> torch.Tensor:
-        """`n` generated images (eval mode), from seeded noise when `seed` is given. A conditional pair needs
-        `labels` (`(n,)` class ids, or one id for all)."""
+        """`n` generated images (eval mode, float32 whatever the generator's precision), from seeded noise when `seed`
+        is given. A conditional pair needs `labels` (`(n,)` class ids, or one id for all)."""
         if self.config.conditional:
             if labels is None:
                 raise ValueError("This GAN is class-conditional: pass `labels` (class ids) to `sample`.")
@@ -282,7 +285,7 @@ class GANPair(PreTrainedModel):
                 self.generate_images(noise[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
                 for i in range(0, n, batch_size)
             ]
-        return torch.cat(images)
+        return torch.cat(images).float()
 
 
 AutoConfig.register(GANConfig.model_type, GANConfig, exist_ok=True)

@@ -41,6 +41,7 @@ from .data import (
 from .diffusion import as_diffusion_model
 from .kinds import ModelKind, kind_of, load_model
 from .methods import MethodSpec, get_method
+from .precision import inputs_follow_weights
 
 logger = get_logger(__name__)
 
@@ -121,6 +122,7 @@ class UnlearningRequest:
         # Checked: now the work (a copy of the model, cached model inputs).
         if not args.in_place:
             model = copy.deepcopy(model)
+        inputs_follow_weights(model)  # a half-precision model takes float32 batches (`hf_unlearn.precision`)
         if data_collator is None:
             data_collator = UnlearningCollator(label_column, processing_class)
         if args.cache_features and isinstance(data_collator, UnlearningCollator):
@@ -137,7 +139,7 @@ class UnlearningRequest:
             forget_view=train_dataset.select(forget_rows), retain_view=train_dataset.select(retain_rows),
             forget_labels=train_labels[forget_rows], retain_labels=train_labels[retain_rows],
             metric_views=_metric_views(train_dataset, eval_dataset, split, train_labels, args),
-            judge=None if judge is None else judge.to(args.device),
+            judge=inputs_follow_weights(None if judge is None else judge.to(args.device)),
         )  # fmt: skip
 
 

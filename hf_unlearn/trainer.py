@@ -19,6 +19,7 @@ from .metrics import gap_to_reference
 from .models import one_head_for
 from .outputs import check_finite
 from .passes import broadcast_weights, gather_shards, predict_logits, shard_accuracy, shard_batches
+from .precision import float32_method, inputs_follow_weights
 from .report import loggable_metrics
 from .request import UnlearningRequest
 from .saving import SavingMixin
@@ -133,8 +134,8 @@ class UnlearningTrainer(SavingMixin, Trainer):
         set_seed(args.seed)  # the method's draws do not depend on what ran before (a DataLoader draws a seed to start)
         start = time.perf_counter()
         with original.released_on_error():
-            with no_hub_pushes(args), lora_if_asked(self.model, args.peft_config, args.peft_merge, self.method.report), \
-                    one_head_for(self):
+            with float32_method(self), no_hub_pushes(args), \
+                    lora_if_asked(self.model, args.peft_config, args.peft_merge, self.method.report), one_head_for(self):
                 self.method.run()
             self.accelerator.wait_for_everyone()
             if not self.method.supports_sharding:  # whole weights computed on every process: all go on with process 0's
@@ -240,7 +241,8 @@ class UnlearningTrainer(SavingMixin, Trainer):
             )
         metrics = self.kind.measure(self, self.model if model is None else model)
         if reference_model is not None:
-            gaps = gap_to_reference(metrics, self.kind.measure(self, reference_model.to(self.args.device)))
+            reference_model = inputs_follow_weights(reference_model.to(self.args.device))
+            gaps = gap_to_reference(metrics, self.kind.measure(self, reference_model))
             metrics.update(gaps)
             if model is None and self.unlearning_output is not None:
                 self.unlearning_output.metrics.update(gaps)
