@@ -186,3 +186,14 @@ def test_half_precision_model_with_lora_gets_its_dtypes_back(trained, digits, tm
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     for key in ("forget_accuracy", "retain_accuracy"):  # the float32 run's, measured in float16
         assert result.metrics[key] == pytest.approx(expected.metrics[key], abs=0.03)
+
+
+def test_a_float16_checkpoint_by_path_loads_in_float16_and_is_unlearned(trained, digits, make_args, tmp_path):
+    """transformers 5 loads a checkpoint in its saved dtype: the path of a float16 ResNet gives a float16 model."""
+    folder = tmp_path / "float16-resnet"
+    trained("resnet").to(torch.float16).save_pretrained(folder)
+    trainer = UnlearningTrainer(str(folder), make_args("svd_projection"), train_dataset=digits["train"],
+                                eval_dataset=digits["test"], forget_classes=[3])  # fmt: skip
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float16}
+    output = trainer.unlearn()
+    assert output.forgotten and {p.dtype for p in output.model.parameters()} == {torch.float16}
