@@ -157,6 +157,44 @@ def test_the_plausible_guard_pauses_forgetting_only_once_the_class_is_implausibl
     assert metrics["forget_accuracy"] <= 0.05 and result.forgotten
 
 
+def test_held_out_forget_rows_take_no_forget_step_and_the_guard_scores_them(trained, digits, tmp_path, monkeypatch):
+    """`guard_held_out`: a quarter of the forget rows (balanced over the forget classes) never reach a forget step,
+    and the guard scores them with the others, so forgetting pauses only once the class is gone on rows it never
+    pushed."""
+    from hf_unlearn.methods import remain_geometry
+
+    guards = []
+
+    class RecordingGuard(remain_geometry.RetainGuard):
+        def __init__(self, method, batches, *args, **kwargs):
+            guards.append(batches)
+            super().__init__(method, batches, *args, **kwargs)
+
+    monkeypatch.setattr(remain_geometry, "RetainGuard", RecordingGuard)
+    budget = {"max_steps": 30, "learning_rate": 3e-3, "optim": "adamw_torch", "weight_decay": 0.0,
+              "max_grad_norm": 0.0, "eval_before_unlearn": False, "eval_after_unlearn": False,
+              "method_kwargs": {"mask_samples": 64, "check_steps": 3, "guard_held_out": 0.25}}  # fmt: skip
+    trainer = build(trained("resnet"), digits, tmp_path, forget_classes=(3, 5), **budget)
+    method, stepped = trainer.method, []
+    forget_step = method.forget_step
+
+    def recording(model, batch, alpha):
+        stepped.extend(map(tuple, batch["pixel_values"].reshape(len(batch["pixel_values"]), -1).tolist()))
+        return forget_step(model, batch, alpha)
+
+    method.forget_step = recording
+    result = trainer.unlearn()
+    rows = lambda view: {tuple(np.asarray(row, dtype=np.float32).reshape(-1).tolist()) for row in view["pixel_values"]}  # noqa: E731
+    held_out = rows(trainer.forget_view.select(method.held_out))
+    forget_rows = len(trainer.forget_view)
+    assert len(method.held_out) == result.metrics["guard_held_out_rows"] == round(0.25 * forget_rows)
+    assert set(trainer.forget_labels[method.held_out]) == {3, 5}
+    assert stepped and not held_out & set(stepped)
+    assert len(set(stepped)) > 0.5 * (forget_rows - len(held_out))  # the other forget rows do take steps
+    scored = {tuple(row.reshape(-1).tolist()) for batch in guards[0]["forget"] for row in batch[1]["pixel_values"]}
+    assert held_out <= scored
+
+
 def test_the_guard_never_cancels_the_budgets_own_stop(trained, digits, tmp_path):
     """A guard that does not stop (nothing forgets at this rate) checking at every step must leave the Trainer's
     `max_steps` stop alone: the run ends at the budget, not at the end of the epoch."""
@@ -214,7 +252,7 @@ def test_gradient_accumulation_is_refused(trained, digits, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"gamma": 0}, "gamma"), ({"forget_every": 0}, "forget_every"), ({"alpha": -1}, "alpha"),
-     ({"weight_exponent": -0.5}, "weight_exponent")],
+     ({"weight_exponent": -0.5}, "weight_exponent"), ({"guard_held_out": 1.0}, "guard_held_out")],
 )  # fmt: skip
 def test_bad_method_kwargs_are_named(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
