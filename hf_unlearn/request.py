@@ -98,6 +98,7 @@ class UnlearningRequest:
             model, loaded_processor = load_model(model, trust_remote_code=args.trust_remote_code)
             processing_class = processing_class if processing_class is not None else loaded_processor
         model = as_diffusion_model(model)  # a diffusers pipeline is unlearned as a DiffusionModel
+        model = _uncompiled(model)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(
                 f"`model` must be a transformers model, a diffusers pipeline or a Hub ID / local path string, got "
@@ -141,6 +142,20 @@ class UnlearningRequest:
             metric_views=_metric_views(train_dataset, eval_dataset, split, train_labels, args),
             judge=inputs_follow_weights(None if judge is None else judge.to(args.device)),
         )  # fmt: skip
+
+
+def _uncompiled(model):
+    """The module a `torch.compile`d model wraps: the methods read and edit layers through hooks and replace modules,
+    which a compiled graph does not see (svd_projection's statistics of a compiled ResNet came out non-finite). Its
+    weights are the compiled model's, so an in-place run changes both."""
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(model, torch.nn.Module) and isinstance(original, torch.nn.Module):
+        logger.info(
+            f"`model` is compiled ({type(model).__name__}): unlearning its original module "
+            f"({type(original).__name__}); compile the result again with `torch.compile` if you serve it compiled."
+        )
+        return original
+    return model
 
 
 def _check_kind_supports(kind: ModelKind, args: UnlearnConfig, forget_classes, forget_indices) -> None:

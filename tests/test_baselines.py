@@ -142,6 +142,21 @@ def test_caller_model_untouched_unless_in_place(trained, digits, make_args):
     assert any(not torch.equal(before[name], value) for name, value in model.state_dict().items())
 
 
+def test_a_compiled_model_is_unlearned_through_its_original_module(trained, digits, make_args):
+    """The methods read layers through hooks and replace modules, which a compiled graph does not see: svd_projection
+    on a `torch.compile`d ResNet ended with non-finite weights. The module it wraps is unlearned instead (in place:
+    the compiled model's own weights)."""
+    model = trained("resnet")
+    compiled = torch.compile(model)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    trainer = UnlearningTrainer(compiled, make_args("svd_projection", in_place=True), train_dataset=digits["train"],
+                                eval_dataset=digits["test"], forget_classes=[3])  # fmt: skip
+    assert trainer.model is model
+    result = trainer.unlearn()
+    assert result.forgotten and result.model is model
+    assert any(not torch.equal(before[name], value) for name, value in compiled._orig_mod.state_dict().items())
+
+
 def test_save_model_reloads_the_unlearned_model(trained, digits, make_args, tmp_path):
     from transformers import AutoModelForImageClassification
 
