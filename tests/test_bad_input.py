@@ -69,6 +69,16 @@ def test_model_without_classification_head(args, digits):
         build(backbone, args, digits, forget_classes=[3])
 
 
+def test_a_peft_model_is_refused_with_the_merge_that_fixes_it(model, args, digits):
+    """A LoRA-fine-tuned classifier (peft's PeftModel) has no classification head of its own type: the error says to
+    merge its adapters (not to load another model class)."""
+    from peft import LoraConfig, get_peft_model
+
+    adapted = get_peft_model(model, LoraConfig(r=2, target_modules=["convolution"]))
+    with pytest.raises(TypeError, match=r"PeftModel.*peft adapters on a ResNetForImageClassification.*merge_and_unload"):
+        build(adapted, args, digits, forget_classes=[3])
+
+
 def test_both_forget_classes_and_indices(model, args, digits):
     with pytest.raises(ValueError, match="exactly one of `forget_classes`.*and `forget_indices`"):
         build(model, args, digits, forget_classes=[3], forget_indices=[0, 1])

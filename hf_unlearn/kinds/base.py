@@ -144,6 +144,12 @@ def kind_of(model: torch.nn.Module) -> ModelKind:
     for kind in reversed(_KINDS.values()):
         if kind.matches(inner):
             return kind
+    if callable(getattr(inner, "merge_and_unload", None)) and callable(getattr(inner, "get_base_model", None)):
+        raise TypeError(
+            f"`model` is a {type(inner).__name__}: peft adapters on a {type(inner.get_base_model()).__name__}. Merge "
+            "them first, `model = model.merge_and_unload()`, and unlearn the plain model; to unlearn with new LoRA "
+            "adapters, pass `peft_config` in the UnlearnConfig."
+        )
     raise TypeError(
         f"`model` is a {type(model).__name__}, which has no classification head and is of no other model kind "
         f"hf-unlearn takes ({', '.join(_KINDS)}). "
