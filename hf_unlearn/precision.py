@@ -5,7 +5,8 @@ give a float16 or bfloat16 model. Two things then break that have nothing to do 
 
 - Many models do not cast their inputs to their weights' dtype (ResNet, ConvNeXt, Wav2Vec2: a float32 batch into a
   half-precision convolution raises). `inputs_follow_weights` gives such a model a forward pre-hook that casts every
-  floating-point input to the dtype of its weights, as transformers' pipelines do with their inputs.
+  floating-point input to the dtype of its weights, as transformers' pipelines do with their inputs. The hook stays
+  on the model (the returned one takes float32 batches too), and on a half-precision judge or reference model.
 - Optimizer steps on float16 weights diverge (AdamW's epsilon and most updates underflow; on a small ViT gppu's
   fine-tuning, remain_geometry and neggrad_plus all ended with non-finite weights), and bfloat16 weights round away
   updates below 1/256 of their magnitude. `float32_method` runs the method on float32 weights (the master weights of
@@ -24,12 +25,12 @@ torch.float16
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import torch
-from accelerate.logging import get_logger
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)  # also outside an accelerate run
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -77,42 +78,72 @@ def _tensors(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, str, str
 
 @torch.no_grad()
 def _cast(model: torch.nn.Module, dtype_of) -> None:
+    """Give each floating-point tensor the dtype `dtype_of(module, path, name, tensor)` names."""
+    converted = {}  # a buffer several modules share stays one tensor
     for module, path, name, tensor in list(_tensors(model)):
-        dtype = dtype_of(module, path, name)
+        dtype = dtype_of(module, path, name, tensor)
         if tensor.dtype == dtype:
             continue
-        if name in module._parameters:
+        if name in module._parameters:  # in place: a parameter tied into several modules is one object
             tensor.grad = None  # the method's last gradients, in the other precision
             tensor.data = tensor.data.to(dtype)
         else:
-            module._buffers[name] = tensor.to(dtype)
+            module._buffers[name] = converted.setdefault(id(tensor), tensor.to(dtype))
 
 
 @contextlib.contextmanager
 def float32_method(trainer) -> Iterator[bool]:
-    """Around the method's run: a model with half-precision weights or buffers runs it in float32, and every tensor
-    gets its dtype back afterwards (also on an error); yields whether anything was cast. A tensor is found by its
-    module object (a module a method wraps, like LoRA's `base_layer`, is still found), else by its path (a module the
-    method replaced, like peft's copy of the head); a tensor the method added (LoRA adapters kept unmerged) takes the
-    model's weights' dtype. What the method recorded for the measuring passes in float32 (gppu's block inputs) is
-    dropped: they run in the model's precision."""
+    """Around the method's run: a model with half-precision weights or buffers runs it with those in float32, and
+    every tensor gets its dtype back afterwards (also on an error); yields whether anything was cast. A tensor is found
+    by its module object (a module a method wraps, like LoRA's `base_layer`, is still found), else by its path (a
+    module the method replaced, like peft's copy of the head); a tensor the method added (LoRA adapters kept unmerged)
+    takes the model's weights' dtype. What the method recorded for the measuring passes in float32 (gppu's block
+    inputs) is dropped: they run in the model's precision. A value the method left beyond the range of the dtype it
+    goes back to (above 65504 for float16) is an error that says so, not an infinite weight. Sharded weights (FSDP,
+    DeepSpeed) are left to their engine's own mixed precision."""
     model = trainer.model
     tensors = list(_tensors(model))
-    if not any(tensor.dtype in HALF for *_, tensor in tensors):
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+    if sharded or not any(tensor.dtype in HALF for *_, tensor in tensors):
         yield False
         return
     by_object = {(module, name): tensor.dtype for module, _, name, tensor in tensors}
     by_path = {path: tensor.dtype for _, path, _, tensor in tensors}
     added = weights_dtype(model)
+
+    def restored(module, path, name, tensor):
+        return by_object.get((module, name), by_path.get(path, added))
+
     logger.info(
         f"The model has half-precision tensors ({sorted({str(t.dtype) for *_, t in tensors if t.dtype in HALF})}): "
         "the method runs on float32 copies of them (optimizer steps on half-precision weights underflow), and each "
         "gets its dtype back when it ends. `bf16=True` or `fp16=True` speed the method's passes up with autocast where "
         "the device allows."
     )
-    _cast(model, lambda module, path, name: torch.float32)
+    _cast(model, lambda module, path, name, tensor: torch.float32 if tensor.dtype in HALF else tensor.dtype)
+    finished = False
     try:
         yield True
+        finished = True
     finally:
-        _cast(model, lambda module, path, name: by_object.get((module, name), by_path.get(path, added)))
+        overflow = _beyond_range(model, restored) if finished else []
+        _cast(model, restored)
         trainer.method.take_block_inputs()
+    if overflow:
+        raise RuntimeError(
+            f"The method left {len(overflow)} tensors with finite values beyond the range of the half precision they "
+            f"go back to (e.g. {overflow[:3]}), which would make them infinite: the model is not measured or saved. "
+            "Unlearn it in float32 (`model.float()`) or bfloat16, or with a smaller `learning_rate`."
+        )
+
+
+def _beyond_range(model: torch.nn.Module, restored) -> list[str]:
+    """Paths of the float32 tensors whose finite values the dtype they go back to cannot hold."""
+    found = []
+    for module, path, name, tensor in _tensors(model):
+        dtype = restored(module, path, name, tensor)
+        if dtype in HALF and tensor.dtype == torch.float32:
+            finite = tensor.detach()[torch.isfinite(tensor.detach())]
+            if finite.numel() and float(finite.abs().max()) > torch.finfo(dtype).max:
+                found.append(path)
+    return found

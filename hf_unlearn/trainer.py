@@ -239,7 +239,7 @@ class UnlearningTrainer(SavingMixin, Trainer):
                 "Measuring a generator needs a judge classifier of its data: pass `judge=` to UnlearningTrainer, or "
                 "set `eval_before_unlearn=False, eval_after_unlearn=False`."
             )
-        metrics = self.kind.measure(self, self.model if model is None else model)
+        metrics = self.kind.measure(self, self.model if model is None else inputs_follow_weights(model))
         if reference_model is not None:
             reference_model = inputs_follow_weights(reference_model.to(self.args.device))
             gaps = gap_to_reference(metrics, self.kind.measure(self, reference_model))

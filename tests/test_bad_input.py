@@ -77,6 +77,11 @@ def test_a_peft_model_is_refused_with_the_merge_that_fixes_it(model, args, digit
     adapted = get_peft_model(model, LoraConfig(r=2, target_modules=["convolution"]))
     with pytest.raises(TypeError, match=r"PeftModel.*peft adapters on a ResNetForImageClassification.*merge_and_unload"):
         build(adapted, args, digits, forget_classes=[3])
+    # The sequence-classification wrapper (how audio classifiers are often adapted) would pass for a classifier.
+    classifier = get_peft_model(digits_classifier("resnet"), LoraConfig(r=2, target_modules=["convolution"],
+                                                                        task_type="SEQ_CLS"))  # fmt: skip
+    with pytest.raises(TypeError, match=r"PeftModelForSequenceClassification.*merge_and_unload"):
+        build(classifier, args, digits, forget_classes=[3])
 
 
 def test_both_forget_classes_and_indices(model, args, digits):

@@ -62,16 +62,20 @@ def test_float16_weights_take_gradient_steps_in_float32(trained, digits, make_ar
 
 
 class Mixed(nn.Module):
-    """A float16 conv, a bfloat16 buffer, a float32 layer (kept in float32, as transformers' `_keep_in_fp32_modules`)
-    and a float16 weight tied into two modules."""
+    """A float16 conv, a bfloat16 buffer, a float32 layer (kept in float32, as transformers' `_keep_in_fp32_modules`),
+    a float64 buffer, a float16 weight tied into two modules and a float16 buffer two modules share."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3).half()
         self.register_buffer("scale", torch.ones(4, dtype=torch.bfloat16))
+        self.register_buffer("precise", torch.tensor([1 / 3], dtype=torch.float64))
         self.kept = nn.Linear(4, 4)
         self.first, self.second = nn.Linear(4, 2).half(), nn.Linear(4, 2).half()
         self.second.weight = self.first.weight
+        shared = torch.full((2,), 0.5, dtype=torch.float16)
+        self.first.register_buffer("table", shared)
+        self.second.register_buffer("table", shared)
 
 
 def stub_trainer(model):
@@ -83,9 +87,12 @@ def test_float32_method_casts_half_tensors_for_the_block_and_back():
     model = Mixed()
     before = tensor_dtypes(model)
     trainer, dropped = stub_trainer(model)
+    precise = model.precise.clone()
     with float32_method(trainer) as cast:
         assert cast
-        assert set(tensor_dtypes(model).values()) == {torch.float32}
+        assert set(tensor_dtypes(model).values()) == {torch.float32, torch.float64}
+        assert model.precise.dtype == torch.float64  # only half-precision tensors are cast
+        assert model.first.table is model.second.table and model.first.table.dtype == torch.float32
         model.conv.weight.grad = torch.ones_like(model.conv.weight)
         wrapped = model.first  # a module a method wraps (LoRA's base_layer) is still cast back
         model.first = nn.Sequential(wrapped)
@@ -97,6 +104,8 @@ def test_float32_method_casts_half_tensors_for_the_block_and_back():
     assert model.scale.dtype == torch.bfloat16 and model.kept.weight.dtype == torch.float32
     assert model.added.weight.dtype == torch.float16
     assert dropped == [True]  # block inputs recorded in float32 are not replayed into the half-precision model
+    assert torch.equal(model.precise, precise)
+    assert model.first[0].table is model.second.table and model.second.table.dtype == torch.float16
     del model.added
     model.first = wrapped
     assert tensor_dtypes(model) == before
@@ -114,6 +123,39 @@ def test_float32_method_restores_dtypes_on_an_error_and_leaves_float32_models_al
     with float32_method(trainer) as cast:
         assert not cast
     assert plain.weight.dtype == torch.float32 and dropped == []
+
+
+def test_weights_beyond_float16s_range_are_an_error_not_infinite_weights():
+    """A float32 value above 65504 would come back to float16 as infinity: the error says why."""
+    model = Mixed()
+    trainer, _ = stub_trainer(model)
+    with pytest.raises(RuntimeError, match=r"beyond the range of the half precision.*'conv.weight'"):
+        with float32_method(trainer):
+            model.conv.weight.data[0, 0, 0, 0] = 1e5
+    assert model.conv.weight.dtype == torch.float16  # still given its dtype back
+    trainer, _ = stub_trainer(Mixed())
+    with float32_method(trainer):
+        trainer.model.kept.weight.data[0, 0] = 1e5  # float32 before and after: nothing to say
+        trainer.model.conv.weight.data[0, 0, 0, 0] = float("inf")  # non-finite: the trainer's finite check says it
+
+
+def test_sharded_weights_are_left_to_their_engine():
+    model = Mixed()
+    before = tensor_dtypes(model)
+    trainer, dropped = stub_trainer(model)
+    trainer.is_fsdp_enabled = True
+    with float32_method(trainer) as cast:
+        assert not cast and tensor_dtypes(model) == before
+    assert dropped == []
+
+
+def test_evaluating_a_half_precision_model_given_to_the_trainer(trained, digits, make_args):
+    trainer = UnlearningTrainer(trained("resnet"), make_args("gppu"), train_dataset=digits["train"],
+                                eval_dataset=digits["test"], forget_classes=[3])  # fmt: skip
+    half = trained("resnet").to(torch.float16)
+    expected = trainer.evaluate_unlearning()
+    measured = trainer.evaluate_unlearning(model=half)  # a ResNet does not cast its float32 batches itself
+    assert measured["retain_accuracy"] == pytest.approx(expected["retain_accuracy"], abs=0.02)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -171,6 +171,13 @@ def test_held_out_forget_rows_take_no_forget_step_and_the_guard_scores_them(trai
             super().__init__(method, batches, *args, **kwargs)
 
     monkeypatch.setattr(remain_geometry, "RetainGuard", RecordingGuard)
+    fisher_rows, fisher_diagonal = {}, remain_geometry.fisher_diagonal
+
+    def recording_fisher(trainer, dataset, parameters, description, *args, **kwargs):
+        fisher_rows[description] = dataset
+        return fisher_diagonal(trainer, dataset, parameters, description, *args, **kwargs)
+
+    monkeypatch.setattr(remain_geometry, "fisher_diagonal", recording_fisher)
     budget = {"max_steps": 30, "learning_rate": 3e-3, "optim": "adamw_torch", "weight_decay": 0.0,
               "max_grad_norm": 0.0, "eval_before_unlearn": False, "eval_after_unlearn": False,
               "method_kwargs": {"mask_samples": 64, "check_steps": 3, "guard_held_out": 0.25}}  # fmt: skip
@@ -190,9 +197,20 @@ def test_held_out_forget_rows_take_no_forget_step_and_the_guard_scores_them(trai
     assert len(method.held_out) == result.metrics["guard_held_out_rows"] == round(0.25 * forget_rows)
     assert set(trainer.forget_labels[method.held_out]) == {3, 5}
     assert stepped and not held_out & set(stepped)
+    assert not held_out & rows(fisher_rows["Fisher (forget)"])  # nor do they choose the parameters the steps move
     assert len(set(stepped)) > 0.5 * (forget_rows - len(held_out))  # the other forget rows do take steps
     scored = {tuple(row.reshape(-1).tolist()) for batch in guards[0]["forget"] for row in batch[1]["pixel_values"]}
     assert held_out <= scored
+
+
+def test_held_out_rows_without_a_guard_are_ignored_with_a_warning(trained, digits, tmp_path, caplog):
+    budget = {"max_steps": 2, "eval_before_unlearn": False, "eval_after_unlearn": False,
+              "method_kwargs": {"mask_samples": 16, "guard_samples": 0, "guard_held_out": 0.25}}  # fmt: skip
+    trainer = build(trained("resnet"), digits, tmp_path, **budget)
+    with caplog.at_level("WARNING"):
+        trainer.unlearn()
+    assert "`guard_held_out` needs the guard" in caplog.text
+    assert len(trainer.method.held_out) == 0 and "guard_held_out_rows" not in trainer.unlearning_output.metrics
 
 
 def test_the_guard_never_cancels_the_budgets_own_stop(trained, digits, tmp_path):

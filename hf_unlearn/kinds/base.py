@@ -141,15 +141,16 @@ def kind_of(model: torch.nn.Module) -> ModelKind:
     """The kind of `model` (possibly wrapped by accelerate / DistributedDataParallel); a `TypeError` naming what the
     library unlearns when no kind claims it."""
     inner = extract_model_from_parallel(model, keep_torch_compile=False)  # DDP, DeepSpeed, torch.compile wrappers
-    for kind in reversed(_KINDS.values()):
-        if kind.matches(inner):
-            return kind
+    # First: peft's PeftModelForSequenceClassification would pass for a classifier by its name and forwarded config.
     if callable(getattr(inner, "merge_and_unload", None)) and callable(getattr(inner, "get_base_model", None)):
         raise TypeError(
             f"`model` is a {type(inner).__name__}: peft adapters on a {type(inner.get_base_model()).__name__}. Merge "
             "them first, `model = model.merge_and_unload()`, and unlearn the plain model; to unlearn with new LoRA "
             "adapters, pass `peft_config` in the UnlearnConfig."
         )
+    for kind in reversed(_KINDS.values()):
+        if kind.matches(inner):
+            return kind
     raise TypeError(
         f"`model` is a {type(model).__name__}, which has no classification head and is of no other model kind "
         f"hf-unlearn takes ({', '.join(_KINDS)}). "

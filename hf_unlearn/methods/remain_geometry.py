@@ -375,6 +375,8 @@ class RemainGeometry(UnlearningMethod):
     model_kinds = ("classifier", "diffusion")
     stops_at_forget_target = False  # its guard reads `forget_accuracy_target` on sampled rows (see `run`)
     uses_training_budget = True
+    #: Forget rows (positions in `forget_view`) that take no forget step (`guard_held_out`; set by `run`).
+    held_out = np.zeros(0, dtype=np.int64)
     # Chosen on the tune tasks of `benchmarks/transfer.py` (never on its validation tasks): AdamW at a constant rate
     # (3e-4: at 1e-3 the shapes ViT lost 5 points, at 1e-4 the ResNet did not forget; ablation_remain_geometry.md),
     # at most 300 iterations, the guard stopping a class request once it is forgotten and the retain rows recovered.
@@ -418,9 +420,9 @@ class RemainGeometry(UnlearningMethod):
 
     def run(self) -> None:
         trainer = self.trainer
+        self.held_out = self.held_out_rows()  # chosen first: they take no forget step and stay out of the mask
         self.prepare()
         self.forget_steps, self.forget_paused = 0, False
-        self.held_out = np.zeros(0, dtype=np.int64)  # forget rows that take no forget step (`guard_held_out`)
         guard = self.guard()
         # Without a guard (diffusion models, `guard_samples=0`), a `forget_accuracy_target` is the trainer's to check.
         self.stops_at_forget_target = guard is None
@@ -437,24 +439,44 @@ class RemainGeometry(UnlearningMethod):
                 trainer.remove_callback(guard)
         self.report.update(**self.settings, iterations=trainer.state.global_step, forget_steps=self.forget_steps)
 
+    def has_guard(self) -> bool:
+        """Whether the run has a guard: a classifier, `guard_samples` > 0, and a class request or a forget target."""
+        trainer, config = self.trainer, self.config
+        class_level = trainer.split.is_class_level
+        target = trainer.args.forget_accuracy_target
+        return not is_diffusion(trainer.model) and bool(config.guard_samples) and (class_level or target is not None)
+
+    def held_out_rows(self) -> np.ndarray:
+        """`guard_held_out`: positions in `forget_view` of a share of the guard's forget rows, balanced over the forget
+        classes, that take no forget step and are left out of the saliency mask's rows."""
+        trainer, config, seed = self.trainer, self.config, self.trainer.args.seed
+        none = np.zeros(0, dtype=np.int64)
+        if not config.guard_held_out:
+            return none
+        if not (self.has_guard() and trainer.split.is_class_level):
+            logger.warning("`guard_held_out` needs the guard of a class request on a classifier (`guard_samples` > 0): "
+                           "ignored, every forget row takes forget steps.")  # fmt: skip
+            return none
+        forget = subsample(np.arange(len(trainer.forget_view)), config.guard_samples, seed)
+        if len(forget) < 2:
+            return none
+        count = min(max(1, round(config.guard_held_out * len(trainer.forget_view))), len(forget) // 2)
+        return np.sort(subsample(forget, count, seed + 1, trainer.forget_labels))
+
     def guard(self) -> RetainGuard | None:
         """The guard of a classifier request (None without one): sampled training rows of both sets, decoded once."""
         trainer, config = self.trainer, self.config
-        target = trainer.args.forget_accuracy_target
-        class_level = trainer.split.is_class_level
-        if is_diffusion(trainer.model) or not config.guard_samples or (not class_level and target is None):
+        if not self.has_guard():
             return None
         seed = trainer.args.seed
         forget = subsample(np.arange(len(trainer.forget_view)), config.guard_samples, seed)
-        if class_level and config.guard_held_out and len(forget) > 1:
-            count = min(max(1, round(config.guard_held_out * len(trainer.forget_view))), len(forget) // 2)
-            self.held_out = np.sort(subsample(forget, count, seed + 1, trainer.forget_labels))
         retain = subsample(np.arange(len(trainer.retain_labels)), config.guard_samples, seed, trainer.retain_labels)
         batches = {
             "forget": list(trainer.shard_batches(trainer.forget_view.select(forget), "Guard rows (forget)")),
             "retain": list(trainer.shard_batches(trainer.retain_view.select(retain), "Guard rows (retain)")),
         }
-        return RetainGuard(self, batches, target or 0.0, repair=class_level)
+        return RetainGuard(self, batches, trainer.args.forget_accuracy_target or 0.0,
+                           repair=trainer.split.is_class_level)  # fmt: skip
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """Iteration t: the forget step when t % K == 0 (unless the guard paused them: the forget rows are at their
@@ -517,7 +539,8 @@ class RemainGeometry(UnlearningMethod):
         trainer, config = self.trainer, self.config
         parameters = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}
         seed = trainer.args.seed
-        forget = trainer.forget_view.select(subsample(np.arange(len(trainer.forget_view)), config.mask_samples, seed))
+        forget_rows = np.setdiff1d(np.arange(len(trainer.forget_view)), self.held_out)
+        forget = trainer.forget_view.select(subsample(forget_rows, config.mask_samples, seed))
         retain_rows = subsample(np.arange(len(trainer.retain_labels)), config.mask_samples, seed, trainer.retain_labels)
         clip, options = config.fisher_clip_norm, dict(self.loss_options)
         if config.fisher_guidance_scale is not None:  # diffusion models only (`check_settings`)
