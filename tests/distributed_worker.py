@@ -175,6 +175,14 @@ def gan_cascade_in_step(model_dir: str, output_dir: str, result_path: str) -> Un
     return trainer
 
 
+def half_precision_run(trainer: UnlearningTrainer, result_path: str) -> None:
+    """A float16 model's run (weights cast to float32 for the method, back after, then process 0's broadcast)."""
+    result = trainer.unlearn()
+    torch.save({"num_processes": trainer.accelerator.num_processes, "weights": trainer.model.state_dict(),
+                "metrics": {key: result.metrics[key] for key in ("forget_accuracy", "retain_accuracy")}},
+               f"{result_path}.{trainer.accelerator.process_index}")  # fmt: skip
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)  # two processes on a 2-core machine (not on import: the tests import this module)
     mode, model_dir, result_path = sys.argv[1:4]
@@ -192,6 +200,9 @@ if __name__ == "__main__":
     elif mode == "gppu_original":
         trainer = make_trainer(model_dir, output_dir, "gppu", GPPU_HEAD_ONLY)
         gppu_original_after(trainer, result_path)
+    elif mode == "half":
+        trainer = make_trainer(model_dir, output_dir, "gppu", GPPU_HEAD_ONLY)
+        half_precision_run(trainer, result_path)
     elif mode == "gppu":
         trainer = make_trainer(model_dir, output_dir, "gppu", GPPU_HEAD_ONLY)
         gppu_features_and_head(trainer, result_path)

@@ -144,3 +144,19 @@ def test_gan_cascade_processes_stay_in_step(tmp_path):
     assert first["agreed"] == second["agreed"] == {"rank": 0.5}  # a checked value is the mean over processes
     for name, weight in first["weights"].items():
         assert torch.equal(weight, second["weights"][name]), name
+
+
+def test_a_half_precision_model_over_two_processes_ends_as_one_in_its_dtype(trained, tmp_path):
+    """A float16 model unlearned over 2 processes: both end with process 0's float16 weights (broadcast after they
+    went back to float16), and the metrics of one process's run."""
+    trained("vit").to(torch.float16).save_pretrained(tmp_path / "model")
+    single = worker.make_trainer(str(tmp_path / "model"), str(tmp_path), "gppu", worker.GPPU_HEAD_ONLY)
+    expected = single.unlearn().metrics
+    run_two_processes("half", tmp_path / "model", tmp_path / "run.pt", 29520)
+    first, second = (torch.load(tmp_path / f"run.pt.{rank}") for rank in (0, 1))
+    assert first["num_processes"] == second["num_processes"] == 2
+    for name, weight in first["weights"].items():
+        assert weight.dtype == (torch.float16 if weight.is_floating_point() else weight.dtype), name
+        assert torch.equal(weight, second["weights"][name]), name
+    for name, value in first["metrics"].items():
+        assert value == pytest.approx(expected[name], abs=1e-6), name
