@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 
-import numpy as np
+from architectures import TRANSFORMER, data
 
 METHODS = ("gppu", "svd_projection", "remain_geometry", "neggrad_plus")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -29,8 +29,7 @@ def build(architecture: str):
     from transformers import AutoConfig, AutoModelForImageClassification
 
     fields = {
-        "vit": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-                "image_size": 32, "patch_size": 4},
+        "vit": {**TRANSFORMER, "image_size": 32, "patch_size": 4},
         "resnet": {"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1]},
     }[architecture]  # fmt: skip
     config = AutoConfig.for_model(architecture, **fields, num_channels=3, num_labels=10)
@@ -38,18 +37,12 @@ def build(architecture: str):
 
 
 def splits() -> dict:
+    """Digits at 32x32, grey copied to RGB: `architectures.py`'s image data."""
     import datasets
 
-    from hf_unlearn.examples.digits import load_digits_dataset
-
-    digits = load_digits_dataset(image_size=32)
-    return {
-        split: datasets.Dataset.from_dict({
-            "pixel_values": np.repeat(np.asarray(digits[split].with_format("numpy")["pixel_values"], np.float32), 3, 1),
-            "label": digits[split]["label"],
-        }).with_format("torch")
-        for split in ("train", "test")
-    }  # fmt: skip
+    column, raw = data("vit")
+    return {split: datasets.Dataset.from_dict({column: x, "label": y.tolist()}).with_format("torch")
+            for split, (x, y) in raw.items()}  # fmt: skip
 
 
 def run(architecture: str, data: dict, workdir: str) -> list[dict]:

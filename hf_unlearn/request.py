@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate.logging import get_logger
+from accelerate.utils import is_compiled_module
 
 from .config import UnlearnConfig
 from .data import (
@@ -148,8 +149,8 @@ def _uncompiled(model):
     """The module a `torch.compile`d model wraps: the methods read and edit layers through hooks and replace modules,
     which a compiled graph does not see (svd_projection's statistics of a compiled ResNet came out non-finite). Its
     weights are the compiled model's, so an in-place run changes both."""
-    original = getattr(model, "_orig_mod", None)
-    if isinstance(model, torch.nn.Module) and isinstance(original, torch.nn.Module):
+    if is_compiled_module(model):
+        original = model._orig_mod
         logger.info(
             f"`model` is compiled ({type(model).__name__}): unlearning its original module "
             f"({type(original).__name__}); compile the result again with `torch.compile` if you serve it compiled."

@@ -457,11 +457,15 @@ class RemainGeometry(UnlearningMethod):
             logger.warning("`guard_held_out` needs the guard of a class request on a classifier (`guard_samples` > 0): "
                            "ignored, every forget row takes forget steps.")  # fmt: skip
             return none
-        forget = subsample(np.arange(len(trainer.forget_view)), config.guard_samples, seed)
+        forget = self.guard_forget_rows()
         if len(forget) < 2:
             return none
         count = min(max(1, round(config.guard_held_out * len(trainer.forget_view))), len(forget) // 2)
         return np.sort(subsample(forget, count, seed + 1, trainer.forget_labels))
+
+    def guard_forget_rows(self) -> np.ndarray:
+        """Positions in `forget_view` of the forget rows the guard scores (the held-out rows are drawn from them)."""
+        return subsample(np.arange(len(self.trainer.forget_view)), self.config.guard_samples, self.trainer.args.seed)
 
     def guard(self) -> RetainGuard | None:
         """The guard of a classifier request (None without one): sampled training rows of both sets, decoded once."""
@@ -469,7 +473,7 @@ class RemainGeometry(UnlearningMethod):
         if not self.has_guard():
             return None
         seed = trainer.args.seed
-        forget = subsample(np.arange(len(trainer.forget_view)), config.guard_samples, seed)
+        forget = self.guard_forget_rows()
         retain = subsample(np.arange(len(trainer.retain_labels)), config.guard_samples, seed, trainer.retain_labels)
         batches = {
             "forget": list(trainer.shard_batches(trainer.forget_view.select(forget), "Guard rows (forget)")),
