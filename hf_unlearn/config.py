@@ -231,6 +231,7 @@ class UnlearnConfig(TrainingArguments):
 
     def __post_init__(self):
         coerce_fields(self, "")  # YAML / JSON values as the command line would read them, or a clear error
+        _refuse_training_only_fields(self)
         # Launched with several processes (torchrun / accelerate) on a machine without CUDA, TrainingArguments would
         # quietly give every process a world of its own; gloo on the CPU is what the user means.
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
@@ -448,6 +449,24 @@ def _preset_record(preset) -> dict | None:
         return None
     return {"preset": "paper", "dataset": preset.dataset, "kind": preset.kind, "denoiser": preset.denoiser,
             "source": preset.source, "training": dict(preset.training), "method_kwargs": dict(preset.method)}  # fmt: skip
+
+
+def _refuse_training_only_fields(args: UnlearnConfig) -> None:
+    """TrainingArguments fields that fit training a model but would make an unlearning run silently other than asked:
+    refused with the reason, rather than ignored or obeyed."""
+    if args.load_best_model_at_end:
+        raise ValueError(
+            "`load_best_model_at_end=True` would end the run on the checkpoint with the best evaluation metric - for "
+            "unlearning, usually the least unlearned one - instead of the model the method finished with and the "
+            "run's checks judged. Leave it False: the method's own stopping rule (and `forget_accuracy_target`) "
+            "decides when to stop, and `eval_strategy` still logs the unlearning metrics during training."
+        )
+    if args.label_smoothing_factor:
+        raise ValueError(
+            f"`label_smoothing_factor={args.label_smoothing_factor!r}`: the methods compute their own losses (a "
+            "forget objective and a retain cross-entropy), and none applies label smoothing, so the setting would be "
+            "silently ignored. Leave it 0."
+        )
 
 
 def _secret_fields(state: dict) -> list[str]:

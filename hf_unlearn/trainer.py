@@ -15,11 +15,11 @@ from .checks import measured_values, unlearning_check
 from .config import UnlearnConfig
 from .lora import lora_if_asked
 from .measure_cache import OriginalMeasurement
-from .metrics import gap_to_reference
+from .measuring import MeasuringMixin
 from .models import one_head_for
 from .outputs import check_finite
-from .passes import broadcast_weights, gather_shards, predict_logits, shard_accuracy, shard_batches
-from .precision import float32_method, inputs_follow_weights
+from .passes import broadcast_weights
+from .precision import float32_method
 from .report import loggable_metrics
 from .request import UnlearningRequest
 from .saving import SavingMixin
@@ -45,7 +45,7 @@ class UnlearningOutput:
     forgotten: bool | None = None
 
 
-class UnlearningTrainer(SavingMixin, Trainer):
+class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
     """Removes what a trained model (a classifier, a GAN or a diffusion model) learned about some classes or training
     samples, and measures the result.
 
@@ -176,15 +176,31 @@ class UnlearningTrainer(SavingMixin, Trainer):
 
     def train_with(self, dataset):
         """Run the Trainer's training loop on `dataset` with a fresh optimizer and schedule (used by methods)."""
+        batch = self._train_batch_size * self.args.world_size
+        if self.args.dataloader_drop_last and len(dataset) < batch:
+            raise ValueError(
+                f"`dataloader_drop_last=True` drops every training batch: '{self.args.method}' trains on {len(dataset)} "
+                f"rows, fewer than one batch ({batch} = `per_device_train_batch_size` x processes). Lower "
+                "`per_device_train_batch_size` or leave `dataloader_drop_last` False."
+            )
         self.train_dataset = dataset
         self.optimizer, self.lr_scheduler = None, None
         try:
             with objects_so_far_left_to_refcounting(self.args.device):
-                return self.train()
+                return super().train()
         finally:
             self.train_dataset = self.source_train_dataset
 
+    def train(self, *args, **kwargs):
+        raise RuntimeError(
+            "UnlearningTrainer runs its method with `trainer.unlearn()`, which trains (for gradient methods) and "
+            "measures; `train()` alone would fit the training set with the method's objective, unpaired. Call "
+            "`unlearn()`; a method trains through `train_with(dataset)`."
+        )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._scoring_model_loss:  # the Trainer's evaluation / prediction loop (`MeasuringMixin.prediction_step`)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = self.method.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         return (loss, None) if return_outputs else loss
 
@@ -196,54 +212,3 @@ class UnlearningTrainer(SavingMixin, Trainer):
     def prepare_inputs(self, inputs: dict) -> dict:
         """A collated batch on the device, as the Trainer's loop prepares it."""
         return self._prepare_inputs(inputs)
-
-    # ------------------------------------------------------------------------------------------- measuring
-    def predict_logits(self, dataset, model=None, description: str = "Scoring", head: torch.nn.Module | None = None,
-                       original=None) -> tuple:  # fmt: skip
-        """Logits and labels of `model` (default: `self.model`) on every row of `dataset`, gathered over processes;
-        with `head` (a module of `model`), also the rows' inputs to it (pooled over tokens), as a third array; with
-        `original`, the original's too (`passes.predict_logits`)."""
-        show = self.is_local_process_zero() and not self.args.disable_tqdm
-        return predict_logits(self.model if model is None else model, self.get_test_dataloader(dataset) if len(dataset)
-                              else None, self.accelerator, self._prepare_inputs, self.num_labels, head, description,
-                              show, original)  # fmt: skip
-
-    def shard_batches(self, dataset, description: str = "Forward pass", batch_size: int | None = None):
-        """This process's contiguous share of `dataset` in batches on the device, each row exactly once:
-        `(sample_ids, batch)` (`hf_unlearn.passes.shard_batches`; default batch `per_device_eval_batch_size`)."""
-        show = self.is_local_process_zero() and not self.args.disable_tqdm
-        return shard_batches(dataset, self.accelerator, self.data_collator, self._prepare_inputs,
-                             batch_size or self.args.per_device_eval_batch_size, description, show)  # fmt: skip
-
-    def gather_shards(self, local: torch.Tensor, total: int) -> torch.Tensor:
-        """Per-row results of this process's share joined over processes, in dataset order, on every process."""
-        return gather_shards(local, total, self.accelerator)
-
-    def shard_accuracy(self, batches, model=None, plausible_at: float | None = None) -> float | None:
-        """Accuracy of `model` (default: `self.model`) on batches from `shard_batches`, summed over processes
-        (`plausible_at`: see `hf_unlearn.passes.shard_accuracy`)."""
-        return shard_accuracy(self.model if model is None else model, batches, self.accelerator, plausible_at)
-
-    def evaluate_unlearning(self, reference_model=None, model=None) -> dict:
-        """Unlearning metrics of `model` (default: the trainer's current model), measured by its kind (see
-        `hf_unlearn.metrics` and `hf_unlearn.metric_registry`).
-
-        With `reference_model` (a model retrained without the forget set, e.g. from method `retrain`), also the
-        reference's values (`reference_<metric>`), the gaps (`gap_<metric>`) and `mean_gap`; measured on the unlearned
-        model after `unlearn()`, they are also recorded in that run's metrics, so its model card shows them.
-        """
-        if self.eval_dataset is None:
-            raise ValueError("`evaluate_unlearning` needs the trainer's `eval_dataset`.")
-        if self.kind.generator and self.judge is None:
-            raise ValueError(
-                "Measuring a generator needs a judge classifier of its data: pass `judge=` to UnlearningTrainer, or "
-                "set `eval_before_unlearn=False, eval_after_unlearn=False`."
-            )
-        metrics = self.kind.measure(self, self.model if model is None else inputs_follow_weights(model))
-        if reference_model is not None:
-            reference_model = inputs_follow_weights(reference_model.to(self.args.device))
-            gaps = gap_to_reference(metrics, self.kind.measure(self, reference_model))
-            metrics.update(gaps)
-            if model is None and self.unlearning_output is not None:
-                self.unlearning_output.metrics.update(gaps)
-        return metrics

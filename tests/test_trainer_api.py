@@ -1,0 +1,95 @@
+"""The `transformers.Trainer` API a user reaches for on `UnlearningTrainer`: `evaluate()`, `eval_strategy`, `predict()`,
+`compute_metrics`, `train()`, and TrainingArguments fields that would change a run silently (`dataloader_drop_last`,
+`load_best_model_at_end`, `label_smoothing_factor`)."""
+
+import numpy as np
+import pytest
+from transformers import TrainerCallback
+
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
+
+
+class EvaluationLog(TrainerCallback):
+    def __init__(self):
+        self.evaluations = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.evaluations.append((state.global_step, dict(metrics)))
+
+
+def accuracy_metric(prediction):
+    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+
+def test_evaluate_gives_the_unlearning_metrics_and_predict_scores_the_model(trained, make_args, digits):
+    model = trained("vit")
+    trainer = UnlearningTrainer(model, make_args("neggrad_plus"), train_dataset=digits["train"],
+                                eval_dataset=digits["test"], forget_classes=[3], compute_metrics=accuracy_metric)
+    log = EvaluationLog()
+    trainer.add_callback(log)
+    evaluated = trainer.evaluate()
+    measured = trainer.evaluate_unlearning()
+    for key in ("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_entropy", "feature_probe"):
+        assert evaluated[f"eval_{key}"] == pytest.approx(measured[key])
+    assert len(log.evaluations) == 1  # the callbacks hear of it, as after the Trainer's own evaluate
+    # `compute_metrics` ran in the Trainer's loop on the model's own loss and logits: the same accuracy
+    assert evaluated["eval_accuracy"] == pytest.approx(measured["test_accuracy"])
+    assert np.isfinite(evaluated["eval_loss"]) and evaluated["eval_loss"] > 0
+
+    prediction = trainer.predict(digits["test"])  # the method's objective (paired batches) would raise here
+    labels = np.asarray(digits["test"]["label"])
+    assert prediction.predictions.shape == (len(labels), 10)
+    assert (prediction.predictions.argmax(-1) == labels).mean() == pytest.approx(measured["test_accuracy"])
+    assert prediction.metrics["test_loss"] == pytest.approx(evaluated["eval_loss"])
+
+    with pytest.raises(ValueError, match="takes no `eval_dataset`"):
+        trainer.evaluate(digits["test"])
+    with pytest.raises(RuntimeError, match=r"trainer\.unlearn\(\)"):
+        trainer.train()
+
+
+def test_eval_strategy_steps_logs_the_unlearning_metrics_without_changing_the_run(trained, make_args, digits):
+    results, logs = [], []
+    for extra in ({}, {"eval_strategy": "steps", "eval_steps": 10}):
+        log = EvaluationLog()
+        trainer = UnlearningTrainer(trained("vit"), make_args("neggrad_plus", **extra), train_dataset=digits["train"],
+                                    eval_dataset=digits["test"], forget_classes=[3], callbacks=[log])  # fmt: skip
+        results.append(trainer.unlearn().metrics)
+        logs.append(log.evaluations)
+    assert logs[0] == []
+    steps = [step for step, _ in logs[1]]
+    assert len(steps) >= 3 and all(step % 10 == 0 for step in steps[:-1])  # and at the last step, as the Trainer does
+    assert all({"eval_forget_accuracy", "eval_retain_accuracy"} <= set(metrics) for _, metrics in logs[1])
+    # The forgetting as it went: the forget accuracy falls over the run (the original's is high)
+    assert logs[1][-1][1]["eval_forget_accuracy"] < logs[1][0][1]["eval_forget_accuracy"]
+    for key in ("forget_accuracy", "retain_accuracy", "mia_entropy"):
+        assert results[1][key] == results[0][key]  # measuring in between changed nothing the method did
+
+
+def test_dataloader_drop_last_never_drops_measured_rows(trained, make_args, digits):
+    # 360 eval rows in batches of 100: dropping the last batch would measure 300 of them
+    metrics = [
+        UnlearningTrainer(trained("vit"), make_args("gppu", per_device_eval_batch_size=100, **extra),
+                          train_dataset=digits["train"], eval_dataset=digits["test"],
+                          forget_classes=[3]).evaluate_unlearning()  # fmt: skip
+        for extra in ({}, {"dataloader_drop_last": True})
+    ]
+    assert metrics[1] == metrics[0]
+
+
+def test_drop_last_with_no_whole_training_batch_is_refused(trained, make_args, digits):
+    args = make_args("gradient_ascent", dataloader_drop_last=True, per_device_train_batch_size=256)
+    trainer = UnlearningTrainer(trained("vit"), args, train_dataset=digits["train"], eval_dataset=digits["test"],
+                                forget_classes=[3])  # fmt: skip
+    with pytest.raises(ValueError, match="drops every training batch.*146 rows"):
+        trainer.unlearn()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("load_best_model_at_end", True, "least unlearned"), ("label_smoothing_factor", 0.1, "silently ignored")],
+)
+def test_training_fields_that_would_change_the_run_silently_are_refused(tmp_path, field, value, message):
+    extra = {"eval_strategy": "steps", "save_strategy": "steps"} if field == "load_best_model_at_end" else {}
+    with pytest.raises(ValueError, match=f"`{field}.*{message}"):
+        UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", **{field: value}, **extra)
