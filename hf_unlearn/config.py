@@ -461,6 +461,29 @@ def _refuse_training_only_fields(args: UnlearnConfig) -> None:
             "run's checks judged. Leave it False: the method's own stopping rule (and `forget_accuracy_target`) "
             "decides when to stop, and `eval_strategy` still logs the unlearning metrics during training."
         )
+    if str(args.save_strategy) == "best":
+        raise ValueError(
+            "`save_strategy='best'` keeps the checkpoints with the best evaluation metric - for unlearning, usually the "
+            "least unlearned ones. Use 'no' (the default) or 'steps'; the unlearned model is saved by `save_model()`."
+        )
+    if args.lr_scheduler_type in ("reduce_lr_on_plateau", "greedy") and args.metric_for_best_model is None:
+        raise ValueError(
+            f"`lr_scheduler_type={args.lr_scheduler_type!r}` steps on an evaluation metric, and an unlearning "
+            "evaluation has no `eval_loss` to default to: name one `evaluate()` reports, e.g. "
+            "`metric_for_best_model='retain_accuracy', greater_is_better=True` (with `eval_strategy`)."
+        )
+    if args.resume_from_checkpoint is not None:
+        raise ValueError(
+            f"`resume_from_checkpoint={args.resume_from_checkpoint!r}`: an unlearning run starts from the model it is "
+            "given and is not resumed from a Trainer checkpoint. Load the checkpoint's model and unlearn from it."
+        )
+    for name in ("fp16_full_eval", "bf16_full_eval"):
+        if getattr(args, name):
+            raise ValueError(
+                f"`{name}=True` would cast the model in place for the Trainer's evaluation loop, while the unlearning "
+                "metrics measure it in its own dtype. Leave it False; to run in half precision, load the model in "
+                "that dtype (it is unlearned and returned in it)."
+            )
     if args.label_smoothing_factor:
         raise ValueError(
             f"`label_smoothing_factor={args.label_smoothing_factor!r}`: the methods compute their own losses (a "

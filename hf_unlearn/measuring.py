@@ -28,9 +28,12 @@ class MeasuringMixin:
         with `head` (a module of `model`), also the rows' inputs to it (pooled over tokens), as a third array; with
         `original`, the original's too (`passes.predict_logits`)."""
         show = self.is_local_process_zero() and not self.args.disable_tqdm
-        return predict_logits(self.model if model is None else model, self.get_test_dataloader(dataset) if len(dataset)
-                              else None, self.accelerator, self._prepare_inputs, self.num_labels, head, description,
-                              show, original)  # fmt: skip
+        # A DataLoader draws its seed from the global generator: a pass measured during training (an evaluation, the
+        # forget-target check) leaves the training's random draws (dropout, shuffles, noise) as they would have been.
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+            return predict_logits(self.model if model is None else model, self.get_test_dataloader(dataset)
+                                  if len(dataset) else None, self.accelerator, self._prepare_inputs, self.num_labels,
+                                  head, description, show, original)  # fmt: skip
 
     def shard_batches(self, dataset, description: str = "Forward pass", batch_size: int | None = None):
         """This process's contiguous share of `dataset` in batches on the device, each row exactly once:

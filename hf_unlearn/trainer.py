@@ -91,6 +91,12 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
                          train_dataset=request.train_dataset, eval_dataset=request.eval_dataset,
                          processing_class=request.processing_class, callbacks=callbacks, **kwargs)  # fmt: skip
         request.method.validate_sharding(request.kind, self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError("`compute_loss_func`: each method computes its own losses and would ignore it; leave it "
+                             "None (a metric of your own goes in `compute_metrics`).")  # fmt: skip
+        if args.eval_strategy != "no" and request.kind.generator and request.judge is None:
+            raise ValueError(f"`eval_strategy={str(args.eval_strategy)!r}` measures a generator during training, "
+                             "which needs a judge classifier of its data: pass `judge=`, or set eval_strategy='no'.")
         # Methods return a mean loss: let the Trainer scale it for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
         #: The resolved request, and its parts methods use (`hf_unlearn.contract.TrainerSurface`).
@@ -176,7 +182,8 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
 
     def train_with(self, dataset):
         """Run the Trainer's training loop on `dataset` with a fresh optimizer and schedule (used by methods)."""
-        batch = self._train_batch_size * self.args.world_size
+        split = self.accelerator.split_batches  # one batch is split over the processes instead of one each
+        batch = self._train_batch_size * (1 if split else self.args.world_size)
         if self.args.dataloader_drop_last and len(dataset) < batch:
             raise ValueError(
                 f"`dataloader_drop_last=True` drops every training batch: '{self.args.method}' trains on {len(dataset)} "
@@ -196,6 +203,13 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
             "UnlearningTrainer runs its method with `trainer.unlearn()`, which trains (for gradient methods) and "
             "measures; `train()` alone would fit the training set with the method's objective, unpaired. Call "
             "`unlearn()`; a method trains through `train_with(dataset)`."
+        )
+
+    def hyperparameter_search(self, *args, **kwargs):
+        raise RuntimeError(
+            "`hyperparameter_search` trains with `Trainer.train()`, which does not run an unlearning method. Search "
+            "by running `unlearn()` per setting, e.g. with `dataclasses.replace(args, learning_rate=...)`, and compare "
+            "the results' metrics (`benchmarks/ablation.py` does this)."
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -4,6 +4,7 @@
 
 import numpy as np
 import pytest
+import torch
 from transformers import TrainerCallback
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
@@ -48,12 +49,21 @@ def test_evaluate_gives_the_unlearning_metrics_and_predict_scores_the_model(trai
         trainer.train()
 
 
+def with_dropout(model, p=0.1):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    return model
+
+
 def test_eval_strategy_steps_logs_the_unlearning_metrics_without_changing_the_run(trained, make_args, digits):
     results, logs = [], []
     for extra in ({}, {"eval_strategy": "steps", "eval_steps": 10}):
         log = EvaluationLog()
-        trainer = UnlearningTrainer(trained("vit"), make_args("neggrad_plus", **extra), train_dataset=digits["train"],
-                                    eval_dataset=digits["test"], forget_classes=[3], callbacks=[log])  # fmt: skip
+        # With dropout, a measuring pass that drew from the global generator would change the training's draws
+        trainer = UnlearningTrainer(with_dropout(trained("vit")), make_args("neggrad_plus", **extra),
+                                    train_dataset=digits["train"], eval_dataset=digits["test"], forget_classes=[3],
+                                    callbacks=[log])  # fmt: skip
         results.append(trainer.unlearn().metrics)
         logs.append(log.evaluations)
     assert logs[0] == []
@@ -87,9 +97,26 @@ def test_drop_last_with_no_whole_training_batch_is_refused(trained, make_args, d
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("load_best_model_at_end", True, "least unlearned"), ("label_smoothing_factor", 0.1, "silently ignored")],
+    [
+        ("load_best_model_at_end", True, "least unlearned"),
+        ("save_strategy", "best", "least unlearned"),
+        ("lr_scheduler_type", "reduce_lr_on_plateau", "metric_for_best_model='retain_accuracy'"),
+        ("resume_from_checkpoint", "out/checkpoint-10", "not resumed"),
+        ("fp16_full_eval", True, "cast the model in place"),
+        ("label_smoothing_factor", 0.1, "silently ignored"),
+    ],
 )
 def test_training_fields_that_would_change_the_run_silently_are_refused(tmp_path, field, value, message):
-    extra = {"eval_strategy": "steps", "save_strategy": "steps"} if field == "load_best_model_at_end" else {}
+    extra = {"eval_strategy": "steps"} if field != "save_strategy" else {}
     with pytest.raises(ValueError, match=f"`{field}.*{message}"):
         UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", **{field: value}, **extra)
+
+
+def test_trainer_loops_that_do_not_run_a_method_are_refused(trained, make_args, digits):
+    with pytest.raises(ValueError, match="compute_loss_func"):
+        UnlearningTrainer(trained("vit"), make_args("neggrad_plus"), train_dataset=digits["train"],
+                          eval_dataset=digits["test"], forget_classes=[3], compute_loss_func=lambda *a, **k: 0)
+    trainer = UnlearningTrainer(trained("vit"), make_args("neggrad_plus"), train_dataset=digits["train"],
+                                eval_dataset=digits["test"], forget_classes=[3])  # fmt: skip
+    with pytest.raises(RuntimeError, match="does not run an unlearning method"):
+        trainer.hyperparameter_search()
