@@ -42,10 +42,14 @@ def make_trainer(model_dir: str, output_dir: str, method: str, method_kwargs=Non
 def metrics(trainer: UnlearningTrainer, result_path: str) -> None:
     _, labels = trainer.predict_logits(trainer.eval_dataset)
     measured = trainer.evaluate_unlearning()
+    evaluated = trainer.evaluate()  # the Trainer's API, on every process
+    predicted = trainer.predict(trainer.eval_dataset)
     if trainer.accelerator.is_main_process:
         with open(result_path, "w") as handle:
             json.dump(
-                {"num_processes": trainer.accelerator.num_processes, "labels": labels.tolist(), "metrics": measured},
+                {"num_processes": trainer.accelerator.num_processes, "labels": labels.tolist(), "metrics": measured,
+                 "evaluated": evaluated, "predicted_labels": predicted.label_ids.tolist(),
+                 "predicted_classes": predicted.predictions.argmax(-1).tolist()},
                 handle,
             )
 

@@ -43,6 +43,12 @@ def test_metrics_over_two_processes_equal_one(trained, digits, tmp_path):
     ):
         assert result["metrics"][name] == pytest.approx(single[name], abs=1e-6), name
     assert result["metrics"]["per_class_accuracy"] == pytest.approx(single["per_class_accuracy"])
+    # The Trainer's evaluate() and predict() over 2 processes: the same metrics, every eval row once, in order
+    assert result["evaluated"]["eval_forget_accuracy"] == pytest.approx(single["forget_accuracy"], abs=1e-6)
+    assert result["evaluated"]["eval_mia_entropy"] == pytest.approx(single["mia_entropy"], abs=1e-6)
+    assert result["predicted_labels"] == digits["test"]["label"]
+    single_classes = single_trainer.predict(digits["test"]).predictions.argmax(-1).tolist()
+    assert result["predicted_classes"] == single_classes
 
 
 def test_every_process_goes_on_with_process_0s_weights_after_a_whole_weight_method(trained, tmp_path):
