@@ -12,6 +12,7 @@ Directions, for a class-forgetting request:
 | `per_class_accuracy` | eval accuracy per class, keyed by label name | forget classes low, others unchanged |
 | `mia_entropy` | share of forget training rows an entropy attack calls "member" | close to retrain (about 0) |
 | `mia_efficacy` | share of forget training rows a confidence attack calls "non-member" | close to retrain (about 1) |
+| `mia_entropy_power` | the entropy attack's own power: ROC AUC of entropy separating its members from its non-members | context: about 0.5 means the attack cannot tell them apart |
 | `mia_auc` | (sample-level only) attack AUC, forget rows vs held-out rows of the same classes | close to retrain (~0.5) |
 | `unlearned_before_accuracy` | eval accuracy on classes the model unlearned in earlier requests (if any) | low (stays forgotten) |
 | `feature_probe` | (classes) recall of the forget classes by a linear probe on the model's frozen head inputs, fitted on training rows of every class, scored on eval rows of the forget classes | close to retrain (the original: high) |
@@ -29,6 +30,10 @@ the whole eval split. All accuracies and attack rates are fractions in [0, 1].
 Both attacks are fitted on the model under test, with retain training rows as members and eval rows of the
 retained classes as non-members (the shadow-free attacks of SFR-on and SalUn / l1-sparse), then applied to the
 forget training rows. Each side is capped at `max_attack_samples` (random, seeded) so the SVC stays fast.
+`mia_entropy_power` says how much such an attack can see: on a model as sure of held-out rows as of training rows
+(AUC about 0.5) its threshold separates nothing, and `mia_entropy` then reads only whether the forget rows are
+predicted as confidently as the others - which still differs between models (a retrained model is unsure of a class
+it never saw), but is not evidence of membership (`benchmarks/results/mia_spread.md`).
 
 Generators (GANs, diffusion models) are measured with a judge classifier on generated samples
 (`generative_metrics`; the discriminator rows are GAN-only):
@@ -114,6 +119,17 @@ def mia_entropy(
     )
     attack = LogisticRegression(class_weight="balanced").fit(features, targets)
     return float(attack.predict(prediction_entropy(target_probs).reshape(-1, 1)).mean())
+
+
+def attack_power(member_probs: np.ndarray, non_member_probs: np.ndarray) -> float | None:
+    """ROC AUC of softmax entropy separating `member` rows (lower entropy) from `non_member` rows, all of them (no
+    cap): 1 when every member is more certain than every non-member, about 0.5 when entropy cannot tell them apart.
+    None when a side is empty."""
+    if min(len(member_probs), len(non_member_probs)) == 0:
+        return None
+    membership = np.concatenate([np.ones(len(member_probs)), np.zeros(len(non_member_probs))])
+    entropy = np.concatenate([prediction_entropy(member_probs), prediction_entropy(non_member_probs)])
+    return float(roc_auc_score(membership, -entropy))
 
 
 def mia_efficacy(
@@ -261,6 +277,7 @@ def unlearning_metrics(
             probs["retain_train"][0], probs["eval_retain"][0], probs["forget_train"][0], seed=seed
         ),
         "mia_efficacy": mia_efficacy(*probs["retain_train"], *probs["eval_retain"], *probs["forget_train"], seed=seed),
+        "mia_entropy_power": attack_power(probs["retain_train"][0], probs["eval_retain"][0]),
     }
     if eval_unlearned_before is not None:
         metrics["unlearned_before_accuracy"] = accuracy(*eval_unlearned_before)

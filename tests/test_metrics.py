@@ -5,6 +5,7 @@ import pytest
 
 from hf_unlearn.metrics import (
     accuracy,
+    attack_power,
     feature_probe,
     gap_to_reference,
     mia_auc,
@@ -48,6 +49,20 @@ def test_mia_entropy_direction():
     # Forget rows the model still treats like members are flagged as members; forgotten ones are not.
     assert mia_entropy(members, non_members, confident(labels[:50])) == 1.0
     assert mia_entropy(members, non_members, uncertain(labels[:50], rng=rng)) == 0.0
+
+
+def test_attack_power_says_whether_the_entropy_attack_sees_membership():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 200)
+    assert attack_power(confident(labels), uncertain(labels, rng=rng)) == 1.0
+    # Members and non-members drawn alike: no power, and the entropy MIA reads only the forget rows' confidence
+    alike = [uncertain(labels, rng=np.random.default_rng(seed)) for seed in (5, 6)]
+    assert attack_power(*alike) == pytest.approx(0.5, abs=0.06)
+    assert attack_power(alike[0], np.zeros((0, 3))) is None
+    metrics = unlearning_metrics(forget_train=(np.log(confident(labels[:20])), labels[:20]),
+                                 retain_train=(np.log(alike[0]), labels), eval_forget=(np.zeros((0, 3)), labels[:0]),
+                                 eval_retain=(np.log(alike[1]), labels), class_level=True)  # fmt: skip
+    assert metrics["mia_entropy_power"] == pytest.approx(attack_power(*alike))
 
 
 def test_mia_efficacy_direction():
