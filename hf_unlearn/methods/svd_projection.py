@@ -291,28 +291,49 @@ def symmetric_eigen(gram: torch.Tensor, dtype: torch.dtype = torch.float64) -> t
     """Eigenvalues (ascending) and eigenvectors of symmetric PSD matrices `(..., d, d)`, computed in `dtype`
     (float64 by default) on the symmetrised matrix, robustly.
 
-    LAPACK's `eigh` can fail to converge on an ill-conditioned Gram matrix, e.g. a 3x3 convolution at 1x1 spatial size
-    whose 8 padded kernel positions leave most rows exactly zero (repeated zero eigenvalues). Then: the same with a
-    tiny diagonal jitter (1e-12 of the mean eigenvalue in float64, 1e-6 in float32: far below anything the projection
-    resolves), then an SVD, which equals the eigendecomposition for a symmetric PSD matrix. Such a matrix is not an
-    error."""
+    LAPACK's `eigh` can fail on an ill-conditioned Gram matrix: raise (no convergence, e.g. a 3x3 convolution at 1x1
+    spatial size whose 8 padded kernel positions leave most rows exactly zero, repeated zero eigenvalues), or, in
+    float32, return NaN without raising (a 288 x 288 conv Gram matrix of rank 103 on the textures ResNet of
+    `benchmarks/transfer.py`, at seed 1). Either way: the same with a tiny diagonal jitter (1e-12 of the mean
+    eigenvalue in float64, 1e-6 in float32: far below anything the projection resolves), then in float64, then an SVD
+    in float64, which equals the eigendecomposition for a symmetric PSD matrix. Such a matrix is not an error; the
+    result is returned in `dtype`."""
     gram = gram.to(dtype)
     gram = (gram + gram.transpose(-1, -2)) / 2
     try:
-        return torch.linalg.eigh(gram)
-    except torch.linalg.LinAlgError:
-        _plain_logger.info("eigh did not converge on an ill-conditioned Gram matrix: retrying with a small jitter.")
+        return _finite_eigh(gram)
+    except torch.linalg.LinAlgError as error:
+        _plain_logger.info(f"eigh failed on an ill-conditioned Gram matrix ({error}): retrying with a small jitter.")
     size = gram.shape[-1]
     relative = 1e-12 if dtype == torch.float64 else 1e-6
     scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(torch.finfo(dtype).tiny)
     jitter = relative * scale[..., None, None] * torch.eye(size, dtype=gram.dtype, device=gram.device)
     try:
-        values, vectors = torch.linalg.eigh(gram + jitter)
+        values, vectors = _finite_eigh(gram + jitter)
         return values - relative * scale[..., None], vectors
     except torch.linalg.LinAlgError:
-        _plain_logger.info("eigh failed again: using an SVD of the Gram matrix instead.")
-    left, singular, _ = torch.linalg.svd(gram)
-    return singular.flip(-1), left.flip(-1)
+        _plain_logger.info("eigh failed again with the jitter.")
+    if dtype != torch.float64:
+        try:
+            values, vectors = _finite_eigh(gram.double())
+            return values.to(dtype), vectors.to(dtype)
+        except torch.linalg.LinAlgError:
+            _plain_logger.info("eigh failed in float64 too.")
+    _plain_logger.info("Using an SVD of the Gram matrix (float64) instead of eigh.")
+    left, singular, _ = torch.linalg.svd(gram.double())
+    if not (torch.isfinite(singular).all() and torch.isfinite(left).all()):
+        raise RuntimeError(f"No eigendecomposition of a {size} x {size} Gram matrix could be computed (eigh and SVD gave "
+                           "non-finite values); its statistics hold non-finite values or the layer's inputs overflow.")
+    return singular.flip(-1).to(dtype), left.flip(-1).to(dtype)
+
+
+def _finite_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.linalg.eigh`, with non-finite results (float32 LAPACK can return NaN instead of raising) raised as the
+    `LinAlgError` a failed convergence raises."""
+    values, vectors = torch.linalg.eigh(matrix)
+    if not (torch.isfinite(values).all() and torch.isfinite(vectors).all()):
+        raise torch.linalg.LinAlgError("eigh returned non-finite values")
+    return values, vectors
 
 
 def eigen_space(gram: torch.Tensor, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
