@@ -148,8 +148,8 @@ def check_finite(model: torch.nn.Module, when: str) -> None:
         raise RuntimeError(
             f"{when}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {', '.join(bad[:3])}), so the model "
             "is not saved or measured. The run diverged: lower `learning_rate` (or the method's step sizes such as "
-            "`alpha`), keep `max_grad_norm` clipping on, and check the data for NaN values. A gradient-free method "
-            "(svd_projection) should never get here: please report it with the model's config."
+            "`alpha`), keep `max_grad_norm` clipping on, and check the data for NaN values. A projection "
+            "(svd_projection's) that produces them is a bug: please report it with the model's config."
         )
 
 

@@ -137,6 +137,7 @@ def test_evaluate_modules_load_offline_and_agree():
         mia_efficacy(members, labels[:20], non_members, labels[20:40], forget, labels[40:])
     )
     assert result["mia_entropy"] == 1.0 and result["mia_efficacy"] == 0.0
+    assert result["mia_entropy_power"] == attack_power(members, non_members) == 1.0
 
 
 def test_library_import_does_not_import_evaluate():

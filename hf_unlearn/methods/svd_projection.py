@@ -9,7 +9,8 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
    3k x 3k crop of the unpadded input with `conv_crop="official"`; `token_rows` makes each sample's mean token its
    row instead), all computed on the ORIGINAL model.
 2. Eigendecomposition G = U diag(s^2) U^T per layer and split (float32 on the symmetrised matrix by default,
-   `eigen_dtype`; a failing `eigh` is retried with a jitter, then replaced by an SVD); importance
+   `eigen_dtype`; an `eigh` that fails or returns NaN is retried with a jitter, then in float64, then replaced by an
+   SVD); importance
    e_i = s_i^2 / sum_j s_j^2 scaled to lambda_i = alpha e_i / ((alpha - 1) e_i + 1), M = U diag(lambda) U^T, with
    `alpha_r` for the retain space and `alpha_f` for the forget space.
 3. The part of the forget space not shared with the retain space is removed from each layer's input,
@@ -298,6 +299,9 @@ def symmetric_eigen(gram: torch.Tensor, dtype: torch.dtype = torch.float64) -> t
     eigenvalue in float64, 1e-6 in float32: far below anything the projection resolves), then in float64, then an SVD
     in float64, which equals the eigendecomposition for a symmetric PSD matrix. Such a matrix is not an error; the
     result is returned in `dtype`."""
+    if not bool(torch.isfinite(gram).all()):
+        raise RuntimeError(f"A {gram.shape[-1]} x {gram.shape[-1]} Gram matrix holds NaN or infinite values: the "
+                           "layer's inputs overflow or hold NaN (check the data and the model's dtype).")
     gram = gram.to(dtype)
     gram = (gram + gram.transpose(-1, -2)) / 2
     try:
@@ -320,10 +324,13 @@ def symmetric_eigen(gram: torch.Tensor, dtype: torch.dtype = torch.float64) -> t
         except torch.linalg.LinAlgError:
             _plain_logger.info("eigh failed in float64 too.")
     _plain_logger.info("Using an SVD of the Gram matrix (float64) instead of eigh.")
-    left, singular, _ = torch.linalg.svd(gram.double())
-    if not (torch.isfinite(singular).all() and torch.isfinite(left).all()):
-        raise RuntimeError(f"No eigendecomposition of a {size} x {size} Gram matrix could be computed (eigh and SVD gave "
-                           "non-finite values); its statistics hold non-finite values or the layer's inputs overflow.")
+    try:
+        left, singular, _ = torch.linalg.svd(gram.double())
+        if not (torch.isfinite(singular).all() and torch.isfinite(left).all()):
+            raise torch.linalg.LinAlgError("svd returned non-finite values")
+    except torch.linalg.LinAlgError as error:
+        raise RuntimeError(f"No eigendecomposition of a {size} x {size} Gram matrix could be computed: eigh (with a "
+                           f"jitter, in float64) and an SVD all failed ({error}).") from error
     return singular.flip(-1).to(dtype), left.flip(-1).to(dtype)
 
 
@@ -430,12 +437,14 @@ class SVDProjection(UnlearningMethod):
                 for split in ("retain", "forget")
             }
         with self.stage("eigendecompositions"):
-            spaces = {
-                name: LayerProjection(module.weight, grams["retain"].grams[name], grams["forget"].grams[name],
-                                      getattr(torch, config.eigen_dtype))  # fmt: skip
-                for name, module in modules.items()
-                if grams["retain"].rows[name] and grams["forget"].rows[name]
-            }
+            spaces = {}
+            for name, module in modules.items():
+                if grams["retain"].rows[name] and grams["forget"].rows[name]:
+                    try:
+                        spaces[name] = LayerProjection(module.weight, grams["retain"].grams[name],
+                                                       grams["forget"].grams[name], getattr(torch, config.eigen_dtype))
+                    except RuntimeError as error:
+                        raise RuntimeError(f"svd_projection, layer '{name}': {error}") from error
         if len(spaces) < len(modules):
             logger.warning(f"Not projected (no input of the samples on one split): "
                            f"{sorted(set(modules) - set(spaces))}")

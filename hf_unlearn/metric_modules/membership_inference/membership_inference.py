@@ -4,14 +4,16 @@ import datasets
 import evaluate
 import numpy as np
 
-from hf_unlearn.metrics import mia_efficacy, mia_entropy
+from hf_unlearn.metrics import attack_power, mia_efficacy, mia_entropy
 
 _DESCRIPTION = """Two attacks fitted on the model under test, with `retain_train` rows as members and `test` rows (of
 the retained classes) as non-members, applied to the `forget_train` rows:
 - `mia_entropy` (SFR-on): share of forget rows a logistic regression on softmax entropy calls "member"; closer to a
   retrained model is better (about 0 after class forgetting).
 - `mia_efficacy` (SalUn / l1-sparse): share of forget rows an SVC on true-class confidence calls "non-member";
-  closer to a retrained model is better (about 1 after class forgetting)."""
+  closer to a retrained model is better (about 1 after class forgetting).
+- `mia_entropy_power`: the entropy attack's own ROC AUC, members against non-members; about 0.5 means it cannot tell
+  them apart, and `mia_entropy` then reads only how confidently the forget rows are predicted."""
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -20,7 +22,7 @@ Args:
     splits (list of str): for each row, "retain_train", "test" or "forget_train".
     seed (int): seed of the attack-set subsampling.
 Returns:
-    mia_entropy, mia_efficacy (fractions in [0, 1]).
+    mia_entropy, mia_efficacy (fractions in [0, 1]), mia_entropy_power (an AUC in [0, 1]).
 """
 
 _CITATION = """@inproceedings{huang2024unified, title={Unified Gradient-Based Machine Unlearning with Remain Geometry
@@ -52,4 +54,5 @@ class MembershipInference(evaluate.Metric):
         return {
             "mia_entropy": mia_entropy(parts["retain_train"][0], parts["test"][0], parts["forget_train"][0], seed=seed),
             "mia_efficacy": mia_efficacy(*parts["retain_train"], *parts["test"], *parts["forget_train"], seed=seed),
+            "mia_entropy_power": attack_power(parts["retain_train"][0], parts["test"][0]),
         }
