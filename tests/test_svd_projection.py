@@ -469,6 +469,15 @@ def test_the_eigendecomposition_survives_eigh_failing(dtype, failures, how, monk
     assert len(calls) == min(failures + 1, 2 if dtype == torch.float64 else 3)
 
 
+def test_a_gram_matrix_with_nan_is_refused_clearly():
+    from hf_unlearn.methods.svd_projection import symmetric_eigen
+
+    gram = torch.eye(4, dtype=torch.float64)
+    gram[1, 2] = float("nan")
+    with pytest.raises(RuntimeError, match="4 x 4 Gram matrix holds NaN or infinite values"):
+        symmetric_eigen(gram, torch.float32)
+
+
 def test_float32_eigendecompositions_give_the_float64_projection():
     """`eigen_dtype="float32"` on a rank-deficient Gram matrix (most input rows exactly zero, as a conv at 1x1 spatial
     size gives): the projected weight matches float64's to 1e-4 of what the projection changed."""
