@@ -17,8 +17,7 @@ import tempfile
 from pathlib import Path
 
 from common import write_results
-from tasks import TASKS, load_task
-from transfer import original_model, percent, retrain_metrics
+from transfer import percent, retrain_metrics, tune_model
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.metrics import gap_to_reference
@@ -41,10 +40,7 @@ def main(argv=None):
     results = []
     for name in options.models:
         task, architecture = name.split("/")
-        if TASKS[task]["role"] != "tune":
-            raise ValueError(f"{task} is a validation task: ablations choose settings, so they run on tune tasks only.")
-        data = load_task(task, architecture)
-        model, _ = original_model(task, architecture, data, 0, cache)
+        data, model = tune_model(name, cache, "ablations choose settings")
         for forget_class in options.classes:
             reference = retrain_metrics(task, architecture, model, data, forget_class, 0, cache)
             original, retrain = reference["original"], reference["retrain"]

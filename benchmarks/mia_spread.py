@@ -21,8 +21,7 @@ import numpy as np
 from common import write_results
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from tasks import TASKS, load_task
-from transfer import original_model
+from transfer import tune_model
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.metrics import prediction_entropy, softmax
@@ -47,11 +46,7 @@ def main(argv=None):
     results = []
     for request in options.requests:
         method, name, forget_class = request.split(":")
-        task, architecture = name.split("/")
-        if TASKS[task]["role"] != "tune":
-            raise ValueError(f"{task} is not a tune task: this diagnosis runs on tune tasks only.")
-        data = load_task(task, architecture)
-        model, _ = original_model(task, architecture, data, 0, cache)
+        data, model = tune_model(name, cache, "diagnoses of the defaults' behaviour feed choices")
         for seed in options.seeds:
             args = UnlearnConfig(output_dir=tempfile.mkdtemp(), method=method, seed=seed, report_to="none",
                                  disable_tqdm=True, eval_before_unlearn=False)  # fmt: skip

@@ -51,6 +51,16 @@ def original_model(task, architecture, data, seed, cache: Path | None):
     return model, seconds
 
 
+def tune_model(name: str, cache: Path | None, purpose: str):
+    """`(data, original model)` of a tune task's `task/architecture` (seed 0, from `cache` when there); a validation
+    or holdout task is refused, since `purpose` (e.g. "ablations choose settings") is for tune tasks only."""
+    task, architecture = name.split("/")
+    if TASKS[task]["role"] != "tune":
+        raise ValueError(f"{task} is not a tune task: {purpose}, so they run on tune tasks only.")
+    data = load_task(task, architecture)
+    return data, original_model(task, architecture, data, 0, cache)[0]
+
+
 def run(model, data, method, forget_class, seed, **fields):
     args = UnlearnConfig(output_dir=tempfile.mkdtemp(), method=method, seed=seed, report_to="none", disable_tqdm=True,
                          **fields)  # fmt: skip
