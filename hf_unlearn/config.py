@@ -484,6 +484,13 @@ def _refuse_training_only_fields(args: UnlearnConfig) -> None:
                 "metrics measure it in its own dtype. Leave it False; to run in half precision, load the model in "
                 "that dtype (it is unlearned and returned in it)."
             )
+    if args.remove_unused_columns:
+        raise ValueError(
+            "`remove_unused_columns=True` would make the Trainer drop every column the model's forward does not name "
+            "before the unlearning collator sees it: the paired forget / retain rows of the gradient methods (their "
+            "training batches arrive empty) and raw image / audio columns. Leave it False (the default): the collator "
+            "picks the columns it needs."
+        )
     if args.label_smoothing_factor:
         raise ValueError(
             f"`label_smoothing_factor={args.label_smoothing_factor!r}`: the methods compute their own losses (a "

@@ -104,6 +104,7 @@ def test_drop_last_with_no_whole_training_batch_is_refused(trained, make_args, d
         ("resume_from_checkpoint", "out/checkpoint-10", "not resumed"),
         ("fp16_full_eval", True, "cast the model in place"),
         ("label_smoothing_factor", 0.1, "silently ignored"),
+        ("remove_unused_columns", True, "arrive empty"),
     ],
 )
 def test_training_fields_that_would_change_the_run_silently_are_refused(tmp_path, field, value, message):
