@@ -13,6 +13,7 @@ import torch
 from .metrics import gap_to_reference
 from .passes import gather_shards, predict_logits, shard_accuracy, shard_batches
 from .precision import inputs_follow_weights
+from .report import scalar_metrics
 
 
 class MeasuringMixin:
@@ -106,9 +107,7 @@ class MeasuringMixin:
                 f"{type(eval_dataset).__name__}. Build a trainer with that eval_dataset, or score other rows with "
                 "`trainer.predict(dataset)`."
             )
-        measured = self.evaluate_unlearning()
-        metrics = {f"{metric_key_prefix}_{key}": float(value) for key, value in measured.items()
-                   if isinstance(value, int | float) and not isinstance(value, bool)}  # fmt: skip
+        metrics = scalar_metrics(self.evaluate_unlearning(), f"{metric_key_prefix}_")
         if self.compute_metrics is not None:
             output = self.evaluation_loop(self.get_eval_dataloader(), description="Evaluation",
                                           ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)  # fmt: skip

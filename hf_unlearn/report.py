@@ -46,8 +46,12 @@ def format_report(original: dict | None, unlearned: dict, retrained: dict | None
     return "\n".join(lines)
 
 
+def scalar_metrics(metrics: dict | None, prefix: str) -> dict[str, float]:
+    """The numbers of `metrics` (no bools, nested tables or None) as floats, each key prefixed with `prefix`."""
+    return {f"{prefix}{key}": float(value) for key, value in (metrics or {}).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)}  # fmt: skip
+
+
 def loggable_metrics(metrics: dict, original: dict | None) -> dict:
     """The scalar results as `Trainer.log` records them (`unlearned/...`, `original/...`)."""
-    values = {f"unlearned/{key}": value for key, value in metrics.items() if isinstance(value, int | float)}
-    values.update({f"original/{key}": value for key, value in (original or {}).items() if isinstance(value, int | float)})
-    return {key: float(value) for key, value in values.items() if not isinstance(value, bool)}
+    return {**scalar_metrics(metrics, "unlearned/"), **scalar_metrics(original, "original/")}
