@@ -114,6 +114,10 @@ METHODS = {  # name in the table: (method, method_kwargs)
                                                       "max_token_rows": None}),
     "svd_projection-token-cap": ("svd_projection", {"alpha_r_grid": [30.0, 100.0], "alpha_f_grid": [3.0, 10.0],
                                                     "max_token_rows": 10_000}),
+    # Every layer decomposed from its d x d Gram matrix (`keep_rows=0`, the only way until stop 37), against
+    # "svd_projection", where a layer with at most d / 2 input rows is decomposed from the rows (QR, n x n eigh).
+    "svd_projection-gram": ("svd_projection", {"alpha_r_grid": [30.0, 100.0], "alpha_f_grid": [3.0, 10.0],
+                                               "keep_rows": 0.0}),
 }
 
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -148,20 +148,29 @@ class GramStatistics:
             the pass and the seed (the same tokens for every layer of one token count), or all of them when it has
             fewer. After Kodge et al.'s official code, which keeps 10,000 random rows of each layer's input. None:
             every token. The Gram matrices' cost falls with it (about rows x d^2 per layer).
+        keep_rows: a layer whose pass gives at most `keep_rows` x d input rows keeps the rows themselves instead of
+            their Gram matrix (`kept_rows`): an n x d matrix with n < d holds the same subspace in less memory, and a
+            QR of it gives the eigendecomposition for far less than a d x d one (`svd_projection`). Past that count
+            the rows kept so far are folded into the Gram matrix and the layer streams as without it. 0 (default):
+            never. A distributed pass folds every layer's rows before summing, so only a single process keeps any.
 
     Set `sample_ids` (the pass-wide position of each row of the next batch) before each forward pass while
-    `recording()`. After the pass, `grams[name]` is a float32 `(groups, d, d)` tensor and `rows[name]` the number
-    of input rows that went into it; call `all_reduce()` to sum them over processes.
+    `recording()`. After the pass, `grams[name]` is a float32 `(groups, d, d)` tensor (computed from the kept rows
+    for a layer that kept them) and `rows[name]` the number of input rows that went into it; call `all_reduce()` to
+    sum them over processes.
     """
 
     def __init__(self, modules: dict[str, nn.Module], num_samples: int, conv_window: int | None = 3, seed: int = 0,
-                 conv_crop: str = "windows", token_rows: str = "tokens", max_token_rows: int | None = None):  # fmt: skip
+                 conv_crop: str = "windows", token_rows: str = "tokens", max_token_rows: int | None = None,
+                 keep_rows: float = 0.0):  # fmt: skip
         if conv_crop not in CONV_CROPS:
             raise ValueError(f"`conv_crop` must be one of {CONV_CROPS}, got {conv_crop!r}.")
         if token_rows not in TOKEN_ROWS:
             raise ValueError(f"`token_rows` must be one of {TOKEN_ROWS}, got {token_rows!r}.")
         if max_token_rows is not None and max_token_rows < 1:
             raise ValueError(f"`max_token_rows` must be >= 1 or None, got {max_token_rows!r}.")
+        if not 0.0 <= keep_rows < 1.0:
+            raise ValueError(f"`keep_rows` is a fraction of the input size in [0, 1), got {keep_rows!r}.")
         self.modules = modules
         self.conv_window, self.conv_crop, self.token_rows = conv_window, conv_crop, token_rows
         self.num_samples, self.seed = num_samples, seed
@@ -171,14 +180,53 @@ class GramStatistics:
         self.sample_calls: dict[str, list[bool]] | None = None
         self._calls: dict[str, int] = {}
         self._sample_ids: torch.Tensor | None = None
-        self.grams, self.rows, self._crop_draws = {}, {}, {}
+        self.rows, self._crop_draws = {}, {}
+        #: Per layer, its Gram matrix (None until it streams one) and its input rows while it keeps them (None after).
+        self._grams: dict[str, torch.Tensor | None] = {}
+        self._kept: dict[str, list[torch.Tensor] | None] = {}
+        self._row_limits: dict[str, int] = {}
         for index, (name, module) in enumerate(modules.items()):
             groups, size = layer_input_shape(module)
-            self.grams[name] = torch.zeros(groups, size, size, device=module.weight.device, dtype=torch.float32)
+            self._row_limits[name] = math.floor(keep_rows * size)
+            self._kept[name] = [] if self._row_limits[name] else None
+            self._grams[name] = None if self._row_limits[name] else self._zeros(name)
             self.rows[name] = 0
             if not isinstance(module, nn.Linear) and conv_window is not None:
                 generator = torch.Generator().manual_seed(seed * 100_003 + index)
                 self._crop_draws[name] = torch.rand(num_samples, 2, generator=generator)
+
+    def _zeros(self, name: str) -> torch.Tensor:
+        groups, size = layer_input_shape(self.modules[name])
+        return torch.zeros(groups, size, size, device=self.modules[name].weight.device, dtype=torch.float32)
+
+    def kept_rows(self, name: str) -> torch.Tensor | None:
+        """The input rows of layer `name` as `(groups, n, d)` float32 when it kept them (`keep_rows`), else None."""
+        kept = self._kept[name]
+        if kept is None:
+            return None
+        if not kept:
+            groups, size = layer_input_shape(self.modules[name])
+            return torch.zeros(groups, 0, size, device=self.modules[name].weight.device, dtype=torch.float32)
+        return torch.cat(kept).transpose(0, 1)
+
+    @property
+    def grams(self) -> Mapping[str, torch.Tensor]:
+        """Every layer's `(groups, d, d)` float32 Gram matrix, read-only; a layer that kept its rows computes it from
+        them when it is looked up."""
+        return _GramView(self)
+
+    def gram(self, name: str) -> torch.Tensor:
+        """Layer `name`'s `(groups, d, d)` float32 Gram matrix (from its kept rows, if it kept them)."""
+        rows = self.kept_rows(name)
+        if rows is None:
+            return self._grams[name]
+        return (rows.transpose(-1, -2) @ rows).to(self.modules[name].weight.device)
+
+    def _fold(self, name: str) -> None:
+        """Stop keeping layer `name`'s rows: they go into its Gram matrix."""
+        if self._kept[name] is not None:
+            self._grams[name] = self.gram(name)
+            self._kept[name] = None
 
     @property
     def sample_ids(self) -> torch.Tensor | None:
@@ -245,8 +293,13 @@ class GramStatistics:
             if not self.reads_samples(name, x):
                 return
             rows = self.input_rows(name, module, x)
-            self.grams[name] += torch.einsum("ngi,ngj->gij", rows, rows)
             self.rows[name] += rows.shape[0]
+            if self._kept[name] is not None:
+                if self.rows[name] <= self._row_limits[name]:
+                    self._kept[name].append(rows.clone())  # not a view of an activation a later op may change
+                    return
+                self._fold(name)  # past the limit: the rows so far into the Gram matrix, these rows streamed
+            self._grams[name] += torch.einsum("ngi,ngj->gij", rows, rows)
 
         return hook
 
@@ -337,24 +390,44 @@ class GramStatistics:
         if torch.distributed.get_world_size() == 1:
             return
         for name in self.modules:
-            torch.distributed.all_reduce(self.grams[name])
-        device = next(iter(self.grams.values())).device
+            self._fold(name)
+            torch.distributed.all_reduce(self._grams[name])
+        device = next(iter(self._grams.values())).device
         rows = torch.tensor([self.rows[name] for name in self.modules], device=device, dtype=torch.float64)
         torch.distributed.all_reduce(rows)
         self.rows = {name: int(count) for name, count in zip(self.modules, rows.tolist(), strict=True)}
 
 
+class _GramView(Mapping):
+    """`GramStatistics.grams`: layer name -> Gram matrix, each computed on lookup."""
+
+    def __init__(self, statistics: GramStatistics):
+        self._statistics = statistics
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._statistics.modules:
+            raise KeyError(name)
+        return self._statistics.gram(name)
+
+    def __iter__(self):
+        return iter(self._statistics.modules)
+
+    def __len__(self) -> int:
+        return len(self._statistics.modules)
+
+
 @torch.no_grad()
 def collect_input_grams(
     trainer, dataset, modules: dict[str, nn.Module], conv_window: int | None = 3, description: str = "Statistics",
-    conv_crop: str = "windows", token_rows: str = "tokens", max_token_rows: int | None = None,
+    conv_crop: str = "windows", token_rows: str = "tokens", max_token_rows: int | None = None, keep_rows: float = 0.0,
 ) -> GramStatistics:
     """One forward pass of `trainer.model` (eval mode) over `dataset`, shared between processes without duplicates,
     accumulating the input Gram matrix of every layer in `modules`, summed over processes. Each process's first batch
     of 2 rows or more is probed first (`GramStatistics.probe`): only the calls of a layer that read the samples count."""
     model = trainer.model
     statistics = GramStatistics(modules, num_samples=len(dataset), conv_window=conv_window, seed=trainer.args.seed,
-                                conv_crop=conv_crop, token_rows=token_rows, max_token_rows=max_token_rows)  # fmt: skip
+                                conv_crop=conv_crop, token_rows=token_rows, max_token_rows=max_token_rows,
+                                keep_rows=keep_rows)  # fmt: skip
     with evaluating(model):
         for sample_ids, batch in trainer.shard_batches(dataset, description):
             batch.pop("labels", None)

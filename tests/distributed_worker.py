@@ -65,7 +65,7 @@ def svd_statistics_and_projection(trainer: UnlearningTrainer, result_path: str) 
         torch.save(
             {
                 "num_processes": trainer.accelerator.num_processes,
-                "grams": statistics.grams,
+                "grams": dict(statistics.grams),
                 "rows": statistics.rows,
                 "weights": result.model.state_dict(),
                 "alpha_grid": result.metrics["alpha_grid"],

@@ -29,6 +29,54 @@ def record(modules, batches, num_samples, conv_window=None, seed=0, token_rows="
     return statistics
 
 
+def test_few_rows_are_kept_and_many_streamed_into_the_gram_matrix():
+    """`keep_rows`: a layer keeps its input rows while they number at most that fraction of its input size, and gives
+    the same Gram matrix as streaming; past it, the rows kept so far are folded into the streamed Gram matrix."""
+    torch.manual_seed(0)
+    layer = nn.Linear(40, 3)
+    x = torch.randn(6, 3, 40)  # 6 samples x 3 tokens: 18 rows
+    statistics = GramStatistics({"layer": layer}, num_samples=6, keep_rows=0.5)  # at most 20 rows kept
+    with statistics.recording():
+        for ids in (torch.arange(3), torch.arange(3, 6)):
+            statistics.sample_ids = ids
+            layer(x[ids])
+    rows = x.reshape(-1, 40)
+    torch.testing.assert_close(statistics.kept_rows("layer")[0], rows, rtol=0, atol=0)
+    torch.testing.assert_close(statistics.grams["layer"][0], rows.T @ rows)
+    streamed = record({"layer": layer}, [(torch.arange(6), x)], 6)
+    assert streamed.kept_rows("layer") is None  # keep_rows=0: never
+    torch.testing.assert_close(statistics.gram("layer"), streamed.gram("layer"))
+
+    many = GramStatistics({"layer": layer}, num_samples=10, keep_rows=0.5)
+    more = torch.randn(10, 3, 40)  # 30 rows: past 20
+    with many.recording():
+        for ids in (torch.arange(4), torch.arange(4, 8), torch.arange(8, 10)):  # 12 rows kept, 24: folded, streamed
+            many.sample_ids = ids
+            layer(more[ids])
+    assert many.kept_rows("layer") is None and many.rows["layer"] == 30
+    flat = more.reshape(-1, 40)
+    torch.testing.assert_close(many.grams["layer"][0], flat.T @ flat)
+    with pytest.raises(ValueError, match="keep_rows"):
+        GramStatistics({"layer": layer}, num_samples=2, keep_rows=1.0)
+
+
+def test_a_grouped_conv_keeps_its_rows_per_group():
+    """`keep_rows` on a grouped conv: `(groups, n, d)` rows, each group's Gram matrix as streaming gives it."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, kernel_size=3, padding=1, groups=2)  # d = 2 channels x 9 = 18 per group
+    x = torch.randn(2, 4, 2, 2)  # 4 positions a sample: 8 rows, at most 0.5 x 18 = 9 kept
+    grams = {}
+    for keep in (0.0, 0.5):
+        statistics = GramStatistics({"conv": conv}, num_samples=2, conv_window=None, keep_rows=keep)
+        with statistics.recording():
+            statistics.sample_ids = torch.arange(2)
+            conv(x)
+        grams[keep] = statistics.gram("conv")
+        if keep:
+            assert statistics.kept_rows("conv").shape == (2, 8, 18)
+    torch.testing.assert_close(grams[0.5], grams[0.0])
+
+
 def test_linear_gram_is_the_sum_of_token_outer_products():
     torch.manual_seed(0)
     layer = nn.Linear(6, 3)

@@ -14,6 +14,7 @@ from hf_unlearn.methods.svd_projection import (
     LayerProjection,
     best_grid_point,
     cross_fitted_refit_accuracy,
+    eigen_space,
     scaled_importance,
 )
 
@@ -45,7 +46,7 @@ def test_forget_only_directions_are_removed_and_the_retain_space_kept():
     retain = coefficients[:, :1] * a + coefficients[:, 1:] * b
     forget = coefficients[:, :1] * b + coefficients[:, 1:] * c
     weight = torch.randn(3, 6, generator=generator)
-    projection = LayerProjection(weight, gram_of(retain), gram_of(forget))
+    projection = LayerProjection(weight, eigen_space(gram_of(retain)), eigen_space(gram_of(forget)))
     new = projection.weight_for(projection.kept_on_forget(ALPHA), ALPHA)
     assert (new @ c).norm() < 1e-3 * (weight @ c).norm()
     for kept in (a, b, unused):
@@ -59,7 +60,7 @@ def test_grouped_weights_are_projected_per_group():
     retain = torch.stack([gram_of(torch.outer(torch.arange(1.0, 9.0), a))[0], torch.eye(4)])
     forget = torch.stack([gram_of(torch.outer(torch.arange(1.0, 9.0), b))[0], torch.eye(4)])
     weight = torch.randn(2, 1, 2, 2)  # 2 groups, 1 output each, 1 input channel, 2 x 2 kernel (d = 4)
-    projection = LayerProjection(weight, retain, forget)
+    projection = LayerProjection(weight, eigen_space(retain), eigen_space(forget))
     new = projection.weight_for(projection.kept_on_forget(ALPHA), ALPHA).reshape(2, 4)
     flat = weight.reshape(2, 4)
     assert (new[0] @ b).abs() < 1e-3 * flat[0].norm()
@@ -469,6 +470,64 @@ def test_the_eigendecomposition_survives_eigh_failing(dtype, failures, how, monk
     assert len(calls) == min(failures + 1, 2 if dtype == torch.float64 else 3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rows_give_the_eigenspace_of_their_gram_matrix(dtype):
+    """`keep_rows`: a layer decomposed from its n < d input rows (QR, then an n x n eigenproblem) is projected as
+    from its d x d Gram matrix, grouped layers included; the Gram matrix's zero eigenvalues are left out."""
+    from hf_unlearn.methods.svd_projection import row_eigen
+
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.logspace(0, -3, 64, dtype=torch.float64)
+    retain = torch.randn(2, 30, 64, generator=generator, dtype=torch.float64) * scales  # 2 groups, 30 rows of 64
+    forget = torch.randn(2, 12, 64, generator=generator, dtype=torch.float64) * scales.flip(0)
+    weight = torch.randn(6, 1, 8, 8, generator=generator, dtype=torch.float64)  # 2 groups of 3 outputs, d = 64
+    values, vectors = row_eigen(forget, dtype)
+    assert values.shape == (2, 12) and vectors.shape == (2, 64, 12)
+    torch.testing.assert_close((vectors * values.unsqueeze(-2)) @ vectors.transpose(-1, -2),
+                               (forget.transpose(-1, -2) @ forget).to(dtype))  # fmt: skip
+    projected = {}
+    for kept in (False, True):
+        spaces = [eigen_space(rows if kept else rows.transpose(-1, -2) @ rows, dtype, rows=kept)
+                  for rows in (retain, forget)]  # fmt: skip
+        layer = LayerProjection(weight.float(), *spaces)
+        projected[kept] = layer.weight_for(layer.kept_on_forget(100.0), 10.0).double()
+    changed = (projected[False] - weight).norm()
+    assert changed > 0.05 * weight.norm()
+    assert (projected[True] - projected[False]).norm() < 1e-4 * changed
+    with pytest.raises(TypeError, match="`retain` must be an `\\(importance, vectors\\)` pair"):
+        LayerProjection(weight, retain.transpose(-1, -2) @ retain, spaces[1])  # a Gram matrix, not its space
+    bad = forget.clone()
+    bad[0, 3, 5] = float("nan")
+    with pytest.raises(RuntimeError, match="12 input rows of size 64 hold NaN"):
+        row_eigen(bad, dtype)
+
+
+def test_keeping_rows_leaves_svd_projection_unchanged(trained, digits, make_args, monkeypatch):
+    """The digits ViT through the trainer with and without `keep_rows`: the same accuracies, and projected weights
+    that differ by rounding only (3 samples: its MLP output layers and head keep their rows)."""
+    from hf_unlearn.methods import svd_projection
+
+    kept, collect = [], svd_projection.collect_input_grams
+
+    def recording(*args, **kwargs):
+        statistics = collect(*args, **kwargs)
+        kept.extend(name for name in statistics.rows if statistics.kept_rows(name) is not None)
+        return statistics
+
+    monkeypatch.setattr(svd_projection, "collect_input_grams", recording)
+    model = trained("vit")
+    runs = {keep: _unlearn(copy.deepcopy(model), digits, make_args, [3], alpha_search=False, num_samples=3,
+                           keep_rows=keep) for keep in (0.0, 0.9)}  # fmt: skip
+    assert any(name.endswith("fc2") for name in kept) and "classifier" in kept, kept
+    for name in ("forget_accuracy", "retain_accuracy"):
+        assert runs[0.0][1].metrics[name] == runs[0.9][1].metrics[name]
+    weights = [dict(runs[keep][0].model.named_parameters()) for keep in (0.0, 0.9)]
+    original = dict(model.named_parameters())
+    for name, value in weights[0].items():
+        changed = (value - original[name]).norm()
+        assert (weights[1][name] - value).norm() <= 1e-3 * changed + 1e-6, name
+
+
 def test_a_gram_matrix_with_nan_is_refused_clearly():
     from hf_unlearn.methods.svd_projection import symmetric_eigen
 
@@ -489,7 +548,7 @@ def test_float32_eigendecompositions_give_the_float64_projection():
     grams = (gram_of(retain_inputs), gram_of(forget_inputs))
     projected = {}
     for dtype in (torch.float64, torch.float32):
-        layer = LayerProjection(weight, *grams, dtype=dtype)
+        layer = LayerProjection(weight, *(eigen_space(gram, dtype) for gram in grams))
         projected[dtype] = layer.weight_for(layer.kept_on_forget(100.0), 3.0)
     changed = (projected[torch.float64] - weight).norm()
     assert changed > 0.05 * weight.norm()  # the forget-only inputs 10-13 were removed

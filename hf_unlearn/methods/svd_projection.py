@@ -10,7 +10,8 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
    row instead), all computed on the ORIGINAL model.
 2. Eigendecomposition G = U diag(s^2) U^T per layer and split (float32 on the symmetrised matrix by default,
    `eigen_dtype`; an `eigh` that fails or returns NaN is retried with a jitter, then in float64, then replaced by an
-   SVD); importance
+   SVD; in a single process, a layer with at most `keep_rows` x d input rows n (d its input size; default d / 2) keeps
+   the rows and is decomposed from them, a QR and an n x n eigenproblem, the same eigenspace for O(d n^2)); importance
    e_i = s_i^2 / sum_j s_j^2 scaled to lambda_i = alpha e_i / ((alpha - 1) e_i + 1), M = U diag(lambda) U^T, with
    `alpha_r` for the retain space and `alpha_f` for the forget space.
 3. The part of the forget space not shared with the retain space is removed from each layer's input,
@@ -219,6 +220,17 @@ class SVDProjectionConfig:
             "the projection changed (2.2e-3 relative, ResNet-50; 1e-5 on the digits models, same accuracies)."
         },
     )
+    keep_rows: float = field(
+        default=0.5,
+        metadata={
+            "help": "A layer whose statistics pass gives at most this fraction of d input rows (d its input size) keeps "
+            "the rows instead of their d x d Gram matrix and is decomposed from them: a QR of the n x d rows and an "
+            "n x n eigenproblem give the same eigenspace (exactly: the Gram matrix's other d - n eigenvalues are 0) "
+            "for O(d n^2) instead of O(d^3), e.g. few forget samples through a ViT-base MLP's 3,072 inputs, or conv "
+            "crops of a few samples (benchmarks/results/scale_svd_rows.md). 0: always the Gram matrix. A distributed "
+            "run always uses the Gram matrices, which add up over processes."
+        },
+    )
     token_rows: str = field(
         default="tokens",
         metadata={
@@ -278,6 +290,8 @@ class SVDProjectionConfig:
             raise ValueError(f"`alpha_score` must be one of {ALPHA_SCORES}, got {self.alpha_score!r}.")
         if self.conv_window is not None and self.conv_window < 1:
             raise ValueError(f"`conv_window` must be >= 1 or None, got {self.conv_window!r}.")
+        if not 0.0 <= self.keep_rows < 1.0:
+            raise ValueError(f"`keep_rows` is a fraction of a layer's input size in [0, 1), got {self.keep_rows!r}.")
         if self.eigen_dtype not in ("float32", "float64"):
             raise ValueError(f"`eigen_dtype` must be 'float32' or 'float64', got {self.eigen_dtype!r}.")
         if self.conv_crop not in CONV_CROPS:
@@ -343,10 +357,26 @@ def _finite_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, vectors
 
 
-def eigen_space(gram: torch.Tensor, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(importance, vectors)` of a `(groups, d, d)` Gram matrix: e_i = s_i^2 / sum_j s_j^2 and the eigenvectors
-    (columns), both float32, from an eigendecomposition in `dtype` (`symmetric_eigen`)."""
-    values, vectors = symmetric_eigen(gram, dtype)
+def row_eigen(rows: torch.Tensor, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nonzero eigenpairs of G = X^T X from the input rows X `(..., n, d)` themselves (n < d), in `dtype`, without
+    the d x d matrix: the reduced QR X^T = Q R (Q: d x n, orthonormal columns) gives G = Q (R R^T) Q^T, so the n x n
+    eigendecomposition R R^T = W diag(s^2) W^T (`symmetric_eigen`, with its fallbacks) gives G's eigenvalues s^2 and
+    eigenvectors Q W. G's d - n other eigenvalues are 0, and a direction of importance 0 takes no part in the
+    projection (lambda(0) = 0), so they are left out. O(d n^2) instead of `eigh`'s O(d^3)."""
+    if not bool(torch.isfinite(rows).all()):
+        raise RuntimeError(f"The {rows.shape[-2]} input rows of size {rows.shape[-1]} hold NaN or infinite values: the "
+                           "layer's inputs overflow or hold NaN (check the data and the model's dtype).")
+    orthonormal, triangular = torch.linalg.qr(rows.transpose(-1, -2).to(dtype))
+    values, vectors = symmetric_eigen(triangular @ triangular.transpose(-1, -2), dtype)
+    return values, orthonormal @ vectors
+
+
+def eigen_space(statistic: torch.Tensor, dtype: torch.dtype = torch.float64,
+                rows: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`(importance, vectors)` of a `(groups, d, d)` Gram matrix (or, with `rows`, of the `(groups, n, d)` input rows
+    it sums, n < d: `row_eigen`): e_i = s_i^2 / sum_j s_j^2 and the eigenvectors (columns), both float32, from an
+    eigendecomposition in `dtype` (`symmetric_eigen`)."""
+    values, vectors = row_eigen(statistic, dtype) if rows else symmetric_eigen(statistic, dtype)
     values = values.clamp_min(0.0)
     importance = values / values.sum(-1, keepdim=True).clamp_min(torch.finfo(values.dtype).tiny)
     return importance.float(), vectors.float()
@@ -357,15 +387,29 @@ def scaled_importance(importance: torch.Tensor, alpha: float) -> torch.Tensor:
     return alpha * importance / ((alpha - 1.0) * importance + 1.0)
 
 
-class LayerProjection:
-    """One layer's retain and forget eigenspaces and original weight; gives the projected weight for any
-    (alpha_r, alpha_f), reusing the products that do not depend on alpha."""
+def layer_space(statistics, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """`eigen_space` of layer `name`'s statistics (`GramStatistics`): from its rows where it kept them, else from its
+    Gram matrix."""
+    rows = statistics.kept_rows(name)
+    return eigen_space(statistics.gram(name) if rows is None else rows, dtype, rows=rows is not None)
 
-    def __init__(self, weight, retain_gram, forget_gram, dtype: torch.dtype = torch.float64):
+
+class LayerProjection:
+    """One layer's original weight and its retain and forget eigenspaces (`(importance, vectors)` pairs from
+    `eigen_space`, vectors `(groups, d, k)`, k <= d); gives the projected weight for any (alpha_r, alpha_f), reusing
+    the products that do not depend on alpha."""
+
+    def __init__(self, weight, retain: tuple[torch.Tensor, torch.Tensor], forget: tuple[torch.Tensor, torch.Tensor]):
+        for split, space in (("retain", retain), ("forget", forget)):
+            if not (isinstance(space, tuple) and len(space) == 2 and space[1].dim() == 3
+                    and weight.numel() % (space[1].shape[0] * space[1].shape[1]) == 0
+                    and space[0].shape == space[1].shape[::2]):  # fmt: skip
+                raise TypeError(f"LayerProjection's `{split}` must be an `(importance, vectors)` pair from "
+                                f"`eigen_space` matching the weight {tuple(weight.shape)}, got {type(space).__name__}.")
         self.weight = weight.detach().clone()
-        self.retain_importance, self.retain_vectors = eigen_space(retain_gram, dtype)
-        self.forget_importance, self.forget_vectors = eigen_space(forget_gram, dtype)
-        groups, size = retain_gram.shape[0], retain_gram.shape[-1]
+        self.retain_importance, self.retain_vectors = retain
+        self.forget_importance, self.forget_vectors = forget
+        groups, size = self.retain_vectors.shape[0], self.retain_vectors.shape[-2]
         self.blocks = self.weight.float().reshape(groups, -1, size)
         self.blocks_on_retain = self.blocks @ self.retain_vectors  # W U_r, reused for every alpha_r
 
@@ -433,16 +477,17 @@ class SVDProjection(UnlearningMethod):
             grams = {
                 split: collect_input_grams(trainer, rows[split][0], modules, config.conv_window,
                                            f"Statistics ({split})", config.conv_crop,
-                                           SPLIT_TOKEN_ROWS[config.token_rows][split], config.max_token_rows)  # fmt: skip
+                                           SPLIT_TOKEN_ROWS[config.token_rows][split], config.max_token_rows,
+                                           config.keep_rows)  # fmt: skip
                 for split in ("retain", "forget")
             }
         with self.stage("eigendecompositions"):
-            spaces = {}
+            spaces, dtype = {}, getattr(torch, config.eigen_dtype)
             for name, module in modules.items():
                 if grams["retain"].rows[name] and grams["forget"].rows[name]:
                     try:
-                        spaces[name] = LayerProjection(module.weight, grams["retain"].grams[name],
-                                                       grams["forget"].grams[name], getattr(torch, config.eigen_dtype))
+                        spaces[name] = LayerProjection(module.weight, layer_space(grams["retain"], name, dtype),
+                                                       layer_space(grams["forget"], name, dtype))  # fmt: skip
                     except RuntimeError as error:
                         raise RuntimeError(f"svd_projection, layer '{name}': {error}") from error
         if len(spaces) < len(modules):
