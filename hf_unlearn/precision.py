@@ -147,3 +147,23 @@ def _beyond_range(model: torch.nn.Module, restored) -> list[str]:
             if finite.numel() and float(finite.abs().max()) > torch.finfo(dtype).max:
                 found.append(path)
     return found
+
+
+@contextlib.contextmanager
+def autocast_undone_after(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, accelerate may wrap `model.forward` in autocast (`bf16=True` / `fp16=True`: its
+    `prepare_model` sets `model.forward` and keeps the plain one as `model._original_forward`). After it the wrapper is
+    removed: otherwise the unlearned model would be measured under autocast while its original was measured in its
+    own precision, and would be returned still computing in half precision."""
+    before = model.__dict__.get("forward")
+    had_original = "_original_forward" in model.__dict__
+    try:
+        yield
+    finally:
+        if "_original_forward" in model.__dict__ and not had_original:
+            del model.__dict__["_original_forward"]
+            if before is None:
+                model.__dict__.pop("forward", None)
+            else:
+                model.forward = before
+

@@ -19,7 +19,7 @@ from .measuring import MeasuringMixin
 from .models import one_head_for
 from .outputs import check_finite
 from .passes import broadcast_weights
-from .precision import float32_method
+from .precision import autocast_undone_after, float32_method
 from .report import loggable_metrics
 from .request import UnlearningRequest
 from .saving import SavingMixin
@@ -193,7 +193,7 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
         self.train_dataset = dataset
         self.optimizer, self.lr_scheduler = None, None
         try:
-            with objects_so_far_left_to_refcounting(self.args.device):
+            with objects_so_far_left_to_refcounting(self.args.device), autocast_undone_after(self.model):
                 return super().train()
         finally:
             self.train_dataset = self.source_train_dataset

@@ -4,6 +4,7 @@ precision, unlearned on float32 weights, returned and saved in their own dtypes.
 import copy
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -239,3 +240,21 @@ def test_a_float16_checkpoint_by_path_loads_in_float16_and_is_unlearned(trained,
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float16}
     output = trainer.unlearn()
     assert output.forgotten and {p.dtype for p in output.model.parameters()} == {torch.float16}
+
+
+def test_the_unlearned_model_is_not_left_computing_under_autocast(digits, make_args):
+    """`bf16=True`: accelerate wraps the model's forward in autocast for the method's training loop. The wrapper is
+    removed after it, so the unlearned model is measured (and returned) computing in its own precision, as its
+    original was measured: its logits are those of the model class's own forward."""
+    from hf_unlearn.examples.digits import digits_classifier
+
+    model = digits_classifier("vit")  # never prepared by accelerate (a prepared model is not wrapped again)
+    args = make_args("neggrad_plus", bf16=True, use_cpu=True, max_steps=3)
+    result = UnlearningTrainer(model, args, train_dataset=digits["train"], eval_dataset=digits["test"],
+                               forget_classes=[3]).unlearn()  # fmt: skip
+    assert "forward" not in vars(result.model) and "_original_forward" not in vars(result.model)
+    pixels = torch.tensor(np.asarray(digits["test"][:8]["pixel_values"]), dtype=torch.float32)
+    with torch.no_grad():
+        got = result.model(pixel_values=pixels).logits
+        plain = type(result.model).forward(result.model, pixel_values=pixels).logits
+    torch.testing.assert_close(got, plain, rtol=0, atol=0)
