@@ -39,6 +39,7 @@ from accelerate.logging import get_logger
 from torch.func import functional_call
 
 from .activations import REPLAY_FAILURES, BlockInputReplay, close_to
+from .metric_registry import metrics_for
 from .models import block_before
 from .passes import one_row_inputs
 
@@ -49,7 +50,8 @@ CACHE_SIZE = 8
 _CACHE: OrderedDict[str, dict] = OrderedDict()
 #: `UnlearnConfig` fields that change what is measured.
 _MEASURING_FIELDS = ("seed", "max_metric_train_samples", "eval_generated_samples", "eval_inference_steps",
-                     "eval_guidance_scale", "eval_sampler", "eval_sampler_eta")  # fmt: skip
+                     "eval_guidance_scale", "eval_sampler", "eval_sampler_eta",
+                     "per_device_eval_batch_size")  # padded audio batches change logits without an attention mask
 
 
 def _named_tensors(module: torch.nn.Module, prefix: str = "", every_name: bool = False) -> list[tuple[str, torch.Tensor]]:
@@ -93,11 +95,23 @@ def request_fingerprint(trainer) -> str:
         model_fingerprint(trainer.judge),
         getattr(trainer.model.config, "id2label", None),
         # How rows become inputs: the processor's settings, and the collator (another collator object: no reuse).
-        trainer.processing_class.to_dict() if hasattr(trainer.processing_class, "to_dict") else None,
+        _settings(trainer.processing_class),
         (getattr(trainer.data_collator, "label_column", None), type(trainer.data_collator).__name__,
+         _settings(getattr(trainer.data_collator, "processing_class", None)),
          None if type(trainer.data_collator).__name__ == "UnlearningCollator" else id(trainer.data_collator)),
+        # What computes the numbers: the model's class and configuration, and the metrics registered now (a metric
+        # registered, or replaced by another function under its key, since the original was measured).
+        type(trainer.model).__qualname__,
+        trainer.model.config.to_json_string() if hasattr(getattr(trainer.model, "config", None), "to_json_string")
+        else None,
+        repr(metrics_for(trainer.kind.name)),
     ]
     return hashlib.sha1(repr(parts).encode()).hexdigest()
+
+
+def _settings(processor) -> dict | None:
+    """A processor's settings (`to_dict()`), or None."""
+    return processor.to_dict() if hasattr(processor, "to_dict") else None
 
 
 class OriginalTail:

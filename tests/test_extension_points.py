@@ -203,6 +203,16 @@ def test_the_originals_measurement_is_reused_only_for_the_same_model_and_rows(tr
     first, again = run(model, seed=11), run(model, seed=11)
     assert again.metrics["original_measurement_reused"] and again.original_metrics == first.original_metrics
     assert not run(model, seed=12).metrics["original_measurement_reused"]  # other sampled rows: measured again
+    # Another eval batch size (padding changes the logits of an audio model without an attention mask): measured again.
+    assert not run(model, seed=11, per_device_eval_batch_size=5).metrics["original_measurement_reused"]
+    # A metric registered since (or another function under a key): measured again, so the original has it too.
+    register_metric(Metric("forget_top2_accuracy", ("classifier",), "forget rows still in the top 2", "low",
+                           compute=top2_forget))  # fmt: skip
+    try:
+        result = run(model, seed=11)
+        assert not result.metrics["original_measurement_reused"] and "forget_top2_accuracy" in result.original_metrics
+    finally:
+        unregister_metric("forget_top2_accuracy")
     changed = first.model  # another model (the unlearned one): measured, not taken from the cache
     result = run(changed, seed=11)
     assert not result.metrics["original_measurement_reused"]
