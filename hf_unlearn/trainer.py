@@ -23,7 +23,7 @@ from .precision import autocast_undone_after, float32_method
 from .report import loggable_metrics
 from .request import UnlearningRequest
 from .saving import SavingMixin
-from .training import ForgetTargetCallback, no_hub_pushes, objects_so_far_left_to_refcounting
+from .training import ForgetTargetCallback, modes_kept, no_hub_pushes, objects_so_far_left_to_refcounting
 
 logger = get_logger(__name__)
 
@@ -140,7 +140,7 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
         set_seed(args.seed)  # the method's draws do not depend on what ran before (a DataLoader draws a seed to start)
         start = time.perf_counter()
         with original.released_on_error():
-            with float32_method(self), no_hub_pushes(args), \
+            with modes_kept(self.model), float32_method(self), no_hub_pushes(args), \
                     lora_if_asked(self.model, args.peft_config, args.peft_merge, self.method.report), one_head_for(self):
                 self.method.run()
             self.accelerator.wait_for_everyone()

@@ -2,6 +2,8 @@
 `compute_metrics`, `train()`, and TrainingArguments fields that would change a run silently (`dataloader_drop_last`,
 `load_best_model_at_end`, `label_smoothing_factor`)."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,19 @@ def test_trainer_loops_that_do_not_run_a_method_are_refused(trained, make_args, 
                                 eval_dataset=digits["test"], forget_classes=[3])  # fmt: skip
     with pytest.raises(RuntimeError, match="does not run an unlearning method"):
         trainer.hyperparameter_search()
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_the_model_comes_back_in_the_mode_it_came_in(trained, make_args, digits, mode):
+    """The Trainer's loop leaves a model in training mode: a model given in eval mode (as `from_pretrained` gives it)
+    must come back in eval mode, dropout off, so two calls give the same logits; one given in training mode stays."""
+    model = with_dropout(copy.deepcopy(trained("vit")))
+    model.train(mode == "train")
+    result = UnlearningTrainer(model, make_args("neggrad_plus", max_steps=3), train_dataset=digits["train"],
+                               eval_dataset=digits["test"], forget_classes=[3]).unlearn()  # fmt: skip
+    assert all(module.training == (mode == "train") for module in result.model.modules())
+    if mode == "eval":
+        pixels = torch.tensor(np.asarray(digits["test"][:8]["pixel_values"]), dtype=torch.float32)
+        with torch.no_grad():
+            torch.testing.assert_close(result.model(pixel_values=pixels).logits,
+                                       result.model(pixel_values=pixels).logits, rtol=0, atol=0)  # fmt: skip
