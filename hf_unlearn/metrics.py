@@ -7,6 +7,7 @@ Directions, for a class-forgetting request:
 |---|---|---|
 | `forget_accuracy` | accuracy on eval rows of the forget classes | low (a retrained model: 0) |
 | `retain_accuracy` | accuracy on eval rows of the retained classes | high, close to the original |
+| `test_accuracy` | accuracy on the eval rows of both (rows of classes unlearned in earlier requests are left out: see `unlearned_before_accuracy`) | the retained classes' share of it close to the original |
 | `forget_train_accuracy` | accuracy on the forget training rows | low (retrain: 0 for classes) |
 | `retain_train_accuracy` | accuracy on the retain training rows | high |
 | `per_class_accuracy` | eval accuracy per class, keyed by label name | forget classes low, others unchanged |
@@ -25,7 +26,8 @@ fit to tolerance 1e-10 agreed within 2 (`benchmarks/results/probe_precision.md`)
 
 For sample-level forgetting (`forget_indices`) the eval split holds no forgotten rows, so `forget_accuracy` is the
 accuracy on the forgotten training rows (equal to `forget_train_accuracy`) and `retain_accuracy` is the accuracy on
-the whole eval split. All accuracies and attack rates are fractions in [0, 1].
+the whole eval split, less its rows of classes unlearned in earlier requests. All accuracies and attack rates are
+fractions in [0, 1].
 
 Both attacks are fitted on the model under test, with retain training rows as members and eval rows of the
 retained classes as non-members (the shadow-free attacks of SFR-on and SalUn / l1-sparse), then applied to the
