@@ -2,8 +2,6 @@
 `compute_metrics`, `train()`, and TrainingArguments fields that would change a run silently (`dataloader_drop_last`,
 `load_best_model_at_end`, `label_smoothing_factor`)."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -129,7 +127,7 @@ def test_trainer_loops_that_do_not_run_a_method_are_refused(trained, make_args, 
 def test_the_model_comes_back_in_the_mode_it_came_in(trained, make_args, digits, mode):
     """The Trainer's loop leaves a model in training mode: a model given in eval mode (as `from_pretrained` gives it)
     must come back in eval mode, dropout off, so two calls give the same logits; one given in training mode stays."""
-    model = with_dropout(copy.deepcopy(trained("vit")))
+    model = with_dropout(trained("vit"))
     model.train(mode == "train")
     result = UnlearningTrainer(model, make_args("neggrad_plus", max_steps=3), train_dataset=digits["train"],
                                eval_dataset=digits["test"], forget_classes=[3]).unlearn()  # fmt: skip
