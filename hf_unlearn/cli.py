@@ -132,7 +132,7 @@ def load_job_data(job: JobArguments, model, seed: int) -> dict:
             dataset = dataset.rename_column(job.label_column, "label")
         labelled = isinstance(dataset.features.get("label"), datasets.ClassLabel)
         if job.align_labels and labelled and model_label_names(model.config) is not None:
-            dataset = align_labels(dataset, model.config.label2id)
+            dataset = align_labels(dataset, model.config)
         if cap is not None and cap < len(dataset):
             labels = dataset_labels(dataset, "label", f"{part}_split")
             dataset = dataset.select(subsample(np.arange(len(dataset)), cap, seed, labels))

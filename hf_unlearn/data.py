@@ -81,6 +81,12 @@ def dataset_labels(dataset, label_column: str, argument: str = "train_dataset") 
     return values.astype(np.int64)
 
 
+def label_ids(config) -> dict[str, int]:
+    """A model's class ids by name, from its `id2label`: the names every report and card uses. (`label2id` can
+    disagree with it, or be None: transformers 5 leaves it unset when a config is given `id2label` alone.)"""
+    return {str(name): int(index) for index, name in (getattr(config, "id2label", None) or {}).items()}
+
+
 def resolve_forget_classes(forget_classes, label2id: dict | None, num_labels: int) -> list[int]:
     """Class ids from ids or label names; raises a `ValueError` listing the valid classes on a miss."""
     if isinstance(forget_classes, (int, str, np.integer)):
@@ -370,14 +376,17 @@ def _read_with_soundfile(value: dict) -> tuple[np.ndarray, int]:
     return waveform.mean(axis=1), rate
 
 
-def align_labels(dataset, label2id: dict, label_column: str = "label"):
-    """`dataset` with its label ids renumbered to a model's `label2id` (names matched case-insensitively) and the rows
-    of labels the model does not have dropped (e.g. Speech Commands' `_silence_` for a model trained without it).
+def align_labels(dataset, label2id, label_column: str = "label"):
+    """`dataset` with its label ids renumbered to a model's classes (`label2id`: the model's config, whose `id2label`
+    is used, or a name -> id mapping; names matched case-insensitively) and the rows of labels the model does not have
+    dropped (e.g. Speech Commands' `_silence_` for a model trained without it), and unlabelled rows (-1) too.
 
     ```python
-    >>> train = align_labels(train, model.config.label2id)
+    >>> train = align_labels(train, model.config)
     ```
     """
+    if hasattr(label2id, "id2label"):
+        label2id = label_ids(label2id)
     feature = dataset.features.get(label_column)
     if not isinstance(feature, datasets.ClassLabel):
         raise ValueError(
@@ -386,9 +395,11 @@ def align_labels(dataset, label2id: dict, label_column: str = "label"):
         )
     model_ids = {str(name).lower(): int(index) for name, index in label2id.items()}
     renumber = np.array([model_ids.get(name.lower(), -1) for name in feature.names], dtype=np.int64)
-    labels = renumber[dataset_labels(dataset, label_column)]
+    raw = dataset_labels(dataset, label_column)
+    labels = np.where(raw >= 0, renumber[np.clip(raw, 0, None)], -1)  # -1 (unlabelled) must not index from the end
     kept = np.flatnonzero(labels >= 0)
-    dropped = sorted({feature.names[i] for i in np.flatnonzero(renumber < 0)})
+    dropped = sorted({feature.names[i] for i in np.flatnonzero(renumber < 0)} | ({"(unlabelled, -1)"} if (raw < 0).any()
+                                                                               else set()))  # fmt: skip
     if dropped:
         logger.info(f"align_labels: dropping {len(labels) - len(kept)} rows of labels the model lacks: {dropped}")
     if not len(kept):
@@ -414,7 +425,7 @@ def check_labels(labels: np.ndarray, dataset, label_column: str, config, argumen
         raise ValueError(
             f"`{argument}` has label ids {int(labels.min())}..{int(labels.max())}, but the model has {num_labels} "
             f"classes (0..{num_labels - 1}). Map the dataset to the model's labels first: "
-            "`hf_unlearn.data.align_labels(dataset, model.config.label2id)` (it drops labels the model lacks)."
+            "`hf_unlearn.data.align_labels(dataset, model.config)` (it drops labels the model lacks and unlabelled rows)."
         )
     names = getattr(dataset.features.get(label_column), "names", None)
     model_names = model_label_names(config)
@@ -428,7 +439,7 @@ def check_labels(labels: np.ndarray, dataset, label_column: str, config, argumen
     if any(names[i].lower() in model_ids for i in differing):
         raise ValueError(
             f"`{argument}` numbers its labels differently from the model ({examples}): the same id would mean "
-            "another class. Align the dataset first: `hf_unlearn.data.align_labels(dataset, model.config.label2id)`."
+            "another class. Align the dataset first: `hf_unlearn.data.align_labels(dataset, model.config)`."
         )
     logger.warning(f"`{argument}`'s label names differ from the model's ({examples}); the ids are used as they are.")
 

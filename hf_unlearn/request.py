@@ -32,6 +32,7 @@ from .data import (
     check_labels,
     dataset_labels,
     find_label_column,
+    label_ids,
     numpy_model_inputs,
     resolve_forget_classes,
     split_forget_retain,
@@ -113,7 +114,7 @@ class UnlearningRequest:
         )
         num_labels = int(model.config.num_labels)
         if forget_classes is not None:
-            forget_classes = resolve_forget_classes(forget_classes, model.config.label2id, num_labels)
+            forget_classes = resolve_forget_classes(forget_classes, label_ids(model.config), num_labels)
         train_labels = dataset_labels(train_dataset, label_column)
         check_labels(train_labels, train_dataset, label_column, model.config, "train_dataset")
         unlearned_before = list(getattr(model.config, "unlearned_classes", None) or [])
@@ -196,6 +197,12 @@ def _checked_datasets(train_dataset, eval_dataset, model, args: UnlearnConfig):
         check_dataset(eval_dataset, "eval_dataset")
         eval_dataset = without_audio_decoding(eval_dataset)
         eval_label_column = find_label_column(eval_dataset, "eval_dataset")
+        if eval_label_column != label_column:  # one collator scores both with the train set's column
+            raise ValueError(
+                f"`eval_dataset`'s labels are in '{eval_label_column}' and `train_dataset`'s in '{label_column}': both "
+                f"must use one column. Rename one, e.g. `eval_dataset.rename_column('{eval_label_column}', "
+                f"'{label_column}')`."
+            )
         eval_labels = dataset_labels(eval_dataset, eval_label_column, "eval_dataset")
         check_labels(eval_labels, eval_dataset, eval_label_column, model.config, "eval_dataset")
     elif args.eval_before_unlearn or args.eval_after_unlearn:

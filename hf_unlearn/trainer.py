@@ -59,7 +59,7 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
             inputs, or raw `image` / `audio` columns plus `processing_class`). The forget and retain sets come from it.
         eval_dataset: held-out rows (same columns) for the metrics.
         processing_class: image processor or feature extractor for raw columns (loaded with a Hub ID).
-        forget_classes: class ids or label names (`model.config.label2id`) to forget.
+        forget_classes: class ids or label names (`model.config.id2label`) to forget.
         forget_indices: training rows to forget (sample-level unlearning): integer row positions (a list, numpy array
             or tensor), or a boolean mask with one entry per row of `train_dataset`. Give exactly one of the two.
         judge: for a generator (GAN or diffusion model): an image classifier of the same data that measures the

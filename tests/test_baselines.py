@@ -209,3 +209,17 @@ def test_labels_column_named_labels(trained, digits, make_args):
     ).unlearn()
     assert result.forget_classes == [3]
     assert result.metrics["retain_accuracy"] > 0.9
+
+
+def test_random_label_never_relabels_into_a_class_unlearned_before(trained, digits, make_args):
+    """A model that unlearned class 5 in an earlier request: random_label's new labels for the forget rows of class 3
+    are retained classes only (training towards 5 would teach the unlearned class again)."""
+    model = trained("vit")
+    model.config.unlearned_classes = [5]
+    trainer = UnlearningTrainer(model, make_args("random_label"), train_dataset=digits["train"],
+                                eval_dataset=digits["test"], forget_classes=[3])  # fmt: skip
+    dataset = trainer.method.training_dataset()
+    forget = len(trainer.forget_view)
+    labels = [dataset[i][trainer.label_column] for i in range(forget)]
+    assert forget > 100 and set(labels) <= set(range(10)) - {3, 5}
+    assert len(set(labels)) == 8  # every retained class drawn

@@ -7,7 +7,9 @@ import torch
 from hf_unlearn import UnlearningTrainer
 from hf_unlearn.data import (
     UnlearningCollator,
+    align_labels,
     decode_audio,
+    label_ids,
     numpy_model_inputs,
     resolve_forget_classes,
     split_forget_retain,
@@ -70,6 +72,37 @@ def test_forget_classes_by_name_id_and_digit_string():
     assert resolve_forget_classes(["dog", 2], label2id, 3) == [1, 2]
     assert resolve_forget_classes("cat", label2id, 3) == [0]
     assert resolve_forget_classes(["1"], {}, 3) == [1]
+
+
+def test_names_resolve_through_id2label_and_unlabelled_rows_are_dropped_by_align_labels():
+    """Label names mean what `id2label` (every report's names) says, also when `label2id` disagrees with it or is
+    unset; `align_labels` drops unlabelled rows (-1) instead of indexing the last class with them."""
+    import datasets
+    from transformers import PretrainedConfig
+
+    config = PretrainedConfig(id2label={0: "cat", 1: "dog", 2: "bird"})
+    config.label2id = {"bird": 0, "cat": 1, "dog": 2}  # sorted by name: disagrees with id2label
+    assert label_ids(config) == {"cat": 0, "dog": 1, "bird": 2}
+    assert resolve_forget_classes(["dog"], label_ids(config), 3) == [1]
+
+    names = ["bird", "cat", "dog"]  # the dataset's own order
+    rows = datasets.Dataset.from_dict({"x": [0, 1, 2, 3, 4], "label": [0, 2, -1, 1, -1]},
+                                      features=datasets.Features({"x": datasets.Value("int64"),
+                                                                  "label": datasets.ClassLabel(names=names)}))  # fmt: skip
+    aligned = align_labels(rows, config)
+    assert aligned["x"] == [0, 1, 3]  # the unlabelled rows 2 and 4 dropped
+    assert [config.id2label[i] for i in aligned["label"]] == ["bird", "dog", "cat"]
+    assert align_labels(rows, label_ids(config))["label"] == aligned["label"]
+
+
+def test_train_and_eval_must_share_their_label_column(digits):
+    from hf_unlearn import UnlearnConfig
+    from hf_unlearn.examples.digits import digits_classifier
+
+    args = UnlearnConfig(output_dir="unused", method="finetune", report_to="none")
+    with pytest.raises(ValueError, match="`eval_dataset`'s labels are in 'labels' and `train_dataset`'s in 'label'"):
+        UnlearningTrainer(digits_classifier("vit"), args, train_dataset=digits["train"],
+                          eval_dataset=digits["test"].rename_column("label", "labels"), forget_classes=[3])  # fmt: skip
 
 
 def tiny_rgb_vit_and_processor():

@@ -34,8 +34,7 @@ class RandomLabel(TrainerLoopMethod):
         trainer = self.trainer
         forget = trainer.forget_view
         true_labels = trainer.forget_labels
-        excluded = set(trainer.split.forget_classes or [])
-        candidates = [c for c in range(trainer.num_labels) if c not in excluded]
+        candidates = trainer.retained_classes  # not a forget class, nor one unlearned in an earlier request
         rng = np.random.default_rng(trainer.args.seed)
         new_labels = np.array([rng.choice([c for c in candidates if c != label]) for label in true_labels])
         relabeled = RelabeledDataset(forget, np.arange(len(forget)), new_labels, trainer.label_column)
