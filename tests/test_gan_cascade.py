@@ -272,6 +272,16 @@ def test_bad_input(tmp_path, tiny_digits, trained):
     with pytest.raises(ValueError, match="drop `judge`"):
         UnlearningTrainer(trained("resnet"), gan_args(tmp_path), train_dataset=tiny_digits["train"],
                           eval_dataset=tiny_digits["test"], judge=ConstantJudge(0), forget_classes=[3])  # fmt: skip
+    # A judge of other classes (another count, or the same names in another order) would count its ids as the GAN's.
+    judge = trained("resnet")
+    judge.config.id2label = {i: name for i, name in enumerate(DIGIT_NAMES[:5])}
+    with pytest.raises(ValueError, match="`judge` has 5 classes, the generator's data 10"):
+        gan_trainer(tmp_path, tiny_digits, gan=tiny_gan(True), judge=judge, forget_classes=[3])
+    judge.config.id2label = dict(enumerate(DIGIT_NAMES[::-1]))
+    with pytest.raises(ValueError, match="0: judge 'nine' vs generator 'zero'"):
+        gan_trainer(tmp_path, tiny_digits, gan=tiny_gan(True), judge=judge, forget_classes=[3])
+    judge.config.id2label = dict(enumerate(DIGIT_NAMES))
+    gan_trainer(tmp_path, tiny_digits, gan=tiny_gan(True), judge=judge, forget_classes=[3])  # its own classes: taken
     without_pixels = tiny_digits["train"].rename_column("pixel_values", "input_features")
     with pytest.raises(ValueError, match="reads images from a 'pixel_values' column"):
         image_tensors(without_pixels)

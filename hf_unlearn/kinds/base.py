@@ -71,6 +71,8 @@ class ModelKind:
         if self.generator:
             if judge is not None and not isinstance(judge, torch.nn.Module):
                 raise TypeError(f"`judge` must be an image classifier (an nn.Module), got {type(judge).__name__}.")
+            if judge is not None:
+                _check_judge_classes(model, judge)
         elif judge is not None:
             raise ValueError(
                 f"`judge` measures the samples of a generator; this model is a {self.name}, which is measured on the "
@@ -195,3 +197,28 @@ def load_model(model_id: str, *, trust_remote_code: bool = False) -> tuple[Any, 
         f"loads ({', '.join(_KINDS)}): an image or audio classification class in transformers, a saved GANPair, or a "
         "diffusers pipeline. Load the model yourself and pass the object."
     )
+
+
+def _check_judge_classes(model, judge) -> None:
+    """A judge's class ids must be the generator's: the same number of classes, and the same names where both have
+    real ones (transformers' `LABEL_i` defaults say nothing). Otherwise `forget_share` and `class_shares` would count
+    the judge's class 3 as the generator's."""
+    from ..data import model_label_names  # noqa: PLC0415 (data imports the kinds)
+
+    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+    names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
+    judge_config = getattr(judge, "config", None)
+    if not names or all(name.startswith("LABEL_") for name in names) or not hasattr(judge_config, "num_labels"):
+        return
+    if int(judge_config.num_labels) != len(names):
+        raise ValueError(
+            f"`judge` has {judge_config.num_labels} classes, the generator's data {len(names)} ({names[:5]}...): the "
+            "judge must classify into the generator's classes, with the same ids. Pass a judge trained on its data."
+        )
+    judge_names = model_label_names(judge_config)
+    if judge_names is not None and [name.lower() for name in judge_names] != [name.lower() for name in names]:
+        differing = [i for i, (a, b) in enumerate(zip(judge_names, names, strict=True)) if a.lower() != b.lower()]
+        examples = ", ".join(f"{i}: judge '{judge_names[i]}' vs generator '{names[i]}'" for i in differing[:3])
+        raise ValueError(f"`judge`'s classes are not the generator's ({examples}): its ids would mean other classes. "
+                         "Pass a judge trained on the generator's data, labels in the same order.")
+
