@@ -117,6 +117,7 @@ class UnlearningRequest:
             forget_classes = resolve_forget_classes(forget_classes, label_ids(model.config), num_labels)
         train_labels = dataset_labels(train_dataset, label_column)
         check_labels(train_labels, train_dataset, label_column, model.config, "train_dataset")
+        _check_same_numbering(train_dataset, eval_dataset, label_column)
         unlearned_before = list(getattr(model.config, "unlearned_classes", None) or [])
         split = split_forget_retain(train_labels, eval_labels, forget_classes, forget_indices, unlearned_before)
         _log_split(split, eval_dataset)
@@ -238,4 +239,20 @@ def _log_split(split: ForgetRetainSplit, eval_dataset) -> None:
         logger.warning(
             f"`eval_dataset` has no rows of `forget_classes` {split.forget_classes}: forget accuracy on held-out rows "
             "cannot be measured (the card says so); the forget check uses the training rows."
+        )
+
+def _check_same_numbering(train_dataset, eval_dataset, label_column: str) -> None:
+    """Refuse a train and an eval set whose `ClassLabel` names differ: e.g. `class_encode_column` run on each split
+    numbers the classes each holds, so the same id would mean another class."""
+    if eval_dataset is None:
+        return
+    names = [getattr(data.features.get(label_column), "names", None) for data in (train_dataset, eval_dataset)]
+    if all(names) and names[0] != names[1]:
+        differing = [i for i, (a, b) in enumerate(zip(*names, strict=False)) if a != b][:3] or [min(map(len, names))]
+        examples = ", ".join(f"{i}: train {names[0][i] if i < len(names[0]) else None!r} vs eval "
+                             f"{names[1][i] if i < len(names[1]) else None!r}" for i in differing)  # fmt: skip
+        raise ValueError(
+            f"`train_dataset` and `eval_dataset` number their labels differently ({examples}): the same id would "
+            "mean another class. Map both to the model's classes: `hf_unlearn.data.align_labels(dataset, "
+            "model.config)`, or encode the labels before splitting."
         )

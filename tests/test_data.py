@@ -95,7 +95,9 @@ def test_names_resolve_through_id2label_and_unlabelled_rows_are_dropped_by_align
     assert align_labels(rows, label_ids(config))["label"] == aligned["label"]
 
 
-def test_train_and_eval_must_share_their_label_column(digits):
+def test_train_and_eval_must_share_their_label_column_and_names(digits):
+    import datasets
+
     from hf_unlearn import UnlearnConfig
     from hf_unlearn.examples.digits import digits_classifier
 
@@ -103,6 +105,14 @@ def test_train_and_eval_must_share_their_label_column(digits):
     with pytest.raises(ValueError, match="`eval_dataset`'s labels are in 'labels' and `train_dataset`'s in 'label'"):
         UnlearningTrainer(digits_classifier("vit"), args, train_dataset=digits["train"],
                           eval_dataset=digits["test"].rename_column("label", "labels"), forget_classes=[3])  # fmt: skip
+    # The label names of both must be one numbering (a split encoded on its own numbers the classes it holds), also
+    # when the model's own names (transformers' LABEL_i defaults) cannot show it.
+    names = digits["test"].features["label"].names
+    shifted = digits["test"].cast_column("label", datasets.ClassLabel(names=[*names[1:], names[0]]))
+    unnamed = digits_classifier("vit")
+    unnamed.config.id2label = {i: f"LABEL_{i}" for i in range(10)}
+    with pytest.raises(ValueError, match="number their labels differently \\(0: train 'zero' vs eval 'one'"):
+        UnlearningTrainer(unnamed, args, train_dataset=digits["train"], eval_dataset=shifted, forget_classes=[3])
 
 
 def tiny_rgb_vit_and_processor():
