@@ -66,6 +66,27 @@ def check_dataset(dataset, argument: str) -> None:
         raise TypeError(f"`{argument}` must be a `datasets.Dataset`, got {type(dataset).__name__}.{hint}")
 
 
+def check_label_transform(dataset, label_column: str, argument: str, rows: int = 32) -> None:
+    """Refuse a `set_transform` / `with_transform` that changes labels. The split into forget and retain rows reads
+    the stored labels (`dataset_labels`, without the transform) while the rows scored go through it, so remapped labels
+    would be forgotten under one id and measured under another. Checked on the first `rows` rows; a transform that
+    keeps the labels (an image preprocessing one, say) passes."""
+    if dataset.format.get("type") != "custom" or not len(dataset):
+        return
+    count = min(rows, len(dataset))
+    transformed = dataset[:count]
+    if label_column not in transformed:
+        return  # the transform drops the labels: the collator reports a missing label column
+    stored = np.asarray(dataset.with_format(None)[:count][label_column])
+    if np.asarray(transformed[label_column]).reshape(-1).tolist() != stored.reshape(-1).tolist():
+        raise ValueError(
+            f"`{argument}`'s transform changes its '{label_column}' values (first rows: stored "
+            f"{stored[:5].tolist()}, transformed {np.asarray(transformed[label_column]).reshape(-1)[:5].tolist()}): the "
+            "forget and retain rows are chosen from the stored labels. Map the labels into the dataset itself "
+            "(`dataset.map(...)`, or `align_labels`) and keep the transform for the inputs."
+        )
+
+
 def dataset_labels(dataset, label_column: str, argument: str = "train_dataset") -> np.ndarray:
     """All labels of `dataset` as an int64 array, read from the column without decoding other columns. Labels must
     be integer class ids: strings, floats (which would be truncated) or missing values are a `ValueError` naming

@@ -29,6 +29,7 @@ from .data import (
     ForgetRetainSplit,
     UnlearningCollator,
     check_dataset,
+    check_label_transform,
     check_labels,
     dataset_labels,
     find_label_column,
@@ -193,6 +194,7 @@ def _checked_datasets(train_dataset, eval_dataset, model, args: UnlearnConfig):
     check_dataset(train_dataset, "train_dataset")
     train_dataset = without_audio_decoding(train_dataset)
     label_column = find_label_column(train_dataset, "train_dataset")
+    check_label_transform(train_dataset, label_column, "train_dataset")
     eval_labels = None
     if eval_dataset is not None:
         check_dataset(eval_dataset, "eval_dataset")
@@ -204,6 +206,7 @@ def _checked_datasets(train_dataset, eval_dataset, model, args: UnlearnConfig):
                 f"must use one column. Rename one, e.g. `eval_dataset.rename_column('{eval_label_column}', "
                 f"'{label_column}')`."
             )
+        check_label_transform(eval_dataset, label_column, "eval_dataset")
         eval_labels = dataset_labels(eval_dataset, eval_label_column, "eval_dataset")
         check_labels(eval_labels, eval_dataset, eval_label_column, model.config, "eval_dataset")
     elif args.eval_before_unlearn or args.eval_after_unlearn:

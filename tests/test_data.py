@@ -115,6 +115,22 @@ def test_train_and_eval_must_share_their_label_column_and_names(digits):
         UnlearningTrainer(unnamed, args, train_dataset=digits["train"], eval_dataset=shifted, forget_classes=[3])
 
 
+def test_a_transform_that_changes_labels_is_refused():
+    """The forget and retain rows are chosen from the stored labels, the scored rows go through the transform: one
+    that remaps labels is refused; one that keeps them (preprocessing inputs) passes."""
+    import datasets
+
+    from hf_unlearn.data import check_label_transform
+
+    rows = datasets.Dataset.from_dict({"x": [0.0, 1.0, 2.0, 3.0], "label": [0, 1, 2, 3]})
+    check_label_transform(rows, "label", "train_dataset")  # no transform
+    check_label_transform(rows.with_transform(lambda batch: {**batch, "x": [2 * v for v in batch["x"]]}), "label",
+                          "train_dataset")  # fmt: skip
+    remapped = rows.with_transform(lambda batch: {**batch, "label": [9 - v for v in batch["label"]]})
+    with pytest.raises(ValueError, match=r"`train_dataset`'s transform changes its 'label' values .*stored \[0, 1, 2, 3\]"):
+        check_label_transform(remapped, "label", "train_dataset")
+
+
 def tiny_rgb_vit_and_processor():
     from transformers import ViTForImageClassification, ViTImageProcessor
 
