@@ -42,7 +42,7 @@ def shard_batches(dataset, accelerator: Accelerator, collate: Callable, prepare:
     for chunk_start in range(start, stop, chunk_size):
         with quiet_datasets():
             chunk_rows = range(chunk_start, min(stop, chunk_start + chunk_size))
-            chunk = dataset.select(chunk_rows).flatten_indices(keep_in_memory=True)
+            chunk = contiguous_rows(dataset, chunk_rows)
         for offset in range(0, len(chunk), batch_size):
             columns = chunk[offset : offset + batch_size]
             rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
@@ -50,6 +50,20 @@ def shard_batches(dataset, accelerator: Accelerator, collate: Callable, prepare:
             yield torch.arange(first, first + len(rows)), prepare(collate(rows))
             progress.update()
     progress.close()
+
+
+def contiguous_rows(dataset, rows):
+    """`dataset`'s `rows` stored contiguously in memory (`flatten_indices`), in `dataset`'s format. A transform
+    (`set_transform` / `with_transform`) runs when rows are read, and `flatten_indices` writes rows as read, so a
+    transformed dataset is flattened without it and given it back: flattened through it, its stored rows would be the
+    transformed ones and every read would transform them a second time (an input scaled twice, silently)."""
+    if dataset.format.get("type") != "custom":
+        return dataset.select(rows).flatten_indices(keep_in_memory=True)
+    form = dataset.format
+    chunk = dataset.with_format(None).select(rows).flatten_indices(keep_in_memory=True)
+    chunk.set_format("custom", columns=form["columns"], output_all_columns=form["output_all_columns"],
+                     **form["format_kwargs"])  # fmt: skip
+    return chunk
 
 
 def broadcast_weights(module: torch.nn.Module, accelerator: Accelerator) -> None:

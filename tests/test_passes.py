@@ -50,3 +50,20 @@ def test_the_accuracy_is_the_counts_ratio_and_none_without_rows():
     accelerator = Accelerator(cpu=True)
     assert shard_accuracy(CountingLogits(), BATCHES, accelerator) == 0.5
     assert shard_accuracy(CountingLogits(), [], accelerator) is None
+
+
+def test_measuring_passes_transform_each_row_once():
+    """`shard_batches` reads contiguous chunks (`flatten_indices`), which writes rows as read: a dataset's transform
+    (`with_transform`) must still run once per row, not on rows it already transformed."""
+    from types import SimpleNamespace
+
+    import datasets
+
+    from hf_unlearn.passes import shard_batches
+
+    rows = datasets.Dataset.from_dict({"x": [1.0, 2.0, 3.0, 4.0, 5.0], "label": [0, 1, 2, 3, 4]})
+    scaled = rows.with_transform(lambda batch: {**batch, "x": [10 * v for v in batch["x"]]}).select([4, 0, 2])
+    single = SimpleNamespace(num_processes=1, process_index=0)
+    read = [row["x"] for _, batch in shard_batches(scaled, single, list, lambda batch: batch, batch_size=2)
+            for row in batch]  # fmt: skip
+    assert read == [50.0, 10.0, 30.0] == scaled[:]["x"]
