@@ -468,9 +468,13 @@ def check_labels(labels: np.ndarray, dataset, label_column: str, config, argumen
 def with_model_inputs(dataset, collator, description: str = "Computing model inputs"):
     """`dataset` with its raw `image` / `audio` column replaced by model inputs computed once with `datasets.map`
     (the collator's own processing, one row at a time so nothing is padded; written to the cache files of a
-    file-backed dataset, so a large set is never held in memory). A dataset without raw columns is returned as is."""
+    file-backed dataset, so a large set is never held in memory). A dataset without raw columns, or with a transform
+    of its own (`with_transform`: `map` would store transformed rows that reading transforms again), is returned as
+    is."""
     raw = [name for name in RAW_IMAGE_COLUMNS + RAW_AUDIO_COLUMNS if name in dataset.column_names]
     if not raw or any(name in dataset.column_names for name in MODEL_INPUT_COLUMNS) or len(dataset) == 0:
+        return dataset
+    if dataset.format.get("type") == "custom":
         return dataset
     dropped = raw + [name for name in SAMPLING_RATE_COLUMNS if name in dataset.column_names]
     sample = collator.model_inputs([dataset[0]])
