@@ -67,3 +67,20 @@ def test_measuring_passes_transform_each_row_once():
     read = [row["x"] for _, batch in shard_batches(scaled, single, list, lambda batch: batch, batch_size=2)
             for row in batch]  # fmt: skip
     assert read == [50.0, 10.0, 30.0] == scaled[:]["x"]
+
+
+def test_a_dataset_with_its_own_transform_keeps_its_raw_rows():
+    """`with_model_inputs` would `map` the transformed rows into the cache and the transform would run on them again
+    when read: a dataset with a transform is left as it is."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from hf_unlearn.data import UnlearningCollator, with_model_inputs
+
+    images = [Image.fromarray(np.full((4, 4, 3), value, dtype=np.uint8)) for value in (0, 255)]
+    rows = datasets.Dataset.from_dict({"image": images, "label": [0, 1]},
+                                      features=datasets.Features({"image": datasets.Image(),
+                                                                  "label": datasets.Value("int64")}))  # fmt: skip
+    transformed = rows.with_transform(lambda batch: batch)
+    assert with_model_inputs(transformed, UnlearningCollator("label", None)) is transformed
