@@ -25,6 +25,8 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers import AutoConfig
 
+from ..data import model_label_names
+
 if TYPE_CHECKING:  # annotations only: the trainer module imports the kinds
     from ..trainer import UnlearningTrainer
 
@@ -203,8 +205,6 @@ def _check_judge_classes(model, judge) -> None:
     """A judge's class ids must be the generator's: the same number of classes, and the same names where both have
     real ones (transformers' `LABEL_i` defaults say nothing). Otherwise `forget_share` and `class_shares` would count
     the judge's class 3 as the generator's."""
-    from ..data import model_label_names  # noqa: PLC0415 (data imports the kinds)
-
     id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
     names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
     judge_config = getattr(judge, "config", None)
