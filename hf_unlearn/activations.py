@@ -152,7 +152,7 @@ class GramStatistics:
             their Gram matrix (`kept_rows`): an n x d matrix with n < d holds the same subspace in less memory, and a
             QR of it gives the eigendecomposition for far less than a d x d one (`svd_projection`). Past that count
             the rows kept so far are folded into the Gram matrix and the layer streams as without it. 0 (default):
-            never. A distributed pass folds every layer's rows before summing, so only a single process keeps any.
+            never. A distributed pass gathers the rows of a layer whose rows over all processes are few enough.
 
     Set `sample_ids` (the pass-wide position of each row of the next batch) before each forward pass while
     `recording()`. After the pass, `grams[name]` is a float32 `(groups, d, d)` tensor (computed from the kept rows
@@ -384,18 +384,40 @@ class GramStatistics:
         return torch.stack(crops)
 
     def all_reduce(self) -> None:
-        """Sum the statistics over processes (no-op outside a distributed run): one all_reduce per layer."""
+        """Sum the statistics over processes (no-op outside a distributed run). The row counts first: a layer whose
+        rows over all processes are still few enough to keep (`keep_rows`) gathers them, in process order (one
+        all_gather of the counts, one of the padded rows); every other layer folds its rows and sums its Gram matrix
+        (one all_reduce)."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return
         if torch.distributed.get_world_size() == 1:
             return
-        for name in self.modules:
-            self._fold(name)
-            torch.distributed.all_reduce(self._grams[name])
-        device = next(iter(self._grams.values())).device
-        rows = torch.tensor([self.rows[name] for name in self.modules], device=device, dtype=torch.float64)
-        torch.distributed.all_reduce(rows)
-        self.rows = {name: int(count) for name, count in zip(self.modules, rows.tolist(), strict=True)}
+        device = next(iter(self.modules.values())).weight.device
+        counts = torch.tensor([self.rows[name] for name in self.modules], device=device, dtype=torch.float64)
+        torch.distributed.all_reduce(counts)
+        totals = {name: int(count) for name, count in zip(self.modules, counts.tolist(), strict=True)}
+        for name in self.modules:  # the same branch on every process: a total within the limit was kept everywhere
+            if not totals[name]:
+                continue
+            if self._kept[name] is not None and totals[name] <= self._row_limits[name]:
+                self._gather_rows(name)
+            else:
+                self._fold(name)
+                torch.distributed.all_reduce(self._grams[name])
+        self.rows = totals
+
+    def _gather_rows(self, name: str) -> None:
+        """Every process's kept rows of layer `name`, in process order, kept on each."""
+        rows = self.kept_rows(name)  # (groups, n, d)
+        count = torch.tensor([rows.shape[1]], device=rows.device)
+        counts = [torch.zeros_like(count) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(counts, count)
+        padded = rows.new_zeros(rows.shape[0], max(int(c) for c in counts), rows.shape[2])
+        padded[:, : rows.shape[1]] = rows
+        parts = [torch.empty_like(padded) for _ in counts]
+        torch.distributed.all_gather(parts, padded)
+        gathered = torch.cat([part[:, : int(c)] for part, c in zip(parts, counts, strict=True)], dim=1)
+        self._kept[name] = [gathered.transpose(0, 1).contiguous()]
 
 
 class _GramView(Mapping):

@@ -59,6 +59,9 @@ def svd_statistics_and_projection(trainer: UnlearningTrainer, result_path: str) 
     from hf_unlearn.activations import collect_input_grams, find_target_modules
 
     statistics = collect_input_grams(trainer, trainer.retain_view, find_target_modules(trainer.model))
+    # 6 rows: layers with few inputs keep them (`keep_rows`), gathered over the processes
+    few = collect_input_grams(trainer, trainer.forget_view.select(range(6)), find_target_modules(trainer.model),
+                              keep_rows=0.5)  # fmt: skip
     trainer.args.eval_before_unlearn = trainer.args.eval_after_unlearn = False
     result = trainer.unlearn()
     if trainer.accelerator.is_main_process:
@@ -67,6 +70,9 @@ def svd_statistics_and_projection(trainer: UnlearningTrainer, result_path: str) 
                 "num_processes": trainer.accelerator.num_processes,
                 "grams": dict(statistics.grams),
                 "rows": statistics.rows,
+                "few_grams": dict(few.grams),
+                "few_rows": few.rows,
+                "few_kept": sorted(name for name in few.rows if few.kept_rows(name) is not None),
                 "weights": result.model.state_dict(),
                 "alpha_grid": result.metrics["alpha_grid"],
             },

@@ -78,6 +78,11 @@ def test_svd_statistics_and_projection_over_two_processes_equal_one(trained, tmp
     assert two["rows"] == single["rows"]
     for name, gram in single["grams"].items():
         torch.testing.assert_close(two["grams"][name], gram, rtol=1e-5, atol=1e-4 * gram.abs().max().item())
+    # Layers that keep their few rows (`keep_rows`) gather them from both processes: the same rows, the same Gram.
+    assert two["few_kept"] == single["few_kept"] and "classifier.1" in single["few_kept"]
+    assert two["few_rows"] == single["few_rows"]
+    for name, gram in single["few_grams"].items():
+        torch.testing.assert_close(two["few_grams"][name], gram, rtol=1e-5, atol=1e-4 * gram.abs().max().item())
     assert len(two["alpha_grid"]) == len(single["alpha_grid"]) == 4
     for point_two, point_one in zip(two["alpha_grid"], single["alpha_grid"], strict=True):
         assert point_two == pytest.approx(point_one)

@@ -10,7 +10,7 @@ Unlearning: Fast and Efficient Gradient-free Class Forgetting", TMLR 2024, arXiv
    row instead), all computed on the ORIGINAL model.
 2. Eigendecomposition G = U diag(s^2) U^T per layer and split (float32 on the symmetrised matrix by default,
    `eigen_dtype`; an `eigh` that fails or returns NaN is retried with a jitter, then in float64, then replaced by an
-   SVD; in a single process, a layer with at most `keep_rows` x d input rows n (d its input size; default d / 2) keeps
+   SVD; a layer with at most `keep_rows` x d input rows n over all processes (d its input size; default d / 2) keeps
    the rows and is decomposed from them, a QR and an n x n eigenproblem, the same eigenspace for O(d n^2)); importance
    e_i = s_i^2 / sum_j s_j^2 scaled to lambda_i = alpha e_i / ((alpha - 1) e_i + 1), M = U diag(lambda) U^T, with
    `alpha_r` for the retain space and `alpha_f` for the forget space.
@@ -228,7 +228,7 @@ class SVDProjectionConfig:
             "n x n eigenproblem give the same eigenspace (exactly: the Gram matrix's other d - n eigenvalues are 0) "
             "for O(d n^2) instead of O(d^3), e.g. few forget samples through a ViT-base MLP's 3,072 inputs, or conv "
             "crops of a few samples (benchmarks/results/scale_svd_rows.md). 0: always the Gram matrix. A distributed "
-            "run always uses the Gram matrices, which add up over processes."
+            "run gathers the rows of such a layer from every process."
         },
     )
     token_rows: str = field(
