@@ -77,11 +77,12 @@ def check_label_transform(dataset, label_column: str, argument: str, rows: int =
     transformed = dataset[:count]
     if label_column not in transformed:
         return  # the transform drops the labels: the collator reports a missing label column
-    stored = np.asarray(dataset.with_format(None)[:count][label_column])
-    if np.asarray(transformed[label_column]).reshape(-1).tolist() != stored.reshape(-1).tolist():
+    stored = np.asarray(dataset.with_format(None)[:count][label_column]).reshape(-1).tolist()
+    read = np.asarray(transformed[label_column]).reshape(-1).tolist()
+    if read != stored:
         raise ValueError(
-            f"`{argument}`'s transform changes its '{label_column}' values (first rows: stored "
-            f"{stored[:5].tolist()}, transformed {np.asarray(transformed[label_column]).reshape(-1)[:5].tolist()}): the "
+            f"`{argument}`'s transform changes its '{label_column}' values (first rows: stored {stored[:5]}, "
+            f"transformed {read[:5]}): the "
             "forget and retain rows are chosen from the stored labels. Map the labels into the dataset itself "
             "(`dataset.map(...)`, or `align_labels`) and keep the transform for the inputs."
         )
@@ -438,6 +439,22 @@ def model_label_names(config) -> list[str] | None:
     return None if all(re.fullmatch(r"LABEL_\d+", name) for name in names) else names
 
 
+def name_mismatches(first: list[str], second: list[str], first_label: str, second_label: str,
+                    ignore_case: bool = True) -> tuple[list[int], str]:  # fmt: skip
+    """The class ids whose names differ between two lists of class names (a name one list lacks counts as None, and
+    differs), and the first three as "i: <first_label> 'a' vs <second_label> 'b'" for an error message."""
+
+    def name(names, index):
+        return names[index] if index < len(names) else None
+
+    def same(a, b):
+        return a is not None and b is not None and (a.lower() == b.lower() if ignore_case else a == b)
+
+    ids = [i for i in range(max(len(first), len(second))) if not same(name(first, i), name(second, i))]
+    text = ", ".join(f"{i}: {first_label} {name(first, i)!r} vs {second_label} {name(second, i)!r}" for i in ids[:3])
+    return ids, text
+
+
 def check_labels(labels: np.ndarray, dataset, label_column: str, config, argument: str) -> None:
     """Refuse label ids outside the model's classes and a dataset whose label names are the model's in another order
     (the ids would mean other classes); warn when the names differ otherwise."""
@@ -452,11 +469,11 @@ def check_labels(labels: np.ndarray, dataset, label_column: str, config, argumen
     model_names = model_label_names(config)
     if not names or model_names is None:
         return
-    differing = [i for i, name in enumerate(names[:num_labels]) if name.lower() != model_names[i].lower()]
+    names = names[:num_labels]
+    differing, examples = name_mismatches(names, model_names[: len(names)], "dataset", "model")
     if not differing:
         return
     model_ids = {name.lower(): i for i, name in enumerate(model_names)}
-    examples = ", ".join(f"{i}: dataset '{names[i]}' vs model '{model_names[i]}'" for i in differing[:3])
     if any(names[i].lower() in model_ids for i in differing):
         raise ValueError(
             f"`{argument}` numbers its labels differently from the model ({examples}): the same id would mean "

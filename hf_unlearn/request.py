@@ -34,6 +34,7 @@ from .data import (
     dataset_labels,
     find_label_column,
     label_ids,
+    name_mismatches,
     numpy_model_inputs,
     resolve_forget_classes,
     split_forget_retain,
@@ -250,10 +251,10 @@ def _check_same_numbering(train_dataset, eval_dataset, label_column: str) -> Non
     if eval_dataset is None:
         return
     names = [getattr(data.features.get(label_column), "names", None) for data in (train_dataset, eval_dataset)]
-    if all(names) and names[0] != names[1]:
-        differing = [i for i, (a, b) in enumerate(zip(*names, strict=False)) if a != b][:3] or [min(map(len, names))]
-        examples = ", ".join(f"{i}: train {names[0][i] if i < len(names[0]) else None!r} vs eval "
-                             f"{names[1][i] if i < len(names[1]) else None!r}" for i in differing)  # fmt: skip
+    if not all(names):
+        return
+    differing, examples = name_mismatches(*names, "train", "eval", ignore_case=False)
+    if differing:
         raise ValueError(
             f"`train_dataset` and `eval_dataset` number their labels differently ({examples}): the same id would "
             "mean another class. Map both to the model's classes: `hf_unlearn.data.align_labels(dataset, "

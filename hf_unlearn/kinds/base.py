@@ -25,7 +25,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers import AutoConfig
 
-from ..data import model_label_names
+from ..data import model_label_names, name_mismatches
 
 if TYPE_CHECKING:  # annotations only: the trainer module imports the kinds
     from ..trainer import UnlearningTrainer
@@ -205,10 +205,9 @@ def _check_judge_classes(model, judge) -> None:
     """A judge's class ids must be the generator's: the same number of classes, and the same names where both have
     real ones (transformers' `LABEL_i` defaults say nothing). Otherwise `forget_share` and `class_shares` would count
     the judge's class 3 as the generator's."""
-    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
-    names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
-    judge_config = getattr(judge, "config", None)
-    if not names or all(name.startswith("LABEL_") for name in names) or not hasattr(judge_config, "num_labels"):
+    config, judge_config = getattr(model, "config", None), getattr(judge, "config", None)
+    names = model_label_names(config) if hasattr(config, "num_labels") else None
+    if names is None or not hasattr(judge_config, "num_labels"):
         return
     if int(judge_config.num_labels) != len(names):
         raise ValueError(
@@ -216,9 +215,7 @@ def _check_judge_classes(model, judge) -> None:
             "judge must classify into the generator's classes, with the same ids. Pass a judge trained on its data."
         )
     judge_names = model_label_names(judge_config)
-    if judge_names is not None and [name.lower() for name in judge_names] != [name.lower() for name in names]:
-        differing = [i for i, (a, b) in enumerate(zip(judge_names, names, strict=True)) if a.lower() != b.lower()]
-        examples = ", ".join(f"{i}: judge '{judge_names[i]}' vs generator '{names[i]}'" for i in differing[:3])
+    differing, examples = name_mismatches(judge_names, names, "judge", "generator") if judge_names else ([], "")
+    if differing:
         raise ValueError(f"`judge`'s classes are not the generator's ({examples}): its ids would mean other classes. "
                          "Pass a judge trained on the generator's data, labels in the same order.")
-
