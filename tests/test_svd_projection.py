@@ -54,6 +54,34 @@ def test_forget_only_directions_are_removed_and_the_retain_space_kept():
     assert torch.equal(projection.weight, weight)  # the original is kept for other grid points
 
 
+@pytest.mark.parametrize("retain_rank, forget_rank", [(None, None), (3, None), (None, 2), (3, 2)])
+def test_the_projected_weight_is_the_papers_formula(retain_rank, forget_rank):
+    """W (I - (I - M_r) M_f) with M = U diag(lambda) U^T formed explicitly in float64, for every (alpha_r, alpha_f)
+    and for full or partial eigenspaces (`row_eigen`'s k < d columns), 2 groups: `LayerProjection` regroups the
+    products (W U_f - W U_r diag(lambda_r) U_r^T U_f) and must give the same weight."""
+    generator = torch.Generator().manual_seed(3)
+    size, groups = 6, 2
+
+    def space(rank):
+        rows = torch.randn(groups, rank or 3 * size, size, generator=generator)
+        return eigen_space(rows, rows=True) if rank else eigen_space(rows.transpose(-1, -2) @ rows)
+
+    retain, forget = space(retain_rank), space(forget_rank)
+    weight = torch.randn(groups * 4, 1, size, generator=generator)  # 4 outputs per group, d = 6
+    projection = LayerProjection(weight, retain, forget)
+    for alpha_r in (1.0, 30.0):
+        kept = projection.kept_on_forget(alpha_r)
+        for alpha_f in (3.0, 100.0):
+            matrices = [(vectors.double() * scaled_importance(importance, alpha).double().unsqueeze(-2))
+                        @ vectors.double().transpose(-1, -2)
+                        for (importance, vectors), alpha in ((retain, alpha_r), (forget, alpha_f))]  # fmt: skip
+            identity = torch.eye(size, dtype=torch.float64)
+            blocks = weight.double().reshape(groups, 4, size)
+            expected = blocks @ (identity - (identity - matrices[0]) @ matrices[1])
+            torch.testing.assert_close(projection.weight_for(kept, alpha_f).reshape(groups, 4, size).double(),
+                                       expected, atol=1e-5, rtol=1e-4)  # fmt: skip
+
+
 def test_grouped_weights_are_projected_per_group():
     """A depthwise-like layer: group 0 has a forget-only direction, group 1 has none and must not change."""
     a, b = orthonormal(4, 2)

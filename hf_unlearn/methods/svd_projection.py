@@ -397,7 +397,8 @@ def layer_space(statistics, name: str, dtype: torch.dtype) -> tuple[torch.Tensor
 class LayerProjection:
     """One layer's original weight and its retain and forget eigenspaces (`(importance, vectors)` pairs from
     `eigen_space`, vectors `(groups, d, k)`, k <= d); gives the projected weight for any (alpha_r, alpha_f), reusing
-    the products that do not depend on alpha."""
+    the products that do not depend on alpha: W U_r, W U_f and U_r^T U_f, so that one alpha_r costs an
+    out x k_r x k_f product (`kept_on_forget`) instead of out x d x d (W M_r) and then out x d x k_f."""
 
     def __init__(self, weight, retain: tuple[torch.Tensor, torch.Tensor], forget: tuple[torch.Tensor, torch.Tensor]):
         for split, space in (("retain", retain), ("forget", forget)):
@@ -407,17 +408,19 @@ class LayerProjection:
                 raise TypeError(f"LayerProjection's `{split}` must be an `(importance, vectors)` pair from "
                                 f"`eigen_space` matching the weight {tuple(weight.shape)}, got {type(space).__name__}.")
         self.weight = weight.detach().clone()
-        self.retain_importance, self.retain_vectors = retain
+        self.retain_importance, retain_vectors = retain
         self.forget_importance, self.forget_vectors = forget
-        groups, size = self.retain_vectors.shape[0], self.retain_vectors.shape[-2]
+        groups, size = retain_vectors.shape[0], retain_vectors.shape[-2]
         self.blocks = self.weight.float().reshape(groups, -1, size)
-        self.blocks_on_retain = self.blocks @ self.retain_vectors  # W U_r, reused for every alpha_r
+        # reused for every alpha_r: W U_r, W U_f and U_r^T U_f (U_r itself is not needed again, and not kept)
+        self.blocks_on_retain = self.blocks @ retain_vectors
+        self.blocks_on_forget = self.blocks @ self.forget_vectors
+        self.retain_on_forget = retain_vectors.transpose(-1, -2) @ self.forget_vectors
 
     def kept_on_forget(self, alpha_r: float) -> torch.Tensor:
-        """W (I - M_r) U_f for one alpha_r."""
+        """W (I - M_r) U_f = W U_f - (W U_r) diag(lambda_r) (U_r^T U_f) for one alpha_r."""
         scaled = self.blocks_on_retain * scaled_importance(self.retain_importance, alpha_r).unsqueeze(-2)
-        kept = self.blocks - scaled @ self.retain_vectors.transpose(-1, -2)
-        return kept @ self.forget_vectors
+        return self.blocks_on_forget - scaled @ self.retain_on_forget
 
     def weight_for(self, kept_on_forget: torch.Tensor, alpha_f: float) -> torch.Tensor:
         """W - W (I - M_r) M_f = W - (W (I - M_r) U_f) diag(lambda_f) U_f^T."""
