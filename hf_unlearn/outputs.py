@@ -72,12 +72,19 @@ def resolved_output(target: str | Path) -> Path:
 
 def check_replaceable(target: Path, overwrite: bool = False) -> None:
     """Refuse to replace `target` unless it is missing, empty, holds only what a saved model folder holds
-    (`SAVED_MODEL_ENTRIES`), or `overwrite` is set; never a folder that holds the current working directory."""
+    (`SAVED_MODEL_ENTRIES`), or `overwrite` is set; never a folder that holds the current working directory, nor a
+    mount point (the swap renames it)."""
     target = resolved_output(target)
     if not target.exists():
         return
     if not target.is_dir():
         raise ValueError(f"`output_dir` '{target}' is a file, not a folder: choose a folder path.")
+    if os.path.ismount(target):
+        raise ValueError(
+            f"`output_dir` '{target}' is a mount point: a save writes the new folder beside it and swaps it in, which "
+            "cannot cross into a mounted file system. Choose a folder inside the mount, e.g. "
+            f"`output_dir='{target / 'model-unlearned'}'`."
+        )
     if Path.cwd().resolve().is_relative_to(target):
         raise ValueError(
             f"`output_dir` '{target}' holds the current working directory: saving replaces the whole folder, so "
@@ -95,11 +102,14 @@ def check_replaceable(target: Path, overwrite: bool = False) -> None:
 
 def prepare_staging(target: Path) -> Path:
     """A fresh, empty staging folder for `target`. Leftovers of a run killed while saving are settled first: a
-    partial folder is removed; an old folder moved aside is put back if the new one never arrived, else deleted (it
-    may hold the weights before unlearning, which must not linger)."""
+    partial folder is removed; an old folder moved aside is put back if the new one never arrived (an empty folder in
+    its place, as the Trainer creates `output_dir` when a run starts, is not the new one), else deleted (it may hold
+    the weights before unlearning, which must not linger)."""
     target = resolved_output(target)
     staging, old = staging_path(target), _old_path(target)
     if old.exists():
+        if target.is_dir() and not any(target.iterdir()):  # the Trainer makes `output_dir` at start-up: not a save
+            target.rmdir()
         if target.exists():
             shutil.rmtree(old)
         else:
@@ -124,15 +134,7 @@ def swap_in(staging: Path, target: Path, keep_artefacts_since: float | None = No
             if TRAINING_ARTEFACTS.fullmatch(entry.name) and fresh and not (staging / entry.name).exists():
                 entry.rename(staging / entry.name)
     old = _old_path(target)
-    try:
-        target.rename(old)
-    except OSError:  # a mount point cannot be renamed: replace what is inside it instead
-        for entry in target.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        for entry in staging.iterdir():
-            entry.rename(target / entry.name)
-        staging.rmdir()
-        return
+    target.rename(old)  # (`check_replaceable` refuses a mount point, which cannot be renamed)
     staging.rename(target)
     shutil.rmtree(old)
 

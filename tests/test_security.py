@@ -2,6 +2,8 @@
 or machine path reaches a saved or pushed file, outputs are atomic, bad input and non-finite values are refused."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -557,6 +559,35 @@ def test_a_kill_between_the_two_renames_is_settled_by_the_next_save(trained, dig
     staging_path(out).mkdir()
     trainer.save_unlearned(str(out))
     assert (out / "model.safetensors").is_file() and not old.exists() and not staging_path(out).exists()
+
+
+def test_an_empty_folder_in_place_of_the_old_one_is_not_taken_for_a_save(tmp_path):
+    """Killed between the renames, then rerun with the same `output_dir`: the Trainer creates an empty `output_dir`
+    at start-up, before anything is saved. The old folder moved aside is still the only complete copy: it is put back,
+    not deleted (a crash of the new save would otherwise leave nothing)."""
+    from hf_unlearn.outputs import prepare_staging
+
+    out, old = tmp_path / "out", tmp_path / ".out.hf-unlearn-old"
+    old.mkdir()
+    (old / "model.safetensors").write_bytes(b"weights before")
+    out.mkdir()  # as `Trainer.__init__` makes it
+    prepare_staging(out)
+    assert (out / "model.safetensors").read_bytes() == b"weights before" and not old.exists()
+
+
+def test_a_mount_point_is_refused_before_anything_is_touched(trained, digits, make_args, tmp_path, monkeypatch):
+    """A mount point cannot be renamed, and the staged folder beside it cannot be renamed into it: it is refused up
+    front, naming a folder inside it, and what it holds stays."""
+    trainer = unlearned_trainer(trained, digits, make_args)
+    mount = tmp_path / "volume"
+    trainer.save_unlearned(str(mount))
+    before = {path.name: path.read_bytes() for path in mount.iterdir()}
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == mount or real(path))
+    with pytest.raises(ValueError, match=r"is a mount point.*volume/model-unlearned"):
+        trainer.save_unlearned(str(mount))
+    assert {path.name: path.read_bytes() for path in mount.iterdir()} == before
+    assert not list(tmp_path.glob(".volume.*"))
 
 
 def test_regenerating_skips_folders_that_link_elsewhere(trained, digits, make_args, tmp_path):
