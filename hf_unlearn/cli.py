@@ -25,6 +25,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -174,8 +175,10 @@ def card_dataset_name(job: JobArguments) -> str:
     if job.dataset_name in BUILDERS and job.data_files:
         files = job.data_files.get(job.train_split) if isinstance(job.data_files, dict) else job.data_files
         first = files[0] if isinstance(files, list) else files
-        if isinstance(first, str) and Path(first).parent.name:
-            return Path(first).parent.name
+        if isinstance(first, str):
+            folder = Path(urlsplit(first).path if "://" in first else first).parent.name  # never a URL's credentials
+            if folder:
+                return folder
     from .outputs import public_reference
 
     return public_reference(job.dataset_name)

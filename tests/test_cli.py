@@ -231,3 +231,18 @@ def test_card_fields_come_from_the_job_and_a_card_shows_only_what_ran(trained, d
 
     # A builder's data is named by its files' folder, not "parquet" (escaped as every name from data is).
     assert "Dataset: " + escape_markdown(Path(files["train"]).parent.name) in card
+
+
+@pytest.mark.parametrize("files, name", [
+    ({"train": "https://user:SECRET@host.example/digits/train.parquet?token=SECRET"}, "digits"),
+    ({"train": ["s3://KEY:SECRET@bucket/spoken/part-0.parquet"]}, "spoken"),
+    ({"train": "/home/alice/data/words/train.parquet"}, "words"),
+])
+def test_the_cards_dataset_name_holds_no_credentials_of_a_url(files, name):
+    """A builder over remote files names the card's dataset by the files' folder: from a URL's path, never its
+    user, password or query (the card and results are pushed)."""
+    from hf_unlearn.cli import card_dataset_name
+    from hf_unlearn.jobs import JobArguments
+
+    job = JobArguments(model_name_or_path="m", dataset_name="parquet", data_files=files)
+    assert card_dataset_name(job) == name
