@@ -198,7 +198,7 @@ class DiffusionModel(PreTrainedModel):
     def from_pipeline(cls, pipeline, labels=None, **wrap_kwargs) -> DiffusionModel:
         """Wrap the components of a diffusers pipeline (`DDPMPipeline`, `DiTPipeline`, or any with a `unet` or
         `transformer`, a `scheduler` and, for latent models, a `vae`). A `DiTPipeline`'s label names are used unless
-        `labels` is given."""
+        `labels` is given. The pipeline's `name_or_path` is kept as the model's `config._name_or_path`."""
         denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
         if denoiser is None or getattr(pipeline, "scheduler", None) is None:
             raise TypeError(f"{type(pipeline).__name__} has no `unet` / `transformer` and `scheduler` to unlearn.")
@@ -207,7 +207,10 @@ class DiffusionModel(PreTrainedModel):
             for name, class_id in pipeline.labels.items():  # DiTPipeline splits "a, b" synonyms and sorts them
                 by_id.setdefault(class_id, []).append(name)
             labels = [", ".join(by_id.get(i, [f"LABEL_{i}"])) for i in range(max(by_id) + 1)]
-        return cls.wrap(denoiser, pipeline.scheduler, getattr(pipeline, "vae", None), labels=labels, **wrap_kwargs)
+        model = cls.wrap(denoiser, pipeline.scheduler, getattr(pipeline, "vae", None), labels=labels, **wrap_kwargs)
+        # where it came from: the card's base model, and the push that must never target the original's repository
+        model.config._name_or_path = str(getattr(pipeline, "name_or_path", None) or "")
+        return model
 
     def pipeline(self):
         """The components as a diffusers pipeline (`DDPMPipeline` for a UNet, `DiTPipeline` for a DiT), sharing this
@@ -247,7 +250,7 @@ class DiffusionModel(PreTrainedModel):
         pipeline = diffusers.DiffusionPipeline.from_pretrained(source, **kwargs)
         hub = {key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs}
         if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-            return cls.from_pipeline(pipeline)  # a plain diffusers pipeline folder
+            return cls.from_pipeline(pipeline)  # a plain diffusers pipeline folder (its name_or_path is `source`)
         try:
             config = DiffusionConfig.from_pretrained(source, **hub)
         except OSError as error:

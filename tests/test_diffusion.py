@@ -412,6 +412,8 @@ def test_plain_diffusers_pipeline_folders_load_with_their_labels(tmp_path):
     assert plain.config.num_labels == 11 and plain.config.null_class is None
     named = DiffusionModel.from_pipeline(diffusers.DDPMPipeline.from_pretrained(tmp_path / "ddpm"), labels=10)
     assert named.config.null_class == 10 and named.config.label_dropout == 0.1
+    # where each came from, which the push checks so as never to write into the original's repository
+    assert plain.config._name_or_path == named.config._name_or_path == str(tmp_path / "ddpm")
     dit = tiny_dit()
     names = {0: "zero, nought", **{i: f"digit {i}" for i in range(1, 10)}}
     pipeline = diffusers.DiTPipeline(transformer=dit.denoiser, vae=dit.vae, scheduler=dit.noise_scheduler,
