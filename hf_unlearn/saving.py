@@ -57,8 +57,16 @@ class SavingMixin:
         Atomic: everything is written into a temporary folder beside `output_dir` (default `args.output_dir`), which
         then replaces `output_dir` whole, so a killed run leaves the old folder or the new one, never a mix, and no
         file of an earlier save (an old adapter, an old card) survives. A folder that holds something other than a
-        saved model is refused unless `overwrite`. Non-finite weights are never saved. Returns the folder."""
+        saved model, or the folder the original model was loaded from, is refused unless `overwrite`. Non-finite weights
+        are never saved. Returns the folder."""
         target = resolved_output(output_dir or self.args.output_dir)
+        source = getattr(self.model.config, "_name_or_path", None) or ""
+        if not overwrite and source and Path(source).expanduser().is_dir() and resolved_output(source) == target:
+            raise ValueError(
+                f"`output_dir` '{target}' is the folder the original model was loaded from: saving would replace the "
+                "model before unlearning. Save to a new folder, e.g. `output_dir='outputs/model-unlearned'` (or pass "
+                "`overwrite=True` to replace the original on purpose)."
+            )
         check_replaceable(target, overwrite)
         self._raise_on_every_process(check_finite, self.model, "Saving")
         staging = staging_path(target)

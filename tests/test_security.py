@@ -590,6 +590,22 @@ def test_a_mount_point_is_refused_before_anything_is_touched(trained, digits, ma
     assert not list(tmp_path.glob(".volume.*"))
 
 
+def test_the_original_models_folder_is_not_replaced_without_overwrite(trained, digits, make_args, tmp_path):
+    """Loaded from a folder and saved with that folder as `output_dir` (a Trainer's default habit): the model before
+    unlearning is not replaced unless asked (the CLI refuses this too)."""
+    original = tmp_path / "digits-resnet"
+    trained("resnet").save_pretrained(original)
+    before = (original / "model.safetensors").read_bytes()
+    trainer = UnlearningTrainer(str(original), make_args("gppu", output_dir=str(original)),
+                                train_dataset=digits["train"], eval_dataset=digits["test"], forget_classes=[3])  # fmt: skip
+    trainer.unlearn()
+    with pytest.raises(ValueError, match="is the folder the original model was loaded from"):
+        trainer.save_model()
+    assert (original / "model.safetensors").read_bytes() == before
+    trainer.save_unlearned(overwrite=True)
+    assert (original / "model.safetensors").read_bytes() != before
+
+
 def test_regenerating_skips_folders_that_link_elsewhere(trained, digits, make_args, tmp_path):
     from hf_unlearn.hub import regenerate
 
