@@ -234,6 +234,7 @@ def render_card(context: dict):
         "passed": check.get("passed"),
         "summary": ", ".join(f"{key.replace('_', ' ')} {_percent(value)}" for key, value in measured.items()),
         "limits": limits,
+        "original_at_threshold": bool(check.get("original_at_threshold")),
     }
     not_measured = (
         not _kind(context).generator and context["forget"]["class_level"]

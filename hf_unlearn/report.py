@@ -43,6 +43,10 @@ def format_report(original: dict | None, unlearned: dict, retrained: dict | None
         if "max_retain_drop" in check:
             limits += f", retain drop at most {100 * check['max_retain_drop']:.1f} points"
         lines.append(f"unlearning check: {verdict}: {measured} ({limits})")
+    elif check.get("original_at_threshold"):
+        lines.append(f"unlearning check: NOT CHECKED: the original was already at or below the forget threshold "
+                     f"{100 * check['threshold']:.1f} %, so nothing shows that it forgot (nothing is recorded as "
+                     "unlearned)")
     return "\n".join(lines)
 
 

@@ -172,6 +172,9 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
                 f"`max_retain_drop` {args.max_retain_drop}). Nothing is recorded as unlearned; the card and results say "
                 "the run failed. Give the method more budget or other settings (see the README's method table)."
             )
+        elif check.get("original_at_threshold"):
+            logger.warning(f"Not checked: the original was already at or below `forget_success_threshold` on the forget "
+                           f"classes ({measured_values(check)}), so nothing shows that it forgot; nothing is recorded.")
         self.log(loggable_metrics(metrics, original_metrics))
         self.unlearning_output = UnlearningOutput(
             model=self.model, metrics=metrics, original_metrics=original_metrics, method=args.method,

@@ -24,6 +24,17 @@ LIMITS = {"forget_success_threshold": 0.05, "max_retain_drop": 0.10}
         ({"forget_share": 0.2}, None, "gan", True, False),
         ({"forget_share": 0.0, "retain_judge_accuracy": 0.5}, {"retain_judge_accuracy": 0.99}, "diffusion", True,
          False),
+        # a conditional GAN that collapsed into retained-looking junk forgot the class and failed
+        ({"forget_share": 0.0, "retain_judge_accuracy": 0.3}, {"retain_judge_accuracy": 0.95}, "gan", True, False),
+        ({"forget_share": 0.0, "retain_judge_accuracy": 0.93}, {"retain_judge_accuracy": 0.95}, "gan", True, True),
+        # the original was already at the threshold (a rare class among an unconditional GAN's samples, a class the
+        # classifier never learned): nothing shows forgetting, so no pass; a collapse still fails
+        ({"forget_share": 0.01}, {"forget_share": 0.03}, "gan", True, None),
+        ({"forget_accuracy": 0.0, "forget_train_accuracy": 0.0, "retain_accuracy": 0.9},
+         {"forget_accuracy": 0.04, "forget_train_accuracy": 0.02, "retain_accuracy": 0.9}, "classifier", True, None),
+        ({"forget_accuracy": 0.0, "forget_train_accuracy": 0.0, "retain_accuracy": 0.5},
+         {"forget_accuracy": 0.04, "forget_train_accuracy": 0.02, "retain_accuracy": 0.9}, "classifier", True, False),
+        ({"forget_share": 0.01}, {"forget_share": 0.3}, "gan", True, True),
     ],
 )  # fmt: skip
 def test_the_verdict(metrics, original, kind, class_level, passed):
@@ -31,5 +42,15 @@ def test_the_verdict(metrics, original, kind, class_level, passed):
     assert check["passed"] is passed, check
     assert check["threshold"] == 0.05
     if original and "retain_drop" in check:
-        key = "retain_judge_accuracy" if kind == "diffusion" else "retain_accuracy"
+        key = "retain_judge_accuracy" if kind in ("diffusion", "gan") else "retain_accuracy"
         assert check["retain_drop"] == pytest.approx(original[key] - metrics[key])
+
+
+def test_a_check_the_original_made_undecidable_is_reported_as_not_checked():
+    from hf_unlearn.report import format_report
+
+    original = {"forget_share": 0.02}
+    check = unlearning_check({"forget_share": 0.0}, original, kind=get_kind("gan"), class_level=True, **LIMITS)
+    assert check == {"passed": None, "threshold": 0.05, "forget_share": 0.0, "original_at_threshold": True}
+    report = format_report(original, {"forget_share": 0.0, "forget_check": check}, None, ["seven"])
+    assert "unlearning check: NOT CHECKED: the original was already at or below the forget threshold 5.0 %" in report

@@ -224,7 +224,9 @@ def test_a_run_that_did_not_forget_is_not_recorded_as_unlearned(trained, digits,
     folder = trainer.save_unlearned(str(tmp_path / "saved"))
     assert "unlearned_classes" not in json.loads((folder / "config.json").read_text()) or not json.loads(
         (folder / "config.json").read_text())["unlearned_classes"]  # fmt: skip
-    assert "**The unlearning check failed**" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "**The unlearning check failed**" in card and "an unlearning attempt that **failed its check**" in card
+    assert "unlearned by hf-unlearn" not in card  # the opening sentence does not call it unlearned either
     assert "FAILED" in format_report(result.original_metrics, result.metrics, None, ["three"])
 
 

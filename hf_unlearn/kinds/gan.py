@@ -17,6 +17,7 @@ class GAN(ModelKind):
     generator = True
     per_class = ("class_shares", "share of generated samples", "samples per class")
     forget_keys = ("forget_share",)
+    retain_key = "retain_judge_accuracy"  # a conditional GAN's (unconditional: none, and the check says so)
 
     def matches(self, model) -> bool:
         return isinstance(model, GANPair)
