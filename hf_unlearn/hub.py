@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
+import shlex
 import sys
 from dataclasses import asdict
 from enum import Enum
@@ -331,8 +333,9 @@ def _draw_per_class(plt, context: dict, path: Path) -> None:
     positions = range(len(names))
     figure, axes = plt.subplots(figsize=(max(6.0, 0.55 * len(names)), 3.2))
     width = 0.4
-    axes.bar([p - width / 2 for p in positions], [100 * before.get(n, 0.0) for n in names], width, label="original",
-             color="#9aa5b1")  # fmt: skip
+    if before:  # a class the original was not measured on gets no bar, not a bar at 0
+        axes.bar([p - width / 2 for p in positions], [100 * before.get(n, math.nan) for n in names], width,
+                 label="original", color="#9aa5b1")  # fmt: skip
     axes.bar([p + width / 2 for p in positions], [100 * after[n] for n in names], width, label="unlearned",
              color=["#d1495b" if n in forgotten else "#2e86ab" for n in names])  # fmt: skip
     axes.set_xticks(
@@ -417,11 +420,13 @@ def push_folder(folder: Path, target: str, *, token: str, private: bool | None =
         )  # fmt: skip
         return repo_id, commit
     except Exception as error:  # any failure of the network or the server: say where things are
-        raise RuntimeError(_push_failure(api, repo_id, created, step, error, folder)) from error
+        raise RuntimeError(_push_failure(api, repo_id, created, step, error, folder, private, revision)) from error
 
 
-def _push_failure(api, repo_id: str, created: bool, step: str, error: Exception, folder: Path) -> str:
-    """What a failed push says: the cause, what is local, what reached the Hub, how to retry."""
+def _push_failure(api, repo_id: str, created: bool, step: str, error: Exception, folder: Path,
+                  private: bool | None = None, revision: str | None = None) -> str:  # fmt: skip
+    """What a failed push says: the cause, what is local, what reached the Hub, how to retry (the retry command keeps
+    the push's `private` and `revision`: `hf upload` alone creates a public repository and uploads to main)."""
     status = getattr(getattr(error, "response", None), "status_code", None)
     cause = f"HTTP {status}: {getattr(error, 'server_message', None) or error}" if status else f"{type(error).__name__}: {error}"
     reached = "Nothing reached the Hub."
@@ -449,12 +454,14 @@ def _push_failure(api, repo_id: str, created: bool, step: str, error: Exception,
                 )
     elif step == "uploading":
         reached = f"The repository '{repo_id}' existed before and was not changed (the upload is one commit)."
-    excludes = " ".join(f"--exclude '{pattern}'" for pattern in UPLOAD_IGNORED)
+    options = [f"--exclude {shlex.quote(pattern)}" for pattern in UPLOAD_IGNORED]
+    options += ["--private"] if private else []
+    options += [f"--revision {shlex.quote(revision)}"] if revision else []
     return (
         f"Pushing to '{repo_id}' failed while {step} ({' '.join(cause.split())}). {reached} Everything is saved locally "
         f"in {folder}: the unlearned model, its card (README.md), the plot and unlearning_results.json. Fix the cause "
-        f"and push again with `trainer.push_to_hub()`, or upload that folder with `hf upload {repo_id} {folder} "
-        f"{excludes}`."
+        f"and push again with `trainer.push_to_hub()`, or upload that folder with `hf upload {shlex.quote(repo_id)} "
+        f"{shlex.quote(str(folder))} {' '.join(options)}`."
     )
 
 

@@ -208,3 +208,17 @@ def test_the_pushed_cards_quick_start_runs_from_the_pushed_files(hub, original, 
     assert completed.returncode == 0, completed.stderr[-3000:]
     names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     assert completed.stdout.strip().splitlines()[-1] in names
+
+
+def test_the_retry_command_keeps_the_push_private_and_on_its_revision(tmp_path):
+    """`hf upload` alone creates a public repository and uploads to main: the command a failed push suggests keeps
+    `hub_private_repo` and `hub_revision`, and quotes a folder path with spaces."""
+    from hf_unlearn.hub import _push_failure
+
+    folder = tmp_path / "my model"
+    message = _push_failure(None, f"{USER}/m", False, "uploading", ConnectionError("gone"), folder, private=True,
+                            revision="v1")  # fmt: skip
+    assert f"hf upload {USER}/m '{folder}' --exclude '_*' --exclude 'checkpoint-*/*' --exclude 'runs/*' --private " \
+           "--revision v1`" in message
+    public = _push_failure(None, f"{USER}/m", False, "uploading", ConnectionError("gone"), tmp_path)
+    assert "--private" not in public and "--revision" not in public

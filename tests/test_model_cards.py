@@ -71,3 +71,40 @@ def test_a_measured_retrain_reference_appears_in_the_card(trained, digits, make_
 def render_card_of(trainer) -> str:
     trainer.create_model_card()
     return (Path(trainer.args.output_dir) / CARD_FILE).read_text()
+
+
+@pytest.mark.parametrize("original", [{}, {"per_class_accuracy": {"zero": 0.9}}])
+def test_the_plot_draws_only_original_bars_that_were_measured(original, tmp_path):
+    """Without the original's measurement (`eval_before_unlearn=False`) the plot has no 'original' series at all, and a
+    class the original was not measured on gets no bar: never a bar at 0 % that nobody measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hf_unlearn.hub import _draw_per_class
+
+    figures = []
+
+    class Keep:  # plt, but the figure stays open to be looked at
+        def __getattr__(self, name):
+            return getattr(plt, name)
+
+        def subplots(self, *args, **kwargs):
+            figures.append(plt.subplots(*args, **kwargs))
+            return figures[-1]
+
+        def close(self, figure):
+            pass
+
+    context = {"model_id": "m", "metrics": {"per_class_accuracy": {"zero": 0.95, "one": 0.0}},
+               "original_metrics": original, "forget": {"classes": ["one"], "unlearned_before": []}}  # fmt: skip
+    _draw_per_class(Keep(), context, tmp_path / "plot.png")
+    _, axes = figures[0]
+    heights = [bar.get_height() for bar in axes.patches]
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    if original:
+        assert labels == ["original", "unlearned"] and heights[:1] == [90.0] and heights[1] != heights[1]  # NaN: none
+    else:
+        assert labels == ["unlearned"] and heights == [95.0, 0.0]
+    plt.close(figures[0][0])
