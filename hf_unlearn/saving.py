@@ -110,7 +110,8 @@ class SavingMixin:
         """As `Trainer.save_model`, written atomically with the card and results (`save_unlearned`); with
         `args.push_to_hub`, one push of all of it (`push_to_hub`). A model that kept its LoRA adapters
         (`peft_merge=False`) is saved as a peft adapter with its processor."""
-        if _internal_call:  # the Trainer's own checkpoints
+        if _internal_call:  # the Trainer's own checkpoints: never one with non-finite weights (the run stops there)
+            self._raise_on_every_process(check_finite, self.model, "Checkpoint")
             if not has_lora(self.model):
                 return super().save_model(output_dir, _internal_call)
             if self.is_world_process_zero():

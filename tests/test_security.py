@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.examples.digits import DIGIT_NAMES
@@ -330,6 +331,22 @@ def test_a_diverging_run_is_an_error_and_nothing_is_saved(trained, digits, make_
     with pytest.raises(RuntimeError, match="Saving: .* NaN or infinite"):
         trainer.save_unlearned(str(tmp_path / "never"))
     assert not (tmp_path / "never").exists()
+
+
+def test_a_diverging_run_writes_no_checkpoint_with_non_finite_weights(trained, digits, make_args, tmp_path):
+    """With checkpoints every step, the Trainer's own saves check the weights too: the run stops at the first
+    non-finite checkpoint instead of writing it (and a later save would carry this run's checkpoints across)."""
+    args = make_args("gradient_ascent", max_steps=30, learning_rate=1e3, max_grad_norm=0, eval_before_unlearn=False,
+                     save_strategy="steps", save_steps=1, output_dir=str(tmp_path / "run"))  # fmt: skip
+    trainer = UnlearningTrainer(trained("resnet"), args, train_dataset=digits["train"], eval_dataset=digits["test"],
+                                forget_classes=[3])  # fmt: skip
+    with pytest.raises(RuntimeError, match="Checkpoint: .* NaN or infinite"):
+        trainer.unlearn()
+    from safetensors.torch import load_file
+
+    for checkpoint in (tmp_path / "run").glob("checkpoint-*"):
+        weights = load_file(checkpoint / "model.safetensors")
+        assert all(bool(torch.isfinite(tensor).all()) for tensor in weights.values() if tensor.is_floating_point())
 
 
 @pytest.mark.parametrize(
