@@ -20,6 +20,7 @@ from torch import nn
 
 from .activations import find_target_modules
 from .models import classification_head
+from .outputs import public_reference
 
 ADAPTER = "default"
 
@@ -99,7 +100,8 @@ def save_adapter(model: nn.Module, output_dir: str | Path) -> None:
     weights = {f"base_model.model.{name}": value.detach().cpu().contiguous() for name, value in weights.items()}
     save_file(weights, output_dir / "adapter_model.safetensors")
     config = model.peft_config[ADAPTER]
-    config.base_model_name_or_path = getattr(model.config, "_name_or_path", None) or None
+    # a Hub ID or a folder's name, never this machine's path (the folder may be pushed)
+    config.base_model_name_or_path = public_reference(getattr(model.config, "_name_or_path", None) or None)
     config.save_pretrained(str(output_dir))
 
 

@@ -76,6 +76,9 @@ class SavingMixin:
         else:
             super().save_model(str(staging), _internal_call=True)
 
+        # the card names the folder written, not `args.output_dir`'s (unless a Hub ID or name is given)
+        card_arguments.setdefault("model_name", self.args.hub_model_id or target.name)
+
         def finish():
             if self.unlearning_output is not None:
                 self.create_model_card(output_dir=str(staging), **card_arguments)

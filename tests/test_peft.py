@@ -1,6 +1,9 @@
 """LoRA (peft) for every gradient method through `UnlearnConfig.peft_config`: only the adapters and the head's copy
 train; merged, the model is plain again; kept, it saves as a peft adapter that reloads onto the original model."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -57,8 +60,15 @@ def test_only_adapters_and_the_head_train_and_the_merged_model_is_plain(trained,
 def test_kept_adapters_save_as_a_peft_adapter_that_reloads(trained, digits, tmp_path):
     from peft import PeftModel
 
-    trainer, result = unlearn(trained("vit"), digits, tmp_path, peft_config=LORA, peft_merge=False)
+    model = trained("vit")
+    model.config._name_or_path = str(tmp_path / "models" / "base-vit")  # as if loaded from this machine's folder
+    trainer, result = unlearn(model, digits, tmp_path, peft_config=LORA, peft_merge=False)
     trainer.save_model(str(tmp_path / "adapter"))
+    # The adapter names its base model by the folder's name, not this machine's path; the card names the folder
+    # written, not `args.output_dir`.
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "base-vit"
+    assert "\n# adapter\n" in (tmp_path / "adapter" / "README.md").read_text()
+    assert Path(trainer.args.output_dir).name != "adapter"
     # The adapter, with the run's card and results (no full model weights).
     assert sorted(path.name for path in (tmp_path / "adapter").iterdir()) == [
         "README.md",
