@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from hf_unlearn import UnlearningTrainer
+from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.precision import float32_method, inputs_follow_weights
 
 
@@ -258,3 +258,20 @@ def test_the_unlearned_model_is_not_left_computing_under_autocast(digits, make_a
         got = result.model(pixel_values=pixels).logits
         plain = type(result.model).forward(result.model, pixel_values=pixels).logits
     torch.testing.assert_close(got, plain, rtol=0, atol=0)
+
+
+def test_gan_cascade_leaves_neither_network_under_autocast(tmp_path):
+    """gan_cascade prepares the generator and the discriminator itself (no `train_with`): with `bf16=True` their
+    autocast wrappers are removed after the run too, so the GAN is measured and returned in its own precision."""
+    from hf_unlearn.examples.digits import DIGIT_NAMES, load_digits_dataset
+    from hf_unlearn.gan import dcgan_pair
+
+    data = load_digits_dataset(image_size=8)
+    pair = dcgan_pair(image_size=8, latent_dim=8, width=4, seed=0, labels=DIGIT_NAMES)
+    args = UnlearnConfig(output_dir=str(tmp_path / "gan"), method="gan_cascade", bf16=True, use_cpu=True,
+                         method_kwargs={"max_iterations": 2}, eval_before_unlearn=False, eval_after_unlearn=False,
+                         report_to=[], disable_tqdm=True)  # fmt: skip
+    result = UnlearningTrainer(pair, args, train_dataset=data["train"], eval_dataset=data["test"],
+                               forget_indices=list(range(8))).unlearn()  # fmt: skip
+    for network in (result.model.generator, result.model.discriminator):
+        assert "forward" not in vars(network) and "_original_forward" not in vars(network)

@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +58,7 @@ from ..gan import (
     random_labels,
 )
 from ..generative import cycled, image_tensors, judge_outputs
+from ..precision import autocast_undone_after
 from ..registry import register_method
 
 logger = get_logger(__name__)
@@ -135,6 +137,15 @@ class GANCascade(UnlearningMethod):
     stops_at_forget_target = False
 
     def run(self) -> None:
+        # accelerate's `prepare` wraps each network's forward in autocast with bf16 / fp16: undone after the run, or
+        # the unlearned GAN would be measured (and returned) in half precision while its original was not
+        pair = self.trainer.model
+        with contextlib.ExitStack() as stack:
+            for network in (pair.generator, pair.discriminator) if isinstance(pair, GANPair) else ():
+                stack.enter_context(autocast_undone_after(network))
+            self.cascade()
+
+    def cascade(self) -> None:
         trainer, config = self.trainer, self.config
         pair = trainer.model
         if not isinstance(pair, GANPair):
