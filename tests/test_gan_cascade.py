@@ -278,8 +278,16 @@ def test_bad_input(tmp_path, tiny_digits, trained):
     # A judge of other classes (another count, or the same names in another order) would count its ids as the GAN's.
     judge = trained("resnet")
     judge.config.id2label = {i: name for i, name in enumerate(DIGIT_NAMES[:5])}
-    with pytest.raises(ValueError, match="`judge` has 5 classes, the generator's data 10"):
+    with pytest.raises(ValueError, match="`judge` has 5 classes, the generator 10"):
         gan_trainer(tmp_path, tiny_digits, gan=tiny_gan(True), judge=judge, forget_classes=[3])
+    # The count is checked whatever names either has: a generator of default LABEL_i names, a judge without a config
+    # (its head's outputs); one class more in the generator is named as what it usually is, a null class.
+    unnamed = dcgan_pair(image_size=8, latent_dim=8, width=4, conditional=True, seed=0, labels=10)
+    with pytest.raises(ValueError, match="`judge` has 5 classes, the generator 10"):
+        gan_trainer(tmp_path, tiny_digits, gan=unnamed, judge=judge, forget_classes=[3])
+    eleven = dcgan_pair(image_size=8, latent_dim=8, width=4, conditional=True, seed=0, labels=11)
+    with pytest.raises(ValueError, match="`judge` has 10 classes, the generator 11.*null-class"):
+        gan_trainer(tmp_path, tiny_digits, gan=eleven, judge=ConstantJudge(0), forget_classes=[3])
     judge.config.id2label = dict(enumerate(DIGIT_NAMES[::-1]))
     with pytest.raises(ValueError, match="0: judge 'nine' vs generator 'zero'"):
         gan_trainer(tmp_path, tiny_digits, gan=tiny_gan(True), judge=judge, forget_classes=[3])

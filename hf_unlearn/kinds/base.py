@@ -206,16 +206,31 @@ def _check_judge_classes(model, judge) -> None:
     real ones (transformers' `LABEL_i` defaults say nothing). Otherwise `forget_share` and `class_shares` would count
     the judge's class 3 as the generator's."""
     config, judge_config = getattr(model, "config", None), getattr(judge, "config", None)
-    names = model_label_names(config) if hasattr(config, "num_labels") else None
-    if names is None or not hasattr(judge_config, "num_labels"):
+    if not hasattr(config, "num_labels"):
         return
-    if int(judge_config.num_labels) != len(names):
+    count = int(config.num_labels)
+    judge_count = _judge_classes(judge)
+    if judge_count is not None and judge_count != count:
+        hint = (" A class-conditional UNet loaded from a plain diffusers folder counts its null-class embedding as a "
+                "class: wrap it with `DiffusionModel.from_pipeline(pipeline, labels=...)` (the null class is then the "
+                "last id)." if count == judge_count + 1 else "")  # fmt: skip
         raise ValueError(
-            f"`judge` has {judge_config.num_labels} classes, the generator's data {len(names)} ({names[:5]}...): the "
-            "judge must classify into the generator's classes, with the same ids. Pass a judge trained on its data."
+            f"`judge` has {judge_count} classes, the generator {count}: the judge must classify into the generator's "
+            f"classes, with the same ids. Pass a judge trained on its data.{hint}"
         )
-    judge_names = model_label_names(judge_config)
+    names = model_label_names(config)
+    judge_names = model_label_names(judge_config) if names is not None and hasattr(judge_config, "num_labels") else None
     differing, examples = name_mismatches(judge_names, names, "judge", "generator") if judge_names else ([], "")
     if differing:
         raise ValueError(f"`judge`'s classes are not the generator's ({examples}): its ids would mean other classes. "
                          "Pass a judge trained on the generator's data, labels in the same order.")
+
+
+def _judge_classes(judge) -> int | None:
+    """How many classes `judge` scores: its config's `num_labels`, else its classification head's outputs (the last
+    `nn.Linear`), else None (nothing says)."""
+    judge_config = getattr(judge, "config", None)
+    if hasattr(judge_config, "num_labels"):
+        return int(judge_config.num_labels)
+    linears = [module for module in judge.modules() if isinstance(module, torch.nn.Linear)]
+    return linears[-1].out_features if linears else None
