@@ -45,7 +45,13 @@ def judge_head(judge: nn.Module) -> nn.Linear:
 def judge_outputs(judge: nn.Module, images: torch.Tensor, batch_size: int = 500):
     """`(logits, features)` of the judge (eval mode) on `images`, as numpy arrays; features are the input of its
     head, averaged over any token dimensions. A transformers classifier is called with `pixel_values=`, any other
-    module with the images."""
+    module with the images. Non-finite images (a generator whose samples overflow) or logits are an error: judged,
+    NaN logits would count as class 0, so a forget class could look forgotten."""
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images.flatten(1))).any(1).sum())
+        raise RuntimeError(f"{bad} of {len(images)} images given to the judge hold NaN or infinite values (generated "
+                           "samples overflow: check the model's weights and dtype, lower the learning rate); they "
+                           "cannot be judged, and NaN logits would count as class 0.")
     head = judge_head(judge)
     device = next(judge.parameters()).device
     logits, features = [], []
@@ -56,4 +62,8 @@ def judge_outputs(judge: nn.Module, images: torch.Tensor, batch_size: int = 500)
                 output = judge(pixel_values=batch) if isinstance(judge, PreTrainedModel) else judge(batch)
             logits.append(getattr(output, "logits", output).float().cpu())
             features.append(pooled_rows(captured.value).float().cpu())
-    return torch.cat(logits).numpy(), torch.cat(features).numpy()
+    logits = torch.cat(logits)
+    if not bool(torch.isfinite(logits).all()):
+        raise RuntimeError("The judge's logits hold NaN or infinite values on finite images: check the judge's weights "
+                           "and dtype; NaN logits would count as class 0.")
+    return logits.numpy(), torch.cat(features).numpy()

@@ -269,6 +269,21 @@ def test_judge_features_are_the_head_input(tiny_digits):
     assert (logits.argmax(-1) == 1).all()
 
 
+def test_non_finite_samples_are_not_judged(tiny_digits):
+    """A NaN image would give NaN logits, whose argmax is class 0: a forget class could look forgotten. Refused, as
+    are NaN logits from a broken judge."""
+    images = tiny_digits["test"].with_format("torch")["pixel_values"][:10].clone()
+    images[3, 0, 0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="1 of 10 images given to the judge hold NaN"):
+        judge_outputs(ConstantJudge(3), images)
+    broken = ConstantJudge(3)
+    with torch.no_grad():
+        broken.head.bias[0] = float("inf")
+        broken.head.bias[1] = -float("inf")
+    with pytest.raises(RuntimeError, match="judge's logits hold NaN or infinite"):
+        judge_outputs(broken, images[:3])
+
+
 def test_bad_input(tmp_path, tiny_digits, trained):
     with pytest.raises(ValueError, match="judge="):
         gan_trainer(tmp_path, tiny_digits, forget_classes=[3]).unlearn()
