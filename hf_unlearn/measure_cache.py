@@ -105,6 +105,8 @@ def request_fingerprint(trainer) -> str:
         trainer.model.config.to_json_string() if hasattr(getattr(trainer.model, "config", None), "to_json_string")
         else None,
         repr(metrics_for(trainer.kind.name)),
+        # A diffusion model's noise scheduler (not a module, so not in the weights' digest) builds its sampler.
+        dict(getattr(getattr(trainer.model, "noise_scheduler", None), "config", None) or {}),
     ]
     return hashlib.sha1(repr(parts).encode()).hexdigest()
 

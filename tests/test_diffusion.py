@@ -472,3 +472,17 @@ def test_diffusion_card_renders_the_sampling_and_judge_metrics(tmp_path, tiny_di
     assert "library_name: diffusers" in text and "DiffusionModel.from_pretrained" in text
     assert "DDIMScheduler, 2 steps, eta 0.0, guidance scale 2.0 in eps_uncond + s (eps_cond - eps_uncond), a paper's w = 1.0" in text
     assert f"{100 * output.metrics['forget_share']:.1f} %" in text
+
+
+def test_the_originals_cached_measurement_is_keyed_by_the_noise_scheduler(tmp_path, tiny_digits):
+    """The noise scheduler is no module (its betas are in no weight digest) but builds the measuring sampler: another
+    scheduler config gives another key for the original's cached measurement."""
+    from hf_unlearn.measure_cache import request_fingerprint
+
+    trainer = UnlearningTrainer(tiny_ddpm(), diffusion_args(tmp_path), train_dataset=tiny_digits["train"],
+                                eval_dataset=tiny_digits["test"], judge=ConstantJudge(0), forget_classes=["three"])  # fmt: skip
+    key = request_fingerprint(trainer)
+    assert request_fingerprint(trainer) == key
+    trainer.model.noise_scheduler = diffusers.DDPMScheduler.from_config(trainer.model.noise_scheduler.config,
+                                                                        beta_schedule="squaredcos_cap_v2")  # fmt: skip
+    assert request_fingerprint(trainer) != key
