@@ -274,6 +274,13 @@ def subsample(indices: np.ndarray, limit: int | None, seed: int, labels: np.ndar
     return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
+def balanced_forget(labels: np.ndarray) -> np.ndarray | None:
+    """`labels` for `subsample` to balance the forget rows over their classes when they hold several (a class of 20
+    rows beside one of 5,000 would often get none of a random 500); None for one class, whose draw stays the plain
+    one."""
+    return labels if len(np.unique(labels)) > 1 else None
+
+
 class RelabeledDataset(torch.utils.data.Dataset):
     """Rows of `dataset` at `indices` with their label replaced by `labels` (used by `random_label`)."""
 

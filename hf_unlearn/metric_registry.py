@@ -107,6 +107,8 @@ for _metric in (
     Metric("forget_train_accuracy", _CLASSIFIER, "forget accuracy (training rows)",
            "low (classes) / as retrain (rows)", in_mean_gap=True, headline=True,
            model_index=("train-forget", "accuracy")),
+    Metric("forget_train_worst_class_accuracy", _CLASSIFIER, "forget accuracy of the most recognised forget class "
+           "(training rows)", "low"),
     Metric("retain_train_accuracy", _CLASSIFIER, "retain accuracy (training rows)", "unchanged", in_mean_gap=True),
     Metric("mia_entropy", _CLASSIFIER, "entropy MIA: forget rows called member", "close to retrain",
            in_mean_gap=True, headline=True, model_index=("train-forget", "mia_entropy")),

@@ -9,6 +9,7 @@ Directions, for a class-forgetting request:
 | `retain_accuracy` | accuracy on eval rows of the retained classes | high, close to the original |
 | `test_accuracy` | accuracy on the eval rows of both (rows of classes unlearned in earlier requests are left out: see `unlearned_before_accuracy`) | the retained classes' share of it close to the original |
 | `forget_train_accuracy` | accuracy on the forget training rows | low (retrain: 0 for classes) |
+| `forget_train_worst_class_accuracy` | (several forget classes) the highest of their training-row accuracies | low |
 | `retain_train_accuracy` | accuracy on the retain training rows | high |
 | `per_class_accuracy` | eval accuracy per class, keyed by label name | forget classes low, others unchanged |
 | `mia_entropy` | share of forget training rows an entropy attack calls "member" | close to retrain (about 0) |
@@ -72,6 +73,16 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float | None:
     if len(labels) == 0:
         return None
     return float((np.asarray(logits).argmax(axis=1) == labels).mean())
+
+
+def worst_class_accuracy(logits: np.ndarray, labels: np.ndarray) -> float | None:
+    """The highest per-class accuracy among the classes of `labels` when they are several (None for one): of several
+    forget classes, the one still most recognised, which a pooled accuracy hides when that class is small."""
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        return None
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    return max(accuracy(logits[labels == label], labels[labels == label]) for label in classes)
 
 
 def per_class_accuracy(logits: np.ndarray, labels: np.ndarray, id2label: dict | None = None) -> dict[str, float]:
@@ -281,6 +292,9 @@ def unlearning_metrics(
         "mia_efficacy": mia_efficacy(*probs["retain_train"], *probs["eval_retain"], *probs["forget_train"], seed=seed),
         "mia_entropy_power": attack_power(probs["retain_train"][0], probs["eval_retain"][0]),
     }
+    worst = worst_class_accuracy(*forget_train) if class_level else None
+    if worst is not None:
+        metrics["forget_train_worst_class_accuracy"] = worst
     if eval_unlearned_before is not None:
         metrics["unlearned_before_accuracy"] = accuracy(*eval_unlearned_before)
     if not class_level:

@@ -54,3 +54,29 @@ def test_a_check_the_original_made_undecidable_is_reported_as_not_checked():
     assert check == {"passed": None, "threshold": 0.05, "forget_share": 0.0, "original_at_threshold": True}
     report = format_report(original, {"forget_share": 0.0, "forget_check": check}, None, ["seven"])
     assert "unlearning check: NOT CHECKED: the original was already at or below the forget threshold 5.0 %" in report
+
+
+def test_a_small_forget_class_cannot_hide_in_the_pooled_accuracy():
+    """Two forget classes, one of 500 rows forgotten and one of 2 rows still recognised: pooled, 0.4 % (under the
+    threshold); the worst class's accuracy fails the check."""
+    import numpy as np
+
+    from hf_unlearn.data import balanced_forget, subsample
+    from hf_unlearn.metrics import unlearning_metrics, worst_class_accuracy
+
+    labels = np.array([3] * 500 + [5] * 2)
+    logits = np.zeros((502, 10))
+    logits[:500, 0] = 1.0  # class 3's rows are called 0: forgotten
+    logits[500:, 5] = 1.0  # class 5's rows are still class 5
+    assert worst_class_accuracy(logits, labels) == 1.0 and worst_class_accuracy(logits[:500], labels[:500]) is None
+    empty = (np.zeros((0, 10)), np.zeros(0, dtype=int))
+    metrics = unlearning_metrics(forget_train=(logits, labels), retain_train=empty, eval_forget=empty,
+                                 eval_retain=empty, class_level=True)  # fmt: skip
+    assert metrics["forget_train_accuracy"] < 0.05 and metrics["forget_train_worst_class_accuracy"] == 1.0
+    check = unlearning_check(metrics, None, kind=get_kind("classifier"), class_level=True, **LIMITS)
+    assert check["passed"] is False and check["forget_train_worst_class_accuracy"] == 1.0
+    # The methods' forget samples are balanced over several forget classes (the small one always gets its rows) and
+    # drawn as before for one class.
+    rows = subsample(np.arange(502), 50, 0, balanced_forget(labels))
+    assert (labels[rows] == 5).sum() == 2
+    assert balanced_forget(labels[:500]) is None

@@ -95,7 +95,7 @@ from ..activations import (
     pooled_rows,
 )
 from ..contract import PaperPreset, UnlearningMethod, training_loss
-from ..data import PairedDataset, subsample
+from ..data import PairedDataset, balanced_forget, subsample
 from ..models import classification_head, model_tail, refit_head
 from ..passes import one_row_inputs
 from ..registry import register_method
@@ -423,7 +423,8 @@ class GPPU(UnlearningMethod):
         seed = trainer.args.seed
 
         # Step 1: features feeding the head, one pass over the sampled rows.
-        forget_rows = subsample(np.arange(len(trainer.forget_view)), config.num_forget_samples, seed)
+        forget_rows = subsample(np.arange(len(trainer.forget_view)), config.num_forget_samples, seed,
+                                balanced_forget(trainer.forget_labels))  # fmt: skip
         retain_labels = trainer.retain_labels
         retain_rows = subsample(np.arange(len(retain_labels)), config.num_retain_samples, seed, retain_labels)
         self.sampled_rows = {

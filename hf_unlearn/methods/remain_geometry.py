@@ -88,7 +88,7 @@ from transformers import TrainerCallback
 
 from ..activations import evaluating
 from ..contract import PaperPreset, UnlearningMethod, training_loss
-from ..data import PairedDataset, subsample
+from ..data import PairedDataset, balanced_forget, subsample
 from ..diffusion import is_diffusion
 from ..registry import register_method
 
@@ -465,7 +465,9 @@ class RemainGeometry(UnlearningMethod):
 
     def guard_forget_rows(self) -> np.ndarray:
         """Positions in `forget_view` of the forget rows the guard scores (the held-out rows are drawn from them)."""
-        return subsample(np.arange(len(self.trainer.forget_view)), self.config.guard_samples, self.trainer.args.seed)
+        trainer = self.trainer
+        return subsample(np.arange(len(trainer.forget_view)), self.config.guard_samples, trainer.args.seed,
+                         balanced_forget(trainer.forget_labels))  # fmt: skip
 
     def guard(self) -> RetainGuard | None:
         """The guard of a classifier request (None without one): sampled training rows of both sets, decoded once."""
@@ -544,7 +546,8 @@ class RemainGeometry(UnlearningMethod):
         parameters = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}
         seed = trainer.args.seed
         forget_rows = np.setdiff1d(np.arange(len(trainer.forget_view)), self.held_out)
-        forget = trainer.forget_view.select(subsample(forget_rows, config.mask_samples, seed))
+        forget = trainer.forget_view.select(subsample(forget_rows, config.mask_samples, seed,
+                                                      balanced_forget(trainer.forget_labels)))  # fmt: skip
         retain_rows = subsample(np.arange(len(trainer.retain_labels)), config.mask_samples, seed, trainer.retain_labels)
         clip, options = config.fisher_clip_norm, dict(self.loss_options)
         if config.fisher_guidance_scale is not None:  # diffusion models only (`check_settings`)
