@@ -405,3 +405,15 @@ def test_trainable_modules_that_match_nothing_are_named(trained, digits, make_ar
 def test_bad_method_kwargs_are_named(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         UnlearnConfig(output_dir=str(tmp_path), method="gppu", method_kwargs=kwargs)
+
+
+def test_several_gpus_in_one_process_are_refused(trained):
+    """nn.DataParallel copies the model onto each GPU for every forward: gppu's hooks on the model would not act on
+    the replicas. Refused before any work, naming the way that works."""
+    from types import SimpleNamespace
+
+    from hf_unlearn.methods.gppu import GPPU
+
+    with pytest.raises(ValueError, match=r"several GPUs in one process \(2, nn.DataParallel\).*accelerate launch"):
+        GPPU.check_settings(GPPUConfig(), SimpleNamespace(n_gpu=2), trained("resnet"))
+    GPPU.check_settings(GPPUConfig(), SimpleNamespace(n_gpu=1), trained("resnet"))

@@ -416,6 +416,13 @@ class GPPU(UnlearningMethod):
     @classmethod
     def check_settings(cls, config, args, model) -> None:
         classification_head(model, config.head_module)
+        if getattr(args, "n_gpu", 0) > 1:
+            raise ValueError(
+                f"gppu runs with several GPUs in one process ({args.n_gpu}, nn.DataParallel): its hooks (frozen modules "
+                "in eval mode, the head's captured input, the block replay) act on the model, not on DataParallel's "
+                "per-GPU replicas, so the forget and retain passes would run differently. Run one process per GPU "
+                "(`accelerate launch`, see recipes/) or make one GPU visible (CUDA_VISIBLE_DEVICES=0)."
+            )
 
     def run(self) -> None:
         trainer, config = self.trainer, self.config
