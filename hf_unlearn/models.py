@@ -240,6 +240,13 @@ def _block_list(model, ends: dict) -> tuple[str, torch.nn.ModuleList] | None:
     return max(block_lists, key=lambda item: ends[item[1][-1]]) if block_lists else None
 
 
+def block_list_name(model, batch: dict) -> str | None:
+    """The name of the model's list of blocks (`model_tail`'s), found from one forward pass on `batch`; None without
+    one."""
+    found = _block_list(model, _forward_order(model, batch)[1])
+    return found[0] if found else None
+
+
 def model_tail(model, batch: dict, num_blocks: int = 1) -> tuple[list[str], list[str]]:
     """The last `num_blocks` blocks of `model` and everything that runs after them (final norm, pooler, projector,
     head), found from one forward pass on `batch` (model inputs) instead of a per-architecture table.

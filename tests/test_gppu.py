@@ -417,3 +417,28 @@ def test_several_gpus_in_one_process_are_refused(trained):
     with pytest.raises(ValueError, match=r"several GPUs in one process \(2, nn.DataParallel\).*accelerate launch"):
         GPPU.check_settings(GPPUConfig(), SimpleNamespace(n_gpu=2), trained("resnet"))
     GPPU.check_settings(GPPUConfig(), SimpleNamespace(n_gpu=1), trained("resnet"))
+
+
+def test_frozen_blocks_are_not_dropped_whatever_is_trained(tmp_path):
+    """A stable-layer-norm Wav2Vec2 (wav2vec2-large, HuBERT-large) holds its final layer norm, a tail module, in the
+    encoder, so the encoder is not frozen; with `trainable_modules` (or no trained block) the tail names no block.
+    Either way the block list's owners must not run in training mode during the fine-tuning: LayerDrop (here 1.0)
+    would skip the frozen blocks and SpecAugment mask their input."""
+    import datasets
+    from tiny_models import tiny_classifier
+
+    no_dropout = {name: 0.0 for name in ("hidden_dropout", "attention_dropout", "activation_dropout",
+                                         "feat_proj_dropout", "final_dropout")}  # fmt: skip
+    model, _ = tiny_classifier("wav2vec2", num_layers=2, do_stable_layer_norm=True, layerdrop=1.0, **no_dropout)
+    rng = np.random.default_rng(0)
+    rows = {"input_values": rng.standard_normal((60, 800)).astype(np.float32).tolist(),
+            "label": [i % 3 for i in range(60)]}  # fmt: skip
+    data = datasets.Dataset.from_dict(rows).train_test_split(test_size=0.25, seed=0)
+    seen = []
+    model.wav2vec2.encoder.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    args = UnlearnConfig(output_dir=str(tmp_path), method="gppu", max_steps=2, per_device_train_batch_size=4,
+                         report_to=[], disable_tqdm=True, eval_before_unlearn=False, eval_after_unlearn=False,
+                         method_kwargs={"trainable_modules": ["classifier", "projector", "wav2vec2.encoder.layer_norm"],
+                                        "stop_when_recovered": False})  # fmt: skip
+    UnlearningTrainer(model, args, train_dataset=data["train"], eval_dataset=data["test"], forget_classes=[1]).unlearn()
+    assert seen and not any(seen)

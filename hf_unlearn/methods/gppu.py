@@ -96,7 +96,7 @@ from ..activations import (
 )
 from ..contract import PaperPreset, UnlearningMethod, training_loss
 from ..data import PairedDataset, balanced_forget, subsample
-from ..models import classification_head, model_tail, refit_head
+from ..models import block_list_name, classification_head, model_tail, refit_head
 from ..passes import one_row_inputs
 from ..registry import register_method
 from ..validation import check_pattern
@@ -592,8 +592,10 @@ class GPPU(UnlearningMethod):
             if not any(id(parameter) in trainable_parameters for parameter in module.parameters())
         }
         outermost_frozen = [module for name, module in frozen.items() if name.rpartition(".")[0] not in frozen]
-        owners = (block_list_owners(model, blocks[0].rpartition(".")[0])
-                  if config.trainable_modules is None and blocks else [])  # fmt: skip
+        # (whatever is trained: with the stable layer norm of wav2vec2-large / HuBERT-large the encoder holds a tail
+        # module, and with `trainable_modules` or no trained block the tail names no block)
+        list_name = block_list_name(model, one_row_inputs(trainer, trainer.retain_view))
+        owners = block_list_owners(model, list_name) if list_name else []
 
         def frozen_to_eval(module, args):
             for frozen_module in outermost_frozen:
