@@ -162,10 +162,13 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
         )  # fmt: skip
         metrics["forget_check"] = check
         logger.info(f"Unlearning with '{args.method}' took {seconds:.2f} s.")
-        if check["passed"] and split.is_class_level:
-            # Saved with the model (config.json), so a later request on it keeps these classes out of its retain set.
-            self.model.config.unlearned_classes = sorted(set(split.unlearned_before) | set(split.forget_classes))
-        elif check["passed"] is False:
+        if split.is_class_level:
+            # Saved with the model (config.json), so a later request on it keeps these classes out of its retain set;
+            # a class asked for again that did not pass now is no longer recorded (the record is of this model).
+            recorded = sorted(set(split.unlearned_before) | (set(split.forget_classes) if check["passed"] else set()))
+            if recorded != list(getattr(self.model.config, "unlearned_classes", None) or []):
+                self.model.config.unlearned_classes = recorded or None
+        if check["passed"] is False:
             logger.warning(
                 f"The unlearning check FAILED ({measured_values(check)}; forget accuracy must be at most "
                 f"`forget_success_threshold` {args.forget_success_threshold}, the retain accuracy drop at most "

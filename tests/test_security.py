@@ -231,6 +231,17 @@ def test_a_run_that_did_not_forget_is_not_recorded_as_unlearned(trained, digits,
     assert "FAILED" in format_report(result.original_metrics, result.metrics, None, ["three"])
 
 
+def test_a_class_asked_for_again_that_fails_is_no_longer_recorded(trained, digits, make_args):
+    """The record is of this model: a class recorded by an earlier request and asked for again (here, on a model
+    that still recognises it) that fails the check now is taken out of `unlearned_classes`; the others stay."""
+    model = trained("resnet")
+    model.config.unlearned_classes = [3, 5]
+    args = make_args("finetune", max_steps=1, learning_rate=1e-6)
+    result = UnlearningTrainer(model, args, train_dataset=digits["train"], eval_dataset=digits["test"],
+                               forget_classes=[3]).unlearn()  # fmt: skip
+    assert result.forgotten is False and result.model.config.unlearned_classes == [5]
+
+
 def test_the_forget_check_runs_without_evaluation(trained, digits, make_args):
     args = make_args("gppu", eval_before_unlearn=False, eval_after_unlearn=False)
     result = UnlearningTrainer(trained("resnet"), args, train_dataset=digits["train"], eval_dataset=digits["test"],
