@@ -246,3 +246,16 @@ def test_the_cards_dataset_name_holds_no_credentials_of_a_url(files, name):
 
     job = JobArguments(model_name_or_path="m", dataset_name="parquet", data_files=files)
     assert card_dataset_name(job) == name
+
+
+@pytest.mark.parametrize("check, status", [
+    ({"passed": True}, 0), ({"passed": False}, 1), ({"passed": None}, 0),
+    ({"passed": None, "original_at_threshold": True}, 1),  # nothing showed that it forgot: not a success
+])  # fmt: skip
+def test_the_exit_status_follows_the_runs_verdict(check, status, monkeypatch):
+    from types import SimpleNamespace
+
+    import hf_unlearn.cli
+
+    monkeypatch.setattr(hf_unlearn.cli, "unlearn_command", lambda argv: SimpleNamespace(metrics={"forget_check": check}))
+    assert main(["unlearn"]) == status
