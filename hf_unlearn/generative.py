@@ -12,15 +12,20 @@ from .activations import capturing, evaluating, pooled_rows
 
 def image_tensors(dataset, image_column: str = "pixel_values", label_column: str = "label"):
     """`(images, labels)` of every row of a `datasets.Dataset` as tensors (generators are trained and measured from
-    memory: one row lookup per sample would cost more than a step of a small GAN)."""
+    memory: one row lookup per sample would cost more than a step of a small GAN). A dataset's own transform
+    (`with_transform`) is applied to the images, as the Trainer's loop applies it (`with_format` would drop it)."""
     if image_column not in dataset.column_names:
         raise ValueError(
             f"Training or measuring a generator (GAN, diffusion model) reads images from a '{image_column}' column of "
             f"float pixel values (shaped like the generated images); the dataset has {dataset.column_names}. Map your "
             "images to that column first, e.g. as `hf_unlearn.examples.digits.load_digits_dataset` does."
         )
-    columns = dataset.with_format("torch", columns=[image_column, label_column])[:]
-    return columns[image_column].float(), columns[label_column].long()
+    labels = dataset.with_format("torch", columns=[label_column])[:][label_column].long()
+    if dataset.format["type"] == "custom":  # `with_transform` / `set_transform`: read through it, as training does
+        images = dataset[:][image_column]
+        images = torch.stack([torch.as_tensor(image) for image in images]) if isinstance(images, list) else images
+        return torch.as_tensor(images).float(), labels
+    return dataset.with_format("torch", columns=[image_column])[:][image_column].float(), labels
 
 
 def cycled(classes, n: int) -> torch.Tensor:

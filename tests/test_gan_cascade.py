@@ -336,3 +336,16 @@ def test_gan_card_reports_generator_metrics(tmp_path, tiny_digits):
     assert "64 samples (one generator pass from N(0, I) noise, seed 42)" in card.text
     assert "GANPair.from_pretrained" in card.text and "Per-class share of generated samples" in card.text
     assert "| zero | 100.0 % | 100.0 % |" in card.text  # the judge calls every sample "zero"
+
+
+def test_generator_rows_are_read_through_the_datasets_own_transform(tiny_digits):
+    """`with_transform` is how the Hub's image tutorials prepare pixels; the Trainer's loop reads through it, so the
+    generators' tensors (gan_cascade's rows, the Frechet distance's real rows) must too, not the raw column."""
+    raw_images, raw_labels = image_tensors(tiny_digits["test"])
+
+    def doubled(batch):
+        return {**batch, "pixel_values": [2 * torch.as_tensor(image) for image in batch["pixel_values"]]}
+
+    images, labels = image_tensors(tiny_digits["test"].with_transform(doubled))
+    torch.testing.assert_close(images, 2 * raw_images)
+    assert torch.equal(labels, raw_labels)
