@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,6 +32,8 @@ import yaml
 
 from .jobs import JobArguments
 from .report import format_report
+
+logger = logging.getLogger(__name__)
 
 COMMANDS = {
     "unlearn": "run one unlearning job from a YAML config (with command-line overrides)",
@@ -157,11 +160,29 @@ def job_trainer(job: JobArguments, args, forget_classes):
                 "(`config.unlearned_classes`)."
             )
     data = load_job_data(job, model, args.seed)
-    judge = load_model(job.judge_model, trust_remote_code=args.trust_remote_code)[0] if job.judge_model else None
+    judge = None
+    if job.judge_model:
+        judge, judge_processor = load_model(job.judge_model, trust_remote_code=args.trust_remote_code)
+        warning = judge_processor_warning(job.judge_model, judge_processor)
+        if warning:
+            logger.warning(warning)
     return UnlearningTrainer(
         model, args, train_dataset=data["train"], eval_dataset=data["eval"], processing_class=processor,
         forget_classes=forget_classes, judge=judge,
     )  # fmt: skip
+
+
+def judge_processor_warning(judge_id: str, processor) -> str | None:
+    """What to say when a judge comes with a processor that resizes or normalises its images: hf-unlearn gives a
+    judge the generator's pixel tensors as they are, so such a judge sees inputs unlike those it was trained on."""
+    does = [step for step, flag in (("resizes", "do_resize"), ("normalises", "do_normalize"))
+            if getattr(processor, flag, False)]  # fmt: skip
+    if not does:
+        return None
+    return (f"The judge '{judge_id}' comes with a {type(processor).__name__} that {' and '.join(does)} its images, "
+            "but hf-unlearn gives the judge the generator's pixel tensors as they are (the training rows' shape and "
+            "range): unless the judge was trained on such tensors, forget_share, retain_judge_accuracy and the Frechet "
+            "distance mean nothing. Use a judge trained on the generator's own pixel tensors.")
 
 
 BUILDERS = ("parquet", "csv", "json", "arrow", "text", "imagefolder", "audiofolder")

@@ -259,3 +259,16 @@ def test_the_exit_status_follows_the_runs_verdict(check, status, monkeypatch):
 
     monkeypatch.setattr(hf_unlearn.cli, "unlearn_command", lambda argv: SimpleNamespace(metrics={"forget_check": check}))
     assert main(["unlearn"]) == status
+
+
+def test_a_judge_whose_processor_resizes_or_normalises_is_warned_about():
+    """The CLI loads a judge with its processor, which hf-unlearn does not apply (the judge gets the generator's
+    tensors): a processor that would resize or normalise means the judge's numbers may mean nothing, and is said."""
+    from transformers import ViTImageProcessor
+
+    from hf_unlearn.cli import judge_processor_warning
+
+    warning = judge_processor_warning("me/judge", ViTImageProcessor())
+    assert "'me/judge' comes with a ViTImageProcessor that resizes and normalises" in warning
+    plain = ViTImageProcessor(do_resize=False, do_normalize=False)
+    assert judge_processor_warning("me/judge", plain) is None and judge_processor_warning("me/judge", None) is None
