@@ -18,7 +18,7 @@ from .methods import get_method
 from .validation import check_pattern, coerce, coerce_fields
 
 
-@dataclass
+@dataclass(repr=False)  # TrainingArguments' own repr, which masks `hub_token` (a dataclass repr would print it)
 class UnlearnConfig(TrainingArguments):
     """Arguments for [`UnlearningTrainer`]: the usual `TrainingArguments` (optimizer, batch sizes, epochs, seed,
     output directory, Hub options) plus what every unlearning method shares.

@@ -143,6 +143,8 @@ def test_copies_of_the_config_keep_the_token_and_pickles_do_not(tmp_path):
     assert copy.deepcopy(args).hub_token == "hf_secret" and copy.copy(args).hub_token == "hf_secret"
     assert pickle.loads(pickle.dumps(args)).hub_token is None
     assert args.hub_token == "hf_secret"
+    # printed, echoed in a notebook or shown in a traceback's locals: masked, as TrainingArguments masks it
+    assert "hf_secret" not in repr(args) and "hf_secret" not in str(args) and "hf_secret" not in repr([args])
 
 
 def test_public_reference_keeps_hub_ids_and_names_only():
