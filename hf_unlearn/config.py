@@ -248,6 +248,12 @@ class UnlearnConfig(TrainingArguments):
         self.preset_applied = _preset_record(preset)
         self.method_training_defaults = self._apply_training_defaults(preset)
         super().__post_init__()
+        if self.lr_scheduler_type in ("reduce_lr_on_plateau", "greedy") and self.metric_for_best_model is not None:
+            # their schedulers default to mode="min" whatever `greater_is_better` says (which only picks checkpoints):
+            # on `retain_accuracy` they would cut the learning rate while it rises
+            kwargs = dict(self.lr_scheduler_kwargs or {})
+            kwargs.setdefault("mode", "max" if self.greater_is_better else "min")
+            self.lr_scheduler_kwargs = kwargs
         for name in ("max_forget_samples", "max_retain_samples", "max_metric_train_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -336,7 +342,11 @@ class UnlearnConfig(TrainingArguments):
                 method_defaults.pop("max_steps", None)
                 method_defaults.pop("num_train_epochs", None)
             method_defaults.update({name: value for name, value in preset.training.items() if name in BUDGET_FIELDS})
+            # a preset's `optim_args` belong to its optimizer: not given to another one the user chose
+            other_optimizer = self.optim is not None and str(self.optim) != str(preset.training.get("optim", self.optim))
             for name, value in preset.training.items():
+                if name == "optim_args" and other_optimizer:
+                    continue
                 if name not in BUDGET_FIELDS and getattr(self, name) == type(self).__dataclass_fields__[name].default:
                     setattr(self, name, value)
                     filled[name] = value  # a copy for another preset or method sets it again (or not)

@@ -61,6 +61,10 @@ def test_values_the_user_sets_win_over_the_preset(tmp_path):
                  method_kwargs={"alpha": 3.0})  # fmt: skip
     assert (args.learning_rate, args.max_steps, args.optim_args) == (0.05, 40, "momentum=0.5")
     assert args.method_config.alpha == 3.0 and args.method_config.forget_every == 5  # the rest is the paper's
+    # Another optimizer than the paper's SGD does not get SGD's momentum (RMSprop would run with momentum 0.9)
+    rmsprop = paper(tmp_path, "remain_geometry", optim="rmsprop")
+    assert rmsprop.optim == "rmsprop" and rmsprop.optim_args is None
+    assert paper(tmp_path, "remain_geometry", optim="sgd").optim_args == "momentum=0.9"
     # The library's defaults are untouched without a preset.
     plain = UnlearnConfig(output_dir=str(tmp_path), method="remain_geometry", report_to="none")
     assert (plain.optim, plain.learning_rate, plain.preset_applied) == ("adamw_torch", 3e-4, None)

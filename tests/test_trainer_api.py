@@ -137,3 +137,19 @@ def test_the_model_comes_back_in_the_mode_it_came_in(trained, make_args, digits,
         with torch.no_grad():
             torch.testing.assert_close(result.model(pixel_values=pixels).logits,
                                        result.model(pixel_values=pixels).logits, rtol=0, atol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("metric, mode", [("retain_accuracy", "max"), ("forget_accuracy", "max")])
+def test_plateau_schedules_follow_the_direction_of_their_metric(tmp_path, metric, mode):
+    """ReduceLROnPlateau and greedy default to mode='min'; `greater_is_better` only picks checkpoints. The schedule
+    gets the metric's direction (unless the user named a mode), or it would cut the rate while retain accuracy rises."""
+    for scheduler in ("reduce_lr_on_plateau", "greedy"):
+        args = UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", lr_scheduler_type=scheduler,
+                             eval_strategy="steps", metric_for_best_model=metric, greater_is_better=True)  # fmt: skip
+        assert args.lr_scheduler_kwargs["mode"] == mode
+    lower = UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", lr_scheduler_type="reduce_lr_on_plateau",
+                          eval_strategy="steps", metric_for_best_model=metric, greater_is_better=False)  # fmt: skip
+    assert lower.lr_scheduler_kwargs["mode"] == "min"
+    own = UnlearnConfig(output_dir=str(tmp_path), method="neggrad_plus", lr_scheduler_type="reduce_lr_on_plateau",
+                        eval_strategy="steps", metric_for_best_model=metric, lr_scheduler_kwargs={"mode": "min"})  # fmt: skip
+    assert own.lr_scheduler_kwargs["mode"] == "min"
