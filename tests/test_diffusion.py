@@ -486,3 +486,19 @@ def test_the_originals_cached_measurement_is_keyed_by_the_noise_scheduler(tmp_pa
     trainer.model.noise_scheduler = diffusers.DDPMScheduler.from_config(trainer.model.noise_scheduler.config,
                                                                         beta_schedule="squaredcos_cap_v2")  # fmt: skip
     assert request_fingerprint(trainer) != key
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_trust_remote_code_reaches_diffusers(tmp_path, trusted, monkeypatch):
+    """`--trust_remote_code true` (or `UnlearnConfig(trust_remote_code=True)`) is what diffusers asks for to load a
+    pipeline's own code: it must reach `DiffusionPipeline.from_pretrained`, and stay False otherwise."""
+    from hf_unlearn.kinds import load_model
+
+    folder = tmp_path / "ddpm"
+    tiny_ddpm().save_pretrained(folder)
+    seen = []
+    real = diffusers.DiffusionPipeline.from_pretrained
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained",
+                        lambda *args, **kwargs: seen.append(kwargs.get("trust_remote_code")) or real(*args, **kwargs))
+    load_model(str(folder), trust_remote_code=trusted)
+    assert seen == [trusted]

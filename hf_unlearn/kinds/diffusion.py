@@ -27,12 +27,13 @@ class Diffusion(ModelKind):
         return isinstance(model, DiffusionModel)
 
     def load(self, model_id: str, config: Any, trust_remote_code: bool = False):
+        # `trust_remote_code` goes on to diffusers, which refuses a pipeline's own code without it
         if getattr(config, "model_type", None) == DiffusionConfig.model_type:  # saved by hf-unlearn
-            return DiffusionModel.from_pretrained(model_id), None
+            return DiffusionModel.from_pretrained(model_id, trust_remote_code=trust_remote_code), None
         # No config.json: a diffusers pipeline has model_index.json instead (asked only now, so loading another kind
         # costs no extra Hub request).
         if config is None and is_pipeline_folder(model_id):
-            return DiffusionModel.from_pretrained(model_id), None
+            return DiffusionModel.from_pretrained(model_id, trust_remote_code=trust_remote_code), None
         return None
 
     def card_template(self, model) -> str:
