@@ -149,21 +149,31 @@ def _beyond_range(model: torch.nn.Module, restored) -> list[str]:
     return found
 
 
+def without_autocast_wrapper(model: torch.nn.Module) -> None:
+    """Remove the autocast wrapper accelerate's `prepare_model` puts on `model.forward` (with bf16 / fp16), if an
+    earlier evaluation left one (`trainer.predict` before `unlearn()`): an unlearning run measures the original and
+    the unlearned model in the model's own precision, and returns it computing so."""
+    if "_original_forward" in model.__dict__:
+        model.__dict__.pop("_original_forward")
+        model.__dict__.pop("forward", None)
+
+
 @contextlib.contextmanager
 def autocast_undone_after(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, accelerate may wrap `model.forward` in autocast (`bf16=True` / `fp16=True`: its
     `prepare_model` sets `model.forward` and keeps the plain one as `model._original_forward`). After it the wrapper is
     removed: otherwise the unlearned model would be measured under autocast while its original was measured in its
     own precision, and would be returned still computing in half precision."""
-    before = model.__dict__.get("forward")
-    had_original = "_original_forward" in model.__dict__
+    missing = object()
+    before = {name: model.__dict__.get(name, missing) for name in ("forward", "_original_forward")}
     try:
         yield
     finally:
-        if "_original_forward" in model.__dict__ and not had_original:
-            del model.__dict__["_original_forward"]
-            if before is None:
-                model.__dict__.pop("forward", None)
+        # exactly as it came: also when an earlier evaluation (`trainer.predict`) had wrapped it already, which the
+        # block's loop then wraps again
+        for name, value in before.items():
+            if value is missing:
+                model.__dict__.pop(name, None)
             else:
-                model.forward = before
+                model.__dict__[name] = value
 

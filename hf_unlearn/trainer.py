@@ -19,7 +19,7 @@ from .measuring import MeasuringMixin
 from .models import one_head_for
 from .outputs import check_finite
 from .passes import broadcast_weights
-from .precision import autocast_undone_after, float32_method
+from .precision import autocast_undone_after, float32_method, without_autocast_wrapper
 from .report import loggable_metrics
 from .request import UnlearningRequest
 from .saving import SavingMixin
@@ -132,6 +132,7 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
         again = sorted(set(split.forget_classes or []) & set(getattr(self.model.config, "unlearned_classes", None) or []))
         if again:
             logger.warning(f"`forget_classes` {again} were unlearned by this model before; unlearning them again.")
+        without_autocast_wrapper(self.model)  # an earlier `predict` may have wrapped it: measured in its own precision
         started = time.perf_counter()
         # The original: measured now, or reused, or measured after the method with the unlearned model (`measure_cache`).
         original = OriginalMeasurement(self)

@@ -260,6 +260,20 @@ def test_the_unlearned_model_is_not_left_computing_under_autocast(digits, make_a
     torch.testing.assert_close(got, plain, rtol=0, atol=0)
 
 
+def test_a_model_wrapped_by_an_earlier_predict_is_measured_and_returned_plain(digits, make_args):
+    """`trainer.predict` with `bf16=True` before `unlearn()` leaves accelerate's autocast wrapper on the model; the
+    run takes it off first, so the original and the unlearned model are measured in the model's own precision."""
+    from hf_unlearn.examples.digits import digits_classifier
+
+    args = make_args("neggrad_plus", bf16=True, use_cpu=True, max_steps=2)
+    trainer = UnlearningTrainer(digits_classifier("vit"), args, train_dataset=digits["train"],
+                                eval_dataset=digits["test"], forget_classes=[3])  # fmt: skip
+    trainer.predict(digits["test"].select(range(8)))
+    assert "_original_forward" in vars(trainer.model)  # what accelerate's evaluation left
+    result = trainer.unlearn()
+    assert "forward" not in vars(result.model) and "_original_forward" not in vars(result.model)
+
+
 def test_gan_cascade_leaves_neither_network_under_autocast(tmp_path):
     """gan_cascade prepares the generator and the discriminator itself (no `train_with`): with `bf16=True` their
     autocast wrappers are removed after the run too, so the GAN is measured and returned in its own precision."""
