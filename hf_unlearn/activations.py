@@ -240,7 +240,7 @@ class GramStatistics:
     @torch.no_grad()
     def probe(self, model: nn.Module, batch: dict) -> None:
         """Find which calls of each layer read the samples, from two passes that record nothing: on the first row of
-        `batch` (model inputs, at least 2 rows) and on its first two rows. A call reads the samples when its input's
+        `batch` (model inputs) and on that row twice. A call reads the samples when its input's
         first dimension doubles with the rows (one row a sample, or several: Swin's attention windows); not when it
         stays (a table every sample shares: the coordinates Swin v2's position-bias MLP reads, the relative positions
         of Wav2Vec2-Conformer's `linear_pos`), whatever the batch size. Unprobed (a pass of single rows), a call
@@ -253,11 +253,11 @@ class GramStatistics:
 
         handles = [module.register_forward_pre_hook(recorder(name)) for name, module in self.modules.items()]
         try:
-            for count in (1, 2):
+            for count in (1, 2):  # the first row, then that row twice: any batch (of one row too) can be probed
                 for calls in sizes.values():
                     calls.append([])
-                model(**{key: value[:count] if torch.is_tensor(value) and value.dim() and value.shape[0] == rows
-                         else value for key, value in batch.items()})  # fmt: skip
+                model(**{key: torch.cat([value[:1]] * count) if torch.is_tensor(value) and value.dim()
+                         and value.shape[0] == rows else value for key, value in batch.items()})  # fmt: skip
         finally:
             for handle in handles:
                 handle.remove()
@@ -445,7 +445,7 @@ def collect_input_grams(
 ) -> GramStatistics:
     """One forward pass of `trainer.model` (eval mode) over `dataset`, shared between processes without duplicates,
     accumulating the input Gram matrix of every layer in `modules`, summed over processes. Each process's first batch
-    of 2 rows or more is probed first (`GramStatistics.probe`): only the calls of a layer that read the samples count."""
+    is probed first (`GramStatistics.probe`): only the calls of a layer that read the samples count."""
     model = trainer.model
     statistics = GramStatistics(modules, num_samples=len(dataset), conv_window=conv_window, seed=trainer.args.seed,
                                 conv_crop=conv_crop, token_rows=token_rows, max_token_rows=max_token_rows,
@@ -453,7 +453,7 @@ def collect_input_grams(
     with evaluating(model):
         for sample_ids, batch in trainer.shard_batches(dataset, description):
             batch.pop("labels", None)
-            if statistics.sample_calls is None and len(sample_ids) >= 2:
+            if statistics.sample_calls is None:
                 statistics.probe(model, batch)
             statistics.sample_ids = sample_ids
             with statistics.recording():

@@ -74,7 +74,7 @@ def test_a_layer_that_reads_no_sample_gets_no_statistics(batch_rows):
     layers = find_target_modules(model)
     images = torch.randn(4, 3, 32, 32)
     statistics = GramStatistics(layers, num_samples=4, max_token_rows=40)
-    statistics.probe(model, {"pixel_values": images[:2]})
+    statistics.probe(model, {"pixel_values": images[:batch_rows]})  # a batch of one row can be probed too
     with torch.no_grad():
         for start in range(0, 4, batch_rows):
             statistics.sample_ids = torch.arange(start, start + batch_rows)
