@@ -53,6 +53,7 @@ from transformers.utils.logging import get_logger
 logger = get_logger(__name__)
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_STOCK_FORWARDS = {layer.forward for layer in WEIGHT_LAYERS}
 
 
 def name_matches(name: str, pattern: str | Sequence[str]) -> bool:
@@ -72,9 +73,11 @@ def find_target_modules(
     `target_modules` / `exclude_modules` follow peft: a string is a regex that must match the whole module name, a list
     matches names equal to or ending in `"." + entry`. `None` targets every such layer (patch embedding and
     classification head included). Weight-normalised layers (a parametrised weight, e.g. Wav2Vec2's positional
-    convolution) are skipped with a log line: their weight is not a plain parameter that can be rewritten.
+    convolution) are skipped with a log line: their weight is not a plain parameter that can be rewritten; so are
+    subclasses with a forward of their own (BiT's weight-standardised convolutions, which standardise the weight and
+    pad inside forward), whose output is not the weight times the input the statistics record.
     """
-    selected, skipped = {}, []
+    selected, skipped, own_forward = {}, [], []
     for name, module in model.named_modules():
         if not isinstance(module, WEIGHT_LAYERS):
             continue
@@ -85,9 +88,15 @@ def find_target_modules(
         if parametrize.is_parametrized(module) or hasattr(module, "weight_g"):
             skipped.append(name)
             continue
+        if type(module).forward not in _STOCK_FORWARDS:
+            own_forward.append(name)
+            continue
         selected[name] = module
     if skipped:
         logger.info(f"Skipping weight-normalised layers (no plain weight to project): {', '.join(skipped)}")
+    if own_forward:
+        logger.info(f"Skipping layers with a forward of their own (e.g. weight standardisation, padding inside forward: "
+                    f"their output is not weight x input): {', '.join(own_forward)}")
     if not selected:
         examples = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)][:5]
         raise ValueError(

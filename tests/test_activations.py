@@ -223,6 +223,19 @@ def test_target_modules_by_regex_list_and_exclusion(trained):
         find_target_modules(model, ["nothing"])
 
 
+def test_layers_with_a_forward_of_their_own_are_not_projected():
+    """BiT's convolutions standardise their weight (and pad) inside forward: their output is not weight x input, so a
+    projection written into `.weight` would be standardised away. Only stock Linear / Conv forwards are targeted."""
+    import transformers as tf
+
+    config = tf.BitConfig(embedding_size=32, hidden_sizes=[32, 64], depths=[1, 1], num_groups=8, num_labels=3)
+    model = tf.BitForImageClassification(config)
+    found = find_target_modules(model)
+    assert "classifier.1" in found  # the head is a plain Linear
+    assert not any(type(module).__name__ == "WeightStandardizedConv2d" for module in found.values())
+    assert any(type(module).__name__ == "WeightStandardizedConv2d" for module in model.modules())
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_gets_statistics_for_every_linear_and_conv_layer(family):
     torch.manual_seed(0)
