@@ -116,3 +116,18 @@ def test_methods_without_gradient_training_refuse_peft(method, tmp_path):
 def test_bad_peft_config_is_named(value, tmp_path):
     with pytest.raises(ValueError, match="`peft_config`"):
         UnlearnConfig(output_dir=str(tmp_path), method="finetune", peft_config=value)
+
+
+def test_svd_projection_refuses_a_model_that_still_carries_adapters(trained, digits, tmp_path):
+    """A model returned with its adapters kept (`peft_merge=False`) then given to svd_projection: the base layers and
+    the adapter matrices would each be projected, and a save would keep only the adapters. Refused, naming the merge;
+    merged, it runs."""
+    from hf_unlearn.lora import merge_lora
+
+    _, result = unlearn(trained("vit"), digits, tmp_path, peft_config=LORA, peft_merge=False)
+    args = UnlearnConfig(**training_arguments(str(tmp_path / "svd"), disable_tqdm=True), method="svd_projection")
+    with pytest.raises(ValueError, match="still carries LoRA adapters.*merge_lora"):
+        UnlearningTrainer(result.model, args, train_dataset=digits["train"], eval_dataset=digits["test"],
+                          forget_classes=[5])  # fmt: skip
+    UnlearningTrainer(merge_lora(result.model), args, train_dataset=digits["train"], eval_dataset=digits["test"],
+                      forget_classes=[5])  # fmt: skip

@@ -77,6 +77,7 @@ from tqdm.auto import tqdm
 from ..activations import CONV_CROPS, collect_head_features, collect_input_grams, find_target_modules
 from ..contract import PaperPreset, UnlearningMethod
 from ..data import subsample
+from ..lora import has_lora
 from ..metrics import accuracy
 from ..models import classification_head, refit_head
 from ..passes import shard_counts, shard_divergence, shard_logits
@@ -453,6 +454,16 @@ class SVDProjection(UnlearningMethod):
     edits_head = True  # its head refit (and projection) rewrite the head
     #: With `alpha_score="forget_first_kl"`: the original's logits on this process's held-out retain batches.
     original_retain_logits: list[torch.Tensor] | None = None
+
+    @classmethod
+    def check_settings(cls, config, args, model) -> None:
+        if has_lora(model):
+            raise ValueError(
+                "svd_projection rewrites plain layer weights, but this model still carries LoRA adapters (an earlier "
+                "run with `peft_merge=False`): their base layers and adapter matrices would each be projected, and a "
+                "save keeps only the adapters, not the projected base weights. Merge them first: "
+                "`hf_unlearn.lora.merge_lora(model)` (or peft's `merge_and_unload()`)."
+            )
 
     def split_rows(self) -> dict:
         """Positions in `forget_view` / `retain_view` of the statistics rows and (with alpha_search) of the disjoint
