@@ -581,3 +581,23 @@ def test_float32_eigendecompositions_give_the_float64_projection():
     changed = (projected[torch.float64] - weight).norm()
     assert changed > 0.05 * weight.norm()  # the forget-only inputs 10-13 were removed
     assert (projected[torch.float32] - projected[torch.float64]).norm() < 1e-4 * changed
+
+
+def test_an_error_midway_puts_the_original_weights_back(trained, digits, make_args, monkeypatch):
+    """The grid and the projection rewrite the weights in place: an error after them (here in the head refit) must
+    not leave the caller's model at some grid point."""
+    import hf_unlearn.methods.svd_projection as svd
+
+    model = trained("resnet")
+    before = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(svd, "refit_head", failing)
+    trainer = UnlearningTrainer(model, make_args("svd_projection"), train_dataset=digits["train"],
+                                eval_dataset=digits["test"], forget_classes=[3])  # fmt: skip
+    with pytest.raises(RuntimeError, match="simulated"):
+        trainer.unlearn()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(after[name], tensor) for name, tensor in before.items())

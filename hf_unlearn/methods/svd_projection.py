@@ -64,6 +64,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from copy import deepcopy
@@ -509,7 +510,32 @@ class SVDProjection(UnlearningMethod):
                            f"{sorted(set(modules) - set(spaces))}")
         self.report["projected_layers"] = len(spaces)
         self.report["statistics_rows"] = {split: len(rows[split][0]) for split in rows}
+        with self.originals_on_error(modules, spaces):
+            self.project(modules, spaces, rows)
 
+    @contextlib.contextmanager
+    def originals_on_error(self, modules, spaces):
+        """Within the block the weights are rewritten (every grid point, the projection, the head refit): on an error
+        every projected layer gets its original weight back (kept by its `LayerProjection`), and the head its weight
+        and bias, so the caller's model is not left at some grid point."""
+        try:
+            head = classification_head(self.trainer.model)[1]
+        except ValueError:  # no head to refit either (`head_to_refit` says so)
+            head = None
+        kept = {} if head is None else {key: value.detach().clone() for key, value in head.named_parameters()}
+        try:
+            yield
+        except BaseException:
+            with torch.no_grad():
+                for name, space in spaces.items():
+                    modules[name].weight.copy_(space.weight)
+                for key, value in kept.items():
+                    getattr(head, key).copy_(value)
+            raise
+
+    def project(self, modules, spaces, rows) -> None:
+        """The alpha search (or the fixed pair), the projection and the head refit."""
+        config = self.config
         if config.alpha_search:
             scored = {}
             for split, (statistics_rows, held_out) in rows.items():
