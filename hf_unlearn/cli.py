@@ -76,8 +76,45 @@ def parse_job(argv: list[str], extra=(), command: str = "unlearn"):
                 f"`--config {known.config}` has keys that are neither {kinds} fields: {unknown}. "
                 f"See `hf-unlearn {command} --help`."
             )
+        argv = _merged_dict_options(argv, values)
         parser.set_defaults(**values)
     return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
+
+
+#: Options whose value is a dict: given on the command line over a YAML that has one, they update it key by key.
+DICT_OPTIONS = ("method_kwargs", "peft_config")
+
+
+def _merged_dict_options(argv: list[str], values: dict) -> list[str]:
+    """`argv` with `--method_kwargs` / `--peft_config` values merged over the YAML's dicts (`values`), key by key,
+    instead of replacing them whole (which dropped a recipe's other settings silently). A `--method` other than the
+    YAML's drops the YAML's `method_kwargs`, which are that other method's (said in the log)."""
+    argv = list(argv)
+    options = {}
+    for index, argument in enumerate(argv):
+        name, equals, value = argument.partition("=")
+        if name.startswith("--") and name[2:] in (*DICT_OPTIONS, "method"):
+            options[name[2:]] = (index, equals, value if equals else (argv[index + 1] if index + 1 < len(argv) else None))
+    method = options.get("method", (None, "", values.get("method")))[2]
+    if "method" in options and values.get("method") not in (None, method) and values.get("method_kwargs"):
+        logger.warning(f"`--method {method}` replaces the YAML's '{values['method']}': its `method_kwargs` "
+                       f"{values['method_kwargs']} are that method's and are dropped.")
+        values.pop("method_kwargs")
+    for name in DICT_OPTIONS:
+        if name not in options or not isinstance(values.get(name), dict):
+            continue
+        index, equals, value = options[name]
+        try:
+            given = json.loads(value)
+        except (TypeError, ValueError):
+            continue  # not a JSON object: UnlearnConfig names the error
+        if isinstance(given, dict):
+            merged = json.dumps({**values[name], **given})
+            if equals:
+                argv[index] = f"--{name}={merged}"
+            else:
+                argv[index + 1] = merged
+    return argv
 
 
 def _group_help(parser, dataclass_types) -> None:

@@ -184,6 +184,21 @@ def test_command_line_overrides_the_yaml(tmp_path):
     assert job.align_labels is False
 
 
+def test_dict_options_update_the_yamls_key_by_key(tmp_path):
+    """`--method_kwargs` / `--peft_config` over a YAML that has them change the keys given and keep the others (a
+    recipe's settings no longer vanish); `--method` of another method drops the YAML's method_kwargs."""
+    values = {**JOB, "method_kwargs": {"num_neighbors": 5, "forget_objective": "projection"}}
+    for form in (["--method_kwargs", '{"num_neighbors": 3}'], ['--method_kwargs={"num_neighbors": 3}']):
+        _, args = parse_job(["--config", write(tmp_path, values), *form])
+        assert args.method_config.num_neighbors == 3 and args.method_config.forget_objective == "projection"
+    lora = {**JOB, "method": "neggrad_plus", "method_kwargs": None,
+            "peft_config": {"r": 4, "target_modules": ["query", "value"]}}  # fmt: skip
+    _, args = parse_job(["--config", write(tmp_path, lora), "--peft_config", '{"r": 8}'])
+    assert args.peft_config == {"r": 8, "target_modules": ["query", "value"]}
+    _, args = parse_job(["--config", write(tmp_path, values), "--method", "neggrad_plus"])
+    assert args.method == "neggrad_plus" and not args.method_kwargs
+
+
 def test_unknown_yaml_keys_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"neither JobArguments nor UnlearnConfig fields: \['learning_rat'\]"):
         parse_job(["--config", write(tmp_path, {**JOB, "learning_rat": 1e-3})])
