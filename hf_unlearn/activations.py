@@ -464,11 +464,30 @@ def collect_input_grams(
             batch.pop("labels", None)
             if statistics.sample_calls is None:
                 statistics.probe(model, batch)
-            statistics.sample_ids = sample_ids
-            with statistics.recording():
-                model(**batch)
+            for ids, rows in unpadded(sample_ids, batch):
+                statistics.sample_ids = ids
+                with statistics.recording():
+                    model(**rows)
     statistics.all_reduce()
     return statistics
+
+
+def unpadded(sample_ids: torch.Tensor, batch: dict):
+    """`(sample_ids, batch)` as it is, or, when its `attention_mask` marks padding (audio clips of different lengths
+    padded to the longest), each row alone without its padded positions: padded frames are no input of the sample
+    (the model masks them before its output), and as rows of the statistics they would make a clip's statistics
+    depend on what it was batched with."""
+    mask = batch.get("attention_mask")
+    if not torch.is_tensor(mask) or mask.dim() != 2 or bool(mask.bool().all()):
+        yield sample_ids, batch
+        return
+    for row in range(mask.shape[0]):
+        keep = mask[row].bool()
+        yield sample_ids[row : row + 1], {
+            key: value[row : row + 1][:, keep] if torch.is_tensor(value) and value.shape[:2] == mask.shape
+            else value[row : row + 1] if torch.is_tensor(value) and value.dim() and value.shape[0] == mask.shape[0]
+            else value for key, value in batch.items()
+        }  # fmt: skip
 
 
 class InputCapture:

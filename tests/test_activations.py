@@ -506,3 +506,36 @@ def test_batchnorm_statistics_kept_normalises_with_the_batch_and_leaves_the_runn
     assert model[1].track_running_stats and model[2][0].track_running_stats
     model(x)
     assert not torch.equal(before["1.running_mean"], model.state_dict()["1.running_mean"])
+
+
+def test_padded_audio_frames_are_no_rows_of_the_statistics():
+    """Clips of different lengths padded to the longest, with an attention mask: each clip's statistics are those of
+    the clip alone, whatever it was batched with (the padded frames are no input of the sample)."""
+    from hf_unlearn.activations import unpadded
+
+    torch.manual_seed(0)
+    model, _ = tiny_classifier("wav2vec2", num_layers=1, feat_extract_norm="layer", do_stable_layer_norm=True)
+    model.eval()
+    layers = find_target_modules(model)
+    long_clip, short_clip = torch.randn(1, 800), torch.randn(1, 400)
+    batch = {"input_values": torch.cat([long_clip, torch.cat([short_clip, torch.zeros(1, 400)], 1)]),
+             "attention_mask": torch.cat([torch.ones(1, 800), torch.cat([torch.ones(1, 400), torch.zeros(1, 400)], 1)]
+                                         ).long()}  # fmt: skip
+
+    def statistics_of(passes):
+        statistics = GramStatistics(layers, num_samples=2, conv_window=None)
+        with torch.no_grad():
+            for ids, rows in passes:
+                statistics.sample_ids = ids
+                with statistics.recording():
+                    model(**rows)
+        return statistics
+
+    batched = statistics_of(unpadded(torch.arange(2), batch))
+    alone = statistics_of([(torch.tensor([0]), {"input_values": long_clip}), (torch.tensor([1]), {"input_values": short_clip})])
+    for name in layers:
+        assert batched.rows[name] == alone.rows[name], name
+        torch.testing.assert_close(batched.grams[name], alone.grams[name], rtol=1e-4, atol=1e-4)
+    # A batch without padding passes as it is.
+    full = {"input_values": batch["input_values"], "attention_mask": torch.ones(2, 800, dtype=torch.long)}
+    assert [ids.tolist() for ids, _ in unpadded(torch.arange(2), full)] == [[0, 1]]
