@@ -50,16 +50,16 @@ def lora_config(settings: dict, model: nn.Module, head_name: str):
 
 
 def add_lora(model: nn.Module, settings: dict, head_name: str) -> list[str]:
-    """Inject LoRA adapters described by `settings` into `model` (in place) and freeze every other parameter.
-    Returns the adapted layer names."""
+    """Inject LoRA adapters described by `settings` into `model` (in place); peft freezes every other parameter but the
+    head's trained copy and the biases its `bias` names. Returns the adapted layer names."""
     peft = _peft()
     config = lora_config(settings, model, head_name)
     peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     adapted = [name for name, module in model.named_modules() if isinstance(module, peft.tuners.lora.LoraLayer)]
     if not adapted:
         raise ValueError(f"`peft_config` target_modules={config.target_modules!r} matched no layer of the model.")
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_("lora_" in name or f"modules_to_save.{ADAPTER}." in name)
+    # peft has frozen everything but the adapters, the head's copy and the biases `bias` asks for ("all",
+    # "lora_only"): those flags are kept (forcing only adapters and the head, as before, froze the biases asked for)
     return adapted
 
 

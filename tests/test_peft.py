@@ -131,3 +131,22 @@ def test_svd_projection_refuses_a_model_that_still_carries_adapters(trained, dig
                           forget_classes=[5])  # fmt: skip
     UnlearningTrainer(merge_lora(result.model), args, train_dataset=digits["train"], eval_dataset=digits["test"],
                       forget_classes=[5])  # fmt: skip
+
+
+@pytest.mark.parametrize("bias", ["none", "all", "lora_only"])
+def test_the_bias_setting_of_peft_config_decides_which_biases_train(trained, bias):
+    """peft's `bias`: "none" trains no bias but the head copy's, "all" every bias, "lora_only" those of the adapted
+    layers; everything else stays frozen (only adapters, the head's copy and those biases train)."""
+    from hf_unlearn.lora import add_lora
+
+    model = trained("vit")
+    add_lora(model, {**LORA, "bias": bias}, "classifier")
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    biases = {name for name in trainable if name.endswith(".bias") and "modules_to_save" not in name}
+    adapted_biases = {f"vit.layers.{i}.attention.{p}.base_layer.bias" for i in (0, 1) for p in ("q_proj", "v_proj")}
+    expected = {"none": set(), "lora_only": adapted_biases,
+                "all": {name for name, _ in model.named_parameters() if name.endswith(".bias")
+                        and "modules_to_save" not in name and "original_module" not in name}}[bias]  # fmt: skip
+    assert biases == expected
+    assert all("lora_" in name or "modules_to_save.default." in name or name.endswith(".bias") for name in trainable)
+    assert any("modules_to_save.default." in name for name in trainable)
