@@ -12,6 +12,7 @@ reference to it stay valid, and after `merge_lora` its state dict has exactly th
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from torch import nn
 from .activations import find_target_modules
 from .models import classification_head
 from .outputs import public_reference
+from .validation import coerce
 
 ADAPTER = "default"
 
@@ -43,6 +45,14 @@ def lora_config(settings: dict, model: nn.Module, head_name: str):
     settings.setdefault("lora_alpha", settings.get("r", 8))
     settings.setdefault("lora_dropout", 0.0)
     settings.setdefault("modules_to_save", [head_name])
+    try:
+        hints = typing.get_type_hints(peft.LoraConfig)
+    except Exception:  # an annotation this Python cannot resolve: the values go as they are
+        hints = {}
+    # read as the command line reads values ("false" is False, "8" is 8), or a clear error naming the key: a string
+    # given to a bool field would otherwise be true and switch on rsLoRA or DoRA
+    settings = {key: coerce(value, hints[key], f"peft_config['{key}']") if key in hints else value
+                for key, value in settings.items()}  # fmt: skip
     try:
         return peft.LoraConfig(**settings)
     except TypeError as error:

@@ -150,3 +150,17 @@ def test_the_bias_setting_of_peft_config_decides_which_biases_train(trained, bia
     assert biases == expected
     assert all("lora_" in name or "modules_to_save.default." in name or name.endswith(".bias") for name in trainable)
     assert any("modules_to_save.default." in name for name in trainable)
+
+
+def test_peft_config_values_are_read_as_their_types():
+    """From YAML or the command line, "false" must be False: given to LoraConfig as a string it is true and switches
+    rsLoRA / DoRA on silently. Values are read by LoraConfig's field types, or refused naming the key."""
+    from tiny_models import tiny_classifier
+
+    from hf_unlearn.lora import lora_config
+
+    model, _ = tiny_classifier("vit")
+    config = lora_config({"r": "4", "use_rslora": "false", "use_dora": "no", "lora_dropout": "0.1"}, model, "classifier")
+    assert (config.r, config.use_rslora, config.use_dora, config.lora_dropout) == (4, False, False, 0.1)
+    with pytest.raises(ValueError, match=r"`peft_config\['use_rslora'\]` must be true or false, got 'maybe'"):
+        lora_config({"r": 4, "use_rslora": "maybe"}, model, "classifier")
