@@ -453,7 +453,8 @@ def _push_failure(api, repo_id: str, created: bool, step: str, error: Exception,
                     f"({type(cleanup_error).__name__}): delete it on the Hub if you do not retry."
                 )
     elif step == "uploading":
-        reached = f"The repository '{repo_id}' existed before and was not changed (the upload is one commit)."
+        reached = (f"The repository '{repo_id}' existed before; the upload is one commit, so it was not changed "
+                   "unless that commit landed and only its answer was lost: check it on the Hub.")
     options = [f"--exclude {shlex.quote(pattern)}" for pattern in UPLOAD_IGNORED]
     options += ["--private"] if private else []
     options += [f"--revision {shlex.quote(revision)}"] if revision else []
