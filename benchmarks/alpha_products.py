@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
-from common import write_results
+from common import best_of, write_results
 
 from hf_unlearn.methods.svd_projection import LayerProjection, eigen_space, scaled_importance
 
@@ -37,16 +36,6 @@ LAYERS = [
     ("resnet-50", "layer4 conv2 (3x3)", 512, 4608, 294, 3),
     ("resnet-50", "layer4 conv3 (1x1)", 2048, 512, None, 3),
 ]
-
-
-def best_of(function, repeats: int = 2) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def spaces(size: int, forget_rows: int | None, seed: int):

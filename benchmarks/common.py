@@ -38,6 +38,17 @@ def with_peak_memory(function, *args, **kwargs):
     return result, seconds, max(0, max(peak[0], resident_bytes()) - baseline)
 
 
+def best_of(function, repeats: int = 2) -> float:
+    """The shortest of `repeats` timed calls of `function`, after one untimed warm-up call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def write_results(output: str, text: str, data) -> None:
     """The markdown report at `output` and the raw numbers beside it (same name, `.json`); prints the report."""
     path = Path(output)

@@ -18,25 +18,14 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
-from common import write_results
+from common import best_of, write_results
 
 from hf_unlearn.methods.svd_projection import row_eigen, scaled_importance
 
 BATCHES = [(768, 12), (3072, 4)]  # (d, layers of that shape)
 ROWS = [(985, 3072), (2254, 4608), (2300, 6144), (250, 6144), (414, 2048)]  # (n, d): 64-row runs of scale.py
-
-
-def best_of(function, repeats: int = 2) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def inputs(n: int, d: int, seed: int) -> torch.Tensor:
