@@ -66,12 +66,18 @@ def check_dataset(dataset, argument: str) -> None:
         raise TypeError(f"`{argument}` must be a `datasets.Dataset`, got {type(dataset).__name__}.{hint}")
 
 
+def has_transform(dataset) -> bool:
+    """Whether `dataset` reads its rows through a transform of its own (`set_transform` / `with_transform`), which
+    `with_format`, `map` and `flatten_indices` would drop or apply once too often."""
+    return dataset.format.get("type") == "custom"
+
+
 def check_label_transform(dataset, label_column: str, argument: str, rows: int = 32) -> None:
     """Refuse a `set_transform` / `with_transform` that changes labels. The split into forget and retain rows reads
     the stored labels (`dataset_labels`, without the transform) while the rows scored go through it, so remapped labels
     would be forgotten under one id and measured under another. Checked on the first `rows` rows; a transform that
     keeps the labels (an image preprocessing one, say) passes."""
-    if dataset.format.get("type") != "custom" or not len(dataset):
+    if not has_transform(dataset) or not len(dataset):
         return
     count = min(rows, len(dataset))
     transformed = dataset[:count]
@@ -498,7 +504,7 @@ def with_model_inputs(dataset, collator, description: str = "Computing model inp
     raw = [name for name in RAW_IMAGE_COLUMNS + RAW_AUDIO_COLUMNS if name in dataset.column_names]
     if not raw or any(name in dataset.column_names for name in MODEL_INPUT_COLUMNS) or len(dataset) == 0:
         return dataset
-    if dataset.format.get("type") == "custom":
+    if has_transform(dataset):
         return dataset
     dropped = raw + [name for name in SAMPLING_RATE_COLUMNS if name in dataset.column_names]
     sample = collator.model_inputs([dataset[0]])

@@ -8,6 +8,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .activations import capturing, evaluating, pooled_rows
+from .data import has_transform
 
 
 def image_tensors(dataset, image_column: str = "pixel_values", label_column: str = "label"):
@@ -21,7 +22,7 @@ def image_tensors(dataset, image_column: str = "pixel_values", label_column: str
             "images to that column first, e.g. as `hf_unlearn.examples.digits.load_digits_dataset` does."
         )
     labels = dataset.with_format("torch", columns=[label_column])[:][label_column].long()
-    if dataset.format["type"] == "custom":  # `with_transform` / `set_transform`: read through it, as training does
+    if has_transform(dataset):  # read through it, as training does
         images = dataset[:][image_column]
         images = torch.stack([torch.as_tensor(image) for image in images]) if isinstance(images, list) else images
         return torch.as_tensor(images).float(), labels

@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .activations import capturing, evaluating, pooled_rows
+from .data import has_transform
 
 if TYPE_CHECKING:
     from .measure_cache import OriginalTail
@@ -57,7 +58,7 @@ def contiguous_rows(dataset, rows):
     (`set_transform` / `with_transform`) runs when rows are read, and `flatten_indices` writes rows as read, so a
     transformed dataset is flattened without it and given it back: flattened through it, its stored rows would be the
     transformed ones and every read would transform them a second time (an input scaled twice, silently)."""
-    if dataset.format.get("type") != "custom":
+    if not has_transform(dataset):
         return dataset.select(rows).flatten_indices(keep_in_memory=True)
     form = dataset.format
     chunk = dataset.with_format(None).select(rows).flatten_indices(keep_in_memory=True)

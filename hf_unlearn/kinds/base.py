@@ -26,6 +26,7 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import AutoConfig
 
 from ..data import model_label_names, name_mismatches
+from ..generative import judge_head
 
 if TYPE_CHECKING:  # annotations only: the trainer module imports the kinds
     from ..trainer import UnlearningTrainer
@@ -227,10 +228,12 @@ def _check_judge_classes(model, judge) -> None:
 
 
 def _judge_classes(judge) -> int | None:
-    """How many classes `judge` scores: its config's `num_labels`, else its classification head's outputs (the last
-    `nn.Linear`), else None (nothing says)."""
+    """How many classes `judge` scores: its config's `num_labels`, else its classification head's outputs
+    (`generative.judge_head`), else None (nothing says)."""
     judge_config = getattr(judge, "config", None)
     if hasattr(judge_config, "num_labels"):
         return int(judge_config.num_labels)
-    linears = [module for module in judge.modules() if isinstance(module, torch.nn.Linear)]
-    return linears[-1].out_features if linears else None
+    try:
+        return judge_head(judge).out_features
+    except ValueError:  # no nn.Linear head: measuring says so, with its own message
+        return None
