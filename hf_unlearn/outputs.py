@@ -51,9 +51,23 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without changing it where the system says it (Linux's /proc: setting it to read it
+    back would, for that moment, give files other threads create world-writable modes); elsewhere the one read at
+    import."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return _UMASK_AT_IMPORT
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _read_umask()
 
 
 def staging_path(target: Path) -> Path:

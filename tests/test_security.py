@@ -262,6 +262,22 @@ def unlearned_trainer(trained, digits, make_args, **overrides):
     return trainer
 
 
+def test_atomic_writes_take_the_umask_without_changing_it(tmp_path, monkeypatch):
+    """A file written whole gets the mode `open` would give it, and the umask is read, never set: setting it to read
+    it back would give files other threads create meanwhile world-writable modes."""
+    from hf_unlearn.outputs import write_atomic
+
+    previous = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail(f"os.umask({mask:o}) called while writing"))
+        write_atomic(tmp_path / "card.md", "text")
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert (tmp_path / "card.md").read_text() == "text"
+    assert (tmp_path / "card.md").stat().st_mode & 0o777 == 0o640
+
+
 def test_a_save_replaces_the_whole_folder(trained, digits, make_args, tmp_path):
     """Files of an earlier save (here an old LoRA adapter) do not survive beside the new model; the Trainer's logs
     move across; nothing is left beside the folder."""
