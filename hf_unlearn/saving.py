@@ -67,14 +67,14 @@ class SavingMixin:
                 "model before unlearning. Save to a new folder, e.g. `output_dir='outputs/model-unlearned'` (or pass "
                 "`overwrite=True` to replace the original on purpose)."
             )
-        check_replaceable(target, overwrite)
+        self._raise_on_every_process(check_replaceable, target, overwrite)
         self._raise_on_every_process(check_finite, self.model, "Saving")
         staging = staging_path(target)
         self._raise_on_every_process(prepare_staging, target, main_only=True)
         if has_lora(self.model):
             self._raise_on_every_process(self._save_adapter, str(staging), main_only=True)
-        else:
-            super().save_model(str(staging), _internal_call=True)
+        else:  # the Trainer's save (the main process writes; with DeepSpeed or FSDP every process takes part)
+            self._raise_on_every_process(super().save_model, str(staging), True)
 
         # the card names the folder written, not `args.output_dir`'s (unless a Hub ID or name is given)
         card_arguments.setdefault("model_name", self.args.hub_model_id or target.name)

@@ -193,6 +193,24 @@ def half_precision_run(trainer: UnlearningTrainer, result_path: str) -> None:
                f"{result_path}.{trainer.accelerator.process_index}")  # fmt: skip
 
 
+def failing_save(trainer: UnlearningTrainer, result_path: str) -> None:
+    """Process 0's write of the model fails (a full disk); every process writes the error its `save_unlearned`
+    raised to RESULT_PATH.<rank> (a process left waiting for the others would hang instead)."""
+    rank = trainer.accelerator.process_index
+    if rank == 0:
+        def full_disk(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        trainer._save = full_disk
+    try:
+        trainer.save_unlearned(os.path.join(os.path.dirname(result_path), "saved"))
+        raised = None
+    except Exception as error:  # what each process saw
+        raised = f"{type(error).__name__}: {error}"
+    with open(f"{result_path}.{rank}", "w") as handle:
+        handle.write(str(raised))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)  # two processes on a 2-core machine (not on import: the tests import this module)
     mode, model_dir, result_path = sys.argv[1:4]
@@ -213,6 +231,9 @@ if __name__ == "__main__":
     elif mode == "half":
         trainer = make_trainer(model_dir, output_dir, "gppu", GPPU_HEAD_ONLY)
         half_precision_run(trainer, result_path)
+    elif mode == "failing_save":
+        trainer = make_trainer(model_dir, output_dir, "gppu", GPPU_HEAD_ONLY)
+        failing_save(trainer, result_path)
     elif mode == "gppu":
         trainer = make_trainer(model_dir, output_dir, "gppu", GPPU_HEAD_ONLY)
         gppu_features_and_head(trainer, result_path)

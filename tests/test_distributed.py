@@ -13,13 +13,13 @@ import pytest
 import torch
 
 
-def run_two_processes(mode, model_dir, result_path, port):
+def run_two_processes(mode, model_dir, result_path, port, timeout=600):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
         worker.__file__, mode, str(model_dir), str(result_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stderr[-3000:]
 
 
@@ -171,3 +171,14 @@ def test_a_half_precision_model_over_two_processes_ends_as_one_in_its_dtype(trai
         assert torch.equal(weight, second["weights"][name]), name
     for name, value in first["metrics"].items():
         assert value == pytest.approx(expected[name], abs=1e-6), name
+
+
+def test_a_save_that_fails_on_process_0_stops_every_process(trained, tmp_path):
+    """The write of the model fails on process 0 only: both processes raise (process 1 saying another failed)
+    instead of process 1 waiting for it at the next collective, and nothing is left in place of the output."""
+    trained("vit").save_pretrained(tmp_path / "model")
+    run_two_processes("failing_save", tmp_path / "model", tmp_path / "raised", 29520, timeout=240)
+    raised = [(tmp_path / f"raised.{rank}").read_text() for rank in range(2)]
+    assert raised[0].startswith("OSError") and "No space left" in raised[0]
+    assert raised[1].startswith("RuntimeError: Another process failed")
+    assert not (tmp_path / "saved").exists()
