@@ -233,6 +233,22 @@ def test_forget_batches_leave_the_batchnorm_statistics_alone(forget_updates_batc
     assert norm.track_running_stats
 
 
+def test_the_trained_blocks_train_with_their_dropout_and_the_frozen_ones_without(trained, digits, make_args):
+    """Modules without parameters (dropout, activations) belong to the block that holds them: a trained block's
+    dropout runs in training mode during the fine-tuning's steps (the passes with gradients), a frozen block's as at
+    inference."""
+    model = trained("vit")
+    seen = {name: set() for name in ("vit.layers.0.dropout", "vit.layers.1.dropout")}
+    for name in seen:
+        model.get_submodule(name).register_forward_pre_hook(
+            lambda module, args, name=name: seen[name].add(module.training) if torch.is_grad_enabled() else None
+        )
+    trainer, result = unlearn(model, digits, make_args, [3], max_steps=2,
+                              method_kwargs={"stop_when_recovered": False, "replay_block_input": False})  # fmt: skip
+    assert result.metrics["trained_blocks"] == ["vit.layers.1"]
+    assert seen == {"vit.layers.0.dropout": {False}, "vit.layers.1.dropout": {True}}
+
+
 def test_the_finetuning_epoch_covers_at_most_max_finetune_rows_retain_rows(trained, digits, make_args):
     """`max_finetune_rows`: the fine-tuning's epoch covers that many retain rows (each paired with a forget row), so
     its cost does not grow with the dataset; None runs over every retain row."""

@@ -586,11 +586,12 @@ class GPPU(UnlearningMethod):
         # restores this right before each forward. So do the modules that hold the blocks, for their own flag alone
         # (`activations.block_list_owners`): in training mode Wav2Vec2 and HuBERT skip blocks, frozen ones included
         # (LayerDrop), and mask what reaches them (SpecAugment).
-        frozen = {
-            name: module
-            for name, module in model.named_modules()
-            if not any(id(parameter) in trainable_parameters for parameter in module.parameters())
-        }
+        frozen = {}  # a module without parameters (dropout, an activation) belongs to the module that holds it
+        for name, module in model.named_modules():
+            parameters = [id(parameter) for parameter in module.parameters()]
+            if parameters and not any(parameter in trainable_parameters for parameter in parameters) or (
+                    not parameters and name.rpartition(".")[0] in frozen):  # fmt: skip
+                frozen[name] = module
         outermost_frozen = [module for name, module in frozen.items() if name.rpartition(".")[0] not in frozen]
         # (whatever is trained: with the stable layer norm of wav2vec2-large / HuBERT-large the encoder holds a tail
         # module, and with `trainable_modules` or no trained block the tail names no block)
