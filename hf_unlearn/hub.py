@@ -194,7 +194,7 @@ def card_data(context: dict):
                 dataset_type=dataset_id,
                 dataset_name=f"{dataset_id} ({part}: {what})"
                 if "forget" in part
-                else f"{dataset_id} (retained classes)",
+                else f"{dataset_id} ({'retained classes' if context['forget']['class_level'] else 'every row'})",
                 dataset_config=dataset["config"],
                 dataset_split=split,
                 metric_type=metric_type,

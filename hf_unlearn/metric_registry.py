@@ -99,7 +99,7 @@ def computed_metrics(kind: str, parts: dict, class_level: bool) -> dict:
 _CLASSIFIER = ("classifier",)
 _GENERATORS = ("gan", "diffusion")
 for _metric in (
-    Metric("forget_accuracy", _CLASSIFIER, "forget accuracy (eval)", "low", headline=True,
+    Metric("forget_accuracy", _CLASSIFIER, "forget accuracy (eval; classes only)", "low", headline=True,
            model_index=("forget", "accuracy")),
     Metric("retain_accuracy", _CLASSIFIER, "retain accuracy (eval)", "unchanged", headline=True,
            model_index=("retain", "accuracy")),
@@ -116,7 +116,7 @@ for _metric in (
            headline=True, model_index=("train-forget", "mia_efficacy")),
     Metric("mia_entropy_power", _CLASSIFIER, "entropy attack's own power: AUC, members vs non-members",
            "context (about 0.5: it cannot tell them apart)", percent=False, headline=True),
-    Metric("mia_auc", _CLASSIFIER, "MIA AUC, forget vs held-out rows", "close to retrain (~0.5)"),
+    Metric("mia_auc", _CLASSIFIER, "MIA AUC, forget vs held-out rows", "close to retrain (~0.5)", percent=False),
     Metric("unlearned_before_accuracy", _CLASSIFIER, "accuracy on classes unlearned earlier", "low"),
     Metric("feature_probe", _CLASSIFIER, "linear probe on the features: forget rows recalled", "close to retrain",
            headline=True),

@@ -63,6 +63,9 @@ from .metric_registry import Metric, computed_metrics, mean_gap_keys, scalar_met
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64: in float32 every row whose top logit leads by more than about 17 has a
+    confidence of exactly 1.0, and the attacks that rank rows by it would see ties."""
+    logits = np.asarray(logits, dtype=np.float64)
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
@@ -202,18 +205,29 @@ def mia_auc(
     target_probs: np.ndarray, target_labels: np.ndarray, held_out_probs: np.ndarray, held_out_labels: np.ndarray
 ) -> float | None:
     """Item-level attack: ROC AUC of the true-class confidence separating `target` (forgotten training rows) from
-    held-out rows of the same classes. 0.5 = indistinguishable (what a retrained model gives); 1 = fully exposed."""
-    keep = np.isin(held_out_labels, np.unique(target_labels))
-    if len(target_labels) == 0 or not keep.any():
+    held-out rows of the same classes. 0.5 = indistinguishable (what a retrained model gives); 1 = fully exposed.
+
+    The held-out rows are weighted so that their classes count as often as among the target rows (target rows of a
+    class without held-out rows are left out): otherwise a class that is easy for the model and common among the
+    target rows would move the AUC away from 0.5 on its own."""
+    classes = np.intersect1d(np.unique(target_labels), np.unique(held_out_labels))
+    if len(classes) == 0:
         return None
+    target = np.isin(target_labels, classes)
+    keep = np.isin(held_out_labels, classes)
+    target_labels, held_out_labels = target_labels[target], held_out_labels[keep]
     scores = np.concatenate(
         [
-            true_class_confidence(target_probs, target_labels),
-            true_class_confidence(held_out_probs[keep], held_out_labels[keep]),
+            true_class_confidence(target_probs[target], target_labels),
+            true_class_confidence(held_out_probs[keep], held_out_labels),
         ]
     )
-    membership = np.concatenate([np.ones(len(target_labels)), np.zeros(int(keep.sum()))])
-    return float(roc_auc_score(membership, scores))
+    target_counts = {c: np.sum(target_labels == c) for c in classes}
+    held_out_counts = {c: np.sum(held_out_labels == c) for c in classes}
+    weights = np.array([target_counts[c] / held_out_counts[c] for c in held_out_labels])
+    weights *= len(held_out_labels) / weights.sum()
+    membership = np.concatenate([np.ones(len(target_labels)), np.zeros(len(held_out_labels))])
+    return float(roc_auc_score(membership, scores, sample_weight=np.concatenate([np.ones(len(target_labels)), weights])))
 
 
 def feature_probe(
@@ -226,8 +240,12 @@ def feature_probe(
 ) -> float | None:
     """Recall of the forget classes by a linear probe: a multinomial logistic regression (features standardised)
     fitted on `train_features` / `train_labels` (training rows of every class, forget classes included; at most
-    `max_samples`, class-balanced, seeded), then the share of `forget_features` (held-out rows of the forget classes)
-    it assigns to their own class `forget_labels`. None without rows to fit or score."""
+    `max_samples`, drawn evenly over the classes, seeded), then the share of `forget_features` (held-out rows of the
+    forget classes) it assigns to their own class `forget_labels`. None without rows to fit or score.
+
+    The fit weighs every class equally (`class_weight="balanced"`) whatever its row count: with 100 classes, all
+    500 training rows of a forget class beside 20 sampled rows of each other class would otherwise teach the probe a
+    25-fold prior for the forget class, and its recall would say little about the features."""
     if not len(forget_labels) or len(np.unique(train_labels)) < 2:
         return None
     if len(train_labels) > max_samples:
@@ -239,7 +257,8 @@ def feature_probe(
         ])  # fmt: skip
         train_features, train_labels = train_features[keep], train_labels[keep]
     scaler = StandardScaler().fit(train_features)
-    probe = LogisticRegression(max_iter=500, C=1.0).fit(scaler.transform(train_features), train_labels)
+    probe = LogisticRegression(max_iter=500, C=1.0, class_weight="balanced")
+    probe.fit(scaler.transform(train_features), train_labels)
     return float(np.mean(probe.predict(scaler.transform(forget_features)) == forget_labels))
 
 
@@ -280,7 +299,8 @@ def unlearning_metrics(
     every_eval_row = _joined([eval_forget, eval_retain, *earlier])
     forget_train_accuracy = accuracy(*forget_train)
     metrics = {
-        "forget_accuracy": accuracy(*eval_forget) if class_level else forget_train_accuracy,
+        # rows (sample-level requests): the eval split holds none of them; their accuracy is forget_train_accuracy
+        "forget_accuracy": accuracy(*eval_forget) if class_level else None,
         "retain_accuracy": accuracy(*eval_retain),
         "test_accuracy": accuracy(*eval_rows),
         "forget_train_accuracy": forget_train_accuracy,

@@ -111,7 +111,8 @@ def test_sample_level_unlearning(trained, digits, make_args):
     result = trainer.unlearn()
     assert not trainer.split.is_class_level
     assert len(trainer.forget_view) == len(forget_rows)
-    assert result.metrics["forget_accuracy"] == result.metrics["forget_train_accuracy"]
+    # the eval split holds none of the forgotten rows: their accuracy is measured on them, as training rows
+    assert result.metrics["forget_accuracy"] is None and result.metrics["forget_train_accuracy"] is not None
     assert result.metrics["test_accuracy"] == result.metrics["retain_accuracy"]
     assert 0.0 <= result.metrics["mia_auc"] <= 1.0
     # Random rows of well-learned classes stay mostly correct (as after retraining), but less confidently.
