@@ -244,10 +244,21 @@ def test_a_class_asked_for_again_that_fails_is_no_longer_recorded(trained, digit
     assert result.forgotten is False and result.model.config.unlearned_classes == [5]
 
 
-def test_the_forget_check_runs_without_evaluation(trained, digits, make_args):
-    args = make_args("gppu", eval_before_unlearn=False, eval_after_unlearn=False)
-    result = UnlearningTrainer(trained("resnet"), args, train_dataset=digits["train"], eval_dataset=digits["test"],
-                               forget_classes=[3]).unlearn()  # fmt: skip
+def test_the_forget_check_runs_without_evaluation(trained, digits, make_args, monkeypatch):
+    """It scores every forget training row, not the method's draw of `max_forget_samples` of them."""
+    args = make_args("gppu", eval_before_unlearn=False, eval_after_unlearn=False, max_forget_samples=20)
+    trainer = UnlearningTrainer(trained("resnet"), args, train_dataset=digits["train"], eval_dataset=digits["test"],
+                                forget_classes=[3])  # fmt: skip
+    predict, checked = trainer.predict_logits, []
+
+    def recording(dataset, *args, description=None, **kwargs):
+        if description == "Forget check":
+            checked.append(len(dataset))
+        return predict(dataset, *args, description=description, **kwargs)
+
+    monkeypatch.setattr(trainer, "predict_logits", recording)
+    result = trainer.unlearn()
+    assert checked == [digits["train"]["label"].count(3)] and len(trainer.forget_view) == 20
     assert result.forgotten is True and set(result.metrics["forget_check"]) == {
         "passed", "threshold", "forget_train_accuracy"}  # fmt: skip (no original measured: no retain check)
     assert result.model.config.unlearned_classes == [3]

@@ -96,8 +96,11 @@ class Classifier(ModelKind):
         )
 
     def forget_check_metrics(self, trainer) -> dict:
-        # Evaluation off: the forget training rows alone (a short pass), so the record is never a guess.
-        logits, labels = trainer.predict_logits(trainer.forget_view, description="Forget check")
+        # Evaluation off: the forget training rows alone (a short pass), so the record is never a guess. All of them,
+        # not the method's `forget_view`: that is a random draw of `max_forget_samples` rows (a small forget class
+        # may have none in it) and the rows a gradient method trained on.
+        forget_rows = trainer.train_dataset.select(trainer.split.forget_indices)
+        logits, labels = trainer.predict_logits(forget_rows, description="Forget check")
         metrics = {"forget_train_accuracy": accuracy(logits, labels),
                    "forget_train_worst_class_accuracy": worst_class_accuracy(logits, labels)}  # fmt: skip
         return {key: value for key, value in metrics.items() if value is not None}
