@@ -439,6 +439,7 @@ def test_wrap_checks_the_null_class_and_the_scheduler():
 
 @pytest.mark.parametrize("overrides, target, error", [
     ({"method": "svd_projection"}, {"forget_classes": [3]}, "Methods for this model: .*remain_geometry"),
+    ({"method": "retrain"}, {"forget_classes": [3]}, "Methods for this model: (?!.*retrain)"),
     ({}, {"forget_indices": [0, 1]}, "forget_classes"),
     ({"forget_accuracy_target": 0.0}, {"forget_classes": [3]}, "forget_accuracy_target"),
     ({"peft_config": {"r": 4}}, {"forget_classes": [3]}, "peft_config"),

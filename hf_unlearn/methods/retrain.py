@@ -28,6 +28,9 @@ class RetrainConfig:
 
 
 class Retrain(Finetune):
+    # A diffusion model's retrain would re-initialise its whole pipeline (a DiT's frozen VAE too) and train it from
+    # scratch: not offered; compare generators with the original instead.
+    model_kinds = ("classifier",)
     stops_at_forget_target = False
     supports_peft = False  # a fresh model trained from scratch: adapters on random weights make no reference
     training_defaults = {}  # the reference is only exact with the original model's own recipe: give it
