@@ -34,8 +34,14 @@ def classification_head(model, name: str | None = None) -> tuple[str, torch.nn.L
             module = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"`head_module={name!r}` is not a module of {type(model).__name__}.") from None
-        if not isinstance(module, torch.nn.Linear):
-            raise ValueError(f"`head_module={name!r}` is a {type(module).__name__}; it must name an nn.Linear.")
+        num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+        if not isinstance(module, torch.nn.Linear) or (num_labels is not None and module.out_features != num_labels):
+            found = (f"a {type(module).__name__}" if not isinstance(module, torch.nn.Linear)
+                     else f"an nn.Linear with {module.out_features} outputs")  # fmt: skip
+            raise ValueError(
+                f"`head_module={name!r}` is {found}; it must name the nn.Linear that gives the {num_labels} class "
+                f"logits. Linear layers with {num_labels} outputs: {_linear_names(model, num_labels) or 'none'}."
+            )
         return name, module
     num_labels = model.config.num_labels
     heads = [
@@ -49,6 +55,11 @@ def classification_head(model, name: str | None = None) -> tuple[str, torch.nn.L
             "classification head; pass its name as `head_module`."
         )
     return heads[-1]
+
+
+def _linear_names(model, outputs) -> list[str]:
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module.out_features == outputs]  # fmt: skip
 
 
 @torch.enable_grad()
@@ -144,6 +155,13 @@ def one_head(model, batch: dict, name: str | None = None):
               if other_name in inputs and head_name in inputs and inputs[other_name].shape == inputs[head_name].shape
               and torch.equal(inputs[other_name], inputs[head_name])}  # fmt: skip
     if not others:
+        elsewhere = sorted(other_name for other_name in shaped if other_name in inputs)
+        if elsewhere:  # e.g. distilled DeiT's `cls_classifier` (class token) beside its `distillation_classifier`
+            _plain_logger.warning(
+                f"{elsewhere} also give {head.out_features} outputs, from another input than the classification head "
+                f"`{head_name}`: the method edits `{head_name}` alone, and if the logits combine them, the others "
+                f"keep what it removes (the forget check then fails)."
+            )
         yield []
         return
     group = [head, *others.values()]

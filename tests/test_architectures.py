@@ -140,8 +140,9 @@ def test_heads_that_are_not_one_head_are_left_as_they_are(mode, caplog):
         assert torch.is_grad_enabled() and model.training  # the method runs as it would without one_head
         for name, value in model.state_dict().items():
             assert torch.equal(value, state[name]), name
-    # Heads on other inputs are not the head's to stand in for; one input weighted otherwise is said.
-    assert ("edits `dist_head` alone" in caplog.text) == (mode == "weighted")
+    # Heads on other inputs are not the head's to stand in for, nor one input weighted otherwise: either is said.
+    assert "edits `dist_head` alone" in caplog.text
+    assert ("from another input" in caplog.text) == (mode == "tokens")
     for name, value in model.state_dict().items():
         assert torch.equal(value, state[name]), name
 

@@ -532,6 +532,9 @@ def test_too_short_audio_names_the_row(length):
         ("neggrad_plus", {"peft_config": {"r": 4, "target_modules": "(["}}, r"peft_config\['target_modules'\]"),
         ("remain_geometry", {"gradient_accumulation_steps": 2}, "needs `gradient_accumulation_steps=1`"),
         ("gppu", {"method_kwargs": {"head_module": "nowhere"}}, "`head_module='nowhere'` is not a module"),
+        ("gppu", {"method_kwargs": {"head_module": "classifier"}},
+         r"is a Sequential; it must name the nn.Linear that gives the 10 class logits. Linear layers with 10 "
+         r"outputs: \['classifier.1'\]"),
     ],
 )
 def test_method_settings_are_checked_before_any_work(method, overrides, message, digits, tmp_path, monkeypatch):
