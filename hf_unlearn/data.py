@@ -111,14 +111,36 @@ def dataset_labels(dataset, label_column: str, argument: str = "train_dataset") 
 
 def label_ids(config) -> dict[str, int]:
     """A model's class ids by name, from its `id2label`: the names every report and card uses. (`label2id` can
-    disagree with it, or be None: transformers 5 leaves it unset when a config is given `id2label` alone.)"""
-    return {str(name): int(index) for index, name in (getattr(config, "id2label", None) or {}).items()}
+    disagree with it, or be None: transformers 5 leaves it unset when a config is given `id2label` alone.) A name
+    that several ids share (ImageNet's two "crane"s) names none of them: it must be given as an id."""
+    return {name: found[0] for name, found in _ids_by_name(config).items() if len(found) == 1}
 
 
-def resolve_forget_classes(forget_classes, label2id: dict | None, num_labels: int) -> list[int]:
-    """Class ids from ids or label names; raises a `ValueError` listing the valid classes on a miss."""
+def shared_label_names(config) -> dict[str, list[int]]:
+    """The names of `id2label` that several class ids share, with their ids."""
+    return {name: found for name, found in _ids_by_name(config).items() if len(found) > 1}
+
+
+def _ids_by_name(config) -> dict[str, list[int]]:
+    ids = {}
+    for index, name in (getattr(config, "id2label", None) or {}).items():
+        ids.setdefault(str(name), []).append(int(index))
+    return {name: sorted(found) for name, found in ids.items()}
+
+
+def resolve_forget_classes(forget_classes, label2id: dict | None, num_labels: int,
+                           shared: dict[str, list[int]] | None = None) -> list[int]:  # fmt: skip
+    """Class ids from ids or label names; raises a `ValueError` listing the valid classes on a miss, and naming the
+    ids of a name several classes share (`shared`, from `shared_label_names`)."""
+    if hasattr(forget_classes, "tolist") and not isinstance(forget_classes, str):  # a tensor or an array
+        forget_classes = forget_classes.tolist()
     if isinstance(forget_classes, (int, str, np.integer)):
         forget_classes = [forget_classes]
+    if not isinstance(forget_classes, (list, tuple, set, range)):
+        raise ValueError(
+            f"`forget_classes` must be a class id, a label name or a list of them, got {type(forget_classes).__name__} "
+            f"{forget_classes!r}: e.g. `forget_classes=[3]`."
+        )
     label2id = dict(label2id or {})
     valid_names = sorted(label2id, key=label2id.get)
     resolved = []
@@ -130,6 +152,11 @@ def resolve_forget_classes(forget_classes, label2id: dict | None, num_labels: in
             if value.isdigit() and int(value) < num_labels:
                 resolved.append(int(value))
                 continue
+            if value in (shared or {}):
+                raise ValueError(
+                    f"`forget_classes` contains {value!r}, the label of several classes of the model (ids "
+                    f"{shared[value]}): name the class by its id, e.g. `forget_classes=[{shared[value][0]}]`."
+                )
             raise ValueError(
                 f"`forget_classes` contains {value!r}, which is not a label of the model. "
                 f"Valid labels: {valid_names} (or class ids 0..{num_labels - 1})."

@@ -37,6 +37,7 @@ from .data import (
     name_mismatches,
     numpy_model_inputs,
     resolve_forget_classes,
+    shared_label_names,
     split_forget_retain,
     subsample,
     with_model_inputs,
@@ -103,6 +104,11 @@ class UnlearningRequest:
             processing_class = processing_class if processing_class is not None else loaded_processor
         model = as_diffusion_model(model)  # a diffusers pipeline is unlearned as a DiffusionModel
         model = _uncompiled(model)
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            raise TypeError(
+                f"`model` is wrapped in {type(model).__name__}: pass the model it wraps, `model.module`. The Trainer "
+                "wraps it itself for several GPUs or processes (`accelerate launch`)."
+            )
         if not isinstance(model, torch.nn.Module):
             raise TypeError(
                 f"`model` must be a transformers model, a diffusers pipeline or a Hub ID / local path string, got "
@@ -116,7 +122,8 @@ class UnlearningRequest:
         )
         num_labels = int(model.config.num_labels)
         if forget_classes is not None:
-            forget_classes = resolve_forget_classes(forget_classes, label_ids(model.config), num_labels)
+            forget_classes = resolve_forget_classes(forget_classes, label_ids(model.config), num_labels,
+                                                    shared_label_names(model.config))  # fmt: skip
         train_labels = dataset_labels(train_dataset, label_column)
         check_labels(train_labels, train_dataset, label_column, model.config, "train_dataset")
         _check_same_numbering(train_dataset, eval_dataset, label_column)

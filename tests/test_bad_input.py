@@ -69,6 +69,22 @@ def test_model_without_classification_head(args, digits):
         build(backbone, args, digits, forget_classes=[3])
 
 
+def test_a_model_wrapped_in_data_parallel_is_refused_with_the_fix(model, args, digits):
+    import torch
+
+    with pytest.raises(TypeError, match=r"wrapped in DataParallel: pass the model it wraps, `model.module`"):
+        build(torch.nn.DataParallel(model), args, digits, forget_classes=[3])
+
+
+def test_a_text_classifier_is_refused_naming_what_is_supported(args, digits):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                        num_labels=10)  # fmt: skip
+    with pytest.raises(ValueError, match="BertForSequenceClassification, a text classifier"):
+        build(BertForSequenceClassification(config), args, digits, forget_classes=[3])
+
+
 def test_a_peft_model_is_refused_with_the_merge_that_fixes_it(model, args, digits):
     """A LoRA-fine-tuned classifier (peft's PeftModel) has no classification head of its own type: the error says to
     merge its adapters (not to load another model class)."""

@@ -72,6 +72,24 @@ def test_forget_classes_by_name_id_and_digit_string():
     assert resolve_forget_classes(["dog", 2], label2id, 3) == [1, 2]
     assert resolve_forget_classes("cat", label2id, 3) == [0]
     assert resolve_forget_classes(["1"], {}, 3) == [1]
+    assert resolve_forget_classes(torch.tensor([2, 0]), label2id, 3) == [0, 2]
+    assert resolve_forget_classes(np.array([1]), label2id, 3) == [1]
+    with pytest.raises(ValueError, match=r"`forget_classes` must be a class id, a label name or a list of them, got "
+                                         r"float 3.0"):  # fmt: skip
+        resolve_forget_classes(3.0, label2id, 3)
+
+
+def test_a_label_name_several_classes_share_must_be_given_as_an_id():
+    """ImageNet's id2label names two classes "crane" (the bird, 134; the machine, 517): the name picks neither."""
+    from transformers import PretrainedConfig
+
+    from hf_unlearn.data import shared_label_names
+
+    config = PretrainedConfig(id2label={0: "crane", 1: "dog", 2: "crane"})
+    assert label_ids(config) == {"dog": 1} and shared_label_names(config) == {"crane": [0, 2]}
+    with pytest.raises(ValueError, match=r"'crane', the label of several classes of the model \(ids \[0, 2\]\): "
+                                         r"name the class by its id, e.g. `forget_classes=\[0\]`"):  # fmt: skip
+        resolve_forget_classes(["crane"], label_ids(config), 3, shared_label_names(config))
 
 
 def test_names_resolve_through_id2label_and_unlabelled_rows_are_dropped_by_align_labels():
