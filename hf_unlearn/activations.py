@@ -498,13 +498,15 @@ class InputCapture:
 
 @contextlib.contextmanager
 def evaluating(module: nn.Module):
-    """`module` in eval mode for the block, its own mode restored after (also on an error)."""
-    was_training = module.training
+    """`module` in eval mode for the block; after it (also on an error) each submodule is back in its own mode (a
+    model in training mode may hold layers kept in eval mode, e.g. frozen BatchNorm layers)."""
+    modes = {submodule: submodule.training for submodule in module.modules()}
     module.eval()
     try:
         yield module
     finally:
-        module.train(was_training)
+        for submodule, training in modes.items():
+            submodule.training = training
 
 
 @contextlib.contextmanager

@@ -99,7 +99,7 @@ def computed_metrics(kind: str, parts: dict, class_level: bool) -> dict:
 _CLASSIFIER = ("classifier",)
 _GENERATORS = ("gan", "diffusion")
 for _metric in (
-    Metric("forget_accuracy", _CLASSIFIER, "forget accuracy (eval; classes only)", "low", headline=True,
+    Metric("forget_accuracy", _CLASSIFIER, "forget accuracy (eval)", "low", headline=True,
            model_index=("forget", "accuracy")),
     Metric("retain_accuracy", _CLASSIFIER, "retain accuracy (eval)", "unchanged", headline=True,
            model_index=("retain", "accuracy")),

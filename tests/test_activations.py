@@ -539,3 +539,15 @@ def test_padded_audio_frames_are_no_rows_of_the_statistics():
     # A batch without padding passes as it is.
     full = {"input_values": batch["input_values"], "attention_mask": torch.ones(2, 800, dtype=torch.long)}
     assert [ids.tolist() for ids, _ in unpadded(torch.arange(2), full)] == [[0, 1]]
+
+
+def test_evaluating_gives_every_layer_its_own_mode_back():
+    """A model training with a BatchNorm layer frozen in eval mode gets that layer back in eval mode, not the
+    model's training mode."""
+    from hf_unlearn.activations import evaluating
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
+    model[1].eval()
+    with evaluating(model):
+        assert not any(module.training for module in model.modules())
+    assert model.training and model[0].training and not model[1].training

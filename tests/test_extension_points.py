@@ -228,3 +228,17 @@ def test_kind_of_sees_through_wrappers_and_a_folder_without_config_is_named(tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither a config.json"):
         load_model(str(tmp_path / "empty"))
+
+
+def test_a_missing_folder_that_reads_as_a_hub_id_gets_the_prepare_hint(tmp_path, monkeypatch):
+    """'outputs/digits-vit' (one slash) is a Hub ID too: offline, no model of that ID can be loaded either, and the
+    error says how to prepare the folder. `~` is the home folder."""
+    from hf_unlearn.kinds import load_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"'outputs/digits-vit' is no local folder.*Prepare the model first"):
+        load_model("outputs/digits-vit")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=rf"'{tmp_path}/nowhere/model' is a local path that does not exist"):
+        load_model("~/nowhere/model")

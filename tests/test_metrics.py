@@ -198,3 +198,21 @@ def test_feature_probe_is_not_swayed_by_how_many_rows_a_class_has():
     train = rng.normal(size=(len(labels), 8))
     held_out = rng.normal(size=(100, 8))
     assert feature_probe(train, labels, held_out, np.full(100, 3)) < 0.3
+
+
+def test_the_feature_probe_reads_the_head_a_method_was_told_to_use(trained, digits, make_args, monkeypatch):
+    import hf_unlearn.kinds.classifier as classifier_kind
+    from hf_unlearn import UnlearningTrainer
+
+    found, find = [], classifier_kind.classification_head
+
+    def recording(model, name=None):
+        found.append(name)
+        return find(model, name)
+
+    monkeypatch.setattr(classifier_kind, "classification_head", recording)
+    args = make_args("gppu", method_kwargs={"head_module": "classifier"})
+    trainer = UnlearningTrainer(trained("vit"), args, train_dataset=digits["train"], eval_dataset=digits["test"],
+                                forget_classes=[3])  # fmt: skip
+    assert trainer.evaluate_unlearning()["feature_probe"] is not None
+    assert found == ["classifier"]

@@ -108,3 +108,16 @@ def test_the_plot_draws_only_original_bars_that_were_measured(original, tmp_path
     else:
         assert labels == ["unlearned"] and heights == [95.0, 0.0]
     plt.close(figures[0][0])
+
+
+@pytest.mark.parametrize("main_input, template", [("pixel_values", "image"), ("input_values", "audio"),
+                                                  ("input_features", "audio")])  # fmt: skip
+def test_audio_classifiers_that_read_spectrogram_features_get_the_audio_card(main_input, template):
+    """Whisper's and Wav2Vec2-BERT's audio classifiers read `input_features`, not waveforms: still audio."""
+    from types import SimpleNamespace
+
+    from hf_unlearn.kinds import get_kind
+
+    classifier = get_kind("classifier")
+    assert classifier.card_template(SimpleNamespace(main_input_name=main_input)) == template
+    assert classifier.pipeline_tag(SimpleNamespace(main_input_name=main_input)) == f"{template}-classification"

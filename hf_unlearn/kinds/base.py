@@ -166,18 +166,21 @@ def kind_of(model: torch.nn.Module) -> ModelKind:
     )
 
 
+_PREPARE_HINT = ("Prepare the model first: a recipe's header names the command (e.g. `python -m "
+                 "hf_unlearn.examples.digits --output_dir outputs/digits-vit` for the digits recipes).")
+
+
 def load_model(model_id: str, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load `(model, processor)` from a Hub ID or local path with the kind that recognises it (the processor is None
     when there is none): an image or audio classifier with its processor, a saved `hf_unlearn.gan.GANPair`, or a
     diffusers pipeline with a class-conditional UNet or a DiT (as a `hf_unlearn.diffusion.DiffusionModel`). Code
     named by the folder runs only with `trust_remote_code=True`."""
+    if model_id.startswith("~"):
+        model_id = str(Path(model_id).expanduser())
     path = Path(model_id)
-    if not path.exists() and (model_id.count("/") > 1 or model_id.startswith((".", "/", "~"))):
-        raise FileNotFoundError(
-            f"`model` '{model_id}' is a local path that does not exist (and not a Hub ID, which is 'org/name'). "
-            "Prepare the model first: a recipe's header names the command (e.g. `python -m hf_unlearn.examples.digits "
-            "--output_dir outputs/digits-vit` for the digits recipes)."
-        )
+    if not path.exists() and (model_id.count("/") > 1 or model_id.startswith((".", "/"))):
+        raise FileNotFoundError(f"`model` '{model_id}' is a local path that does not exist (and not a Hub ID, which is "
+                                f"'org/name'). {_PREPARE_HINT}")  # fmt: skip
     config, error = None, None
     if path.is_dir() and not (path / "config.json").is_file():
         error = FileNotFoundError(
@@ -193,6 +196,10 @@ def load_model(model_id: str, *, trust_remote_code: bool = False) -> tuple[Any, 
         loaded = kind.load(model_id, config, trust_remote_code)
         if loaded is not None:
             return loaded
+    if error is not None and not path.exists():  # 'outputs/digits-vit' reads as a Hub ID as well
+        raise FileNotFoundError(f"`model` '{model_id}' is no local folder, and no model on the Hub could be loaded "
+                                f"under that ID ({' '.join(str(error).split())}). If it names a folder: {_PREPARE_HINT}"
+                                ) from error  # fmt: skip
     if error is not None:
         raise error
     raise ValueError(

@@ -27,6 +27,7 @@ from .base import ModelKind, register_kind
 logger = get_logger(__name__)
 
 _CLASSIFIER_CLASS = re.compile(r"For(Image|Audio|Sequence)Classification")
+_AUDIO_INPUTS = ("input_values", "input_features")
 
 
 class Classifier(ModelKind):
@@ -73,8 +74,8 @@ class Classifier(ModelKind):
     def _measure(self, trainer, model, original) -> tuple[dict, ...]:
         head = None
         if trainer.split.is_class_level:  # the feature probe reads the head's inputs in the same pass
-            try:
-                head = classification_head(model)[1]
+            try:  # the head a method was told to use (`head_module`), where it was
+                head = classification_head(model, getattr(trainer.method.config, "head_module", None))[1]
             except (ValueError, AttributeError):
                 logger.info("No classification head found: the feature probe is not measured.")
         passes = {
@@ -109,7 +110,16 @@ class Classifier(ModelKind):
         return f"{self.card_template(model)}-classification"
 
     def card_template(self, model) -> str:
-        return "audio" if "input_values" in getattr(model, "main_input_name", "") else "image"
+        # audio models read waveforms (`input_values`) or spectrogram features (`input_features`: Whisper, W2V-BERT)
+        return "audio" if getattr(model, "main_input_name", "") in _AUDIO_INPUTS else "image"
+
+    def check_model(self, model, judge) -> None:
+        super().check_model(model, judge)
+        if getattr(model, "main_input_name", None) == "input_ids":
+            raise ValueError(
+                f"`model` is a {type(model).__name__}, a text classifier: hf-unlearn unlearns image and audio "
+                "classifiers (and generators); text classification is not supported."
+            )
 
 
 register_kind(Classifier())
