@@ -115,10 +115,10 @@ class SavingMixin:
         (`peft_merge=False`) is saved as a peft adapter with its processor."""
         if _internal_call:  # the Trainer's own checkpoints: never one with non-finite weights (the run stops there)
             self._raise_on_every_process(check_finite, self.model, "Checkpoint")
-            if not has_lora(self.model):
-                return super().save_model(output_dir, _internal_call)
-            if self.is_world_process_zero():
-                self._save_adapter(output_dir or self.args.output_dir)
+            if not has_lora(self.model):  # a write failing on one process stops every process (none waits for it)
+                self._raise_on_every_process(super().save_model, output_dir, True)
+            else:
+                self._raise_on_every_process(self._save_adapter, output_dir or self.args.output_dir, main_only=True)
             return None
         if self.args.push_to_hub:
             return self.push_to_hub(output_dir=output_dir)

@@ -145,7 +145,9 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
                     lora_if_asked(self.model, args.peft_config, args.peft_merge, self.method.report), one_head_for(self):
                 self.method.run()
             self.accelerator.wait_for_everyone()
-            if not self.method.supports_sharding:  # whole weights computed on every process: all go on with process 0's
+            # Whole weights computed on every process, or (DDP) BatchNorm statistics each process updated from its own
+            # batches: all go on with process 0's. (FSDP / DeepSpeed hold shards, which their engines keep in step.)
+            if not (self.method.supports_sharding and (self.is_fsdp_enabled or self.is_deepspeed_enabled)):
                 broadcast_weights(self.model, self.accelerator)
             seconds = time.perf_counter() - start
             self._raise_on_every_process(check_finite, self.model, f"After '{args.method}'")
@@ -199,6 +201,10 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
             )
         self.train_dataset = dataset
         self.optimizer, self.lr_scheduler = None, None
+        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            # A DDP wrapper from an earlier run reduces the gradients of the parameters that were trainable then:
+            # LoRA adapters or a tail trained now would train on each process's own gradients. Wrap afresh.
+            self.model_wrapped = self.model
         try:
             with objects_so_far_left_to_refcounting(self.args.device), autocast_undone_after(self.model):
                 return super().train()

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForImageClassification
+from transformers import AutoModelForImageClassification, TrainerCallback
 
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.contract import UnlearningMethod
@@ -149,10 +149,18 @@ class RankEdit(UnlearningMethod):
         self.trainer.model.classifier.bias += float(self.trainer.accelerator.process_index)
 
 
-def rank_edit_weights(model_dir: str, output_dir: str, result_path: str) -> UnlearningTrainer:
+class ShardedRankEdit(RankEdit):
+    """The same difference after a method that trains in the Trainer's loop under DDP (`supports_sharding`), as
+    BatchNorm running statistics, which each process updates from its own batches, end up."""
+
+    supports_sharding = True
+
+
+def rank_edit_weights(model_dir: str, output_dir: str, result_path: str, sharded: bool = False) -> UnlearningTrainer:
     """Every process writes its head bias after `test_rank_edit` to RESULT_PATH.<rank>. The method is registered
     here, in the worker's process only: the test session imports this module and must not see it."""
-    register_method("test_rank_edit", RankEditConfig, RankEdit, description="Test only: a per-process weight edit.")
+    register_method("test_rank_edit", RankEditConfig, ShardedRankEdit if sharded else RankEdit,
+                    description="Test only: a per-process weight edit.")  # fmt: skip
     trainer = make_trainer(model_dir, output_dir, "test_rank_edit")
     trainer.args.eval_before_unlearn = trainer.args.eval_after_unlearn = False
     trainer.unlearn()
@@ -193,6 +201,30 @@ def half_precision_run(trainer: UnlearningTrainer, result_path: str) -> None:
                f"{result_path}.{trainer.accelerator.process_index}")  # fmt: skip
 
 
+def two_runs_wrappers(trainer: UnlearningTrainer, result_path: str) -> None:
+    """Two `finetune` runs on one trainer, the second with LoRA adapters; process 0 writes whether each run trained
+    through its own DDP wrapper holding the adapters' parameters."""
+    from peft.tuners.lora import LoraLayer
+
+    wrappers, adapters = [], []
+    trainer.args.max_steps, trainer.args.eval_before_unlearn, trainer.args.eval_after_unlearn = 1, False, False
+    for peft_config in (None, {"r": 2}):
+        trainer.args.peft_config = peft_config
+
+        def record(*args, **kwargs):
+            wrapper = trainer.model_wrapped
+            wrappers.append(wrapper)
+            adapters.append(sum(isinstance(module, LoraLayer) for module in wrapper.module.modules()))
+
+        trainer.add_callback(type("Record", (TrainerCallback,), {"on_step_end": record}))
+        trainer.unlearn()
+        trainer.pop_callback(trainer.callback_handler.callbacks[-1])
+    if trainer.accelerator.is_main_process:
+        with open(result_path, "w") as handle:
+            json.dump({"types": [type(wrapper).__name__ for wrapper in wrappers], "adapters": adapters,
+                       "same_wrapper": wrappers[0] is wrappers[1]}, handle)  # fmt: skip
+
+
 def failing_save(trainer: UnlearningTrainer, result_path: str) -> None:
     """Process 0's write of the model fails (a full disk); every process writes the error its `save_unlearned`
     raised to RESULT_PATH.<rank> (a process left waiting for the others would hang instead)."""
@@ -221,8 +253,8 @@ if __name__ == "__main__":
     elif mode == "fisher":
         trainer = make_trainer(model_dir, output_dir, "remain_geometry")
         fisher_diagonals(trainer, result_path)
-    elif mode == "rank_edit":
-        trainer = rank_edit_weights(model_dir, output_dir, result_path)
+    elif mode in ("rank_edit", "rank_edit_sharded"):
+        trainer = rank_edit_weights(model_dir, output_dir, result_path, sharded=mode == "rank_edit_sharded")
     elif mode == "gan":
         trainer = gan_cascade_in_step(model_dir, output_dir, result_path)
     elif mode == "gppu_original":
@@ -231,6 +263,9 @@ if __name__ == "__main__":
     elif mode == "half":
         trainer = make_trainer(model_dir, output_dir, "gppu", GPPU_HEAD_ONLY)
         half_precision_run(trainer, result_path)
+    elif mode == "two_runs":
+        trainer = make_trainer(model_dir, output_dir, "finetune")
+        two_runs_wrappers(trainer, result_path)
     elif mode == "failing_save":
         trainer = make_trainer(model_dir, output_dir, "gppu", GPPU_HEAD_ONLY)
         failing_save(trainer, result_path)

@@ -51,13 +51,14 @@ def test_metrics_over_two_processes_equal_one(trained, digits, tmp_path):
     assert result["predicted_classes"] == single_classes
 
 
-def test_every_process_goes_on_with_process_0s_weights_after_a_whole_weight_method(trained, tmp_path):
-    """A gradient-free method computes whole weights on every process; where those differ (here on purpose: the
-    process index is added to the head's bias), every process ends with process 0's, so what they measure and save
-    is one model."""
+@pytest.mark.parametrize("mode, port", [("rank_edit", 29518), ("rank_edit_sharded", 29521)])
+def test_every_process_goes_on_with_process_0s_weights_after_the_method(mode, port, trained, tmp_path):
+    """A gradient-free method computes whole weights on every process, and under DDP each process updates its own
+    BatchNorm statistics; where the results differ (here on purpose: the process index is added to the head's
+    bias), every process ends with process 0's, so what they measure and save is one model."""
     model = trained("vit")
     model.save_pretrained(tmp_path / "model")
-    run_two_processes("rank_edit", tmp_path / "model", tmp_path / "bias", 29518)
+    run_two_processes(mode, tmp_path / "model", tmp_path / "bias", port)
     ranks = [torch.load(tmp_path / f"bias.{rank}") for rank in range(2)]
     assert [result["num_processes"] for result in ranks] == [2, 2]
     torch.testing.assert_close(ranks[0]["bias"], model.classifier.bias.detach())  # process 0's edit adds 0
@@ -182,3 +183,13 @@ def test_a_save_that_fails_on_process_0_stops_every_process(trained, tmp_path):
     assert raised[0].startswith("OSError") and "No space left" in raised[0]
     assert raised[1].startswith("RuntimeError: Another process failed")
     assert not (tmp_path / "saved").exists()
+
+
+def test_a_second_run_on_one_trainer_trains_through_a_wrapper_of_its_own_parameters(trained, tmp_path):
+    """DDP reduces the gradients of the parameters trainable when it wrapped the model: a second `unlearn()` with
+    LoRA adapters must not train through the first run's wrapper, which knows none of them."""
+    trained("vit").save_pretrained(tmp_path / "model")
+    run_two_processes("two_runs", tmp_path / "model", tmp_path / "two.json", 29522)
+    result = json.loads((tmp_path / "two.json").read_text())
+    assert result["types"] == ["DistributedDataParallel"] * 2
+    assert not result["same_wrapper"] and result["adapters"][0] == 0 and result["adapters"][1] > 0
