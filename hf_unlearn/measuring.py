@@ -6,6 +6,7 @@ Trainer's own."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import torch
@@ -19,6 +20,21 @@ from .report import scalar_metrics
 class MeasuringMixin:
     """`predict_logits`, `shard_batches`, `gather_shards`, `shard_accuracy`, `evaluate_unlearning`, `evaluate` and
     the Trainer's scoring loops of `UnlearningTrainer` (mixed in before `transformers.Trainer`)."""
+
+    #: While `unlearn` runs the method: the seconds of the evaluations (`eval_strategy`) and checkpoint writes
+    #: (`save_strategy`) the Trainer's loop made meanwhile, which are not the method's (`unlearn_seconds`).
+    seconds_beside_method: dict | None = None
+
+    @contextlib.contextmanager
+    def beside_method(self, what: str) -> Iterator[None]:
+        """Count the block's seconds as `what` in `seconds_beside_method` (while a method runs)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.seconds_beside_method is not None:
+                seconds = time.perf_counter() - started
+                self.seconds_beside_method[what] = self.seconds_beside_method.get(what, 0.0) + seconds
 
     #: Inside the Trainer's evaluation or prediction loop: `compute_loss` is the model's own loss, not the method's.
     _scoring_model_loss = False
@@ -107,11 +123,12 @@ class MeasuringMixin:
                 f"{type(eval_dataset).__name__}. Build a trainer with that eval_dataset, or score other rows with "
                 "`trainer.predict(dataset)`."
             )
-        metrics = scalar_metrics(self.evaluate_unlearning(), f"{metric_key_prefix}_")
-        if self.compute_metrics is not None:
-            output = self.evaluation_loop(self.get_eval_dataloader(), description="Evaluation",
-                                          ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)  # fmt: skip
-            metrics.update(output.metrics)
+        with self.beside_method("evaluation"):
+            metrics = scalar_metrics(self.evaluate_unlearning(), f"{metric_key_prefix}_")
+            if self.compute_metrics is not None:
+                output = self.evaluation_loop(self.get_eval_dataloader(), description="Evaluation",
+                                              ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)  # fmt: skip
+                metrics.update(output.metrics)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

@@ -114,11 +114,13 @@ class SavingMixin:
         `args.push_to_hub`, one push of all of it (`push_to_hub`). A model that kept its LoRA adapters
         (`peft_merge=False`) is saved as a peft adapter with its processor."""
         if _internal_call:  # the Trainer's own checkpoints: never one with non-finite weights (the run stops there)
-            self._raise_on_every_process(check_finite, self.model, "Checkpoint")
-            if not has_lora(self.model):  # a write failing on one process stops every process (none waits for it)
-                self._raise_on_every_process(super().save_model, output_dir, True)
-            else:
-                self._raise_on_every_process(self._save_adapter, output_dir or self.args.output_dir, main_only=True)
+            with self.beside_method("checkpoints"):
+                self._raise_on_every_process(check_finite, self.model, "Checkpoint")
+                if not has_lora(self.model):  # a write failing on one process stops every process (none waits)
+                    self._raise_on_every_process(super().save_model, output_dir, True)
+                else:
+                    self._raise_on_every_process(self._save_adapter, output_dir or self.args.output_dir,
+                                                 main_only=True)  # fmt: skip
             return None
         if self.args.push_to_hub:
             return self.push_to_hub(output_dir=output_dir)

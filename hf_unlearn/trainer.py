@@ -139,7 +139,7 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
         evaluation_seconds = time.perf_counter() - started
         self.accelerator.wait_for_everyone()
         set_seed(args.seed)  # the method's draws do not depend on what ran before (a DataLoader draws a seed to start)
-        start = time.perf_counter()
+        start, self.seconds_beside_method = time.perf_counter(), {}
         with original.released_on_error():
             with modes_kept(self.model), float32_method(self), no_hub_pushes(args), \
                     lora_if_asked(self.model, args.peft_config, args.peft_merge, self.method.report), one_head_for(self):
@@ -149,14 +149,16 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
             # batches: all go on with process 0's. (FSDP / DeepSpeed hold shards, which their engines keep in step.)
             if not (self.method.supports_sharding and (self.is_fsdp_enabled or self.is_deepspeed_enabled)):
                 broadcast_weights(self.model, self.accelerator)
-            seconds = time.perf_counter() - start
+            beside, self.seconds_beside_method = self.seconds_beside_method, None
+            seconds = time.perf_counter() - start - sum(beside.values())  # the evaluations, checkpoints: not the method's
             self._raise_on_every_process(check_finite, self.model, f"After '{args.method}'")
         started = time.perf_counter()
         metrics, original_metrics = original.with_unlearned()
         metrics.update(self.method.report)
         # The method's own time, and the measuring passes before and after apart from it.
-        metrics.update(unlearn_seconds=seconds, evaluation_seconds=evaluation_seconds + time.perf_counter() - started,
-                       **original.report)
+        evaluation_seconds += beside.get("evaluation", 0.0) + time.perf_counter() - started
+        metrics.update(unlearn_seconds=seconds, evaluation_seconds=evaluation_seconds, **original.report)
+        metrics.update({"checkpoint_seconds": beside["checkpoints"]} if "checkpoints" in beside else {})
         if split.is_class_level and all(metrics.get(key) is None for key in self.kind.forget_keys):
             metrics.update(self.kind.forget_check_metrics(self))
         check = unlearning_check(

@@ -76,6 +76,28 @@ def test_eval_strategy_steps_logs_the_unlearning_metrics_without_changing_the_ru
         assert results[1][key] == results[0][key]  # measuring in between changed nothing the method did
 
 
+def test_evaluations_and_checkpoints_during_the_method_are_not_its_time(trained, make_args, digits, monkeypatch):
+    """`eval_strategy` / `save_strategy` work inside the training loop counts as evaluation (and checkpoint)
+    seconds, not as `unlearn_seconds`: a retrain evaluated every epoch would otherwise look slower than it is."""
+    import time
+
+    trainer = UnlearningTrainer(trained("resnet"), make_args("finetune", max_steps=2, eval_strategy="steps",
+                                                             eval_steps=1, save_strategy="steps", save_steps=1,
+                                                             eval_before_unlearn=False, eval_after_unlearn=False),
+                                train_dataset=digits["train"], eval_dataset=digits["test"],
+                                forget_classes=[3])  # fmt: skip
+    measure = trainer.evaluate_unlearning
+
+    def slow(*args, **kwargs):
+        time.sleep(1.5)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate_unlearning", slow)
+    metrics = trainer.unlearn().metrics
+    assert metrics["evaluation_seconds"] >= 3.0 > metrics["unlearn_seconds"]  # two evaluations of 1.5 s or more
+    assert metrics["checkpoint_seconds"] > 0
+
+
 def test_dataloader_drop_last_never_drops_measured_rows(trained, make_args, digits):
     # 360 eval rows in batches of 100: dropping the last batch would measure 300 of them
     metrics = [
