@@ -99,6 +99,11 @@ def dataset_labels(dataset, label_column: str, argument: str = "train_dataset") 
     be integer class ids: strings, floats (which would be truncated) or missing values are a `ValueError` naming
     `argument`."""
     values = np.asarray(dataset.with_format(None)[label_column])
+    if values.ndim != 1:  # lists of labels (multi-label or multi-hot rows)
+        raise ValueError(
+            f"`{argument}`'s label column '{label_column}' holds a list per row (shape {values.shape}): hf-unlearn "
+            "forgets classes of single-label classifiers, one class id per row."
+        )
     if values.size and values.dtype.kind not in "iu":
         example = values[0] if values.dtype.kind != "O" else next((v for v in values if v is not None), None)
         raise ValueError(

@@ -87,7 +87,8 @@ def request_fingerprint(trainer) -> str:
     parts = [
         trainer.kind.name,
         getattr(trainer.source_train_dataset, "_fingerprint", None),
-        getattr(trainer.eval_dataset, "_fingerprint", None),
+        # the rows measured: the views built with the request (an `eval_dataset` set on the trainer later is not)
+        {name: getattr(view, "_fingerprint", None) for name, view in trainer.metric_views.items()},
         split.forget_classes,
         hashlib.sha1(np.asarray(split.forget_indices).tobytes()).hexdigest(),
         split.unlearned_before,

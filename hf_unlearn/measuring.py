@@ -83,12 +83,13 @@ class MeasuringMixin:
                 "Measuring a generator needs a judge classifier of its data: pass `judge=` to UnlearningTrainer, or "
                 "set `eval_before_unlearn=False, eval_after_unlearn=False`."
             )
-        metrics = self.kind.measure(self, self.model if model is None else inputs_follow_weights(model))
+        model = self.model if model is None else inputs_follow_weights(model.to(self.args.device))
+        metrics = self.kind.measure(self, model)
         if reference_model is not None:
             reference_model = inputs_follow_weights(reference_model.to(self.args.device))
             gaps = gap_to_reference(metrics, self.kind.measure(self, reference_model))
             metrics.update(gaps)
-            if model is None and self.unlearning_output is not None:
+            if model is self.model and self.unlearning_output is not None:
                 self.unlearning_output.metrics.update(gaps)
         return metrics
 

@@ -48,7 +48,7 @@ Generators (GANs, diffusion models) are measured with a judge classifier on gene
 | `frechet_distance` | Frechet distance between judge features of generated (retained) samples and of real retained rows | close to the original (lower = closer to the data) |
 | `discriminator_attack_auc` | AUC of the discriminator's score separating forgotten training rows from held-out rows of their classes | close to a retrained GAN's |
 | `forget_discriminator_score` / `generated_discriminator_score` | mean discriminator probability "real" on the forgotten rows / on generated samples | forgotten rows scored like generated ones |
-| `class_shares` | share of generated samples per class (judge's call), keyed by label name | forget classes about 0, the others as before |
+| `class_shares` | share of generated samples per class (judge's call), keyed by label name; conditional generators: of the samples generated for retained classes | forget classes about 0, the others as before |
 """
 
 from __future__ import annotations
@@ -285,6 +285,11 @@ def unlearning_metrics(
     of classes unlearned in earlier requests, which only count in `per_class_accuracy` and
     `unlearned_before_accuracy`). `features`: the head inputs of the same rows by part name (`forget_train`,
     `retain_train`, `eval_forget`), for `feature_probe` (class-level requests)."""
+    for name, (logits, _) in (("forget_train", forget_train), ("retain_train", retain_train),
+                              ("eval_forget", eval_forget), ("eval_retain", eval_retain)):  # fmt: skip
+        if len(logits) and not np.isfinite(logits).all():  # argmax would call a NaN row class 0
+            raise ValueError(f"The model's logits on {name.replace('_', ' ')} rows are not finite: the model has "
+                             "diverged (a learning rate too high, or too many steps); nothing can be measured.")
     probs = {
         name: (softmax(part[0]) if len(part[1]) else np.zeros((0, 1)), part[1])
         for name, part in {

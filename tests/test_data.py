@@ -295,3 +295,14 @@ def test_spoken_digits_become_ast_features_that_a_small_ast_accepts(spoken_digit
     assert logits.shape == (4, 10)
     with pytest.raises(FileNotFoundError, match="train.parquet"):
         load_spoken_digits(tmp_path / "missing")
+
+
+def test_lists_of_labels_are_refused_naming_the_column():
+    """Multi-hot rows would pass as a 2-D integer array, and the forget mask would index flattened positions."""
+    import datasets
+
+    from hf_unlearn.data import dataset_labels
+
+    rows = datasets.Dataset.from_dict({"x": [0, 1], "labels": [[1, 0, 1], [0, 1, 0]]})
+    with pytest.raises(ValueError, match=r"'labels' holds a list per row \(shape \(2, 3\)\)"):
+        dataset_labels(rows, "labels")

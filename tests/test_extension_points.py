@@ -242,3 +242,20 @@ def test_a_missing_folder_that_reads_as_a_hub_id_gets_the_prepare_hint(tmp_path,
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=rf"'{tmp_path}/nowhere/model' is a local path that does not exist"):
         load_model("~/nowhere/model")
+
+
+def test_the_originals_cache_key_names_the_rows_measured_not_a_later_eval_dataset(trained, digits, tmp_path):
+    """The metric views are built with the request: an `eval_dataset` set on the trainer afterwards is not what is
+    measured, so it must not key the measurement either (a trainer built on it would get the other rows' numbers)."""
+    from hf_unlearn.measure_cache import request_fingerprint
+
+    def trainer(eval_dataset):
+        args = UnlearnConfig(output_dir=str(tmp_path), method="finetune", report_to="none", disable_tqdm=True)
+        return UnlearningTrainer(trained("resnet"), args, train_dataset=digits["train"], eval_dataset=eval_dataset,
+                                 forget_classes=[3])  # fmt: skip
+
+    other = digits["test"].select(range(100))
+    first = trainer(digits["test"])
+    key = request_fingerprint(first)
+    first.eval_dataset = other
+    assert request_fingerprint(first) == key != request_fingerprint(trainer(other))

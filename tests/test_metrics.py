@@ -127,6 +127,15 @@ def test_unlearning_metrics_for_class_and_sample_level():
     assert metrics["mia_auc"] < 0.5
 
 
+def test_non_finite_logits_are_an_error_not_class_0():
+    labels = np.array([0, 1, 2] * 4)
+    finite = (one_hot_logits(labels), labels)
+    diverged = (np.full((12, 3), np.nan), labels)
+    with pytest.raises(ValueError, match="logits on eval retain rows are not finite: the model has diverged"):
+        unlearning_metrics(forget_train=finite, retain_train=finite, eval_forget=finite, eval_retain=diverged,
+                           class_level=True)  # fmt: skip
+
+
 def test_gap_to_reference():
     current = {"forget_train_accuracy": 0.1, "retain_train_accuracy": 0.9, "test_accuracy": 0.8, "mia_entropy": 0.2}
     reference = {"forget_train_accuracy": 0.0, "retain_train_accuracy": 1.0, "test_accuracy": 0.8, "mia_entropy": 0.0}
@@ -143,6 +152,8 @@ def test_evaluate_modules_load_offline_and_agree():
     accuracy_module = evaluate.load(metric_path("unlearning_accuracy"))
     result = accuracy_module.compute(predictions=[0, 1, 2, 0, 2], references=[0, 1, 2, 2, 2], forget_classes=[2])
     assert result["forget_accuracy"] == pytest.approx(2 / 3)
+    empty = accuracy_module.compute(predictions=[], references=[], forget_classes=[2])
+    assert empty["forget_accuracy"] is None and empty["per_class_accuracy"] == {}
     assert result["retain_accuracy"] == 1.0
     assert result["per_class_accuracy"] == {"0": 1.0, "1": 1.0, "2": pytest.approx(2 / 3)}
 

@@ -15,7 +15,9 @@ from .base import ModelKind, register_kind
 class GAN(ModelKind):
     name = "gan"
     generator = True
-    per_class = ("class_shares", "share of generated samples", "samples per class")
+    # a conditional GAN's forget classes are generated apart (`forget_share`): the shares are of the other samples
+    per_class = ("class_shares", "share of generated samples (conditional: of those generated for retained classes)",
+                 "samples per class")
     forget_keys = ("forget_share",)
     retain_key = "retain_judge_accuracy"  # a conditional GAN's (unconditional: none, and the check says so)
 

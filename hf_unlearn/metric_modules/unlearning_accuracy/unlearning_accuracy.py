@@ -39,6 +39,8 @@ class UnlearningAccuracy(evaluate.Metric):
         def share(mask):
             return float((predictions[mask] == references[mask]).mean()) if mask.any() else None
 
+        if not len(references):
+            return {"forget_accuracy": None, "retain_accuracy": None, "per_class_accuracy": {}}
         one_hot = np.eye(int(max(predictions.max(), references.max())) + 1)[predictions]
         return {
             "forget_accuracy": share(forget),
