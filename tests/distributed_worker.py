@@ -183,12 +183,12 @@ def gan_cascade_in_step(model_dir: str, output_dir: str, result_path: str) -> Un
                          method_kwargs={"max_iterations": 6, "check_every": 2, "check_samples": 64})  # fmt: skip
     trainer = UnlearningTrainer(GANPair.from_pretrained(model_dir), args, train_dataset=digits["train"],
                                 eval_dataset=digits["test"], judge=judge, forget_classes=[3])  # fmt: skip
-    torch.manual_seed(1 + trainer.accelerator.process_index)  # each process draws its own rows, noise and checks
     trainer.unlearn()
     report, rank = trainer.method.report, trainer.accelerator.process_index
     torch.save({"num_processes": trainer.accelerator.num_processes, "iterations": report["iterations"],
                 "last_check": report["last_check"], "weights": trainer.model.state_dict(),
-                "agreed": trainer.method.agreed({"rank": float(rank)})},
+                "agreed": trainer.method.agreed({"rank": float(rank)}),
+                "next_draw": torch.rand(4)},  # where this process's stream of draws went
                f"{result_path}.{trainer.accelerator.process_index}")  # fmt: skip
     return trainer
 

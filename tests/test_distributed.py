@@ -154,6 +154,7 @@ def test_gan_cascade_processes_stay_in_step(tmp_path):
     assert first["num_processes"] == second["num_processes"] == 2
     assert first["iterations"] == second["iterations"] and first["last_check"] == second["last_check"]
     assert first["agreed"] == second["agreed"] == {"rank": 0.5}  # a checked value is the mean over processes
+    assert not torch.equal(first["next_draw"], second["next_draw"])  # each drew from its own stream
     for name, weight in first["weights"].items():
         assert torch.equal(weight, second["weights"][name]), name
 
@@ -178,7 +179,7 @@ def test_a_save_that_fails_on_process_0_stops_every_process(trained, tmp_path):
     """The write of the model fails on process 0 only: both processes raise (process 1 saying another failed)
     instead of process 1 waiting for it at the next collective, and nothing is left in place of the output."""
     trained("vit").save_pretrained(tmp_path / "model")
-    run_two_processes("failing_save", tmp_path / "model", tmp_path / "raised", 29520, timeout=240)
+    run_two_processes("failing_save", tmp_path / "model", tmp_path / "raised", 29523, timeout=240)
     raised = [(tmp_path / f"raised.{rank}").read_text() for rank in range(2)]
     assert raised[0].startswith("OSError") and "No space left" in raised[0]
     assert raised[1].startswith("RuntimeError: Another process failed")

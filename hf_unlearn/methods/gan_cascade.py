@@ -182,6 +182,8 @@ class GANCascade(UnlearningMethod):
             pair.generator, pair.discriminator, optimizer_d, optimizer_g
         )
         players = Players(generator, discriminator, pair.config.conditional, pair.config.latent_dim)
+        if accelerator.num_processes > 1:  # `unlearn` seeded every process alike: each draws its own rows and noise
+            torch.manual_seed(trainer.args.seed + accelerator.process_index)
         all_classes = torch.arange(trainer.num_labels, device=device)
         batch = config.batch_size
         # The removed samples' share of a training batch, which substitutes fill (at least one per batch).
