@@ -29,12 +29,15 @@ def main(argv=None):
     parser.add_argument("--models", nargs="*", default=["shapes/vit", "shapes/resnet", "chirps/ast", "chirps/wav2vec2"])
     parser.add_argument("--classes", nargs="*", type=int, default=[3, 7])
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
+    parser.add_argument("--seed", type=int, default=0, help="Each variant's `UnlearnConfig.seed` (the originals and "
+                        "retrains are seed 0's). Ablation files before stop 39 ran at TrainingArguments' 42.")
     parser.add_argument("--cache", default=None)
     parser.add_argument("--output", default=None)
     options = parser.parse_args(argv)
     cache = Path(options.cache) if options.cache else None
     lines = [f"# {options.method}: ablation on the tune tasks", "",
-             f"`python benchmarks/ablation.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
+             f"`python benchmarks/ablation.py {' '.join(sys.argv[1:] if argv is None else argv)}` (variants at seed "
+             f"{options.seed}; a time ratio marked * is against a retrain timed in an earlier process, `--cache`)", "",
              "| model | class | variant | forget | retain (original) | MIA (retrain) | probe (retrain) | mean gap | "
              "time / retrain |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     results = []
@@ -46,7 +49,8 @@ def main(argv=None):
             original, retrain = reference["original"], reference["retrain"]
             for variant, fields in options.variant:
                 args = UnlearnConfig(output_dir=tempfile.mkdtemp(), method=options.method, report_to="none",
-                                     disable_tqdm=True, eval_before_unlearn=False, **json.loads(fields))  # fmt: skip
+                                     disable_tqdm=True, eval_before_unlearn=False,
+                                     **{"seed": options.seed, **json.loads(fields)})  # fmt: skip
                 result = UnlearningTrainer(model, args, train_dataset=data["train"], eval_dataset=data["test"],
                                            forget_classes=[forget_class]).unlearn()  # fmt: skip
                 m = result.metrics
@@ -55,7 +59,8 @@ def main(argv=None):
                         f"{percent(m['retain_accuracy'])} ({percent(original['retain_accuracy'])}) | "
                         f"{percent(m['mia_entropy'])} ({percent(retrain['mia_entropy'])}) | "
                         f"{percent(m.get('feature_probe'))} ({percent(retrain.get('feature_probe'))}) | "
-                        f"{100 * gap:.1f} | {m['unlearn_seconds'] / retrain['unlearn_seconds']:.3f} |")  # fmt: skip
+                        f"{100 * gap:.1f} | {m['unlearn_seconds'] / retrain['unlearn_seconds']:.3f}"
+                        f"{'*' if reference.get('cached') else ''} |")  # fmt: skip
                 print(line, flush=True)
                 lines.append(line)
                 results.append({"model": name, "class": forget_class, "variant": variant, "fields": fields,

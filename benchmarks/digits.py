@@ -20,7 +20,7 @@ import time
 import torch
 from common import write_results
 
-from hf_unlearn import available_methods
+from hf_unlearn import available_methods, get_method
 from hf_unlearn.examples.digits import (
     DEFAULT_TRAINING,
     digits_classifier,
@@ -123,7 +123,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method but retrain")
     options = parser.parse_args(argv)
-    methods = options.methods or [m for m in available_methods() if m != "retrain"]
+    methods = options.methods or [m for m in available_methods()
+                                   if m != "retrain" and "classifier" in get_method(m).method_class.model_kinds]
     unknown = [m for m in methods if m not in unlearn_budgets()]
     if unknown:
         parser.error(f"no digits budget for {unknown}; add its recipe to hf_unlearn.examples.digits.BUDGET_RECIPES")

@@ -149,6 +149,7 @@ def run_one(model_name: str, method: str, rows: int, batch: int, classes: int = 
     if method.endswith("-original-first"):  # the method names no modules: its original is measured before it, whole
         trainer.method.changed_modules = lambda: None
     read = len(trainer.forget_view) + len(trainer.retain_view)
+    trainer.predict_logits(trainer.forget_view.select(range(1)))  # warm-up, untimed (the method's passes follow others)
     start = time.perf_counter()
     trainer.predict_logits(trainer.forget_view)
     trainer.predict_logits(trainer.retain_view)
@@ -228,7 +229,7 @@ def main(argv=None) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             print("RESULT " + json.dumps(measured))
         return
-    results = []
+    results, failed = [], []
     grid = itertools.product(options.processes, options.forget, options.rows, options.models, options.methods)
     for processes, forget, rows, model_name, method in grid:
         one = [__file__, "--one", f"{model_name},{method},{rows},{forget}", "--batch", str(options.batch),
@@ -238,17 +239,21 @@ def main(argv=None) -> None:
             command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                        "29531", *one]  # fmt: skip
             env["OMP_NUM_THREADS"] = "1"
-        measured = measure_in_process(command, f"{model_name} {method} {rows} {forget} x{processes}", env)
+        label = f"{model_name} {method} {rows} {forget} x{processes}"
+        measured = measure_in_process(command, label, env)
         if measured is not None:
             results.append(measured)
             print(table(results[-1:]).splitlines()[-1], flush=True)
+        else:
+            failed.append(label)
     setting = (
         f"random weights and inputs, {options.classes} classes, the first `forget` of them forgotten; default "
         "evaluation (original and unlearned, eval split a quarter of the rows). `x forward`: the method's time over "
         "one forward pass over the rows it may read, measured in the same process (group). Peak RSS: process 0's."
     )
+    failures = f"\n\nFailed runs (their error is in the run's output): {', '.join(failed)}" if failed else ""
     write_table(options.output, "Projection methods at real model sizes (CPU)", "scale.py", argv, setting,
-                table(results), results)  # fmt: skip
+                table(results) + failures, results + [{"failed": label} for label in failed])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,13 +10,16 @@ progress bars off). The table gives forget / retain test accuracy, the entropy M
 retrain is the goal for both), the mean gap to retrain and the method's time as a fraction of the retrain's, and the
 targets of issue 17 checked per row.
 
-`--cache DIR` keeps trained originals and retrain measurements between runs (for tuning on the tune tasks); the
-reported tables are run without it unless the file says otherwise.
+`--cache DIR` keeps trained originals and retrain measurements between runs (for tuning on the tune tasks), keyed
+by what made them (`cache_key`: the task generators' and the recipe's code, the library's, the package versions);
+the reported tables are run without it unless the file says otherwise, and a time ratio against a retrain timed in
+an earlier process is marked so.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -25,9 +28,11 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 from common import write_results
 from tasks import TASKS, TRAINING, build_model, load_task
 
+import hf_unlearn
 from hf_unlearn import UnlearnConfig, UnlearningTrainer
 from hf_unlearn.examples.digits import train_classifier, training_arguments
 from hf_unlearn.metrics import gap_to_reference
@@ -38,8 +43,27 @@ KEYS = ("forget_accuracy", "retain_accuracy", "forget_train_accuracy", "retain_t
         "mia_entropy", "mia_efficacy", "feature_probe", "unlearn_seconds")  # fmt: skip
 
 
+def _digest(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _source(folder: Path) -> list[str]:
+    return [path.read_text() for path in sorted(folder.rglob("*.py"))]
+
+
+def cache_key(task, architecture, seed, with_library: bool = False) -> str:
+    """The cache entry's name: the task, model and seed, and a digest of what made the entry - the generators and
+    recipes (`tasks.py`), the package versions, and the library's code (`hf_unlearn/`: the original's training,
+    and with `with_library` everything a retrain measurement computes). A change to any of them is a new entry."""
+    made_by = [Path(__file__).with_name("tasks.py").read_text(), TRAINING[architecture], torch.__version__,
+               transformers.__version__,
+               _source(Path(hf_unlearn.__file__).parent) if with_library else
+               Path(hf_unlearn.__file__).with_name("examples").joinpath("digits.py").read_text()]  # fmt: skip
+    return f"{task}-{architecture}-{seed}-{_digest(*made_by)}"
+
+
 def original_model(task, architecture, data, seed, cache: Path | None):
-    folder = cache / f"{task}-{architecture}-{seed}" if cache else None
+    folder = cache / cache_key(task, architecture, seed) if cache else None
     if folder is not None and (folder / "config.json").is_file():
         return type(build_model(task, architecture, seed)).from_pretrained(folder).eval(), None
     start = time.perf_counter()
@@ -70,9 +94,9 @@ def run(model, data, method, forget_class, seed, **fields):
 
 
 def retrain_metrics(task, architecture, model, data, forget_class, seed, cache: Path | None):
-    path = cache / f"{task}-{architecture}-{seed}-retrain-{forget_class}.json" if cache else None
+    path = cache / f"{cache_key(task, architecture, seed, with_library=True)}-retrain-{forget_class}.json" if cache else None
     if path is not None and path.is_file():
-        return json.loads(path.read_text())
+        return {**json.loads(path.read_text()), "cached": True}  # timed in an earlier process
     recipe = training_arguments("unused", seed=seed, warmup_steps=0.05, **TRAINING[architecture])
     for name in ("output_dir", "seed", "report_to"):
         recipe.pop(name)
@@ -83,19 +107,29 @@ def retrain_metrics(task, architecture, model, data, forget_class, seed, cache: 
     return measured
 
 
+#: Comparisons of measured shares with a target: a drop of exactly 9/450 is stored as 0.020000000000000018.
+TOLERANCE = 1e-9
+
+
 def targets(method, row, original, retrain, baseline_gap):
-    """Issue 17's targets for this row, as `{name: passed}`."""
+    """Issue 17's targets for this row, as `{name: passed}`; `{}` (not judged) when the original did not recognise
+    the class (forget accuracy at most 5 %: nothing can show forgetting), and no baseline comparison when no
+    baseline ran (`baseline_gap` None)."""
+    if original["forget_accuracy"] <= 0.05:
+        return {}
     drop = original["retain_accuracy"] - row["retain_accuracy"]
-    checks = {"no collapse (or reported)": drop <= 0.10 or row.get("forgotten") is False}
+    checks = {"no silent collapse": drop <= 0.10 + TOLERANCE or row.get("forgotten") is False}
     if method in ("gppu", "svd_projection"):
-        checks["forget <= 1 %"] = row["forget_accuracy"] <= 0.01
-        checks[f"retain drop <= {1 if method == 'gppu' else 2}"] = drop <= (0.01 if method == "gppu" else 0.02)
-        checks["gap <= best baseline"] = row["mean_gap"] <= baseline_gap + 1e-9
+        checks["forget <= 1 %"] = row["forget_accuracy"] <= 0.01 + TOLERANCE
+        limit = 0.01 if method == "gppu" else 0.02
+        checks[f"retain drop <= {round(100 * limit)}"] = drop <= limit + TOLERANCE
+        if baseline_gap is not None:
+            checks["gap <= best baseline"] = row["mean_gap"] <= baseline_gap + TOLERANCE
     if method == "gppu" and row.get("feature_probe") is not None and retrain.get("feature_probe") is not None:
-        checks["probe within 10 of retrain"] = abs(row["feature_probe"] - retrain["feature_probe"]) <= 0.10
+        checks["probe within 10 of retrain"] = abs(row["feature_probe"] - retrain["feature_probe"]) <= 0.10 + TOLERANCE
     if method == "remain_geometry":
-        checks["forget <= 1 %"] = row["forget_accuracy"] <= 0.01
-        checks["retain drop <= 2"] = drop <= 0.02
+        checks["forget <= 1 %"] = row["forget_accuracy"] <= 0.01 + TOLERANCE
+        checks["retain drop <= 2"] = drop <= 0.02 + TOLERANCE
     return checks
 
 
@@ -122,11 +156,13 @@ def main(argv=None):
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     tasks = options.tasks or [name for name, task in TASKS.items() if options.role in ("all", task["role"])]
+    for task in tasks:
+        unknown = sorted(set(options.architectures or []) - set(TASKS[task]["architectures"]))
+        if unknown:
+            parser.error(f"--architectures {unknown} are not models of task {task} ({TASKS[task]['architectures']}).")
     results, lines = [], []
     for task in tasks:
         for architecture in options.architectures or TASKS[task]["architectures"]:
-            if architecture not in TASKS[task]["architectures"]:
-                continue
             data = load_task(task, architecture, options.seed)
             model, train_seconds = original_model(task, architecture, data, options.seed, cache)
             for forget_class in options.classes:
@@ -142,6 +178,7 @@ def main(argv=None):
                     row.update(gap_to_reference(result.metrics, retrain))
                     row["forgotten"] = result.forgotten
                     row["time_ratio"] = row["unlearn_seconds"] / retrain["unlearn_seconds"]
+                    row["retrain_cached"] = bool(reference.get("cached"))
                     rows[label] = row
                     print(f"{task}/{architecture} class {forget_class} {label}: forget "
                           f"{percent(row['forget_accuracy'])} retain {percent(row['retain_accuracy'])} probe "
@@ -150,12 +187,13 @@ def main(argv=None):
                 for row in rows.values():  # against the best baseline of the same seed (none run: not judged)
                     baselines = [other["mean_gap"] for other in rows.values()
                                  if other["method"] not in PAPER_METHODS and other["seed"] == row["seed"]]  # fmt: skip
-                    row["targets"] = targets(row["method"], row, original, retrain, min(baselines, default=float("inf")))
+                    row["targets"] = targets(row["method"], row, original, retrain, min(baselines, default=None))
                 results.append({"task": task, "role": TASKS[task]["role"], "architecture": architecture,
                                 "forget_class": forget_class, "original": original, "retrain": retrain,
                                 "methods": rows, "original_train_seconds": train_seconds})  # fmt: skip
     lines = [
-        f"# Cross-task benchmark ({options.role} tasks), library defaults",
+        f"# Cross-task benchmark ({', '.join(tasks) if options.tasks else f'{options.role} tasks'}), library "
+        "defaults",
         "",
         f"`python benchmarks/transfer.py {' '.join(sys.argv[1:] if argv is None else argv)}` - seed {options.seed} "
         f"(originals and retrains; methods at {options.method_seeds or options.seed}), "
@@ -174,16 +212,27 @@ def main(argv=None):
                          f"{percent(metrics['retain_accuracy'])} | {percent(metrics.get('mia_entropy'))} | "
                          f"{percent(metrics.get('feature_probe'))} | - | - | |")  # fmt: skip
         for method, row in entry["methods"].items():
-            missed = ", ".join(name for name, passed in row["targets"].items() if not passed) or "none"
+            missed = (", ".join(name for name, passed in row["targets"].items() if not passed) or "none"
+                      if row["targets"] else "not judged (the original did not recognise the class)")  # fmt: skip
+            time_ratio = f"{row['time_ratio']:.3f}" + ("*" if row.get("retrain_cached") else "")
             lines.append(f"{head}| {method} | {percent(row['forget_accuracy'])} | {percent(row['retain_accuracy'])} | "
                          f"{percent(row['mia_entropy'])} | {percent(row['feature_probe'])} | "
-                         f"{100 * row['mean_gap']:.1f} | {row['time_ratio']:.3f} | {missed} |")  # fmt: skip
-    summary = {}
+                         f"{100 * row['mean_gap']:.1f} | {time_ratio} | {missed} |")  # fmt: skip
+    summary, collapsed = {}, {}
     for entry in results:
         for method, row in entry["methods"].items():
-            summary.setdefault(method, []).append(all(row["targets"].values()))
-    lines += ["", "Rows meeting every target, per method (and seed; the baselines have one: no silent collapse): "
-              + ", ".join(f"{m} {sum(v)}/{len(v)}" for m, v in summary.items()), ""]  # fmt: skip
+            drop = entry["original"]["retain_accuracy"] - row["retain_accuracy"]
+            collapsed.setdefault(method, []).append(drop > 0.10 + TOLERANCE)
+            if row["targets"]:
+                summary.setdefault(method, []).append(all(row["targets"].values()))
+    lines += ["", "Judged rows meeting every target, per method (and seed; a baseline's only target is no silent "
+              "collapse, which the library's own retain check makes hard to miss): "
+              + ", ".join(f"{m} {sum(v)}/{len(v)}" for m, v in summary.items()),
+              "", "Rows whose retain accuracy fell by more than 10 points (reported as failed or not): "
+              + ", ".join(f"{m} {sum(v)}/{len(v)}" for m, v in collapsed.items()), ""]  # fmt: skip
+    if any(row.get("retrain_cached") for entry in results for row in entry["methods"].values()):
+        lines += ["\\* the retrain was timed in an earlier process (`--cache`): that ratio is not measured side by side.",
+                  ""]  # fmt: skip
     text = "\n".join(lines) + "\n"
     if options.output:
         write_results(options.output, text, results)

@@ -38,8 +38,9 @@ def main(argv=None) -> dict:
     print(f"Training a small {options.architecture} on digits ({len(data['train'])} images, {recipe['epochs']} epochs)")
     start = time.perf_counter()
     model = train_classifier(
-        digits_classifier(options.architecture, seed=options.seed), data["train"], f"{workdir}/original", **recipe
-    )
+        digits_classifier(options.architecture, seed=options.seed), data["train"], f"{workdir}/original",
+        seed=options.seed, **recipe,
+    )  # the same seeds as the retrain below
     print(f"  trained in {time.perf_counter() - start:.1f} s")
 
     def run(method: str, **budget):
