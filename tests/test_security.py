@@ -39,6 +39,55 @@ def test_a_model_folder_cannot_run_code_without_trust_remote_code(hostile_gan, d
         assert not witness.exists()
 
 
+CUSTOM_CLASSIFIER = """
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+
+
+class TinyConfig(PretrainedConfig):
+    model_type = "tiny-custom"
+
+
+class TinyForImageClassification(PreTrainedModel):
+    config_class = TinyConfig
+    main_input_name = "pixel_values"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.classifier = torch.nn.Linear(64, config.num_labels)
+        self.post_init()
+
+    def forward(self, pixel_values, labels=None, **kwargs):
+        return ImageClassifierOutput(logits=self.classifier(pixel_values.flatten(1)))
+"""
+
+
+def test_a_custom_classifier_loads_from_its_folder_with_trust_remote_code_only(tmp_path):
+    """A classifier whose modelling code ships with it (`auto_map`, as on the Hub): refused by default, loaded and
+    recognised as a classifier with `trust_remote_code=True`."""
+    from hf_unlearn.kinds import kind_of
+
+    import importlib.util
+
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "modeling_tiny.py").write_text(CUSTOM_CLASSIFIER)
+    spec = importlib.util.spec_from_file_location("modeling_tiny", folder / "modeling_tiny.py")
+    code = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(code)
+    code.TinyForImageClassification(code.TinyConfig(num_labels=10)).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "modeling_tiny.TinyConfig",
+                          "AutoModelForImageClassification": "modeling_tiny.TinyForImageClassification"}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_model(str(folder))
+    model, processor = load_model(str(folder), trust_remote_code=True)
+    assert type(model).__name__ == "TinyForImageClassification" and processor is None
+    assert kind_of(model).name == "classifier"
+
+
 @pytest.mark.parametrize("option", ["--model_name_or_path", "--judge_model", "--reference_model"])
 def test_the_cli_does_not_run_code_named_by_a_model_folder(hostile_gan, trained, digits, tmp_path, option, capsys):
     """Each model the CLI loads (the model, the judge, the reference), with real data so that every one is reached:

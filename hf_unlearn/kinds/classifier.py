@@ -3,6 +3,7 @@ classification head and `config.num_labels`): trained by cross-entropy, measured
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -25,6 +26,7 @@ from ..models import classification_head
 from .base import ModelKind, register_kind
 
 logger = get_logger(__name__)
+_plain_logger = logging.getLogger(__name__)  # loading also runs outside an accelerate run (before the trainer)
 
 _CLASSIFIER_CLASS = re.compile(r"For(Image|Audio|Sequence)Classification")
 _AUDIO_INPUTS = ("input_values", "input_features")
@@ -46,9 +48,11 @@ class Classifier(ModelKind):
 
     def load(self, model_id: str, config: Any, trust_remote_code: bool = False):
         model_type = getattr(config, "model_type", None)
-        if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        # custom modelling code (the folder's `auto_map`) is only ever reached with `trust_remote_code=True`
+        custom = (getattr(config, "auto_map", None) or {}) if trust_remote_code else {}
+        if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES or "AutoModelForImageClassification" in custom:
             model_class, processor_class = AutoModelForImageClassification, AutoImageProcessor
-        elif model_type in MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES:
+        elif model_type in MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES or "AutoModelForAudioClassification" in custom:
             model_class, processor_class = AutoModelForAudioClassification, AutoFeatureExtractor
         else:
             return None
@@ -56,7 +60,8 @@ class Classifier(ModelKind):
         try:
             processor = processor_class.from_pretrained(model_id, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
-            logger.info(f"No processor could be loaded for '{model_id}' ({error}); datasets must hold model inputs.")
+            _plain_logger.info(f"No processor could be loaded for '{model_id}' ({error}); datasets must hold model "
+                               "inputs.")
             processor = None
         return model, processor
 
