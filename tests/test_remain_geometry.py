@@ -111,6 +111,22 @@ def test_class_forgetting_drops_the_forget_accuracy_and_keeps_the_retain_accurac
     assert metrics["iterations"] <= 30
 
 
+@pytest.mark.parametrize("forget_updates_batchnorm", [False, True])
+def test_forget_steps_leave_the_batchnorm_statistics_alone(forget_updates_batchnorm, trained, digits, tmp_path):
+    """A forget step's batch (only forgotten classes) is normalised with its own statistics but, by default, leaves
+    the running statistics every class is normalised with at inference alone; the retain steps update them."""
+    model = trained("resnet")
+    norm = next(module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d))
+    seen = []
+    norm.register_forward_pre_hook(lambda module, args: seen.append(module.track_running_stats)
+                                   if module.training and torch.is_grad_enabled() else None)  # fmt: skip
+    build(model, digits, tmp_path, max_steps=4, learning_rate=1e-4,
+          method_kwargs={"guard_samples": 0, "forget_updates_batchnorm": forget_updates_batchnorm}).unlearn()
+    # forget_every = 2 for classes: a forget step at iterations 0 and 2, each followed by that iteration's retain step
+    assert seen[-6:] == ([True] * 6 if forget_updates_batchnorm else [False, True, True, False, True, True])
+    assert norm.track_running_stats
+
+
 def test_the_guard_pauses_forgetting_and_stops_once_the_retain_rows_recovered(trained, digits, tmp_path):
     """Class request: the guard scores sampled training rows every `check_steps`; forget steps pause once the forget
     rows are at 0 and training stops once the retain rows are back within tolerance, well before the budget."""

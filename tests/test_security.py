@@ -66,9 +66,9 @@ class TinyForImageClassification(PreTrainedModel):
 def test_a_custom_classifier_loads_from_its_folder_with_trust_remote_code_only(tmp_path):
     """A classifier whose modelling code ships with it (`auto_map`, as on the Hub): refused by default, loaded and
     recognised as a classifier with `trust_remote_code=True`."""
-    from hf_unlearn.kinds import kind_of
-
     import importlib.util
+
+    from hf_unlearn.kinds import kind_of
 
     folder = tmp_path / "custom"
     folder.mkdir()

@@ -77,6 +77,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ import torch
 from accelerate.logging import get_logger
 from transformers import TrainerCallback
 
-from ..activations import evaluating
+from ..activations import batchnorm_statistics_kept, evaluating
 from ..contract import PaperPreset, UnlearningMethod, training_loss
 from ..data import PairedDataset, balanced_forget, subsample
 from ..diffusion import is_diffusion
@@ -159,6 +160,15 @@ class RemainGeometryConfig:
             "'rl' (the paper's relabelling variant: the prediction under the forget class is pulled to the detached "
             "prediction under a random retained class, so the class maps onto other ones). None: 'ascent' for "
             "classifiers and DiTs, 'rl' for DDPMs (measured: benchmarks/results/diffusion.md)."
+        },
+    )
+    forget_updates_batchnorm: bool = field(
+        default=False,
+        metadata={
+            "help": "Let the forget steps move the running statistics of BatchNorm layers, as the retain steps do (the "
+            "paper's code, and the earlier behaviour). By default a forget batch is normalised with its own "
+            "statistics but leaves the running ones alone: a batch of forgotten classes is not a sample of what the "
+            "model will serve (as gppu's `forget_updates_batchnorm`). Models without BatchNorm are unaffected."
         },
     )
     mask_samples: int | None = field(
@@ -572,7 +582,8 @@ class RemainGeometry(UnlearningMethod):
         times the mean
         error between the prediction under the forget class and the detached one under a random retained class."""
         trainer = self.trainer
-        with trainer.compute_loss_context_manager():
+        kept = contextlib.nullcontext() if self.config.forget_updates_batchnorm else batchnorm_statistics_kept(model)
+        with trainer.compute_loss_context_manager(), kept:
             options = {"antithetic": True} if self.antithetic else {}
             if self.settings["forget_loss"] == "rl":
                 other = relabelled(batch["labels"], self.retained_classes, self.trainer.num_labels,
