@@ -63,7 +63,8 @@ class UnlearningTrainer(SavingMixin, MeasuringMixin, Trainer):
         forget_indices: training rows to forget (sample-level unlearning): integer row positions (a list, numpy array
             or tensor), or a boolean mask with one entry per row of `train_dataset`. Give exactly one of the two.
         judge: for a generator (GAN or diffusion model): an image classifier of the same data that measures the
-            generated samples (which classes they show, and the features of the Frechet distance).
+            generated samples (which classes they show, and the features of the Frechet distance); it is moved to
+            `args.device` in place and never changed otherwise.
 
     The caller's model object is left untouched unless `args.in_place`; `trainer.model` is the unlearned model and
     `trainer.save_model()` (or `save_unlearned`) writes it with its processor, card, plot and results, atomically.
