@@ -452,13 +452,23 @@ def align_labels(dataset, label2id, label_column: str = "label"):
     >>> train = align_labels(train, model.config)
     ```
     """
-    if hasattr(label2id, "id2label"):
-        label2id = label_ids(label2id)
+    names, shared = None, {}
+    if hasattr(label2id, "id2label"):  # a model config: its id2label, names several classes share told apart by id
+        config, shared = label2id, shared_label_names(label2id)
+        names = [str(config.id2label.get(i, config.id2label.get(str(i)))) for i in range(int(config.num_labels))]
+        names = [f"{name} ({i})" if name in shared else name for i, name in enumerate(names)]
+        label2id = label_ids(config)
     feature = dataset.features.get(label_column)
     if not isinstance(feature, datasets.ClassLabel):
         raise ValueError(
             f"`align_labels` needs the '{label_column}' column to be a `datasets.ClassLabel` (it maps label names), "
             f"got {feature!r}."
+        )
+    ambiguous = sorted(name for name in feature.names if name.lower() in {key.lower() for key in shared})
+    if ambiguous:
+        raise ValueError(
+            f"The dataset's labels {ambiguous} name several classes of the model (ids {shared}): "
+            "which one a row means is not known. Renumber those rows yourself, then pass the dataset as it is."
         )
     model_ids = {str(name).lower(): int(index) for name, index in label2id.items()}
     renumber = np.array([model_ids.get(name.lower(), -1) for name in feature.names], dtype=np.int64)
@@ -471,7 +481,7 @@ def align_labels(dataset, label2id, label_column: str = "label"):
         logger.info(f"align_labels: dropping {len(labels) - len(kept)} rows of labels the model lacks: {dropped}")
     if not len(kept):
         raise ValueError(f"No label of the dataset ({feature.names[:10]}...) is a label of the model: nothing is left.")
-    names = [name for name, _ in sorted(label2id.items(), key=lambda item: int(item[1]))]
+    names = names or [name for name, _ in sorted(label2id.items(), key=lambda item: int(item[1]))]
     aligned = dataset.select(kept).remove_columns(label_column)
     return aligned.add_column(label_column, labels[kept].tolist(), feature=datasets.ClassLabel(names=names))
 

@@ -306,3 +306,21 @@ def test_lists_of_labels_are_refused_naming_the_column():
     rows = datasets.Dataset.from_dict({"x": [0, 1], "labels": [[1, 0, 1], [0, 1, 0]]})
     with pytest.raises(ValueError, match=r"'labels' holds a list per row \(shape \(2, 3\)\)"):
         dataset_labels(rows, "labels")
+
+
+def test_align_labels_tells_apart_model_classes_that_share_a_name():
+    """The model's classes keep their ids (a name two classes share becomes "name (id)"); a dataset label naming
+    such a shared class cannot be placed and is an error."""
+    import datasets
+    from transformers import PretrainedConfig
+
+    config = PretrainedConfig(id2label={0: "crane", 1: "dog", 2: "crane"})
+    rows = datasets.Dataset.from_dict({"x": [0, 1, 2], "label": [0, 1, 0]},
+                                      features=datasets.Features({"x": datasets.Value("int64"),
+                                                                  "label": datasets.ClassLabel(names=["dog", "cat"])}))  # fmt: skip
+    aligned = align_labels(rows, config)
+    assert aligned.features["label"].names == ["crane (0)", "dog", "crane (2)"]
+    assert aligned["label"] == [1, 1] and aligned["x"] == [0, 2]
+    clash = rows.cast_column("label", datasets.ClassLabel(names=["dog", "Crane"]))
+    with pytest.raises(ValueError, match=r"\['Crane'\] name several classes of the model \(ids \{'crane': \[0, 2\]\}\)"):
+        align_labels(clash, config)
