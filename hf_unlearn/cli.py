@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .jobs import JobArguments
+from .metrics import class_name
 from .report import format_report
 
 logger = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ def unlearn_command(argv: list[str]):
     else:
         trainer.save_unlearned(str(output_dir), overwrite=job.overwrite_output_dir, **card)
     if trainer.is_world_process_zero():
-        names = [trainer.model.config.id2label[c] for c in result.forget_classes or []]
+        names = [class_name(trainer.model.config.id2label, c) for c in result.forget_classes or []]
         print(format_report(result.original_metrics, result.metrics, None, names))
         print(f"\n'{args.method}' took {result.metrics['unlearn_seconds']:.2f} s; saved with its card to {output_dir}")
     trainer.accelerator.end_training()
@@ -285,7 +286,7 @@ def evaluate_command(argv: list[str]) -> dict:
         reference, _ = load_model(options.reference_model, trust_remote_code=args.trust_remote_code)
     metrics = trainer.evaluate_unlearning(reference_model=reference)
     if trainer.is_world_process_zero():
-        names = [trainer.model.config.id2label[c] for c in trainer.split.forget_classes]
+        names = [class_name(trainer.model.config.id2label, c) for c in trainer.split.forget_classes]
         measured = {key[len("reference_"):]: value for key, value in metrics.items() if key.startswith("reference_")}
         print(format_report(None, metrics, measured or None, names))
         if metrics.get("mean_gap") is not None:

@@ -37,6 +37,7 @@ from .checks import measured_values
 from .kinds import ModelKind, get_kind, kind_of
 from .methods import available_methods, get_method
 from .metric_registry import metrics_for
+from .metrics import class_name
 from .outputs import public_reference, write_atomic
 
 logger = get_logger(__name__)
@@ -63,7 +64,7 @@ def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config
     spec = get_method(result.method)
     info = trainer.source_train_dataset.info
     id2label = model.config.id2label or {}
-    names = [str(id2label.get(c, c)) for c in (result.forget_classes or [])]
+    names = [class_name(id2label, c) for c in (result.forget_classes or [])]
     kind = kind_of(model)
     peft = result.metrics.get("peft")
     metrics = {key: value for key, value in result.metrics.items() if key != "peft"}
@@ -91,7 +92,7 @@ def card_context(trainer, result, *, model_id=None, dataset=None, dataset_config
             "classes": names,
             "class_ids": list(result.forget_classes or []),
             "num_rows": result.num_forget_samples,
-            "unlearned_before": [str(id2label.get(c, c)) for c in split.unlearned_before],
+            "unlearned_before": [class_name(id2label, c) for c in split.unlearned_before],
         },
         "dataset": {
             "name": public_reference(dataset or info.dataset_name or info.builder_name),

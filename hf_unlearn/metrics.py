@@ -25,9 +25,9 @@ to some degree, so the goal is closeness to retrain's value, not 0. The probe is
 (at most 500 iterations): on ill-conditioned features, stopping earlier moved its value by up to 28 points, while a
 fit to tolerance 1e-10 agreed within 2 (`benchmarks/results/probe_precision.md`).
 
-For sample-level forgetting (`forget_indices`) the eval split holds no forgotten rows, so `forget_accuracy` is the
-accuracy on the forgotten training rows (equal to `forget_train_accuracy`) and `retain_accuracy` is the accuracy on
-the whole eval split, less its rows of classes unlearned in earlier requests. All accuracies and attack rates are
+For sample-level forgetting (`forget_indices`) the eval split holds no forgotten rows, so `forget_accuracy` is None
+(the forgotten rows' accuracy is `forget_train_accuracy`) and `retain_accuracy` is the accuracy on the whole eval
+split, less its rows of classes unlearned in earlier requests. All accuracies and attack rates are
 fractions in [0, 1].
 
 Both attacks are fitted on the model under test, with retain training rows as members and eval rows of the
@@ -64,7 +64,8 @@ from .metric_registry import Metric, computed_metrics, mean_gap_keys, scalar_met
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64: in float32 every row whose top logit leads by more than about 17 has a
-    confidence of exactly 1.0, and the attacks that rank rows by it would see ties."""
+    confidence of exactly 1.0, and the attacks that rank rows by it see ties; in float64 that happens past a lead
+    of about 37."""
     logits = np.asarray(logits, dtype=np.float64)
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -88,14 +89,21 @@ def worst_class_accuracy(logits: np.ndarray, labels: np.ndarray) -> float | None
     return max(accuracy(logits[labels == label], labels[labels == label]) for label in classes)
 
 
+def class_name(id2label: dict | None, class_id: int) -> str:
+    """The name reports, cards and per-class tables give class `class_id`: its `id2label` name (or the id), with the
+    id added where several classes share the name (ImageNet's "crane (134)" and "crane (517)"), so that no class's
+    row stands for another's."""
+    names = id2label or {}
+    name = names.get(int(class_id), names.get(str(int(class_id)), int(class_id)))
+    shared = sum(other == name for other in names.values()) > 1
+    return f"{name} ({int(class_id)})" if shared else str(name)
+
+
 def per_class_accuracy(logits: np.ndarray, labels: np.ndarray, id2label: dict | None = None) -> dict[str, float]:
-    """Accuracy for each class present in `labels`, keyed by label name (or id)."""
+    """Accuracy for each class present in `labels`, keyed by its name (`class_name`)."""
     predictions = np.asarray(logits).argmax(axis=1)
-    result = {}
-    for class_id in np.unique(labels):
-        name = str((id2label or {}).get(int(class_id), int(class_id)))
-        result[name] = float((predictions[labels == class_id] == class_id).mean())
-    return result
+    return {class_name(id2label, class_id): float((predictions[labels == class_id] == class_id).mean())
+            for class_id in np.unique(labels)}  # fmt: skip
 
 
 def prediction_entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -407,11 +415,8 @@ def generative_metrics(
     retained classes `retain_sample_labels`. `forget_classes` is None for item unlearning (no share is measured)."""
     predicted = retain_logits.argmax(-1)
     num_classes = retain_logits.shape[-1]
-    names = id2label or {}
     metrics = {
-        "class_shares": {
-            str(names.get(c, names.get(str(c), c))): float((predicted == c).mean()) for c in range(num_classes)
-        },
+        "class_shares": {class_name(id2label, c): float((predicted == c).mean()) for c in range(num_classes)},
         "frechet_distance": frechet_distance(retain_sample_features, real_retain_features),
     }
     if forget_scores is not None:

@@ -10,7 +10,7 @@ import argparse
 import tempfile
 import time
 
-from ..metrics import gap_to_reference
+from ..metrics import class_name, gap_to_reference
 from ..report import format_report
 from .digits import (
     ARCHITECTURES,
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     # Both runs scored the same rows, so the gaps come from the metrics already measured.
     unlearned.metrics.update(gap_to_reference(unlearned.metrics, retrained.metrics))
 
-    forget_names = [model.config.id2label[c] for c in unlearned.forget_classes]
+    forget_names = [class_name(model.config.id2label, c) for c in unlearned.forget_classes]
     print()
     print(format_report(unlearned.original_metrics, unlearned.metrics, retrained.metrics, forget_names))
     seconds, retrain_seconds = unlearned.metrics["unlearn_seconds"], retrained.metrics["unlearn_seconds"]
