@@ -249,6 +249,31 @@ def test_the_trained_blocks_train_with_their_dropout_and_the_frozen_ones_without
     assert seen == {"vit.layers.0.dropout": {False}, "vit.layers.1.dropout": {True}}
 
 
+def test_a_dropout_outside_the_trained_blocks_stays_as_at_inference(tmp_path):
+    """Wav2Vec2's encoder applies its own dropout before its first block: the encoder also holds the trained block,
+    but that dropout belongs to no trained module, so the frozen blocks still get the input of inference."""
+    import datasets
+    from tiny_models import tiny_classifier
+
+    model, _ = tiny_classifier("wav2vec2", num_layers=2, hidden_dropout=0.5, layerdrop=0.0)
+    rng = np.random.default_rng(0)
+    rows = {"input_values": rng.standard_normal((60, 800)).astype(np.float32).tolist(),
+            "label": [i % 3 for i in range(60)]}  # fmt: skip
+    data = datasets.Dataset.from_dict(rows).train_test_split(test_size=0.25, seed=0)
+    seen = {name: set() for name in ("wav2vec2.encoder.dropout", "wav2vec2.encoder.layers.1.dropout")}
+    for name in seen:
+        model.get_submodule(name).register_forward_pre_hook(
+            lambda module, args, name=name: seen[name].add(module.training) if torch.is_grad_enabled() else None
+        )
+    args = UnlearnConfig(output_dir=str(tmp_path), method="gppu", max_steps=2, per_device_train_batch_size=4,
+                         report_to=[], disable_tqdm=True, eval_before_unlearn=False, eval_after_unlearn=False,
+                         method_kwargs={"stop_when_recovered": False, "replay_block_input": False})  # fmt: skip
+    result = UnlearningTrainer(model, args, train_dataset=data["train"], eval_dataset=data["test"],
+                               forget_classes=[1]).unlearn()  # fmt: skip
+    assert result.metrics["trained_blocks"] == ["wav2vec2.encoder.layers.1"]
+    assert seen == {"wav2vec2.encoder.dropout": {False}, "wav2vec2.encoder.layers.1.dropout": {True}}
+
+
 def test_the_finetuning_epoch_covers_at_most_max_finetune_rows_retain_rows(trained, digits, make_args):
     """`max_finetune_rows`: the fine-tuning's epoch covers that many retain rows (each paired with a forget row), so
     its cost does not grow with the dataset; None runs over every retain row."""

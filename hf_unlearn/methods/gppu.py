@@ -586,11 +586,14 @@ class GPPU(UnlearningMethod):
         # restores this right before each forward. So do the modules that hold the blocks, for their own flag alone
         # (`activations.block_list_owners`): in training mode Wav2Vec2 and HuBERT skip blocks, frozen ones included
         # (LayerDrop), and mask what reaches them (SpecAugment).
-        frozen = {}  # a module without parameters (dropout, an activation) belongs to the module that holds it
+        # A module without parameters (dropout, an activation) trains only inside a trained module: a Wav2Vec2
+        # encoder's own dropout, before its first (frozen) block, stays as at inference.
+        trained = blocks + trainable + [self.head_name]
+        frozen = {}
         for name, module in model.named_modules():
             parameters = [id(parameter) for parameter in module.parameters()]
             if parameters and not any(parameter in trainable_parameters for parameter in parameters) or (
-                    not parameters and name.rpartition(".")[0] in frozen):  # fmt: skip
+                    not parameters and not any(name == t or name.startswith(t + ".") for t in trained)):  # fmt: skip
                 frozen[name] = module
         outermost_frozen = [module for name, module in frozen.items() if name.rpartition(".")[0] not in frozen]
         # (whatever is trained: with the stable layer norm of wav2vec2-large / HuBERT-large the encoder holds a tail
