@@ -114,18 +114,22 @@ class SavingMixin:
         `args.push_to_hub`, one push of all of it (`push_to_hub`). A model that kept its LoRA adapters
         (`peft_merge=False`) is saved as a peft adapter with its processor."""
         if _internal_call:  # the Trainer's own checkpoints: never one with non-finite weights (the run stops there)
-            with self.beside_method("checkpoints"):
-                self._raise_on_every_process(check_finite, self.model, "Checkpoint")
-                if not has_lora(self.model):  # a write failing on one process stops every process (none waits)
-                    self._raise_on_every_process(super().save_model, output_dir, True)
-                else:
-                    self._raise_on_every_process(self._save_adapter, output_dir or self.args.output_dir,
-                                                 main_only=True)  # fmt: skip
+            self._raise_on_every_process(check_finite, self.model, "Checkpoint")
+            if not has_lora(self.model):  # a write failing on one process stops every process (none waits)
+                self._raise_on_every_process(super().save_model, output_dir, True)
+            else:
+                self._raise_on_every_process(self._save_adapter, output_dir or self.args.output_dir, main_only=True)
             return None
         if self.args.push_to_hub:
             return self.push_to_hub(output_dir=output_dir)
         self.save_unlearned(output_dir)
         return None
+
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint (the model, the optimizer and scheduler states, the RNG states), timed apart
+        from the method (`checkpoint_seconds`)."""
+        with self.beside_method("checkpoints"):
+            return super()._save_checkpoint(model, trial)
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """No repository is created up front (the Trainer would create an empty one at start-up): `push_to_hub`

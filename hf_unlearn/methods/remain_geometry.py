@@ -587,18 +587,20 @@ class RemainGeometry(UnlearningMethod):
         error between the prediction under the forget class and the detached one under a random retained class."""
         trainer = self.trainer
         kept = contextlib.nullcontext() if self.config.forget_updates_batchnorm else batchnorm_statistics_kept(model)
-        with trainer.compute_loss_context_manager(), kept:
-            options = {"antithetic": True} if self.antithetic else {}
-            if self.settings["forget_loss"] == "rl":
-                other = relabelled(batch["labels"], self.retained_classes, self.trainer.num_labels,
-                                   self.config.rl_target)  # fmt: skip
-                loss = alpha * self.loss_scale * training_loss(model, batch, forget=True, remap_classes=other, **options)
-            else:
-                losses = self.loss_scale * training_loss(model, batch, reduction="none", forget=True, **options,
-                                                         **self.loss_options)  # fmt: skip
-                weights = losses.detach().clamp_min(1e-12).pow(-self.settings["weight_exponent"])
-                loss = -alpha * (weights / weights.sum() * losses).sum()
-        trainer.accelerator.backward(loss)
+        with kept:  # the backward too: with gradient checkpointing it runs the forward again
+            with trainer.compute_loss_context_manager():
+                options = {"antithetic": True} if self.antithetic else {}
+                if self.settings["forget_loss"] == "rl":
+                    other = relabelled(batch["labels"], self.retained_classes, self.trainer.num_labels,
+                                       self.config.rl_target)  # fmt: skip
+                    loss = alpha * self.loss_scale * training_loss(model, batch, forget=True, remap_classes=other,
+                                                                   **options)  # fmt: skip
+                else:
+                    losses = self.loss_scale * training_loss(model, batch, reduction="none", forget=True, **options,
+                                                             **self.loss_options)  # fmt: skip
+                    weights = losses.detach().clamp_min(1e-12).pow(-self.settings["weight_exponent"])
+                    loss = -alpha * (weights / weights.sum() * losses).sum()
+            trainer.accelerator.backward(loss)
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
         for parameter in trainable:
             if parameter.grad is not None:
