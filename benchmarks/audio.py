@@ -26,7 +26,7 @@ import torch
 from common import write_results
 from digits import compare_methods, markdown_table
 
-from hf_unlearn import available_methods, spoken_digits
+from hf_unlearn import available_methods, get_method, spoken_digits
 from hf_unlearn.data import UnlearningCollator, with_model_inputs, without_audio_decoding
 from hf_unlearn.examples.digits import train_classifier, unlearn_budgets
 
@@ -71,7 +71,8 @@ def main(argv=None):
     )  # fmt: skip
     train_seconds = time.perf_counter() - start
 
-    methods = [method for method in available_methods() if method != "retrain"]
+    methods = [method for method in available_methods()
+               if method != "retrain" and "classifier" in get_method(method).method_class.model_kinds]
     rows = compare_methods(
         model, raw, recipe, forget_class, options.seed, methods, label="ast", processing_class=extractor,
         cache_features=True,

@@ -68,8 +68,10 @@ def compare_methods(
         # Both runs scored the same rows, so the gaps come from the metrics already measured.
         result.metrics.update(gap_to_reference(result.metrics, retrained.metrics))
         rows[name] = result.metrics
+        forget = result.metrics["forget_accuracy"]  # None for rows (sample-level): their training rows' accuracy
+        forget_text = f"{forget:.3f}" if forget is not None else f"{result.metrics['forget_train_accuracy']:.3f} (train)"
         print(
-            f"  {label} {name}: forget {result.metrics['forget_accuracy']:.3f} "
+            f"  {label} {name}: forget {forget_text} "
             f"retain {result.metrics['retain_accuracy']:.3f} in {result.metrics['unlearn_seconds']:.2f} s",
             flush=True,
         )

@@ -133,7 +133,8 @@ def main(argv=None):
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU. Seed "
         f"{options.seed}. Accuracies on the digits test split unless marked train; MIA rates on the forget training rows; "
         "time = `unlearn_seconds` (the method alone, mask included), each method in the same run as its retrain. For "
-        "sample-level forgetting the 'forget acc (test)' column is the accuracy on the forgotten training rows.  ",
+        "sample-level forgetting the 'forget acc (test)' column is empty (no eval row was forgotten): 'forget acc "
+        "(train)' is the accuracy on the forgotten training rows.  ",
         "Class budgets: "
         + json.dumps({name: unlearn_budgets()[name] for name in ["remain_geometry", *BASELINES]})
         + "  ",

@@ -53,9 +53,10 @@ def _source(folder: Path) -> list[str]:
 
 def cache_key(task, architecture, seed, with_library: bool = False) -> str:
     """The cache entry's name: the task, model and seed, and a digest of what made the entry - the generators and
-    recipes (`tasks.py`), the package versions, and the library's code (`hf_unlearn/`: the original's training,
+    recipes (`tasks.py`, and this file's training settings), the package versions, and the library's code (`hf_unlearn/`: the original's training,
     and with `with_library` everything a retrain measurement computes). A change to any of them is a new entry."""
-    made_by = [Path(__file__).with_name("tasks.py").read_text(), TRAINING[architecture], torch.__version__,
+    made_by = [Path(__file__).read_text(), Path(__file__).with_name("tasks.py").read_text(), TRAINING[architecture],
+               torch.__version__,
                transformers.__version__,
                _source(Path(hf_unlearn.__file__).parent) if with_library else
                Path(hf_unlearn.__file__).with_name("examples").joinpath("digits.py").read_text()]  # fmt: skip
