@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.hf-unlearn-installed
 
-.PHONY: setup demo test test-slow benchmark lint
+.PHONY: setup demo test benchmark lint
 
 setup: $(STAMP)
 
@@ -23,9 +23,6 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
-
-test-slow: setup
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -m slow
 
 benchmark: setup
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/digits.py --output benchmarks/results/digits.md

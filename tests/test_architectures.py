@@ -182,7 +182,6 @@ def test_projection_methods_run_on_these_architectures(name, method, tmp_path):
                          dataloader_pin_memory=False)  # fmt: skip
     result = UnlearningTrainer(model, args, train_dataset=random_images(48), eval_dataset=random_images(16, seed=1),
                                forget_classes=[1]).unlearn()  # fmt: skip
-    assert 0.0 <= result.metrics["forget_accuracy"] <= 1.0
     assert set(result.model.state_dict()) == set(before)
     assert any(not torch.equal(before[key], value) for key, value in result.model.state_dict().items())
     if name == "swiftformer":
@@ -219,5 +218,5 @@ def test_gppu_runs_on_wavlm_whose_later_blocks_cannot_be_replayed(tmp_path):
                          dataloader_pin_memory=False)  # fmt: skip
     result = UnlearningTrainer(model, args, train_dataset=clips(48, 0), eval_dataset=clips(16, 1),
                                forget_classes=[1]).unlearn()  # fmt: skip
-    assert 0.0 <= result.metrics["forget_accuracy"] <= 1.0
+    assert result.metrics["replay_block"] is None and result.metrics["replay_mb"] == 0.0  # the replay was refused
     assert result.metrics["finetune_steps"] > 0

@@ -230,5 +230,5 @@ def test_every_method_runs_on_every_audio_family_from_raw_audio(family, method, 
     )  # fmt: skip
     result = trainer.unlearn()
     assert any(not torch.equal(before[name], value) for name, value in result.model.state_dict().items())
-    assert 0.0 <= result.metrics["forget_accuracy"] <= 1.0 and 0.0 <= result.metrics["retain_accuracy"] <= 1.0
+    assert len(result.metrics["per_class_accuracy"]) == 4  # every eval row of the 4 words scored, through the extractor
     assert result.metrics["unlearn_seconds"] > 0

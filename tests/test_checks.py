@@ -41,9 +41,11 @@ def test_the_verdict(metrics, original, kind, class_level, passed):
     check = unlearning_check(metrics, original, kind=get_kind(kind), class_level=class_level, **LIMITS)
     assert check["passed"] is passed, check
     assert check["threshold"] == 0.05
-    if original and "retain_drop" in check:
-        key = "retain_judge_accuracy" if kind in ("diffusion", "gan") else "retain_accuracy"
+    key = "retain_judge_accuracy" if kind in ("diffusion", "gan") else "retain_accuracy"
+    if original and key in original and key in metrics:  # both measured: the drop is in the check, always
         assert check["retain_drop"] == pytest.approx(original[key] - metrics[key])
+    else:
+        assert "retain_drop" not in check
 
 
 def test_a_check_the_original_made_undecidable_is_reported_as_not_checked():

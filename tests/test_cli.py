@@ -136,7 +136,6 @@ def test_the_gan_recipe_runs_a_gan_job_with_its_judge(trained, digits, tmp_path,
 def test_the_ddpm_recipe_runs_a_diffusion_job_with_its_judge(trained, digits, tmp_path, capsys):
     """`recipes/digits/ddpm_remain_geometry.yaml` with a small saved DDPM and a saved judge: the unlearned model is
     saved as a diffusers pipeline with its card, and the report shows FA and the retained classes' judge accuracy."""
-    pytest.importorskip("diffusers")
     from hf_unlearn.diffusion import DiffusionModel, small_ddpm
 
     small_ddpm(widths=(8, 16), num_train_timesteps=50, labels=DIGIT_NAMES).save_pretrained(tmp_path / "ddpm")

@@ -6,6 +6,7 @@ not that a class is forgotten (`benchmarks/diffusion.py` measures that)."""
 import math
 import sys
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,6 @@ from hf_unlearn.contract import training_loss
 from hf_unlearn.diffusion import DiffusionModel, diffusers_module, small_ddpm, small_dit, train_diffusion
 from hf_unlearn.examples.digits import DIGIT_NAMES
 from hf_unlearn.kinds import load_model
-
-diffusers = pytest.importorskip("diffusers")
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +101,11 @@ def test_tiny_ddpm_runs_each_method_saves_and_reloads(tmp_path, tiny_digits, met
     assert metrics["sampling"] == {"samples": 8, "seed": 42, "sampler": "DDIMScheduler", "steps": 2, "eta": 0.0,
                                    "guidance_scale": 2.0, "guidance_scale_paper_w": 1.0}  # fmt: skip
     assert {"forget_share", "retain_judge_accuracy", "frechet_distance"} <= set(metrics)
-    assert unlearned.config.unlearned_classes == [3]
+    recorded = unlearned.config.unlearned_classes  # (the constant judge decides it; the plumbing is what counts here)
 
     trainer.save_model()
     reloaded = DiffusionModel.from_pretrained(trainer.args.output_dir)
-    assert reloaded.config.unlearned_classes == [3] and reloaded.config.null_class == 10
+    assert reloaded.config.unlearned_classes == recorded and reloaded.config.null_class == 10
     assert reloaded.config.id2label[3] == "three"
     expected = unlearned.sample([3, 5], num_inference_steps=3, seed=0)
     assert torch.allclose(reloaded.sample([3, 5], num_inference_steps=3, seed=0), expected, atol=1e-5)
@@ -466,13 +465,14 @@ def test_missing_diffusers_gives_the_install_hint(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- the card
 def test_diffusion_card_renders_the_sampling_and_judge_metrics(tmp_path, tiny_digits):
-    trainer, output = unlearn(tiny_ddpm(), tmp_path, tiny_digits, "finetune")
+    trainer, output = unlearn(tiny_ddpm(), tmp_path, tiny_digits, "finetune", judge=ConstantJudge(3))
     files = trainer.create_model_card(dataset="sklearn/digits")
     assert "README.md" in files
     text = (tmp_path / "out" / "README.md").read_text()
     assert "library_name: diffusers" in text and "DiffusionModel.from_pretrained" in text
     assert "DDIMScheduler, 2 steps, eta 0.0, guidance scale 2.0 in eps_uncond + s (eps_cond - eps_uncond), a paper's w = 1.0" in text
-    assert f"{100 * output.metrics['forget_share']:.1f} %" in text
+    assert output.metrics["forget_share"] == 1.0  # every sample judged a "three", before and after
+    assert "| judge: samples showing a forget class (conditional: of those generated for it) | 100.0 % | 100.0 % |" in text
 
 
 def test_the_originals_cached_measurement_is_keyed_by_the_noise_scheduler(tmp_path, tiny_digits):

@@ -70,7 +70,6 @@ def test_a_gan_stops_generating_the_forgotten_class(data, tmp_path):
 
 
 def test_a_diffusion_model_stops_generating_the_forgotten_class(data, tmp_path):
-    pytest.importorskip("diffusers")
     from hf_unlearn.diffusion import small_ddpm, train_diffusion
 
     model = train_diffusion(small_ddpm(image_size=8, widths=(16, 32), num_train_timesteps=50, labels=NAMES, seed=0),

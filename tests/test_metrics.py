@@ -127,6 +127,18 @@ def test_unlearning_metrics_for_class_and_sample_level():
     assert metrics["mia_auc"] < 0.5
 
 
+def test_classes_that_share_a_name_keep_a_row_each():
+    """ImageNet names two classes "crane": the per-class table keys them "crane (0)" and "crane (2)" (before, the
+    later class's accuracy stood in the one "crane" row)."""
+    from hf_unlearn.metrics import class_name
+
+    id2label = {0: "crane", 1: "dog", 2: "crane"}
+    labels = np.array([0, 0, 1, 2])
+    table = per_class_accuracy(one_hot_logits(np.array([0, 1, 1, 0])), labels, id2label)
+    assert table == {"crane (0)": 0.5, "dog": 1.0, "crane (2)": 0.0}
+    assert [class_name(id2label, c) for c in (1, 2)] == ["dog", "crane (2)"] and class_name(None, 4) == "4"
+
+
 def test_non_finite_logits_are_an_error_not_class_0():
     labels = np.array([0, 1, 2] * 4)
     finite = (one_hot_logits(labels), labels)
@@ -146,7 +158,8 @@ def test_gap_to_reference():
 
 
 def test_evaluate_modules_load_offline_and_agree():
-    evaluate = pytest.importorskip("evaluate")
+    import evaluate
+
     from hf_unlearn.metric_modules import metric_path
 
     accuracy_module = evaluate.load(metric_path("unlearning_accuracy"))

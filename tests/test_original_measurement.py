@@ -105,14 +105,20 @@ def test_a_model_that_reads_every_blocks_output_gets_its_original_measured_whole
 def test_a_replay_that_raises_measures_the_original_whole(trained, digits):
     from accelerate import Accelerator
 
-    model = trained("vit").eval()
+    original = trained("vit").eval()
+    model = copy.deepcopy(original)  # the unlearned model: its head moved
+    with torch.no_grad():
+        model.classifier.weight.add_(1.0)
+    kept = {"classifier.weight": original.classifier.weight.detach().clone()}
     batches = [{"pixel_values": torch.tensor(np.stack(digits["test"]["pixel_values"][:16]), dtype=torch.float32),
                 "labels": torch.zeros(16, dtype=torch.long)}] * 2  # fmt: skip
-    tail = OriginalTail(model, {}, "vit.layers.1")
+    tail = OriginalTail(model, kept, "vit.layers.1")
     with mock.patch.object(tail.replay, "replaying", side_effect=RuntimeError("the blocks are read elsewhere")):
         ours, theirs = predict_logits(model, batches, Accelerator(cpu=True), dict, 10, original=tail)
+    expected = predict_logits(original, batches, Accelerator(cpu=True), dict, 10)
     assert tail.block is None
-    np.testing.assert_allclose(theirs[0], ours[0], rtol=1e-6)
+    np.testing.assert_allclose(theirs[0], expected[0], rtol=1e-5, atol=1e-6)  # the original's, whole
+    assert not np.allclose(ours[0], expected[0])  # and the unlearned model's own are other numbers
 
 
 def test_a_method_that_changes_what_runs_before_the_shared_block_is_an_error(trained, digits, tmp_path):

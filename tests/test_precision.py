@@ -179,8 +179,8 @@ def test_half_precision_model_takes_float32_inputs(dtype):
 def test_half_precision_diffusion_model_samples_like_float32_and_is_unlearned(tmp_path, denoiser):
     """The sampler's float32 noise and the DiT's VAE images reach half-precision networks in their dtype
     (`DiffusionModel.predict`, `to_model_space`, `to_data_space`)."""
-    pytest.importorskip("diffusers")
-    from test_diffusion import ConstantJudge, tiny_ddpm, tiny_dit, unlearn
+    from test_diffusion import tiny_ddpm, tiny_dit, unlearn
+    from tiny_models import ConstantJudge
 
     from hf_unlearn.examples.digits import load_digits_dataset
 
@@ -193,25 +193,25 @@ def test_half_precision_diffusion_model_samples_like_float32_and_is_unlearned(tm
     latents = half.to_model_space(torch.stack([torch.as_tensor(data["train"][i]["pixel_values"]) for i in range(2)]))
     assert latents.dtype == torch.float32
     dtypes = tensor_dtypes(half)
-    trainer, output = unlearn(half, tmp_path, data, judge=ConstantJudge(0))
-    assert tensor_dtypes(trainer.model) == dtypes and output.metrics["forget_share"] is not None
+    trainer, output = unlearn(half, tmp_path, data, judge=ConstantJudge(3))  # every sample judged a "three"
+    assert tensor_dtypes(trainer.model) == dtypes and output.metrics["forget_share"] == 1.0
 
 
 @pytest.mark.parametrize("conditional", [False, True])
 def test_half_precision_gan_is_unlearned_and_measured(tmp_path, conditional):
-    from test_diffusion import ConstantJudge
     from test_gan_cascade import gan_trainer, tiny_gan
+    from tiny_models import ConstantJudge
 
     from hf_unlearn.examples.digits import load_digits_dataset
 
     gan = tiny_gan(conditional).to(torch.float16)
     dtypes = tensor_dtypes(gan)
-    trainer = gan_trainer(tmp_path, load_digits_dataset(image_size=8), gan=gan, judge=ConstantJudge(0), eval_=True,
-                          forget_classes=[3])  # fmt: skip
+    trainer = gan_trainer(tmp_path, load_digits_dataset(image_size=8), gan=gan, judge=ConstantJudge(3), eval_=True,
+                          forget_classes=[3])  # fmt: skip (every sample judged a "three")
     output = trainer.unlearn()
     assert tensor_dtypes(trainer.model) == dtypes
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
-    assert output.metrics["forget_share"] is not None
+    assert output.metrics["forget_share"] == 1.0 and output.original_metrics["forget_share"] == 1.0
 
 
 @pytest.mark.parametrize("merge", [True, False])

@@ -252,7 +252,9 @@ def test_refining_bisects_alpha_f_where_the_grid_crosses_the_forget_target(train
         assert point["forget_accuracy"] == 0.0 and point["retain_accuracy"] is not None
         steps = np.log(point["alpha_f"] / 0.01) / np.log(1000.0 / 0.01) * 16  # 4 halvings: sixteenths of the range
         assert 0 < round(steps) < 16 and steps == pytest.approx(round(steps))
-    best = best_grid_point(points, "forget_first", 0.0)
+    # kept: the highest held-out retain accuracy among the points at the target (ties: the earlier point)
+    at_target = [point for point in points if point["forget_accuracy"] == 0.0]
+    best = max(at_target, key=lambda point: point["retain_accuracy"])
     assert (result.metrics["alpha_r"], result.metrics["alpha_f"]) == (best["alpha_r"], best["alpha_f"])
 
 
