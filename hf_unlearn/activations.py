@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -497,25 +497,38 @@ class InputCapture:
 
 
 @contextlib.contextmanager
-def evaluating(module: nn.Module):
-    """`module` in eval mode for the block; after it (also on an error) each submodule is back in its own mode (a
-    model in training mode may hold layers kept in eval mode, e.g. frozen BatchNorm layers)."""
-    modes = {submodule: submodule.training for submodule in module.modules()}
-    module.eval()
+def modes_kept(model: nn.Module) -> Iterator[None]:
+    """Every module of `model` in the training / eval mode it had before the block, after it (also on an error).
+
+    The Trainer's loop leaves a model in training mode, so a model passed in eval mode (as `from_pretrained` gives it)
+    came back with its dropout active: `result.model(x)` then gave different logits on every call. Modules the block
+    added (peft's adapters) are left as they are."""
+    before = {name: module.training for name, module in model.named_modules()}
     try:
-        yield module
+        yield
     finally:
-        for submodule, training in modes.items():
-            submodule.training = training
+        for name, module in model.named_modules():
+            if name in before:
+                module.training = before[name]
 
 
 @contextlib.contextmanager
-def batchnorm_statistics_kept(module: nn.Module):
+def evaluating(module: nn.Module):
+    """`module` in eval mode for the block; after it (also on an error) each submodule is back in its own mode
+    (`modes_kept`: a model in training mode may hold layers kept in eval mode, e.g. frozen BatchNorm layers)."""
+    with modes_kept(module):
+        module.eval()
+        yield module
+
+
+@contextlib.contextmanager
+def batchnorm_statistics_kept(module: nn.Module, keep: bool = True):
     """BatchNorm layers of `module` that are in training mode still normalise with each batch's own statistics for
     the block, but leave their running statistics (and batch count) as they are: for batches that are not a sample of
     the data the model will serve, e.g. a batch of one class being forgotten, whose mean and variance would otherwise
-    pull the statistics every class is normalised with at inference. Restored after (also on an error)."""
-    layers = [layer for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)
+    pull the statistics every class is normalised with at inference. Restored after (also on an error). With `keep`
+    False the block runs as it is (a method's setting that lets such batches move the statistics)."""
+    layers = [layer for layer in module.modules() if keep and isinstance(layer, nn.modules.batchnorm._BatchNorm)
               and layer.training and layer.track_running_stats]  # fmt: skip
     for layer in layers:
         layer.track_running_stats = False  # training mode: batch statistics, the running buffers are not passed

@@ -11,6 +11,7 @@ import torch
 from accelerate.logging import get_logger
 from transformers import Trainer, set_seed
 
+from .activations import modes_kept
 from .checks import measured_values, unlearning_check
 from .config import UnlearnConfig
 from .lora import lora_if_asked
@@ -23,7 +24,7 @@ from .precision import autocast_undone_after, float32_method, without_autocast_w
 from .report import loggable_metrics
 from .request import UnlearningRequest
 from .saving import SavingMixin
-from .training import ForgetTargetCallback, modes_kept, no_hub_pushes, objects_so_far_left_to_refcounting
+from .training import ForgetTargetCallback, no_hub_pushes, objects_so_far_left_to_refcounting
 
 logger = get_logger(__name__)
 

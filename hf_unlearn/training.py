@@ -50,22 +50,6 @@ def no_hub_pushes(args) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def modes_kept(model: torch.nn.Module) -> Iterator[None]:
-    """Every module of `model` in the training / eval mode it had before the block, after it (also on an error).
-
-    The Trainer's loop leaves a model in training mode, so a model passed in eval mode (as `from_pretrained` gives it)
-    came back with its dropout active: `result.model(x)` then gave different logits on every call. Modules the block
-    added (peft's adapters) are left as they are."""
-    before = {name: module.training for name, module in model.named_modules()}
-    try:
-        yield
-    finally:
-        for name, module in model.named_modules():
-            if name in before:
-                module.training = before[name]
-
-
-@contextlib.contextmanager
 def objects_so_far_left_to_refcounting(device: torch.device) -> Iterator[None]:
     """On a CPU, hide the objects that exist now from the cycle collector for the block (`gc.freeze`).
 

@@ -646,7 +646,7 @@ class GPPU(UnlearningMethod):
         apart from every retained class there) and divided by the retain feature variance sigma_r^2, so lambda_proj
         is scale-free; "both", their sum."""
         forget_inputs = {name: value for name, value in inputs["forget"].items() if name != "labels"}
-        kept = contextlib.nullcontext() if self.config.forget_updates_batchnorm else batchnorm_statistics_kept(model)
+        kept = batchnorm_statistics_kept(model, keep=not self.config.forget_updates_batchnorm)
         with capturing(self.head) as captured, kept:
             logits = model(**forget_inputs).logits.float()
         forget_loss = 0.0

@@ -77,7 +77,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -586,8 +585,8 @@ class RemainGeometry(UnlearningMethod):
         times the mean
         error between the prediction under the forget class and the detached one under a random retained class."""
         trainer = self.trainer
-        kept = contextlib.nullcontext() if self.config.forget_updates_batchnorm else batchnorm_statistics_kept(model)
-        with kept:  # the backward too: with gradient checkpointing it runs the forward again
+        # the backward too: with gradient checkpointing it runs the forward again
+        with batchnorm_statistics_kept(model, keep=not self.config.forget_updates_batchnorm):
             with trainer.compute_loss_context_manager():
                 options = {"antithetic": True} if self.antithetic else {}
                 if self.settings["forget_loss"] == "rl":
