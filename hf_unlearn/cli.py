@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .data import class_name
 from .jobs import JobArguments
-from .metrics import class_name
 from .report import format_report
 
 logger = logging.getLogger(__name__)

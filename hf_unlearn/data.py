@@ -133,6 +133,16 @@ def _ids_by_name(config) -> dict[str, list[int]]:
     return {name: sorted(found) for name, found in ids.items()}
 
 
+def class_name(id2label: dict | None, class_id: int) -> str:
+    """The name reports, cards, per-class tables and `align_labels` give class `class_id`: its `id2label` name (or the
+    id), with the id added where several classes share the name (ImageNet's "crane (134)" and "crane (517)"), so that
+    no class's row stands for another's."""
+    names = id2label or {}
+    name = names.get(int(class_id), names.get(str(int(class_id)), int(class_id)))
+    shared = sum(other == name for other in names.values()) > 1
+    return f"{name} ({int(class_id)})" if shared else str(name)
+
+
 def resolve_forget_classes(forget_classes, label2id: dict | None, num_labels: int,
                            shared: dict[str, list[int]] | None = None) -> list[int]:  # fmt: skip
     """Class ids from ids or label names; raises a `ValueError` listing the valid classes on a miss, and naming the
@@ -455,8 +465,7 @@ def align_labels(dataset, label2id, label_column: str = "label"):
     names, shared = None, {}
     if hasattr(label2id, "id2label"):  # a model config: its id2label, names several classes share told apart by id
         config, shared = label2id, shared_label_names(label2id)
-        names = [str(config.id2label.get(i, config.id2label.get(str(i)))) for i in range(int(config.num_labels))]
-        names = [f"{name} ({i})" if name in shared else name for i, name in enumerate(names)]
+        names = [class_name(config.id2label, i) for i in range(int(config.num_labels))]
         label2id = label_ids(config)
     feature = dataset.features.get(label_column)
     if not isinstance(feature, datasets.ClassLabel):

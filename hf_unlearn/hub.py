@@ -34,10 +34,10 @@ from markupsafe import Markup
 from transformers.utils.logging import get_logger
 
 from .checks import measured_values
+from .data import class_name
 from .kinds import ModelKind, get_kind, kind_of
 from .methods import available_methods, get_method
 from .metric_registry import metrics_for
-from .metrics import class_name
 from .outputs import public_reference, write_atomic
 
 logger = get_logger(__name__)

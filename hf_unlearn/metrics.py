@@ -59,6 +59,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from .data import class_name
 from .metric_registry import Metric, computed_metrics, mean_gap_keys, scalar_metric_keys
 
 
@@ -87,16 +88,6 @@ def worst_class_accuracy(logits: np.ndarray, labels: np.ndarray) -> float | None
         return None
     logits, labels = np.asarray(logits), np.asarray(labels)
     return max(accuracy(logits[labels == label], labels[labels == label]) for label in classes)
-
-
-def class_name(id2label: dict | None, class_id: int) -> str:
-    """The name reports, cards and per-class tables give class `class_id`: its `id2label` name (or the id), with the
-    id added where several classes share the name (ImageNet's "crane (134)" and "crane (517)"), so that no class's
-    row stands for another's."""
-    names = id2label or {}
-    name = names.get(int(class_id), names.get(str(int(class_id)), int(class_id)))
-    shared = sum(other == name for other in names.values()) > 1
-    return f"{name} ({int(class_id)})" if shared else str(name)
 
 
 def per_class_accuracy(logits: np.ndarray, labels: np.ndarray, id2label: dict | None = None) -> dict[str, float]:
@@ -293,20 +284,13 @@ def unlearning_metrics(
     of classes unlearned in earlier requests, which only count in `per_class_accuracy` and
     `unlearned_before_accuracy`). `features`: the head inputs of the same rows by part name (`forget_train`,
     `retain_train`, `eval_forget`), for `feature_probe` (class-level requests)."""
-    for name, (logits, _) in (("forget_train", forget_train), ("retain_train", retain_train),
-                              ("eval_forget", eval_forget), ("eval_retain", eval_retain)):  # fmt: skip
+    parts = {"forget_train": forget_train, "retain_train": retain_train, "eval_forget": eval_forget,
+             "eval_retain": eval_retain}  # fmt: skip
+    for name, (logits, _) in parts.items():
         if len(logits) and not np.isfinite(logits).all():  # argmax would call a NaN row class 0
             raise ValueError(f"The model's logits on {name.replace('_', ' ')} rows are not finite: the model has "
                              "diverged (a learning rate too high, or too many steps); nothing can be measured.")
-    probs = {
-        name: (softmax(part[0]) if len(part[1]) else np.zeros((0, 1)), part[1])
-        for name, part in {
-            "forget_train": forget_train,
-            "retain_train": retain_train,
-            "eval_forget": eval_forget,
-            "eval_retain": eval_retain,
-        }.items()
-    }
+    probs = {name: (softmax(part[0]) if len(part[1]) else np.zeros((0, 1)), part[1]) for name, part in parts.items()}
     eval_rows = _joined([eval_forget, eval_retain])
     earlier = [] if eval_unlearned_before is None else [eval_unlearned_before]
     every_eval_row = _joined([eval_forget, eval_retain, *earlier])

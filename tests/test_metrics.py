@@ -130,7 +130,7 @@ def test_unlearning_metrics_for_class_and_sample_level():
 def test_classes_that_share_a_name_keep_a_row_each():
     """ImageNet names two classes "crane": the per-class table keys them "crane (0)" and "crane (2)" (before, the
     later class's accuracy stood in the one "crane" row)."""
-    from hf_unlearn.metrics import class_name
+    from hf_unlearn.data import class_name
 
     id2label = {0: "crane", 1: "dog", 2: "crane"}
     labels = np.array([0, 0, 1, 2])

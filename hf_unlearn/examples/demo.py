@@ -10,7 +10,8 @@ import argparse
 import tempfile
 import time
 
-from ..metrics import class_name, gap_to_reference
+from ..data import class_name
+from ..metrics import gap_to_reference
 from ..report import format_report
 from .digits import (
     ARCHITECTURES,
