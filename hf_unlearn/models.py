@@ -38,17 +38,14 @@ def classification_head(model, name: str | None = None) -> tuple[str, torch.nn.L
         if not isinstance(module, torch.nn.Linear) or (num_labels is not None and module.out_features != num_labels):
             found = (f"a {type(module).__name__}" if not isinstance(module, torch.nn.Linear)
                      else f"an nn.Linear with {module.out_features} outputs")  # fmt: skip
+            fitting = [linear_name for linear_name, _ in _linears(model, num_labels)] or "none"
             raise ValueError(
                 f"`head_module={name!r}` is {found}; it must name the nn.Linear that gives the {num_labels} class "
-                f"logits. Linear layers with {num_labels} outputs: {_linear_names(model, num_labels) or 'none'}."
+                f"logits. Linear layers with {num_labels} outputs: {fitting}."
             )
         return name, module
     num_labels = model.config.num_labels
-    heads = [
-        (module_name, module)
-        for module_name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and module.out_features == num_labels
-    ]
+    heads = _linears(model, num_labels)
     if not heads:
         raise ValueError(
             f"{type(model).__name__} has no nn.Linear with num_labels={num_labels} outputs to serve as the "
@@ -57,8 +54,9 @@ def classification_head(model, name: str | None = None) -> tuple[str, torch.nn.L
     return heads[-1]
 
 
-def _linear_names(model, outputs) -> list[str]:
-    return [name for name, module in model.named_modules()
+def _linears(model, outputs: int) -> list[tuple[str, torch.nn.Linear]]:
+    """`(name, module)` of every `nn.Linear` of `model` with `outputs` outputs, in module order."""
+    return [(name, module) for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and module.out_features == outputs]  # fmt: skip
 
 
