@@ -71,10 +71,7 @@ class SavingMixin:
         self._raise_on_every_process(check_finite, self.model, "Saving")
         staging = staging_path(target)
         self._raise_on_every_process(prepare_staging, target, main_only=True)
-        if has_lora(self.model):
-            self._raise_on_every_process(self._save_adapter, str(staging), main_only=True)
-        else:  # the Trainer's save (the main process writes; with DeepSpeed or FSDP every process takes part)
-            self._raise_on_every_process(super().save_model, str(staging), True)
+        self._write_model(str(staging))
 
         # the card names the folder written, not `args.output_dir`'s (unless a Hub ID or name is given)
         card_arguments.setdefault("model_name", self.args.hub_model_id or target.name)
@@ -87,6 +84,15 @@ class SavingMixin:
 
         self._raise_on_every_process(finish, main_only=True)
         return target
+
+    def _write_model(self, output_dir: str) -> None:
+        """The model into `output_dir`: a peft adapter with its processor when it kept LoRA adapters (the main process
+        writes), else the Trainer's save (the main process writes; with DeepSpeed or FSDP every process takes part).
+        A write failing on one process stops every process, none left waiting for it."""
+        if has_lora(self.model):
+            self._raise_on_every_process(self._save_adapter, output_dir, main_only=True)
+        else:
+            self._raise_on_every_process(super().save_model, output_dir, True)
 
     def _save_adapter(self, output_dir: str) -> None:
         save_adapter(self.model, output_dir)
@@ -115,10 +121,7 @@ class SavingMixin:
         (`peft_merge=False`) is saved as a peft adapter with its processor."""
         if _internal_call:  # the Trainer's own checkpoints: never one with non-finite weights (the run stops there)
             self._raise_on_every_process(check_finite, self.model, "Checkpoint")
-            if not has_lora(self.model):  # a write failing on one process stops every process (none waits)
-                self._raise_on_every_process(super().save_model, output_dir, True)
-            else:
-                self._raise_on_every_process(self._save_adapter, output_dir or self.args.output_dir, main_only=True)
+            self._write_model(output_dir or self.args.output_dir)
             return None
         if self.args.push_to_hub:
             return self.push_to_hub(output_dir=output_dir)
