@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .data import class_name
 from .jobs import JobArguments
 from .report import format_report
 
@@ -245,6 +244,7 @@ def card_dataset_name(job: JobArguments) -> str:
 
 def unlearn_command(argv: list[str]):
     """`hf-unlearn unlearn`: returns the `UnlearningOutput`."""
+    from .data import class_name
     from .outputs import check_replaceable, public_reference
     job, args = parse_job(argv)
     if not job.forget_classes:
@@ -277,6 +277,7 @@ def unlearn_command(argv: list[str]):
 
 def evaluate_command(argv: list[str]) -> dict:
     """`hf-unlearn evaluate`: the unlearning metrics of a saved model (and of a reference, with the gaps)."""
+    from .data import class_name
     from .kinds import load_model
     from .outputs import public_reference, write_atomic
     job, options, args = parse_job(argv, extra=(EvaluateArguments,), command="evaluate")
